@@ -1,0 +1,206 @@
+// Activations, forward and backward, elementwise over a [rows, cols] row-major tensor
+// (softmax works along each row).
+//
+// Forward:  y = f(x).
+// Backward: dx = dy · f'(x), written with whichever of x or y gives PyTorch's formula
+//           (relu, leaky_relu and gelu use x; sigmoid, tanh and softmax use y).
+// Elementwise kernels run on a 2-D grid of 256-thread workgroups, so tensors longer than
+// 65535·256 elements still fit the per-dimension dispatch limit.
+// CPU twin: src/cpu/activation.rs. Tests: tests/kernels.rs.
+
+struct ActParams {
+    len: u32,
+    cols: u32,
+    // leaky_relu's negative_slope; unused by the others.
+    alpha: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<uniform> params: ActParams;
+
+@group(1) @binding(0) var<storage, read> bx: array<f32>;
+@group(1) @binding(1) var<storage, read> by: array<f32>;
+@group(1) @binding(2) var<storage, read> bdy: array<f32>;
+@group(1) @binding(3) var<storage, read_write> bdx: array<f32>;
+@group(1) @binding(4) var<uniform> bparams: ActParams;
+
+const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+const GELU_KAPPA: f32 = 0.044715;
+const FRAC_1_SQRT_2: f32 = 0.7071067811865476;
+const FRAC_1_SQRT_2PI: f32 = 0.3989422804014327;
+
+fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.y * nwg.x * 256u + gid.x;
+}
+
+// erf for f32, Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), as WGSL has no erf builtin.
+fn erf_approx(v: f32) -> f32 {
+    let s = sign(v);
+    let z = abs(v);
+    let t = 1.0 / (1.0 + 0.3275911 * z);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return s * (1.0 - poly * exp(-z * z));
+}
+
+// tanh saturates to ±1 in f32 well before |v| = 10; clamping keeps drivers that build tanh from
+// exp from producing inf/inf.
+fn tanh_safe(v: f32) -> f32 {
+    return tanh(clamp(v, -10.0, 10.0));
+}
+
+fn sigmoid(v: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-v));
+}
+
+// ---- forward ----
+
+@compute @workgroup_size(256)
+fn identity_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < params.len { y[i] = x[i]; }
+}
+
+@compute @workgroup_size(256)
+fn relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < params.len { y[i] = max(x[i], 0.0); }
+}
+
+@compute @workgroup_size(256)
+fn leaky_relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < params.len {
+        let v = x[i];
+        y[i] = select(v * params.alpha, v, v > 0.0);
+    }
+}
+
+@compute @workgroup_size(256)
+fn sigmoid_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < params.len { y[i] = sigmoid(x[i]); }
+}
+
+@compute @workgroup_size(256)
+fn tanh_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < params.len { y[i] = tanh_safe(x[i]); }
+}
+
+@compute @workgroup_size(256)
+fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < params.len {
+        let v = x[i];
+        y[i] = 0.5 * v * (1.0 + erf_approx(v * FRAC_1_SQRT_2));
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < params.len {
+        let v = x[i];
+        let inner = SQRT_2_OVER_PI * (v + GELU_KAPPA * v * v * v);
+        y[i] = 0.5 * v * (1.0 + tanh_safe(inner));
+    }
+}
+
+// One thread per row, max-subtracted for stability (as PyTorch).
+@compute @workgroup_size(256)
+fn softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = flat_index(gid, nwg);
+    let rows = params.len / params.cols;
+    if row >= rows { return; }
+    let base = row * params.cols;
+    var m = x[base];
+    for (var j = 1u; j < params.cols; j++) { m = max(m, x[base + j]); }
+    var s = 0.0;
+    for (var j = 0u; j < params.cols; j++) {
+        let e = exp(x[base + j] - m);
+        y[base + j] = e;
+        s += e;
+    }
+    let inv = 1.0 / s;
+    for (var j = 0u; j < params.cols; j++) { y[base + j] *= inv; }
+}
+
+// ---- backward ----
+
+@compute @workgroup_size(256)
+fn identity_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < bparams.len { bdx[i] = bdy[i]; }
+}
+
+@compute @workgroup_size(256)
+fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < bparams.len { bdx[i] = select(0.0, bdy[i], bx[i] > 0.0); }
+}
+
+@compute @workgroup_size(256)
+fn leaky_relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < bparams.len {
+        let g = bdy[i];
+        bdx[i] = select(g * bparams.alpha, g, bx[i] > 0.0);
+    }
+}
+
+@compute @workgroup_size(256)
+fn sigmoid_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < bparams.len {
+        let s = by[i];
+        bdx[i] = bdy[i] * (1.0 - s) * s;
+    }
+}
+
+@compute @workgroup_size(256)
+fn tanh_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < bparams.len {
+        let t = by[i];
+        bdx[i] = bdy[i] * (1.0 - t * t);
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < bparams.len {
+        let v = bx[i];
+        let cdf = 0.5 * (1.0 + erf_approx(v * FRAC_1_SQRT_2));
+        let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
+        bdx[i] = bdy[i] * (cdf + v * pdf);
+    }
+}
+
+// PyTorch's GeluBackward with approximate='tanh'.
+@compute @workgroup_size(256)
+fn gelu_tanh_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i < bparams.len {
+        let v = bx[i];
+        let v2 = v * v;
+        let t = tanh_safe(SQRT_2_OVER_PI * (v + GELU_KAPPA * v2 * v));
+        let left_derivative = 0.5 * (1.0 + t);
+        let right_derivative = 0.5 * v * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_KAPPA * v2);
+        bdx[i] = bdy[i] * (left_derivative + right_derivative);
+    }
+}
+
+// dx_j = y_j · (dy_j − Σ_k dy_k·y_k), one thread per row.
+@compute @workgroup_size(256)
+fn softmax_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = flat_index(gid, nwg);
+    let rows = bparams.len / bparams.cols;
+    if row >= rows { return; }
+    let base = row * bparams.cols;
+    var dot = 0.0;
+    for (var j = 0u; j < bparams.cols; j++) { dot += bdy[base + j] * by[base + j]; }
+    for (var j = 0u; j < bparams.cols; j++) { bdx[base + j] = by[base + j] * (bdy[base + j] - dot); }
+}

@@ -1,0 +1,214 @@
+//! The devices Kiln runs on: a wgpu GPU, or the CPU reference path. Every kernel is callable
+//! on either through the same methods; inputs are checked here, once, before either runs.
+
+use std::sync::Arc;
+
+use crate::cpu;
+use crate::error::{KilnError, Result};
+use crate::gpu::{AdapterOptions, GpuContext, adapter};
+use crate::ops::{self, Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+
+/// Where kernels run.
+#[derive(Clone, Debug)]
+pub enum Device {
+    /// Plain Rust on the host (`src/cpu/`).
+    Cpu,
+    /// A wgpu adapter (`src/gpu/`).
+    Gpu(Arc<GpuContext>),
+}
+
+/// What `--device` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// A hardware GPU if there is one, else the CPU device.
+    #[default]
+    Auto,
+    /// Any GPU adapter, software ones included; an error if there is none.
+    Gpu,
+    Cpu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = KilnError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "gpu" => Ok(DeviceChoice::Gpu),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            other => Err(KilnError::invalid(
+                "device",
+                format!("unknown device {other:?}; use auto, gpu or cpu"),
+            )),
+        }
+    }
+}
+
+impl Device {
+    /// Opens the device `choice` asks for. Returns it with one line saying which and why.
+    pub fn select(choice: DeviceChoice, opts: &AdapterOptions) -> Result<(Device, String)> {
+        match choice {
+            DeviceChoice::Cpu => Ok((Device::Cpu, "device: CPU (--device cpu)".into())),
+            DeviceChoice::Gpu => {
+                let ctx = GpuContext::new(opts)?;
+                let why = format!("device: GPU {} (--device gpu)", ctx.name());
+                Ok((Device::Gpu(Arc::new(ctx)), why))
+            }
+            DeviceChoice::Auto => {
+                // An explicit adapter request is honoured even if it names a software adapter.
+                if opts.adapter.is_some() {
+                    let ctx = GpuContext::new(opts)?;
+                    let why = format!("device: GPU {} (matches --adapter)", ctx.name());
+                    return Ok((Device::Gpu(Arc::new(ctx)), why));
+                }
+                let adapters = adapter::enumerate(opts)?;
+                match adapters
+                    .into_iter()
+                    .find(|a| adapter::is_hardware(&a.get_info()))
+                {
+                    Some(a) => {
+                        let ctx = GpuContext::from_adapter(a)?;
+                        let why = format!("device: GPU {} (hardware adapter found)", ctx.name());
+                        Ok((Device::Gpu(Arc::new(ctx)), why))
+                    }
+                    None => Ok((
+                        Device::Cpu,
+                        "device: CPU (no hardware GPU adapter; --device gpu uses a software one)"
+                            .into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// "cpu", or the adapter's name and backend.
+    pub fn name(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Gpu(ctx) => ctx.name(),
+        }
+    }
+
+    /// C = op(A)·op(B) (+ bias), row-major; see [`Transpose`] for the stored shapes.
+    pub fn matmul(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        dims: MatmulDims,
+        t: Transpose,
+    ) -> Result<Vec<f32>> {
+        ops::check_matmul(a.len(), b.len(), bias.map(<[f32]>::len), dims, t)?;
+        match self {
+            Device::Cpu => {
+                let mut c = vec![0.0; dims.m * dims.n];
+                cpu::matmul::matmul(a, b, bias, &mut c, dims, t);
+                Ok(c)
+            }
+            Device::Gpu(ctx) => ctx.matmul(a, b, bias, dims, t),
+        }
+    }
+
+    /// Column sums of dy [rows, cols]: the bias gradient.
+    pub fn bias_grad(&self, dy: &[f32], cols: usize) -> Result<Vec<f32>> {
+        let rows = ops::check_rows("bias_grad", "dy", dy.len(), cols)?;
+        match self {
+            Device::Cpu => {
+                let mut db = vec![0.0; cols];
+                cpu::bias::bias_grad(dy, rows, cols, &mut db);
+                Ok(db)
+            }
+            Device::Gpu(ctx) => ctx.bias_grad(dy, rows, cols),
+        }
+    }
+
+    /// y = act(x) over rows of `cols`.
+    pub fn activation_forward(&self, act: Activation, x: &[f32], cols: usize) -> Result<Vec<f32>> {
+        ops::check_rows(act.name(), "x", x.len(), cols)?;
+        match self {
+            Device::Cpu => {
+                let mut y = vec![0.0; x.len()];
+                cpu::activation::forward(act, x, cols, &mut y);
+                Ok(y)
+            }
+            Device::Gpu(ctx) => ctx.activation_forward(act, x, cols),
+        }
+    }
+
+    /// dx = dy·act'(x), given the forward's input `x` and output `y`.
+    pub fn activation_backward(
+        &self,
+        act: Activation,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        let ctx = format!("{} backward", act.name());
+        ops::check_rows(&ctx, "x", x.len(), cols)?;
+        ops::check_len(&ctx, "y", y.len(), x.len(), "same as x")?;
+        ops::check_len(&ctx, "dy", dy.len(), x.len(), "same as x")?;
+        match self {
+            Device::Cpu => {
+                let mut dx = vec![0.0; x.len()];
+                cpu::activation::backward(act, x, y, dy, cols, &mut dx);
+                Ok(dx)
+            }
+            Device::Gpu(ctx) => ctx.activation_backward(act, x, y, dy, cols),
+        }
+    }
+
+    /// Mean loss and dL/d(output), output shaped [rows, cols].
+    pub fn loss(
+        &self,
+        loss: Loss,
+        output: &[f32],
+        targets: Targets,
+        cols: usize,
+    ) -> Result<(f32, Vec<f32>)> {
+        ops::check_loss(loss, output, targets, cols)?;
+        match self {
+            Device::Cpu => {
+                let mut grad = vec![0.0; output.len()];
+                let value = cpu::loss::loss(loss, output, targets, cols, &mut grad);
+                Ok((value, grad))
+            }
+            Device::Gpu(ctx) => ctx.loss(loss, output, targets, cols),
+        }
+    }
+
+    /// One torch.optim.SGD update of `param` in place. `momentum_buf` is PyTorch's
+    /// `momentum_buffer`: `None` before the first step, then kept by the caller.
+    pub fn sgd(
+        &self,
+        opts: &SgdOptions,
+        lr: f32,
+        param: &mut [f32],
+        grad: &[f32],
+        momentum_buf: &mut Option<Vec<f32>>,
+    ) -> Result<()> {
+        opts.validate()?;
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(KilnError::invalid(
+                "lr",
+                format!("must be finite and >= 0, got {lr}"),
+            ));
+        }
+        ops::check_len("sgd", "grad", grad.len(), param.len(), "same as param")?;
+        let first_step = momentum_buf.is_none();
+        let buf = momentum_buf.get_or_insert_with(|| vec![0.0; param.len()]);
+        ops::check_len(
+            "sgd",
+            "momentum_buffer",
+            buf.len(),
+            param.len(),
+            "same as param",
+        )?;
+        match self {
+            Device::Cpu => {
+                cpu::sgd::sgd(opts, lr, first_step, param, grad, buf);
+                Ok(())
+            }
+            Device::Gpu(ctx) => ctx.sgd(opts, lr, first_step, param, grad, buf),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Kiln's error type. Every message names what was wrong: the tensor, the field, the limit.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in the library. Binaries wrap it in `anyhow`.
+#[derive(Debug, Error)]
+pub enum KilnError {
+    /// No GPU adapter is usable on this machine.
+    #[error(
+        "no GPU adapter found{detail}. Install a Vulkan driver (on Debian/Ubuntu, \
+         `apt-get install mesa-vulkan-drivers libvulkan1` gives a software one) or use `--device cpu`"
+    )]
+    NoAdapter { detail: String },
+
+    /// `--adapter` / `KILN_ADAPTER` matched no adapter.
+    #[error("no adapter matches {wanted:?}; adapters on this machine: {available}")]
+    AdapterNotFound { wanted: String, available: String },
+
+    /// An option had a value Kiln does not know.
+    #[error("invalid {field}: {reason}")]
+    InvalidValue { field: String, reason: String },
+
+    /// A tensor would not fit a device limit.
+    #[error(
+        "tensor `{tensor}` needs {size} bytes, over the device's {limit_name} of {limit} bytes"
+    )]
+    OverLimit {
+        tensor: String,
+        size: u64,
+        limit_name: &'static str,
+        limit: u64,
+    },
+
+    /// Two tensors, or a tensor and a model, disagree on a shape.
+    #[error("shape mismatch in {context}: {detail}")]
+    Shape { context: String, detail: String },
+
+    /// NaN or infinity where a finite number is required.
+    #[error("{what} contains a non-finite value ({value}) at index {index}")]
+    NonFinite {
+        what: String,
+        index: usize,
+        value: f32,
+    },
+
+    /// A class label outside `0..classes`.
+    #[error("label {label} at row {row} is out of range for {classes} classes")]
+    LabelOutOfRange {
+        row: usize,
+        label: u32,
+        classes: usize,
+    },
+
+    /// The GPU reported a validation error, ran out of memory or was lost.
+    #[error("GPU error: {0}")]
+    Gpu(String),
+}
+
+/// `Result` with [`KilnError`].
+pub type Result<T, E = KilnError> = std::result::Result<T, E>;
+
+impl KilnError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        KilnError::InvalidValue {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn shape(context: impl Into<String>, detail: impl Into<String>) -> Self {
+        KilnError::Shape {
+            context: context.into(),
+            detail: detail.into(),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Choosing a wgpu adapter: by backend and name substring, preferring discrete GPUs, then
+//! integrated, then virtual, then software. wgpu's own env helpers panic on a bad value; these
+//! return errors that list what there is.
+
+use crate::error::{KilnError, Result};
+
+/// How to pick an adapter. `Default` takes the best adapter of any backend.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterOptions {
+    /// `vulkan`, `metal`, `dx12` or `gl` (`KILN_BACKEND`).
+    pub backend: Option<String>,
+    /// Case-insensitive substring of the adapter's name (`KILN_ADAPTER`).
+    pub adapter: Option<String>,
+}
+
+impl AdapterOptions {
+    /// Reads `KILN_BACKEND` and `KILN_ADAPTER`.
+    pub fn from_env() -> Self {
+        let get = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+        AdapterOptions {
+            backend: get("KILN_BACKEND"),
+            adapter: get("KILN_ADAPTER"),
+        }
+    }
+
+    pub(crate) fn backends(&self) -> Result<wgpu::Backends> {
+        let Some(name) = &self.backend else {
+            return Ok(wgpu::Backends::all());
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+            "metal" | "mtl" => Ok(wgpu::Backends::METAL),
+            "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+            "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
+            other => Err(KilnError::invalid(
+                "backend",
+                format!("unknown backend {other:?}; use vulkan, metal, dx12 or gl"),
+            )),
+        }
+    }
+}
+
+/// Rank for "prefer discrete, then integrated, then software" (lower is better).
+fn preference(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// True for adapters that are real hardware (not llvmpipe/lavapipe, WARP, SwiftShader).
+pub fn is_hardware(info: &wgpu::AdapterInfo) -> bool {
+    !matches!(
+        info.device_type,
+        wgpu::DeviceType::Cpu | wgpu::DeviceType::Other
+    )
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+}
+
+pub(crate) fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    })
+}
+
+/// Every adapter of the chosen backends, best first.
+pub fn enumerate(opts: &AdapterOptions) -> Result<Vec<wgpu::Adapter>> {
+    let instance = new_instance(opts.backends()?);
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(opts.backends()?));
+    adapters.sort_by_key(|a| preference(a.get_info().device_type));
+    Ok(adapters)
+}
+
+/// The adapter `opts` asks for, or an error naming what there is.
+pub fn select(opts: &AdapterOptions) -> Result<wgpu::Adapter> {
+    let adapters = enumerate(opts)?;
+    if adapters.is_empty() {
+        let detail = match &opts.backend {
+            Some(b) => format!(" for backend {b}"),
+            None => String::new(),
+        };
+        return Err(KilnError::NoAdapter { detail });
+    }
+    match &opts.adapter {
+        None => Ok(adapters.into_iter().next().expect("non-empty")),
+        Some(wanted) => {
+            let needle = wanted.to_lowercase();
+            let available = adapters
+                .iter()
+                .map(|a| describe(&a.get_info()))
+                .collect::<Vec<_>>()
+                .join("; ");
+            adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+                .ok_or(KilnError::AdapterNotFound {
+                    wanted: wanted.clone(),
+                    available,
+                })
+        }
+    }
+}

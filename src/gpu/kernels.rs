@@ -1,0 +1,413 @@
+//! The table of WGSL kernels: which file, which entry point, which bindings. Pipelines are
+//! built from these on first use and cached per device (`GpuContext::pipeline`).
+
+use crate::error::{KilnError, Result};
+use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+
+/// How a kernel uses one binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// `var<storage, read>`
+    Read,
+    /// `var<storage, read_write>`
+    ReadWrite,
+    /// `var<uniform>`
+    Uniform,
+}
+
+/// One compute entry point and its bind group layout.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    pub file: &'static str,
+    pub source: &'static str,
+    pub entry: &'static str,
+    /// The bind group index the entry point's bindings live in (files with two layouts use
+    /// group 0 for one and group 1 for the other, since WGSL forbids two variables at one
+    /// binding).
+    pub group: u32,
+    pub bindings: &'static [Binding],
+}
+
+use Binding::{Read, ReadWrite, Uniform};
+
+const MATMUL_SRC: &str = include_str!("../../shaders/matmul.wgsl");
+const BIAS_SRC: &str = include_str!("../../shaders/bias.wgsl");
+const ACTIVATION_SRC: &str = include_str!("../../shaders/activation.wgsl");
+const LOSS_SRC: &str = include_str!("../../shaders/loss.wgsl");
+const SGD_SRC: &str = include_str!("../../shaders/sgd.wgsl");
+
+/// a, b, bias, c, params
+pub static MATMUL: Kernel = Kernel {
+    file: "matmul.wgsl",
+    source: MATMUL_SRC,
+    entry: "matmul",
+    group: 0,
+    bindings: &[Read, Read, Read, ReadWrite, Uniform],
+};
+
+/// dy, db, params
+pub static BIAS_GRAD: Kernel = Kernel {
+    file: "bias.wgsl",
+    source: BIAS_SRC,
+    entry: "bias_grad",
+    group: 0,
+    bindings: &[Read, ReadWrite, Uniform],
+};
+
+/// param, grad, momentum_buf, params
+pub static SGD: Kernel = Kernel {
+    file: "sgd.wgsl",
+    source: SGD_SRC,
+    entry: "sgd",
+    group: 0,
+    bindings: &[ReadWrite, Read, ReadWrite, Uniform],
+};
+
+/// values, history, params
+pub static LOSS_REDUCE: Kernel = Kernel {
+    file: "loss.wgsl",
+    source: LOSS_SRC,
+    entry: "loss_reduce",
+    group: 1,
+    bindings: &[Read, ReadWrite, Uniform],
+};
+
+macro_rules! activation_kernels {
+    ($( $fwd:ident $bwd:ident $entry_f:literal $entry_b:literal ),* $(,)?) => {
+        $(
+            /// x, y, params
+            pub static $fwd: Kernel = Kernel {
+                file: "activation.wgsl", source: ACTIVATION_SRC, entry: $entry_f, group: 0,
+                bindings: &[Read, ReadWrite, Uniform],
+            };
+            /// x, y, dy, dx, params
+            pub static $bwd: Kernel = Kernel {
+                file: "activation.wgsl", source: ACTIVATION_SRC, entry: $entry_b, group: 1,
+                bindings: &[Read, Read, Read, ReadWrite, Uniform],
+            };
+        )*
+    };
+}
+
+activation_kernels!(
+    IDENTITY_FORWARD IDENTITY_BACKWARD "identity_forward" "identity_backward",
+    RELU_FORWARD RELU_BACKWARD "relu_forward" "relu_backward",
+    LEAKY_RELU_FORWARD LEAKY_RELU_BACKWARD "leaky_relu_forward" "leaky_relu_backward",
+    SIGMOID_FORWARD SIGMOID_BACKWARD "sigmoid_forward" "sigmoid_backward",
+    TANH_FORWARD TANH_BACKWARD "tanh_forward" "tanh_backward",
+    GELU_FORWARD GELU_BACKWARD "gelu_forward" "gelu_backward",
+    GELU_TANH_FORWARD GELU_TANH_BACKWARD "gelu_tanh_forward" "gelu_tanh_backward",
+    SOFTMAX_FORWARD SOFTMAX_BACKWARD "softmax_forward" "softmax_backward",
+);
+
+macro_rules! loss_kernels {
+    ($( $name:ident $entry:literal ),* $(,)?) => {
+        $(
+            /// output, targets, terms, grad, params
+            pub static $name: Kernel = Kernel {
+                file: "loss.wgsl", source: LOSS_SRC, entry: $entry, group: 0,
+                bindings: &[Read, Read, ReadWrite, ReadWrite, Uniform],
+            };
+        )*
+    };
+}
+
+loss_kernels!(
+    MSE "mse",
+    BCE "bce",
+    BCE_WITH_LOGITS "bce_with_logits",
+    CROSS_ENTROPY "cross_entropy",
+);
+
+/// Every kernel the engine dispatches (tests/shaders.rs checks each entry point exists).
+pub static ALL: [&Kernel; 24] = [
+    &MATMUL,
+    &BIAS_GRAD,
+    &SGD,
+    &LOSS_REDUCE,
+    &IDENTITY_FORWARD,
+    &IDENTITY_BACKWARD,
+    &RELU_FORWARD,
+    &RELU_BACKWARD,
+    &LEAKY_RELU_FORWARD,
+    &LEAKY_RELU_BACKWARD,
+    &SIGMOID_FORWARD,
+    &SIGMOID_BACKWARD,
+    &TANH_FORWARD,
+    &TANH_BACKWARD,
+    &GELU_FORWARD,
+    &GELU_BACKWARD,
+    &GELU_TANH_FORWARD,
+    &GELU_TANH_BACKWARD,
+    &SOFTMAX_FORWARD,
+    &SOFTMAX_BACKWARD,
+    &MSE,
+    &BCE,
+    &BCE_WITH_LOGITS,
+    &CROSS_ENTROPY,
+];
+
+/// The forward kernel of an activation.
+pub fn activation_forward_kernel(act: Activation) -> &'static Kernel {
+    match act {
+        Activation::Identity => &IDENTITY_FORWARD,
+        Activation::Relu => &RELU_FORWARD,
+        Activation::LeakyRelu(_) => &LEAKY_RELU_FORWARD,
+        Activation::Sigmoid => &SIGMOID_FORWARD,
+        Activation::Tanh => &TANH_FORWARD,
+        Activation::Gelu => &GELU_FORWARD,
+        Activation::GeluTanh => &GELU_TANH_FORWARD,
+        Activation::Softmax => &SOFTMAX_FORWARD,
+    }
+}
+
+/// The backward kernel of an activation.
+pub fn activation_backward_kernel(act: Activation) -> &'static Kernel {
+    match act {
+        Activation::Identity => &IDENTITY_BACKWARD,
+        Activation::Relu => &RELU_BACKWARD,
+        Activation::LeakyRelu(_) => &LEAKY_RELU_BACKWARD,
+        Activation::Sigmoid => &SIGMOID_BACKWARD,
+        Activation::Tanh => &TANH_BACKWARD,
+        Activation::Gelu => &GELU_BACKWARD,
+        Activation::GeluTanh => &GELU_TANH_BACKWARD,
+        Activation::Softmax => &SOFTMAX_BACKWARD,
+    }
+}
+
+/// The kernel that computes a loss's terms and gradient.
+pub fn loss_kernel(loss: Loss) -> &'static Kernel {
+    match loss {
+        Loss::Mse => &MSE,
+        Loss::Bce => &BCE,
+        Loss::BceWithLogits => &BCE_WITH_LOGITS,
+        Loss::CrossEntropy => &CROSS_ENTROPY,
+    }
+}
+
+// ---- uniform blocks, laid out as the WGSL structs ----
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MatmulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub use_bias: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BiasParams {
+    pub rows: u32,
+    pub cols: u32,
+}
+
+/// Shared by activation.wgsl's ActParams and loss.wgsl's LossParams (same layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ElementwiseParams {
+    pub len: u32,
+    pub cols: u32,
+    /// leaky_relu's slope (activations) or 1/divisor (losses).
+    pub scalar: f32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ReduceParams {
+    pub count: u32,
+    pub slot: u32,
+    pub scale: f32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SgdParams {
+    pub len: u32,
+    pub lr: f32,
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: u32,
+    pub maximize: u32,
+    pub first_step: u32,
+}
+
+/// Matmul tile: one workgroup computes TILE×TILE outputs.
+pub const MATMUL_TILE: u32 = 64;
+/// Threads per workgroup of the elementwise kernels.
+pub const ELEMENTWISE_WORKGROUP: u32 = 256;
+
+/// Everything about one kernel launch except its buffers: which pipeline, the contents of its
+/// uniform block (always its last binding) and the workgroup grid. Built by the functions below,
+/// used both by one-off kernel calls and by recorded training steps.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub kernel: &'static Kernel,
+    pub constants: Vec<(&'static str, f64)>,
+    pub uniform: Vec<u8>,
+    pub grid: [u32; 3],
+}
+
+impl Launch {
+    fn new<T: bytemuck::Pod>(kernel: &'static Kernel, uniform: &T, grid: [u32; 3]) -> Self {
+        Launch {
+            kernel,
+            constants: Vec::new(),
+            uniform: bytemuck::bytes_of(uniform).to_vec(),
+            grid,
+        }
+    }
+}
+
+/// Workgroup grid for `threads` elementwise threads, folded into a second dimension past the
+/// per-dimension limit (the kernels rebuild the flat index from `num_workgroups`).
+pub fn elementwise_grid(threads: usize, max_per_dim: u32) -> [u32; 3] {
+    let groups = threads.div_ceil(ELEMENTWISE_WORKGROUP as usize).max(1) as u64;
+    let max = max_per_dim as u64;
+    if groups <= max {
+        [groups as u32, 1, 1]
+    } else {
+        [max as u32, groups.div_ceil(max) as u32, 1]
+    }
+}
+
+/// C[m,n] = op(A)·op(B) (+ bias). Errs if the output needs more workgroups than a dimension allows.
+pub fn matmul(t: Transpose, dims: MatmulDims, use_bias: bool, max_per_dim: u32) -> Result<Launch> {
+    let tile = MATMUL_TILE as usize;
+    let grid = [
+        dims.n.div_ceil(tile) as u32,
+        dims.m.div_ceil(tile) as u32,
+        1,
+    ];
+    if grid[0] > max_per_dim || grid[1] > max_per_dim {
+        return Err(KilnError::OverLimit {
+            tensor: format!("matmul output [{}, {}]", dims.m, dims.n),
+            size: (dims.m * dims.n * 4) as u64,
+            limit_name: "max_compute_workgroups_per_dimension",
+            limit: max_per_dim as u64,
+        });
+    }
+    let params = MatmulParams {
+        m: dims.m as u32,
+        n: dims.n as u32,
+        k: dims.k as u32,
+        use_bias: use_bias as u32,
+    };
+    let (ta, tb) = match t {
+        Transpose::Nn => (0.0, 0.0),
+        Transpose::Tn => (1.0, 0.0),
+        Transpose::Nt => (0.0, 1.0),
+    };
+    let mut launch = Launch::new(&MATMUL, &params, grid);
+    launch.constants = vec![("TRANS_A", ta), ("TRANS_B", tb)];
+    Ok(launch)
+}
+
+/// db[cols] = column sums of dy[rows, cols].
+pub fn bias_grad(rows: usize, cols: usize, max_per_dim: u32) -> Launch {
+    let params = BiasParams {
+        rows: rows as u32,
+        cols: cols as u32,
+    };
+    let grid = [(cols as u32).div_ceil(64).min(max_per_dim), 1, 1];
+    Launch::new(&BIAS_GRAD, &params, grid)
+}
+
+fn activation(
+    kernel: &'static Kernel,
+    act: Activation,
+    len: usize,
+    cols: usize,
+    max_per_dim: u32,
+) -> Launch {
+    let params = ElementwiseParams {
+        len: len as u32,
+        cols: cols as u32,
+        scalar: act.alpha(),
+        _pad: 0,
+    };
+    // One thread per element, or per row for softmax.
+    let threads = if act == Activation::Softmax {
+        len / cols
+    } else {
+        len
+    };
+    Launch::new(kernel, &params, elementwise_grid(threads, max_per_dim))
+}
+
+/// y = act(x), `len` elements in rows of `cols`.
+pub fn activation_forward(act: Activation, len: usize, cols: usize, max_per_dim: u32) -> Launch {
+    activation(activation_forward_kernel(act), act, len, cols, max_per_dim)
+}
+
+/// dx = dy·act'(x).
+pub fn activation_backward(act: Activation, len: usize, cols: usize, max_per_dim: u32) -> Launch {
+    activation(activation_backward_kernel(act), act, len, cols, max_per_dim)
+}
+
+/// The two passes of a loss over an output of `len` elements in rows of `cols`: terms and
+/// gradient, then the mean into history slot `slot`.
+pub fn loss(loss: Loss, len: usize, cols: usize, slot: u32, max_per_dim: u32) -> (Launch, Launch) {
+    let rows = len / cols;
+    let (count, divisor) = if loss == Loss::CrossEntropy {
+        (rows, rows)
+    } else {
+        (len, len)
+    };
+    let scale = 1.0 / divisor as f32;
+    let terms = ElementwiseParams {
+        len: len as u32,
+        cols: cols as u32,
+        scalar: scale,
+        _pad: 0,
+    };
+    let reduce = ReduceParams {
+        count: count as u32,
+        slot,
+        scale,
+        _pad: 0,
+    };
+    (
+        Launch::new(
+            loss_kernel(loss),
+            &terms,
+            elementwise_grid(count, max_per_dim),
+        ),
+        Launch::new(&LOSS_REDUCE, &reduce, [1, 1, 1]),
+    )
+}
+
+/// One SGD update of `len` parameters.
+pub fn sgd(opts: &SgdOptions, lr: f32, first_step: bool, len: usize, max_per_dim: u32) -> Launch {
+    Launch::new(
+        &SGD,
+        &sgd_params(opts, lr, first_step, len),
+        elementwise_grid(len, max_per_dim),
+    )
+}
+
+pub fn sgd_params(opts: &SgdOptions, lr: f32, first_step: bool, len: usize) -> SgdParams {
+    SgdParams {
+        len: len as u32,
+        lr,
+        momentum: opts.momentum,
+        dampening: opts.dampening,
+        weight_decay: opts.weight_decay,
+        nesterov: opts.nesterov as u32,
+        maximize: opts.maximize as u32,
+        first_step: first_step as u32,
+    }
+}
+
+/// Targets as the loss kernels read them: values as they are, class labels as f32 (exact for
+/// the class counts `ops::check_labels` allows).
+pub fn targets_as_f32(targets: Targets) -> Vec<f32> {
+    match targets {
+        Targets::Values(v) => v.to_vec(),
+        Targets::Classes(c) => c.iter().map(|&l| l as f32).collect(),
+    }
+}

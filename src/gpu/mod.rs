@@ -1,0 +1,386 @@
+//! The GPU device: adapter, wgpu device and queue, limit-checked buffers, cached pipelines,
+//! and errors turned into `Err` instead of panics.
+
+pub mod adapter;
+pub mod kernels;
+mod ops;
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{KilnError, Result};
+pub use adapter::AdapterOptions;
+use kernels::{Binding, Kernel};
+
+/// A pipeline with the layout of its bind group.
+pub struct CachedPipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub group: u32,
+}
+
+type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+/// One wgpu device and everything Kiln keeps per device.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<CachedPipeline>>>,
+    /// Errors wgpu reported outside any call that could return them (validation, out of
+    /// memory, device loss); the next Kiln call on this device returns them.
+    errors: Arc<Mutex<Vec<String>>>,
+    /// A small read-only buffer bound where a kernel's optional input is absent.
+    dummy: wgpu::Buffer,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .finish()
+    }
+}
+
+impl GpuContext {
+    /// Opens the adapter `opts` asks for, with all of its limits (wgpu's defaults would cap
+    /// buffers at 256 MiB) and the optional features Kiln can use.
+    pub fn new(opts: &AdapterOptions) -> Result<Self> {
+        let adapter = adapter::select(opts)?;
+        Self::from_adapter(adapter)
+    }
+
+    /// Opens a device on a chosen adapter.
+    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let wanted =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
+        let features = adapter.features() & wanted;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("kiln"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| KilnError::Gpu(format!("could not open {}: {e}", info.name)))?;
+
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            sink.lock()
+                .unwrap()
+                .push(format!("device lost ({reason:?}): {message}"));
+        });
+        let dummy = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("kiln.dummy"),
+            contents: &[0u8; 16],
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            modules: Mutex::default(),
+            pipelines: Mutex::default(),
+            errors,
+            dummy,
+        })
+    }
+
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// "name (backend)", for messages and benchmark rows.
+    pub fn name(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// Returns (and clears) any error wgpu reported since the last check.
+    pub fn check_errors(&self) -> Result<()> {
+        let mut errors = self.errors.lock().unwrap();
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.join("; ");
+        errors.clear();
+        Err(KilnError::Gpu(message))
+    }
+
+    /// Errs if a buffer of `size` bytes for `tensor` would exceed the device's limits.
+    pub fn check_size(&self, tensor: &str, size: u64, storage: bool) -> Result<()> {
+        let over = |limit_name, limit| KilnError::OverLimit {
+            tensor: tensor.to_string(),
+            size,
+            limit_name,
+            limit,
+        };
+        if size > self.limits.max_buffer_size {
+            return Err(over("max_buffer_size", self.limits.max_buffer_size));
+        }
+        let binding = self.limits.max_storage_buffer_binding_size as u64;
+        if storage && size > binding {
+            return Err(over("max_storage_buffer_binding_size", binding));
+        }
+        Ok(())
+    }
+
+    /// A zeroed storage buffer of `len` f32s, checked against the limits.
+    pub fn storage_buffer(&self, tensor: &str, len: usize) -> Result<wgpu::Buffer> {
+        let size = (len.max(1) * 4) as u64;
+        self.check_size(tensor, size, true)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(tensor),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `data`, checked against the limits.
+    pub fn upload<T: bytemuck::Pod>(&self, tensor: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buffer = self.storage_buffer(tensor, bytes.len().div_ceil(4))?;
+        self.queue.write_buffer(&buffer, 0, bytes);
+        Ok(buffer)
+    }
+
+    /// A uniform buffer holding `bytes`, rewritable with `queue.write_buffer`.
+    pub fn uniform_bytes(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// The read-only placeholder bound where an optional input is absent.
+    pub fn dummy(&self) -> &wgpu::Buffer {
+        &self.dummy
+    }
+
+    /// Copies `len` f32s starting at element `offset` of `buffer` back to the host. This waits
+    /// for the GPU: call it when a result is wanted, never inside a step loop.
+    pub fn read_back(&self, buffer: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let size = (len * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln.staging"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, (offset * 4) as u64, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let slice = staging.slice(..);
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = sender.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| KilnError::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check_errors()?;
+        match pollster::block_on(receiver.receive()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(KilnError::Gpu(format!("mapping a read-back buffer: {e}"))),
+            None => {
+                return Err(KilnError::Gpu(
+                    "read-back was cancelled (device lost?)".into(),
+                ));
+            }
+        }
+        let data = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| KilnError::Gpu(format!("reading a mapped buffer: {e}")))?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// The pipeline for `kernel` with these override constants, compiled on first use.
+    pub fn pipeline(
+        &self,
+        kernel: &'static Kernel,
+        constants: &[(&'static str, f64)],
+    ) -> Arc<CachedPipeline> {
+        let key: PipelineKey = (
+            kernel.file,
+            kernel.entry,
+            constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
+        );
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return p.clone();
+        }
+        let module = {
+            let mut modules = self.modules.lock().unwrap();
+            modules
+                .entry(kernel.file)
+                .or_insert_with(|| {
+                    self.device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(kernel.file),
+                            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                        })
+                })
+                .clone()
+        };
+        let entries: Vec<_> = kernel
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: match b {
+                    Binding::Uniform => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    Binding::Read | Binding::ReadWrite => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: *b == Binding::Read,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(kernel.entry),
+                entries: &entries,
+            });
+        let groups: Vec<Option<&wgpu::BindGroupLayout>> = (0..=kernel.group)
+            .map(|g| (g == kernel.group).then_some(&layout))
+            .collect();
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(kernel.entry),
+                bind_group_layouts: &groups,
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    ..Default::default()
+                },
+                cache: None,
+            });
+        let cached = Arc::new(CachedPipeline {
+            pipeline,
+            layout,
+            group: kernel.group,
+        });
+        self.pipelines.lock().unwrap().insert(key, cached.clone());
+        cached
+    }
+
+    /// A bind group for `pipeline`, one buffer range per binding in order.
+    pub fn bind_group(
+        &self,
+        pipeline: &CachedPipeline,
+        buffers: &[BufferRange<'_>],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<_> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: r.buffer,
+                    offset: r.offset,
+                    size: r.size,
+                }),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.layout,
+            entries: &entries,
+        })
+    }
+}
+
+/// A buffer, or a byte range of one, to bind.
+#[derive(Clone, Copy)]
+pub struct BufferRange<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub size: Option<NonZeroU64>,
+}
+
+impl<'a> From<&'a wgpu::Buffer> for BufferRange<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        BufferRange {
+            buffer,
+            offset: 0,
+            size: None,
+        }
+    }
+}
+
+impl<'a> BufferRange<'a> {
+    /// Elements `[offset, offset + len)` of an f32 buffer.
+    pub fn f32s(buffer: &'a wgpu::Buffer, offset: usize, len: usize) -> Self {
+        BufferRange {
+            buffer,
+            offset: (offset * 4) as u64,
+            size: NonZeroU64::new((len.max(1) * 4) as u64),
+        }
+    }
+}
+
+/// One recorded kernel launch: pipeline, bind group and workgroup grid.
+pub struct Dispatch {
+    pub pipeline: Arc<CachedPipeline>,
+    pub bind_group: wgpu::BindGroup,
+    pub grid: [u32; 3],
+}
+
+/// A dispatch with the buffer of its uniform block, which can be rewritten (when a batch size
+/// or a learning rate changes) without rebuilding the bind group.
+pub struct Recorded {
+    pub dispatch: Dispatch,
+    pub uniform: wgpu::Buffer,
+}

@@ -1,0 +1,174 @@
+//! One kernel at a time over host slices: upload, dispatch, read back. This is how tests hold
+//! each kernel against its CPU twin; training records whole steps instead (`crate::train`).
+//! Inputs are assumed checked by `crate::device::Device`.
+
+use super::kernels::{self, Launch};
+use super::{BufferRange, Dispatch, GpuContext, Recorded};
+use crate::error::Result;
+use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+
+impl GpuContext {
+    /// Records `launch` over `buffers`, with a new uniform block holding its parameters bound
+    /// last.
+    pub fn record(&self, launch: &Launch, buffers: &[BufferRange<'_>]) -> Recorded {
+        let uniform = self.uniform_bytes(launch.kernel.entry, &launch.uniform);
+        let pipeline = self.pipeline(launch.kernel, &launch.constants);
+        let mut all = buffers.to_vec();
+        all.push((&uniform).into());
+        let bind_group = self.bind_group(&pipeline, &all);
+        Recorded {
+            dispatch: Dispatch {
+                pipeline,
+                bind_group,
+                grid: launch.grid,
+            },
+            uniform,
+        }
+    }
+
+    /// Records `dispatches`, in order, into one compute pass of one command encoder, submits
+    /// it, and reports GPU errors. WebGPU makes each dispatch's writes visible to the next, so
+    /// a whole training step fits in one pass.
+    pub fn submit<'a>(&self, dispatches: impl IntoIterator<Item = &'a Dispatch>) -> Result<()> {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("kiln"),
+                timestamp_writes: None,
+            });
+            for d in dispatches {
+                pass.set_pipeline(&d.pipeline.pipeline);
+                pass.set_bind_group(d.pipeline.group, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+        self.check_errors()
+    }
+
+    /// Records and submits one launch.
+    fn run(&self, launch: &Launch, buffers: &[BufferRange<'_>]) -> Result<()> {
+        self.submit([&self.record(launch, buffers).dispatch])
+    }
+
+    pub(crate) fn max_dim(&self) -> u32 {
+        self.limits().max_compute_workgroups_per_dimension
+    }
+
+    pub(crate) fn matmul(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        dims: MatmulDims,
+        t: Transpose,
+    ) -> Result<Vec<f32>> {
+        let launch = kernels::matmul(t, dims, bias.is_some(), self.max_dim())?;
+        let a_buf = self.upload("a", a)?;
+        let b_buf = self.upload("b", b)?;
+        let bias_buf = bias.map(|b| self.upload("bias", b)).transpose()?;
+        let c = self.storage_buffer("c", dims.m * dims.n)?;
+        let bias_range = bias_buf.as_ref().unwrap_or(self.dummy());
+        self.run(
+            &launch,
+            &[
+                (&a_buf).into(),
+                (&b_buf).into(),
+                bias_range.into(),
+                (&c).into(),
+            ],
+        )?;
+        self.read_back(&c, 0, dims.m * dims.n)
+    }
+
+    pub(crate) fn bias_grad(&self, dy: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        let dy_buf = self.upload("dy", dy)?;
+        let db = self.storage_buffer("db", cols)?;
+        let launch = kernels::bias_grad(rows, cols, self.max_dim());
+        self.run(&launch, &[(&dy_buf).into(), (&db).into()])?;
+        self.read_back(&db, 0, cols)
+    }
+
+    pub(crate) fn activation_forward(
+        &self,
+        act: Activation,
+        x: &[f32],
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        let x_buf = self.upload("x", x)?;
+        let y = self.storage_buffer("y", x.len())?;
+        let launch = kernels::activation_forward(act, x.len(), cols, self.max_dim());
+        self.run(&launch, &[(&x_buf).into(), (&y).into()])?;
+        self.read_back(&y, 0, x.len())
+    }
+
+    pub(crate) fn activation_backward(
+        &self,
+        act: Activation,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        let x_buf = self.upload("x", x)?;
+        let y_buf = self.upload("y", y)?;
+        let dy_buf = self.upload("dy", dy)?;
+        let dx = self.storage_buffer("dx", x.len())?;
+        let launch = kernels::activation_backward(act, x.len(), cols, self.max_dim());
+        let buffers = [
+            (&x_buf).into(),
+            (&y_buf).into(),
+            (&dy_buf).into(),
+            (&dx).into(),
+        ];
+        self.run(&launch, &buffers)?;
+        self.read_back(&dx, 0, x.len())
+    }
+
+    /// Mean loss and its gradient, through the same two dispatches a training step uses.
+    pub(crate) fn loss(
+        &self,
+        loss: Loss,
+        output: &[f32],
+        targets: Targets,
+        cols: usize,
+    ) -> Result<(f32, Vec<f32>)> {
+        let out_buf = self.upload("output", output)?;
+        let target_buf = self.upload("targets", &kernels::targets_as_f32(targets))?;
+        let terms = self.storage_buffer("loss terms", output.len())?;
+        let grad = self.storage_buffer("loss grad", output.len())?;
+        let history = self.storage_buffer("loss history", 1)?;
+        let (terms_launch, reduce_launch) =
+            kernels::loss(loss, output.len(), cols, 0, self.max_dim());
+        let terms_buffers = [
+            (&out_buf).into(),
+            (&target_buf).into(),
+            (&terms).into(),
+            (&grad).into(),
+        ];
+        let terms_pass = self.record(&terms_launch, &terms_buffers);
+        let reduce_pass = self.record(&reduce_launch, &[(&terms).into(), (&history).into()]);
+        self.submit([&terms_pass.dispatch, &reduce_pass.dispatch])?;
+        let value = self.read_back(&history, 0, 1)?[0];
+        Ok((value, self.read_back(&grad, 0, output.len())?))
+    }
+
+    pub(crate) fn sgd(
+        &self,
+        opts: &SgdOptions,
+        lr: f32,
+        first_step: bool,
+        param: &mut [f32],
+        grad: &[f32],
+        momentum_buf: &mut [f32],
+    ) -> Result<()> {
+        let p = self.upload("param", param)?;
+        let g = self.upload("grad", grad)?;
+        let m = self.upload("momentum_buffer", momentum_buf)?;
+        let launch = kernels::sgd(opts, lr, first_step, param.len(), self.max_dim());
+        self.run(&launch, &[(&p).into(), (&g).into(), (&m).into()])?;
+        param.copy_from_slice(&self.read_back(&p, 0, param.len())?);
+        momentum_buf.copy_from_slice(&self.read_back(&m, 0, momentum_buf.len())?);
+        Ok(())
+    }
+}

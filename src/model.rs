@@ -1,0 +1,161 @@
+//! The model: a `Sequential` stack of dense layers and activations followed by a loss, and the
+//! flat layout of its parameters.
+
+use rand::{RngExt, SeedableRng};
+
+use crate::error::{KilnError, Result};
+use crate::ops::{Activation, Loss};
+
+/// One entry of a `Sequential`, numbered like `nn.Sequential` (activations count).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Layer {
+    /// `nn.Linear(in, out)`; `in` is the previous width.
+    Dense {
+        out: usize,
+    },
+    Activation(Activation),
+}
+
+/// A multilayer perceptron: layers in order, then a loss on the last output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sequential {
+    input: usize,
+    layers: Vec<Layer>,
+    loss: Loss,
+}
+
+/// Where one dense layer's parameters live in the flat parameter arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenseParams {
+    /// Position in `Sequential::layers`.
+    pub layer: usize,
+    pub fan_in: usize,
+    pub fan_out: usize,
+    /// Offset (in f32s) of the weight, stored [out, in] like `nn.Linear.weight`.
+    pub weight: usize,
+    /// Offset of the bias [out].
+    pub bias: usize,
+}
+
+/// The flat layout shared by the parameter, gradient and momentum arenas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamLayout {
+    pub dense: Vec<DenseParams>,
+    /// Arena length in f32s, padding included.
+    pub len: usize,
+}
+
+impl Sequential {
+    /// A model reading `input` features. Errs on a zero width or a model with no dense layer.
+    pub fn new(input: usize, layers: Vec<Layer>, loss: Loss) -> Result<Self> {
+        if input == 0 {
+            return Err(KilnError::invalid(
+                "model.input",
+                "input width must be at least 1",
+            ));
+        }
+        for (i, layer) in layers.iter().enumerate() {
+            match layer {
+                Layer::Dense { out: 0 } => {
+                    return Err(KilnError::invalid(
+                        format!("model.layers[{i}]"),
+                        "dense layer with zero width",
+                    ));
+                }
+                Layer::Activation(Activation::LeakyRelu(s)) if !s.is_finite() => {
+                    return Err(KilnError::invalid(
+                        format!("model.layers[{i}]"),
+                        format!("leaky_relu slope must be finite, got {s}"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if !layers.iter().any(|l| matches!(l, Layer::Dense { .. })) {
+            return Err(KilnError::invalid(
+                "model.layers",
+                "the model needs at least one dense layer",
+            ));
+        }
+        Ok(Sequential {
+            input,
+            layers,
+            loss,
+        })
+    }
+
+    pub fn input(&self) -> usize {
+        self.input
+    }
+
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    pub fn loss(&self) -> Loss {
+        self.loss
+    }
+
+    /// Width of the tensor after each layer (`widths()[i]` is layer i's output).
+    pub fn widths(&self) -> Vec<usize> {
+        let mut w = self.input;
+        self.layers
+            .iter()
+            .map(|l| {
+                if let Layer::Dense { out } = l {
+                    w = *out;
+                }
+                w
+            })
+            .collect()
+    }
+
+    /// Width of the model's output.
+    pub fn output(&self) -> usize {
+        *self.widths().last().expect("a model has layers")
+    }
+
+    /// Parameter layout with every tensor starting at a multiple of `align` f32s (GPU storage
+    /// bindings need offsets aligned to the device's `min_storage_buffer_offset_alignment`).
+    pub fn param_layout(&self, align: usize) -> ParamLayout {
+        let align = align.max(1);
+        let mut len = 0;
+        let mut fan_in = self.input;
+        let mut dense = Vec::new();
+        for (layer, l) in self.layers.iter().enumerate() {
+            if let Layer::Dense { out } = *l {
+                let weight = len;
+                let bias = (weight + out * fan_in).next_multiple_of(align);
+                len = (bias + out).next_multiple_of(align);
+                dense.push(DenseParams {
+                    layer,
+                    fan_in,
+                    fan_out: out,
+                    weight,
+                    bias,
+                });
+                fan_in = out;
+            }
+        }
+        ParamLayout { dense, len }
+    }
+
+    /// Parameters initialised like `nn.Linear`: weight and bias ~ U(−1/√in, 1/√in), drawn
+    /// layer by layer, weight then bias, from a ChaCha8 stream seeded with `seed`.
+    pub fn init_params(&self, layout: &ParamLayout, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut params = vec![0.0; layout.len];
+        for d in &layout.dense {
+            let bound = 1.0 / (d.fan_in as f32).sqrt();
+            for range in [
+                d.weight..d.weight + d.fan_in * d.fan_out,
+                d.bias..d.bias + d.fan_out,
+            ] {
+                for p in &mut params[range] {
+                    *p = rng.random_range(-bound..bound);
+                }
+            }
+        }
+        params
+    }
+}

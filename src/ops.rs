@@ -1,0 +1,362 @@
+//! What the kernels compute, described once and shared by the CPU twins (`cpu`) and the GPU
+//! kernels (`gpu`), together with the input checks both devices run before any work.
+
+use crate::error::{KilnError, Result};
+
+/// Which product a matmul computes, for row-major A and B:
+/// `Nn`: A·B, `Tn`: Aᵀ·B, `Nt`: A·Bᵀ — the three products of a dense layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transpose {
+    /// C = A·B, A stored [M,K], B stored [K,N] (dX = dY·W).
+    Nn,
+    /// C = Aᵀ·B, A stored [K,M], B stored [K,N] (dW = dYᵀ·X).
+    Tn,
+    /// C = A·Bᵀ, A stored [M,K], B stored [N,K] (Y = X·Wᵀ).
+    Nt,
+}
+
+impl Transpose {
+    pub const ALL: [Transpose; 3] = [Transpose::Nn, Transpose::Tn, Transpose::Nt];
+}
+
+/// The sizes of C[M,N] = op(A)[M,K] · op(B)[K,N].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulDims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// Activation functions, PyTorch's definitions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    /// `negative_slope`, PyTorch's default 0.01.
+    LeakyRelu(f32),
+    Sigmoid,
+    Tanh,
+    /// `nn.GELU(approximate='none')`: x·Φ(x).
+    Gelu,
+    /// `nn.GELU(approximate='tanh')`.
+    GeluTanh,
+    /// Softmax over the last dimension (each row).
+    Softmax,
+}
+
+impl Activation {
+    pub const LEAKY_RELU_DEFAULT_SLOPE: f32 = 0.01;
+
+    /// Every activation, with leaky_relu at PyTorch's default slope.
+    pub const ALL: [Activation; 8] = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu(Activation::LEAKY_RELU_DEFAULT_SLOPE),
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::Softmax,
+    ];
+
+    /// The name used in run files and in kernel entry points.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Relu => "relu",
+            Activation::LeakyRelu(_) => "leaky_relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
+            Activation::Softmax => "softmax",
+        }
+    }
+
+    /// Parses a run-file name (`"relu"`, `"leaky_relu"`, `"gelu_tanh"`, …).
+    pub fn from_name(name: &str) -> Result<Self> {
+        Activation::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = Activation::ALL.iter().map(|a| a.name()).collect();
+                KilnError::invalid(
+                    "activation",
+                    format!("unknown activation {name:?}; known: {}", known.join(", ")),
+                )
+            })
+    }
+
+    /// The extra scalar a kernel needs (leaky_relu's slope), 0 otherwise.
+    pub(crate) fn alpha(self) -> f32 {
+        match self {
+            Activation::LeakyRelu(slope) => slope,
+            _ => 0.0,
+        }
+    }
+}
+
+/// Losses, mean reduction, PyTorch's definitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Loss {
+    /// `nn.MSELoss`.
+    Mse,
+    /// `nn.BCELoss` on probabilities (logs clamped at −100).
+    Bce,
+    /// `nn.BCEWithLogitsLoss`.
+    BceWithLogits,
+    /// `nn.CrossEntropyLoss` from logits with integer class labels.
+    CrossEntropy,
+}
+
+impl Loss {
+    pub const ALL: [Loss; 4] = [
+        Loss::Mse,
+        Loss::Bce,
+        Loss::BceWithLogits,
+        Loss::CrossEntropy,
+    ];
+
+    /// The name used in run files and in kernel entry points.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Mse => "mse",
+            Loss::Bce => "bce",
+            Loss::BceWithLogits => "bce_with_logits",
+            Loss::CrossEntropy => "cross_entropy",
+        }
+    }
+
+    /// Parses a run-file name.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Loss::ALL
+            .into_iter()
+            .find(|l| l.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = Loss::ALL.iter().map(|l| l.name()).collect();
+                KilnError::invalid(
+                    "loss",
+                    format!("unknown loss {name:?}; known: {}", known.join(", ")),
+                )
+            })
+    }
+}
+
+/// The targets of a loss: a tensor shaped like the output, or one class label per row.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// Same shape as the output (mse, bce, bce_with_logits).
+    Values(&'a [f32]),
+    /// One class index per row (cross_entropy).
+    Classes(&'a [u32]),
+}
+
+impl Targets<'_> {
+    /// Rows of targets, given the output's column count.
+    pub fn rows(&self, cols: usize) -> usize {
+        match self {
+            Targets::Values(v) => v.len() / cols.max(1),
+            Targets::Classes(c) => c.len(),
+        }
+    }
+}
+
+/// torch.optim.SGD's options, with its parameter names and defaults (the learning rate comes
+/// from a schedule each step, so it is not here).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdOptions {
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    pub maximize: bool,
+}
+
+impl Default for SgdOptions {
+    fn default() -> Self {
+        SgdOptions {
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            maximize: false,
+        }
+    }
+}
+
+impl SgdOptions {
+    /// The checks torch.optim.SGD makes in its constructor, with the same rules.
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("momentum", self.momentum),
+            ("dampening", self.dampening),
+            ("weight_decay", self.weight_decay),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(KilnError::invalid(
+                    format!("optimizer.{field}"),
+                    format!("must be finite and >= 0, got {v}"),
+                ));
+            }
+        }
+        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+            return Err(KilnError::invalid(
+                "optimizer.nesterov",
+                "Nesterov momentum requires a momentum > 0 and zero dampening",
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---- input checks shared by both devices ----
+
+/// Errs with the first non-finite value of `values`, naming the tensor.
+pub fn check_finite(what: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(KilnError::NonFinite {
+            what: what.to_string(),
+            index,
+            value: values[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Errs unless `values.len() == expected`, naming the tensor and the shape it should have.
+pub fn check_len(
+    context: &str,
+    tensor: &str,
+    values: usize,
+    expected: usize,
+    shape: &str,
+) -> Result<()> {
+    if values != expected {
+        return Err(KilnError::shape(
+            context,
+            format!("`{tensor}` has {values} elements, expected {expected} ({shape})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Errs if any dimension is zero.
+pub fn check_nonzero(context: &str, dims: &[(&str, usize)]) -> Result<()> {
+    for (name, v) in dims {
+        if *v == 0 {
+            return Err(KilnError::shape(
+                context,
+                format!("{name} must be at least 1, got 0"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The stored lengths of A and B for a product, given its transposes.
+pub fn matmul_operand_shapes(dims: MatmulDims, t: Transpose) -> ((usize, usize), (usize, usize)) {
+    let MatmulDims { m, n, k } = dims;
+    match t {
+        Transpose::Nn => ((m, k), (k, n)),
+        Transpose::Tn => ((k, m), (k, n)),
+        Transpose::Nt => ((m, k), (n, k)),
+    }
+}
+
+/// Checks operand and bias sizes of a matmul.
+pub fn check_matmul(
+    a: usize,
+    b: usize,
+    bias: Option<usize>,
+    dims: MatmulDims,
+    t: Transpose,
+) -> Result<()> {
+    let ctx = format!("matmul {t:?} (M={}, N={}, K={})", dims.m, dims.n, dims.k);
+    check_nonzero(&ctx, &[("M", dims.m), ("N", dims.n), ("K", dims.k)])?;
+    let ((ar, ac), (br, bc)) = matmul_operand_shapes(dims, t);
+    check_len(&ctx, "a", a, ar * ac, &format!("[{ar}, {ac}]"))?;
+    check_len(&ctx, "b", b, br * bc, &format!("[{br}, {bc}]"))?;
+    if let Some(bias) = bias {
+        check_len(&ctx, "bias", bias, dims.n, &format!("[{}]", dims.n))?;
+    }
+    Ok(())
+}
+
+/// Checks a [rows, cols] tensor given as a flat slice: cols ≥ 1 and the length a multiple of it.
+pub fn check_rows(context: &str, tensor: &str, len: usize, cols: usize) -> Result<usize> {
+    check_nonzero(context, &[("cols", cols)])?;
+    if len == 0 || len % cols != 0 {
+        return Err(KilnError::shape(
+            context,
+            format!(
+                "`{tensor}` has {len} elements, not a non-empty whole number of rows of {cols}"
+            ),
+        ));
+    }
+    Ok(len / cols)
+}
+
+/// Checks a loss's output and targets, including the label range for cross-entropy.
+pub fn check_loss(loss: Loss, output: &[f32], targets: Targets, cols: usize) -> Result<()> {
+    let rows = check_rows(
+        &format!("{} loss", loss.name()),
+        "output",
+        output.len(),
+        cols,
+    )?;
+    check_targets(loss, targets, rows, cols)
+}
+
+/// Checks that `targets` fit a loss on an output of [rows, cols]: the right kind (labels for
+/// cross_entropy, values otherwise), the right length, labels in range, values finite.
+pub fn check_targets(loss: Loss, targets: Targets, rows: usize, cols: usize) -> Result<()> {
+    let ctx = format!("{} loss", loss.name());
+    match (loss, targets) {
+        (Loss::CrossEntropy, Targets::Classes(labels)) => {
+            check_len(&ctx, "labels", labels.len(), rows, &format!("[{rows}]"))?;
+            check_labels(labels, cols)
+        }
+        (Loss::CrossEntropy, Targets::Values(_)) => Err(KilnError::invalid(
+            "targets",
+            "cross_entropy needs integer class labels, got a tensor of values",
+        )),
+        (_, Targets::Values(t)) => {
+            check_len(
+                &ctx,
+                "targets",
+                t.len(),
+                rows * cols,
+                &format!("[{rows}, {cols}]"),
+            )?;
+            check_finite("targets", t)
+        }
+        (_, Targets::Classes(_)) => Err(KilnError::invalid(
+            "targets",
+            format!(
+                "{} needs target values shaped like the output, got class labels",
+                loss.name()
+            ),
+        )),
+    }
+}
+
+/// Labels travel to the GPU as f32, exact below 2^24; that also bounds the class count.
+pub const MAX_CLASSES: usize = 1 << 24;
+
+/// Errs with the first label outside `0..classes`.
+pub fn check_labels(labels: &[u32], classes: usize) -> Result<()> {
+    if classes > MAX_CLASSES {
+        return Err(KilnError::invalid(
+            "classes",
+            format!("{classes} classes is over Kiln's limit of {MAX_CLASSES}"),
+        ));
+    }
+    match labels.iter().position(|&l| l as usize >= classes) {
+        Some(row) => Err(KilnError::LabelOutOfRange {
+            row,
+            label: labels[row],
+            classes,
+        }),
+        None => Ok(()),
+    }
+}

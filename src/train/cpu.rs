@@ -1,0 +1,179 @@
+//! The training step on the CPU device: the step's program interpreted over host vectors with
+//! the CPU twins of the kernels.
+
+use super::TrainOptions;
+use super::program::{Instr, Program, Slot};
+use crate::cpu;
+use crate::model::Sequential;
+use crate::ops::{Loss, SgdOptions, Targets};
+
+pub struct CpuStep {
+    program: Program,
+    input_width: usize,
+    /// Width of each layer's output.
+    widths: Vec<usize>,
+    loss: Loss,
+    sgd: SgdOptions,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    momentum: Vec<f32>,
+    momentum_started: bool,
+    input: Vec<f32>,
+    acts: Vec<Vec<f32>>,
+    act_grads: Vec<Vec<f32>>,
+    losses: Vec<f32>,
+}
+
+impl CpuStep {
+    pub fn new(
+        model: &Sequential,
+        program: Program,
+        options: TrainOptions,
+        params: Vec<f32>,
+    ) -> Self {
+        let widths = model.widths();
+        let sized = |w: &usize| vec![0.0; options.max_batch * w];
+        CpuStep {
+            program,
+            input_width: model.input(),
+            acts: widths.iter().map(sized).collect(),
+            act_grads: widths.iter().map(sized).collect(),
+            widths,
+            loss: model.loss(),
+            sgd: options.sgd,
+            grads: vec![0.0; params.len()],
+            momentum: vec![0.0; params.len()],
+            momentum_started: false,
+            params,
+            input: Vec::new(),
+            losses: Vec::new(),
+        }
+    }
+
+    pub fn step(&mut self, x: &[f32], targets: Targets, batch: usize, lr: f32) {
+        self.forward(x, batch);
+        let last = self.widths.len() - 1;
+        let cols = self.widths[last];
+        let n = batch * cols;
+        let mut grad = std::mem::take(&mut self.act_grads[last]);
+        let value = cpu::loss::loss(
+            self.loss,
+            &self.acts[last][..n],
+            targets,
+            cols,
+            &mut grad[..n],
+        );
+        self.act_grads[last] = grad;
+        self.losses.push(value);
+        for instr in self.program.backward.clone() {
+            self.exec(&instr, batch);
+        }
+        cpu::sgd::sgd(
+            &self.sgd,
+            lr,
+            !self.momentum_started,
+            &mut self.params,
+            &self.grads,
+            &mut self.momentum,
+        );
+        self.momentum_started = true;
+    }
+
+    pub fn predict(&mut self, x: &[f32], batch: usize) -> Vec<f32> {
+        self.forward(x, batch);
+        let last = self.widths.len() - 1;
+        self.acts[last][..batch * self.widths[last]].to_vec()
+    }
+
+    pub fn losses(&self) -> &[f32] {
+        &self.losses
+    }
+
+    pub fn parameters(&self) -> &[f32] {
+        &self.params
+    }
+
+    fn forward(&mut self, x: &[f32], batch: usize) {
+        self.input.clear();
+        self.input.extend_from_slice(x);
+        for instr in self.program.forward.clone() {
+            self.exec(&instr, batch);
+        }
+    }
+
+    /// The elements of `slot` for a batch of `batch` rows.
+    fn get(&self, slot: Slot, batch: usize) -> &[f32] {
+        match slot {
+            Slot::Input => &self.input[..batch * self.input_width],
+            Slot::Act(i) => &self.acts[i][..batch * self.widths[i]],
+            Slot::ActGrad(i) => &self.act_grads[i][..batch * self.widths[i]],
+            Slot::Param { offset, len } => &self.params[offset..offset + len],
+            Slot::Grad { offset, len } => &self.grads[offset..offset + len],
+        }
+    }
+
+    /// Runs one instruction. Its output vector is taken out while the inputs are borrowed;
+    /// no instruction reads the vector it writes.
+    fn exec(&mut self, instr: &Instr, batch: usize) {
+        let out_slot = match *instr {
+            Instr::Matmul { c, .. } => c,
+            Instr::BiasGrad { db, .. } => db,
+            Instr::ActForward { y, .. } => y,
+            Instr::ActBackward { dx, .. } => dx,
+        };
+        let (mut out, range) = match out_slot {
+            Slot::Act(i) => (std::mem::take(&mut self.acts[i]), 0..batch * self.widths[i]),
+            Slot::ActGrad(i) => (
+                std::mem::take(&mut self.act_grads[i]),
+                0..batch * self.widths[i],
+            ),
+            Slot::Grad { offset, len } => (std::mem::take(&mut self.grads), offset..offset + len),
+            Slot::Input | Slot::Param { .. } => {
+                unreachable!("programs never write inputs or parameters")
+            }
+        };
+        let dst = &mut out[range];
+        match *instr {
+            Instr::Matmul {
+                t,
+                a,
+                b,
+                bias,
+                m,
+                n,
+                k,
+                ..
+            } => {
+                let dims = Instr::matmul_dims(m, n, k, batch);
+                let bias = bias.map(|s| self.get(s, batch));
+                cpu::matmul::matmul(self.get(a, batch), self.get(b, batch), bias, dst, dims, t);
+            }
+            Instr::BiasGrad { dy, cols, .. } => {
+                cpu::bias::bias_grad(self.get(dy, batch), batch, cols, dst)
+            }
+            Instr::ActForward { act, x, cols, .. } => {
+                cpu::activation::forward(act, self.get(x, batch), cols, dst)
+            }
+            Instr::ActBackward {
+                act,
+                x,
+                y,
+                dy,
+                cols,
+                ..
+            } => cpu::activation::backward(
+                act,
+                self.get(x, batch),
+                self.get(y, batch),
+                self.get(dy, batch),
+                cols,
+                dst,
+            ),
+        }
+        match out_slot {
+            Slot::Act(i) => self.acts[i] = out,
+            Slot::ActGrad(i) => self.act_grads[i] = out,
+            _ => self.grads = out,
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The training step on a GPU. Buffers, bind groups and pipelines are made once; a step writes
+//! the batch, the targets and two small uniforms (the loss slot, the SGD rate), then records
+//! every dispatch into one compute pass of one command encoder and submits it once.
+
+use std::sync::Arc;
+
+use super::program::{Instr, Program, Slot};
+use super::{LOSS_HISTORY, TrainOptions};
+use crate::error::Result;
+use crate::gpu::kernels::{self, Launch};
+use crate::gpu::{BufferRange, GpuContext, Recorded};
+use crate::model::Sequential;
+use crate::ops::{Loss, SgdOptions, Targets};
+
+pub struct GpuStep {
+    ctx: Arc<GpuContext>,
+    input_width: usize,
+    widths: Vec<usize>,
+    loss: Loss,
+    sgd_options: SgdOptions,
+    params: wgpu::Buffer,
+    param_len: usize,
+    input: wgpu::Buffer,
+    targets: wgpu::Buffer,
+    acts: Vec<wgpu::Buffer>,
+    forward: Vec<(Instr, Recorded)>,
+    backward: Vec<(Instr, Recorded)>,
+    loss_terms: Recorded,
+    loss_reduce: Recorded,
+    sgd: Recorded,
+    history: wgpu::Buffer,
+    /// Batch size the batch-dependent uniforms currently hold.
+    batch: usize,
+    momentum_started: bool,
+    /// Losses already read back, and how many more wait in `history`.
+    losses: Vec<f32>,
+    pending: usize,
+}
+
+/// Everything a recorded program binds, in one place for `bind`.
+struct Buffers<'a> {
+    input: &'a wgpu::Buffer,
+    acts: &'a [wgpu::Buffer],
+    act_grads: &'a [wgpu::Buffer],
+    params: &'a wgpu::Buffer,
+    grads: &'a wgpu::Buffer,
+}
+
+impl Buffers<'_> {
+    fn bind(&self, slot: Slot) -> BufferRange<'_> {
+        match slot {
+            Slot::Input => self.input.into(),
+            Slot::Act(i) => (&self.acts[i]).into(),
+            Slot::ActGrad(i) => (&self.act_grads[i]).into(),
+            Slot::Param { offset, len } => BufferRange::f32s(self.params, offset, len),
+            Slot::Grad { offset, len } => BufferRange::f32s(self.grads, offset, len),
+        }
+    }
+}
+
+/// The launch of one program instruction at a batch size.
+fn launch(instr: &Instr, batch: usize, max_dim: u32) -> Result<Launch> {
+    Ok(match *instr {
+        Instr::Matmul {
+            t, bias, m, n, k, ..
+        } => kernels::matmul(
+            t,
+            Instr::matmul_dims(m, n, k, batch),
+            bias.is_some(),
+            max_dim,
+        )?,
+        Instr::BiasGrad { cols, .. } => kernels::bias_grad(batch, cols, max_dim),
+        Instr::ActForward { act, cols, .. } => {
+            kernels::activation_forward(act, batch * cols, cols, max_dim)
+        }
+        Instr::ActBackward { act, cols, .. } => {
+            kernels::activation_backward(act, batch * cols, cols, max_dim)
+        }
+    })
+}
+
+impl GpuStep {
+    pub fn new(
+        ctx: Arc<GpuContext>,
+        model: &Sequential,
+        program: Program,
+        options: TrainOptions,
+        params: &[f32],
+    ) -> Result<Self> {
+        let align = ctx.limits().min_storage_buffer_offset_alignment as usize;
+        debug_assert!(
+            super::PARAM_ALIGN * 4 % align == 0,
+            "WebGPU caps the alignment at 256 bytes"
+        );
+        let max_batch = options.max_batch;
+        let widths = model.widths();
+        let last = widths.len() - 1;
+        let out = widths[last];
+
+        let params_buf = ctx.upload("parameters", params)?;
+        let grads = ctx.storage_buffer("gradients", params.len())?;
+        let momentum_len = if options.sgd.momentum != 0.0 {
+            params.len()
+        } else {
+            1
+        };
+        let momentum = ctx.storage_buffer("momentum buffers", momentum_len)?;
+        let input = ctx.storage_buffer("input batch", max_batch * model.input())?;
+        let targets = ctx.storage_buffer("targets", max_batch * out)?;
+        let acts = (0..widths.len())
+            .map(|i| ctx.storage_buffer(&format!("layer {i} output"), max_batch * widths[i]))
+            .collect::<Result<Vec<_>>>()?;
+        let act_grads = (0..widths.len())
+            .map(|i| {
+                ctx.storage_buffer(&format!("layer {i} output gradient"), max_batch * widths[i])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let terms = ctx.storage_buffer("loss terms", max_batch * out)?;
+        let history = ctx.storage_buffer("loss history", LOSS_HISTORY)?;
+
+        let max_dim = ctx.max_dim();
+        let record = |launch: &Launch, buffers: &[BufferRange<'_>]| ctx.record(launch, buffers);
+        let buffers = Buffers {
+            input: &input,
+            acts: &acts,
+            act_grads: &act_grads,
+            params: &params_buf,
+            grads: &grads,
+        };
+        let record_instr = |instr: &Instr| -> Result<(Instr, Recorded)> {
+            let l = launch(instr, max_batch, max_dim)?;
+            let bound: Vec<BufferRange<'_>> = match *instr {
+                Instr::Matmul { a, b, bias, c, .. } => vec![
+                    buffers.bind(a),
+                    buffers.bind(b),
+                    bias.map_or(ctx.dummy().into(), |s| buffers.bind(s)),
+                    buffers.bind(c),
+                ],
+                Instr::BiasGrad { dy, db, .. } => vec![buffers.bind(dy), buffers.bind(db)],
+                Instr::ActForward { x, y, .. } => vec![buffers.bind(x), buffers.bind(y)],
+                Instr::ActBackward { x, y, dy, dx, .. } => {
+                    vec![
+                        buffers.bind(x),
+                        buffers.bind(y),
+                        buffers.bind(dy),
+                        buffers.bind(dx),
+                    ]
+                }
+            };
+            Ok((*instr, record(&l, &bound)))
+        };
+        let forward = program
+            .forward
+            .iter()
+            .map(record_instr)
+            .collect::<Result<Vec<_>>>()?;
+        let backward = program
+            .backward
+            .iter()
+            .map(record_instr)
+            .collect::<Result<Vec<_>>>()?;
+
+        let (terms_launch, reduce_launch) =
+            kernels::loss(model.loss(), max_batch * out, out, 0, max_dim);
+        let loss_terms = record(
+            &terms_launch,
+            &[
+                (&acts[last]).into(),
+                (&targets).into(),
+                (&terms).into(),
+                (&act_grads[last]).into(),
+            ],
+        );
+        let loss_reduce = record(&reduce_launch, &[(&terms).into(), (&history).into()]);
+        let sgd_launch = kernels::sgd(&options.sgd, 0.0, true, params.len(), max_dim);
+        let sgd = record(
+            &sgd_launch,
+            &[(&params_buf).into(), (&grads).into(), (&momentum).into()],
+        );
+        ctx.check_errors()?;
+
+        Ok(GpuStep {
+            input_width: model.input(),
+            loss: model.loss(),
+            sgd_options: options.sgd,
+            param_len: params.len(),
+            params: params_buf,
+            input,
+            targets,
+            acts,
+            forward,
+            backward,
+            loss_terms,
+            loss_reduce,
+            sgd,
+            history,
+            batch: max_batch,
+            momentum_started: false,
+            losses: Vec::new(),
+            pending: 0,
+            widths,
+            ctx,
+        })
+    }
+
+    fn output_width(&self) -> usize {
+        *self.widths.last().expect("a model has layers")
+    }
+
+    /// Rewrites the uniforms and grids that depend on the batch size, if it changed.
+    fn set_batch(&mut self, batch: usize) -> Result<()> {
+        if batch == self.batch {
+            return Ok(());
+        }
+        let max_dim = self.ctx.max_dim();
+        for (instr, rec) in self.forward.iter_mut().chain(self.backward.iter_mut()) {
+            let l = launch(instr, batch, max_dim)?;
+            self.ctx.queue.write_buffer(&rec.uniform, 0, &l.uniform);
+            rec.dispatch.grid = l.grid;
+        }
+        let out = self.output_width();
+        let (terms, _) = kernels::loss(self.loss, batch * out, out, 0, max_dim);
+        self.ctx
+            .queue
+            .write_buffer(&self.loss_terms.uniform, 0, &terms.uniform);
+        self.loss_terms.dispatch.grid = terms.grid;
+        self.batch = batch;
+        Ok(())
+    }
+
+    pub fn step(&mut self, x: &[f32], targets: Targets, batch: usize, lr: f32) -> Result<()> {
+        if self.pending == LOSS_HISTORY {
+            self.flush_losses()?;
+        }
+        self.set_batch(batch)?;
+        let queue = &self.ctx.queue;
+        queue.write_buffer(&self.input, 0, bytemuck::cast_slice(x));
+        queue.write_buffer(
+            &self.targets,
+            0,
+            bytemuck::cast_slice(&kernels::targets_as_f32(targets)),
+        );
+        let out = self.output_width();
+        let (_, reduce) = kernels::loss(
+            self.loss,
+            batch * out,
+            out,
+            self.pending as u32,
+            self.ctx.max_dim(),
+        );
+        queue.write_buffer(&self.loss_reduce.uniform, 0, &reduce.uniform);
+        let sgd = kernels::sgd_params(
+            &self.sgd_options,
+            lr,
+            !self.momentum_started,
+            self.param_len,
+        );
+        queue.write_buffer(&self.sgd.uniform, 0, bytemuck::bytes_of(&sgd));
+
+        let dispatches = self
+            .forward
+            .iter()
+            .map(|(_, r)| &r.dispatch)
+            .chain([&self.loss_terms.dispatch, &self.loss_reduce.dispatch])
+            .chain(self.backward.iter().map(|(_, r)| &r.dispatch))
+            .chain([&self.sgd.dispatch]);
+        self.ctx.submit(dispatches)?;
+        self.momentum_started = true;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Reads the losses waiting in the GPU history back in one transfer.
+    fn flush_losses(&mut self) -> Result<()> {
+        let values = self.ctx.read_back(&self.history, 0, self.pending)?;
+        self.losses.extend(values);
+        self.pending = 0;
+        Ok(())
+    }
+
+    pub fn losses(&mut self) -> Result<&[f32]> {
+        self.flush_losses()?;
+        Ok(&self.losses)
+    }
+
+    pub fn predict(&mut self, x: &[f32], batch: usize) -> Result<Vec<f32>> {
+        debug_assert_eq!(x.len(), batch * self.input_width);
+        self.set_batch(batch)?;
+        self.ctx
+            .queue
+            .write_buffer(&self.input, 0, bytemuck::cast_slice(x));
+        self.ctx
+            .submit(self.forward.iter().map(|(_, r)| &r.dispatch))?;
+        let last = self.acts.len() - 1;
+        self.ctx
+            .read_back(&self.acts[last], 0, batch * self.output_width())
+    }
+
+    pub fn parameters(&self) -> Result<Vec<f32>> {
+        self.ctx.read_back(&self.params, 0, self.param_len)
+    }
+}

@@ -1,0 +1,201 @@
+//! Training: one step is forward → loss → backward → SGD update, on either device.
+//!
+//! On the GPU a step is recorded into one command encoder and submitted once; the loss of each
+//! step is written into a GPU-resident history and read back in bulk only when asked for (or
+//! when the history fills, once every [`LOSS_HISTORY`] steps).
+
+mod cpu;
+mod gpu;
+pub mod program;
+
+use kiln_schedule::LrSchedule;
+
+use crate::device::Device;
+use crate::error::{KilnError, Result};
+use crate::model::{ParamLayout, Sequential};
+use crate::ops::{self, SgdOptions, Targets};
+use program::Program;
+
+/// Losses kept on the GPU before a bulk read-back.
+pub const LOSS_HISTORY: usize = 1024;
+
+/// Parameter tensors start at multiples of this many f32s (256 bytes): the largest storage
+/// offset alignment WebGPU allows, so one layout serves every device and parameters can be
+/// compared across devices element by element.
+pub const PARAM_ALIGN: usize = 64;
+
+/// How to train, apart from the model and the schedule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainOptions {
+    pub sgd: SgdOptions,
+    /// The largest batch `step` will be given; buffers are sized for it.
+    pub max_batch: usize,
+    /// Seed of the initial parameters.
+    pub seed: u64,
+}
+
+enum Backend {
+    Cpu(cpu::CpuStep),
+    Gpu(gpu::GpuStep),
+}
+
+/// A model being trained on a device.
+pub struct Trainer {
+    model: Sequential,
+    layout: ParamLayout,
+    options: TrainOptions,
+    schedule: Box<dyn LrSchedule>,
+    backend: Backend,
+    steps: u64,
+}
+
+impl Trainer {
+    /// A trainer with parameters initialised from `options.seed` (see
+    /// [`Sequential::init_params`]).
+    pub fn new(
+        device: &Device,
+        model: Sequential,
+        options: TrainOptions,
+        schedule: Box<dyn LrSchedule>,
+    ) -> Result<Self> {
+        let layout = model.param_layout(PARAM_ALIGN);
+        let params = model.init_params(&layout, options.seed);
+        Self::with_params(device, model, options, schedule, params)
+    }
+
+    /// A trainer starting from given parameters, laid out as [`Sequential::param_layout`]
+    /// with [`PARAM_ALIGN`].
+    pub fn with_params(
+        device: &Device,
+        model: Sequential,
+        options: TrainOptions,
+        schedule: Box<dyn LrSchedule>,
+        params: Vec<f32>,
+    ) -> Result<Self> {
+        options.sgd.validate()?;
+        if options.max_batch == 0 {
+            return Err(KilnError::invalid("max_batch", "must be at least 1"));
+        }
+        let layout = model.param_layout(PARAM_ALIGN);
+        ops::check_len(
+            "parameters",
+            "params",
+            params.len(),
+            layout.len,
+            "the model's parameter layout",
+        )?;
+        ops::check_finite("initial parameters", &params)?;
+        let program = Program::new(&model, &layout);
+        let backend = match device {
+            Device::Cpu => Backend::Cpu(cpu::CpuStep::new(&model, program, options, params)),
+            Device::Gpu(ctx) => Backend::Gpu(gpu::GpuStep::new(
+                ctx.clone(),
+                &model,
+                program,
+                options,
+                &params,
+            )?),
+        };
+        Ok(Trainer {
+            model,
+            layout,
+            options,
+            schedule,
+            backend,
+            steps: 0,
+        })
+    }
+
+    pub fn model(&self) -> &Sequential {
+        &self.model
+    }
+
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// Updates done so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The rate the next update will use.
+    pub fn lr(&self) -> f64 {
+        self.schedule.lr()
+    }
+
+    /// One update on a batch: `x` is [B, input] row-major, `targets` one row (or label) per
+    /// sample. Returns the learning rate it used. The batch's loss is recorded, not returned:
+    /// on the GPU, reading it here would stall the pipeline (see [`Trainer::losses`]).
+    pub fn step(&mut self, x: &[f32], targets: Targets) -> Result<f64> {
+        let batch = self.check_batch(x, Some(targets))?;
+        let lr = self.schedule.lr();
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(KilnError::invalid(
+                "lr",
+                format!("the schedule gave {lr} for update {}", self.steps),
+            ));
+        }
+        match &mut self.backend {
+            Backend::Cpu(s) => s.step(x, targets, batch, lr as f32),
+            Backend::Gpu(s) => s.step(x, targets, batch, lr as f32)?,
+        }
+        self.schedule.step();
+        self.steps += 1;
+        Ok(lr)
+    }
+
+    /// The loss of every update so far, `losses()[t]` being update t's batch loss at the
+    /// weights before the update. On the GPU this reads the pending losses back in one go.
+    pub fn losses(&mut self) -> Result<&[f32]> {
+        match &mut self.backend {
+            Backend::Cpu(s) => Ok(s.losses()),
+            Backend::Gpu(s) => s.losses(),
+        }
+    }
+
+    /// The model's output for `x` [B, input], in batches of at most `max_batch`.
+    pub fn predict(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        self.check_batch(x, None)?;
+        let input = self.model.input();
+        let mut out = Vec::with_capacity(x.len() / input * self.model.output());
+        for chunk in x.chunks(self.options.max_batch * input) {
+            let rows = chunk.len() / input;
+            out.extend(match &mut self.backend {
+                Backend::Cpu(s) => s.predict(chunk, rows),
+                Backend::Gpu(s) => s.predict(chunk, rows)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The parameter arena (layout: [`Trainer::layout`]).
+    pub fn parameters(&self) -> Result<Vec<f32>> {
+        match &self.backend {
+            Backend::Cpu(s) => Ok(s.parameters().to_vec()),
+            Backend::Gpu(s) => s.parameters(),
+        }
+    }
+
+    /// Checks a batch (and its targets, for a training step); returns its row count.
+    fn check_batch(&self, x: &[f32], targets: Option<Targets>) -> Result<usize> {
+        let input = self.model.input();
+        let ctx = "training batch";
+        let rows = ops::check_rows(ctx, "x", x.len(), input)?;
+        ops::check_finite("input batch `x`", x)?;
+        let Some(targets) = targets else {
+            return Ok(rows);
+        };
+        if rows > self.options.max_batch {
+            return Err(KilnError::shape(
+                ctx,
+                format!(
+                    "batch of {rows} rows is over max_batch = {}",
+                    self.options.max_batch
+                ),
+            ));
+        }
+        ops::check_targets(self.model.loss(), targets, rows, self.model.output())?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,213 @@
+//! Every kernel, GPU against its CPU twin, on random data whose shapes are not tile multiples.
+
+mod common;
+
+use common::{Tolerance, assert_close, gpu_device, random, random_labels};
+use kiln::{Activation, Device, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+
+/// Sizes around the 64-wide matmul tile and the 16-deep k-step, and around 256-thread
+/// workgroups for the elementwise kernels.
+const SIZES: [usize; 7] = [1, 3, 17, 63, 64, 65, 129];
+
+fn both() -> Option<Device> {
+    gpu_device()
+}
+
+fn matmul_case(gpu: &Device, m: usize, n: usize, k: usize, t: Transpose, bias: bool, seed: u64) {
+    let a = random(m * k, -1.0, 1.0, seed);
+    let b = random(k * n, -1.0, 1.0, seed + 1);
+    let bias = bias.then(|| random(n, -1.0, 1.0, seed + 2));
+    let dims = MatmulDims { m, n, k };
+    let want = Device::Cpu
+        .matmul(&a, &b, bias.as_deref(), dims, t)
+        .unwrap();
+    let got = gpu.matmul(&a, &b, bias.as_deref(), dims, t).unwrap();
+    assert_close(
+        &format!("matmul {t:?} m={m} n={n} k={k}"),
+        &got,
+        &want,
+        common::matmul_tolerance(k),
+    );
+}
+
+#[test]
+fn matmul_matches_cpu_on_every_size_combination() {
+    let Some(gpu) = both() else { return };
+    let mut seed = 0;
+    for t in Transpose::ALL {
+        for &m in &SIZES {
+            for &n in &SIZES {
+                for &k in &SIZES {
+                    seed += 3;
+                    matmul_case(&gpu, m, n, k, t, false, seed);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_cpu_on_tall_thin_and_deep_shapes() {
+    let Some(gpu) = both() else { return };
+    for t in Transpose::ALL {
+        for (i, &(m, n, k)) in [
+            (4097, 3, 5),
+            (2, 2000, 7),
+            (5, 3, 3000),
+            (300, 1, 1),
+            (1, 1, 1000),
+        ]
+        .iter()
+        .enumerate()
+        {
+            matmul_case(&gpu, m, n, k, t, i % 2 == 0, 1000 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn matmul_fused_bias_matches_cpu() {
+    let Some(gpu) = both() else { return };
+    for (i, &n) in SIZES.iter().enumerate() {
+        matmul_case(&gpu, 65, n, 17, Transpose::Nt, true, 2000 + i as u64);
+    }
+}
+
+#[test]
+fn bias_grad_matches_cpu() {
+    let Some(gpu) = both() else { return };
+    for &rows in &SIZES {
+        for &cols in &SIZES {
+            let dy = random(rows * cols, -1.0, 1.0, (rows * 1000 + cols) as u64);
+            let want = Device::Cpu.bias_grad(&dy, cols).unwrap();
+            let got = gpu.bias_grad(&dy, cols).unwrap();
+            let tol = Tolerance {
+                abs: common::BIAS_GRAD.abs * rows as f32,
+                ..common::BIAS_GRAD
+            };
+            assert_close(&format!("bias_grad {rows}x{cols}"), &got, &want, tol);
+        }
+    }
+}
+
+#[test]
+fn activations_match_cpu_forward_and_backward() {
+    let Some(gpu) = both() else { return };
+    let mut acts = Activation::ALL.to_vec();
+    acts.push(Activation::LeakyRelu(0.2));
+    for act in acts {
+        for &rows in &[1usize, 3, 65] {
+            for &cols in &[1usize, 3, 17, 129] {
+                let len = rows * cols;
+                let seed = (rows * 131 + cols) as u64;
+                // Include large magnitudes so saturation paths (tanh, sigmoid, softmax) run.
+                let mut x = random(len, -4.0, 4.0, seed);
+                if len > 2 {
+                    x[0] = 30.0;
+                    x[1] = -30.0;
+                }
+                let dy = random(len, -1.0, 1.0, seed + 7);
+                let what = format!("{} [{rows}, {cols}]", act.name());
+                let y_cpu = Device::Cpu.activation_forward(act, &x, cols).unwrap();
+                let y_gpu = gpu.activation_forward(act, &x, cols).unwrap();
+                assert_close(
+                    &format!("{what} forward"),
+                    &y_gpu,
+                    &y_cpu,
+                    common::ACTIVATION,
+                );
+                let dx_cpu = Device::Cpu
+                    .activation_backward(act, &x, &y_cpu, &dy, cols)
+                    .unwrap();
+                let dx_gpu = gpu.activation_backward(act, &x, &y_cpu, &dy, cols).unwrap();
+                assert_close(
+                    &format!("{what} backward"),
+                    &dx_gpu,
+                    &dx_cpu,
+                    common::ACTIVATION,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_over_many_workgroups_matches_cpu() {
+    // 70 000 elements: more than one 256-thread workgroup row, exercising the flat index.
+    let Some(gpu) = both() else { return };
+    let x = random(70_000, -3.0, 3.0, 99);
+    let want = Device::Cpu
+        .activation_forward(Activation::Relu, &x, 7)
+        .unwrap();
+    let got = gpu.activation_forward(Activation::Relu, &x, 7).unwrap();
+    assert_close("relu 70000", &got, &want, common::ACTIVATION);
+}
+
+#[test]
+fn losses_match_cpu() {
+    let Some(gpu) = both() else { return };
+    for loss in Loss::ALL {
+        for &rows in &[1usize, 3, 17, 65, 300] {
+            for &cols in &[1usize, 3, 10] {
+                let n = rows * cols;
+                let seed = (rows * 17 + cols) as u64;
+                let what = format!("{} [{rows}, {cols}]", loss.name());
+                let (output, targets_v, labels);
+                match loss {
+                    Loss::Bce => {
+                        output = random(n, 0.001, 0.999, seed);
+                        targets_v = random(n, 0.0, 1.0, seed + 1);
+                    }
+                    _ => {
+                        output = random(n, -3.0, 3.0, seed);
+                        targets_v = random(n, -1.0, 1.0, seed + 1);
+                    }
+                }
+                labels = random_labels(rows, cols as u32, seed + 2);
+                let targets = if loss == Loss::CrossEntropy {
+                    Targets::Classes(&labels)
+                } else {
+                    Targets::Values(&targets_v)
+                };
+                let (l_cpu, g_cpu) = Device::Cpu.loss(loss, &output, targets, cols).unwrap();
+                let (l_gpu, g_gpu) = gpu.loss(loss, &output, targets, cols).unwrap();
+                assert_close(&format!("{what} value"), &[l_gpu], &[l_cpu], common::LOSS);
+                assert_close(&format!("{what} grad"), &g_gpu, &g_cpu, common::LOSS);
+            }
+        }
+    }
+}
+
+#[test]
+fn sgd_matches_cpu_for_every_option_combination() {
+    let Some(gpu) = both() else { return };
+    let n = 1000;
+    for bits in 0..32u32 {
+        let opts = SgdOptions {
+            momentum: if bits & 1 != 0 { 0.9 } else { 0.0 },
+            dampening: if bits & 2 != 0 { 0.25 } else { 0.0 },
+            weight_decay: if bits & 4 != 0 { 0.01 } else { 0.0 },
+            nesterov: bits & 8 != 0,
+            maximize: bits & 16 != 0,
+        };
+        if opts.validate().is_err() {
+            continue;
+        }
+        let mut p_cpu = random(n, -1.0, 1.0, bits as u64);
+        let mut p_gpu = p_cpu.clone();
+        let (mut m_cpu, mut m_gpu) = (None, None);
+        for step in 0..3 {
+            let g = random(n, -1.0, 1.0, 100 + step);
+            Device::Cpu
+                .sgd(&opts, 0.05, &mut p_cpu, &g, &mut m_cpu)
+                .unwrap();
+            gpu.sgd(&opts, 0.05, &mut p_gpu, &g, &mut m_gpu).unwrap();
+            assert_close(
+                &format!("sgd {opts:?} step {step}"),
+                &p_gpu,
+                &p_cpu,
+                common::SGD,
+            );
+        }
+    }
+}

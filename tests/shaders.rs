@@ -1,0 +1,45 @@
+//! Every shader in `shaders/` parses and validates with naga, so a WGSL error fails `cargo test`
+//! on a machine without any GPU.
+
+use std::path::Path;
+
+#[test]
+fn every_wgsl_file_parses_and_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("shaders/ exists") {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
+        checked += 1;
+    }
+    assert!(
+        checked >= 5,
+        "expected the five kernel families, found {checked} files"
+    );
+}
+
+/// The Rust side names kernels by file and entry point; each must exist, or pipeline creation
+/// would fail only at run time on a GPU.
+#[test]
+fn every_kernel_entry_point_the_engine_uses_exists() {
+    for kernel in kiln::gpu::kernels::ALL {
+        let module = naga::front::wgsl::parse_str(kernel.source).unwrap();
+        assert!(
+            module.entry_points.iter().any(|e| e.name == kernel.entry),
+            "{}: no entry point {}",
+            kernel.file,
+            kernel.entry
+        );
+    }
+}
