@@ -9,6 +9,7 @@
 //! ```
 
 pub mod cpu;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod gpu;

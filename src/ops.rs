@@ -285,7 +285,7 @@ pub fn check_matmul(
 /// Checks a [rows, cols] tensor given as a flat slice: cols ≥ 1 and the length a multiple of it.
 pub fn check_rows(context: &str, tensor: &str, len: usize, cols: usize) -> Result<usize> {
     check_nonzero(context, &[("cols", cols)])?;
-    if len == 0 || len % cols != 0 {
+    if len == 0 || !len.is_multiple_of(cols) {
         return Err(KilnError::shape(
             context,
             format!(

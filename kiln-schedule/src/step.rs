@@ -46,7 +46,7 @@ impl LrSchedule for StepLr {
     }
     fn step(&mut self) {
         self.t += 1;
-        if self.t % self.step_size == 0 {
+        if self.t.is_multiple_of(self.step_size) {
             self.current *= self.gamma;
         }
     }

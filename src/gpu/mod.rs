@@ -139,7 +139,7 @@ impl GpuContext {
         if size > self.limits.max_buffer_size {
             return Err(over("max_buffer_size", self.limits.max_buffer_size));
         }
-        let binding = self.limits.max_storage_buffer_binding_size as u64;
+        let binding = self.limits.max_storage_buffer_binding_size;
         if storage && size > binding {
             return Err(over("max_storage_buffer_binding_size", binding));
         }

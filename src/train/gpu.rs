@@ -89,7 +89,7 @@ impl GpuStep {
     ) -> Result<Self> {
         let align = ctx.limits().min_storage_buffer_offset_alignment as usize;
         debug_assert!(
-            super::PARAM_ALIGN * 4 % align == 0,
+            (super::PARAM_ALIGN * 4).is_multiple_of(align),
             "WebGPU caps the alignment at 256 bytes"
         );
         let max_batch = options.max_batch;
@@ -201,6 +201,10 @@ impl GpuStep {
             widths,
             ctx,
         })
+    }
+
+    pub fn device_name(&self) -> String {
+        self.ctx.name()
     }
 
     fn output_width(&self) -> usize {

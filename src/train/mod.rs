@@ -34,6 +34,8 @@ pub struct TrainOptions {
     pub seed: u64,
 }
 
+// One per trainer: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Cpu(cpu::CpuStep),
     Gpu(gpu::GpuStep),
@@ -47,6 +49,20 @@ pub struct Trainer {
     schedule: Box<dyn LrSchedule>,
     backend: Backend,
     steps: u64,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let device = match &self.backend {
+            Backend::Cpu(_) => "cpu".to_string(),
+            Backend::Gpu(s) => s.device_name(),
+        };
+        f.debug_struct("Trainer")
+            .field("model", &self.model)
+            .field("device", &device)
+            .field("steps", &self.steps)
+            .finish()
+    }
 }
 
 impl Trainer {

@@ -112,7 +112,8 @@ pub const SGD: Tolerance = Tolerance {
 
 /// Loss curves of a 50-step training run, GPU vs CPU. Every step's rounding differences
 /// (above) feed into the next step's weights; over 50 steps of a contracting optimisation they
-/// stay around 1e-5 relative.
+/// stayed within 2.5e-7 on lavapipe; the bound leaves room for GPUs whose exp/log are less
+/// precise than LLVM's.
 pub const LOSS_CURVE: Tolerance = Tolerance {
     abs: 1e-5,
     rel: 1e-4,
@@ -138,5 +139,8 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: Tolerance) {
         if err > worst.0 {
             worst = (err, i);
         }
+    }
+    if std::env::var_os("KILN_TEST_REPORT").is_some() {
+        eprintln!("{what}: worst |err| {:e} at {}", worst.0, worst.1);
     }
 }

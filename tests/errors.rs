@@ -1,0 +1,173 @@
+//! Bad input gives an `Err` whose message names the problem, never a panic.
+
+mod common;
+
+use kiln::schedule::Fixed;
+use kiln::train::TrainOptions;
+use kiln::{
+    Activation, AdapterOptions, Device, GpuContext, Layer, Loss, MatmulDims, Sequential, Targets,
+    Trainer, Transpose,
+};
+
+fn trainer(device: &Device) -> Trainer {
+    let model = Sequential::new(
+        2,
+        vec![
+            Layer::Dense { out: 4 },
+            Layer::Activation(Activation::Relu),
+            Layer::Dense { out: 3 },
+        ],
+        Loss::CrossEntropy,
+    )
+    .unwrap();
+    let options = TrainOptions {
+        sgd: Default::default(),
+        max_batch: 4,
+        seed: 0,
+    };
+    Trainer::new(device, model, options, Box::new(Fixed::new(0.1).unwrap())).unwrap()
+}
+
+fn message<T: std::fmt::Debug>(r: kiln::Result<T>) -> String {
+    r.expect_err("expected an error").to_string()
+}
+
+fn bad_batches(device: &Device) {
+    let mut t = trainer(device);
+    let e = message(t.step(&[1.0, 2.0, 3.0], Targets::Classes(&[0])));
+    assert!(
+        e.contains("`x` has 3 elements") && e.contains("rows of 2"),
+        "{e}"
+    );
+
+    let e = message(t.step(&[1.0, 2.0, 3.0, 4.0], Targets::Classes(&[0])));
+    assert!(e.contains("labels") && e.contains("expected 2"), "{e}");
+
+    let e = message(t.step(&[1.0, 2.0, 3.0, 4.0], Targets::Classes(&[0, 3])));
+    assert_eq!(e, "label 3 at row 1 is out of range for 3 classes");
+
+    let e = message(t.step(&[1.0, f32::NAN, 3.0, 4.0], Targets::Classes(&[0, 1])));
+    assert!(
+        e.contains("input batch `x` contains a non-finite value (NaN) at index 1"),
+        "{e}"
+    );
+
+    let e = message(t.step(&[0.0; 10], Targets::Classes(&[0; 5])));
+    assert!(e.contains("over max_batch = 4"), "{e}");
+
+    let e = message(t.step(&[1.0, 2.0], Targets::Values(&[0.0, 1.0, 0.0])));
+    assert!(
+        e.contains("cross_entropy needs integer class labels"),
+        "{e}"
+    );
+
+    // Nothing above reached the device: the trainer still works.
+    t.step(&[1.0, 2.0], Targets::Classes(&[2])).unwrap();
+    assert_eq!(t.losses().unwrap().len(), 1);
+}
+test_device!(bad_batches_are_errors, super::bad_batches);
+
+fn bad_kernel_inputs(device: &Device) {
+    let dims = MatmulDims { m: 2, n: 3, k: 4 };
+    let e = message(device.matmul(&[0.0; 7], &[0.0; 12], None, dims, Transpose::Nn));
+    assert!(e.contains("`a` has 7 elements, expected 8 ([2, 4])"), "{e}");
+    let e = message(device.matmul(&[0.0; 8], &[0.0; 12], Some(&[0.0; 2]), dims, Transpose::Nn));
+    assert!(e.contains("`bias` has 2 elements, expected 3"), "{e}");
+    let e = message(device.matmul(
+        &[],
+        &[],
+        None,
+        MatmulDims { m: 0, n: 1, k: 1 },
+        Transpose::Nn,
+    ));
+    assert!(e.contains("M must be at least 1"), "{e}");
+    let e = message(device.activation_forward(Activation::Softmax, &[0.0; 5], 2));
+    assert!(
+        e.contains("not a non-empty whole number of rows of 2"),
+        "{e}"
+    );
+    let e = message(device.loss(Loss::Mse, &[0.0; 4], Targets::Values(&[0.0; 3]), 2));
+    assert!(e.contains("`targets` has 3 elements, expected 4"), "{e}");
+    let e = message(device.loss(
+        Loss::Mse,
+        &[0.0; 2],
+        Targets::Values(&[0.0, f32::INFINITY]),
+        2,
+    ));
+    assert!(
+        e.contains("targets contains a non-finite value (inf) at index 1"),
+        "{e}"
+    );
+}
+test_device!(bad_kernel_inputs_are_errors, super::bad_kernel_inputs);
+
+#[test]
+fn bad_models_are_errors() {
+    let e = message(Sequential::new(3, vec![Layer::Dense { out: 0 }], Loss::Mse));
+    assert_eq!(e, "invalid model.layers[0]: dense layer with zero width");
+    let e = message(Sequential::new(0, vec![Layer::Dense { out: 1 }], Loss::Mse));
+    assert!(e.contains("model.input"), "{e}");
+    let e = message(Sequential::new(
+        3,
+        vec![Layer::Activation(Activation::Relu)],
+        Loss::Mse,
+    ));
+    assert!(e.contains("at least one dense layer"), "{e}");
+    let e = message(Activation::from_name("swish"));
+    assert!(
+        e.contains("unknown activation \"swish\"") && e.contains("gelu_tanh"),
+        "{e}"
+    );
+    let e = message(Loss::from_name("hinge"));
+    assert!(e.contains("unknown loss \"hinge\""), "{e}");
+}
+
+#[test]
+fn unknown_adapter_lists_the_adapters_there_are() {
+    let Some(gpu) = common::gpu() else { return };
+    let opts = AdapterOptions {
+        adapter: Some("no-such-gpu-xyz".into()),
+        ..Default::default()
+    };
+    let e = message(GpuContext::new(&opts));
+    assert!(
+        e.contains("no-such-gpu-xyz") && e.contains(&gpu.info().name),
+        "{e}"
+    );
+    let e = message(GpuContext::new(&AdapterOptions {
+        backend: Some("glide".into()),
+        ..Default::default()
+    }));
+    assert!(e.contains("unknown backend \"glide\""), "{e}");
+}
+
+#[test]
+fn buffers_over_the_device_limits_are_errors() {
+    let Some(gpu) = common::gpu() else { return };
+    let binding = gpu.limits().max_storage_buffer_binding_size as usize;
+    let e = message(gpu.storage_buffer("huge weight", binding / 4 + 1));
+    assert!(
+        e.contains("huge weight") && e.contains("max_storage_buffer_binding_size"),
+        "{e}"
+    );
+    // A model whose layer would not fit is refused when the trainer is built.
+    let width = (binding / 4).isqrt() + 1;
+    let model = Sequential::new(width, vec![Layer::Dense { out: width }], Loss::Mse).unwrap();
+    let options = TrainOptions {
+        sgd: Default::default(),
+        max_batch: 1,
+        seed: 0,
+    };
+    let params = vec![0.0; model.param_layout(kiln::train::PARAM_ALIGN).len];
+    let e = message(Trainer::with_params(
+        &Device::Gpu(gpu),
+        model,
+        options,
+        Box::new(Fixed::new(0.1).unwrap()),
+        params,
+    ));
+    assert!(
+        e.contains("parameters") && e.contains("max_storage_buffer_binding_size"),
+        "{e}"
+    );
+}

@@ -1,0 +1,214 @@
+//! A small MLP trains on a fixed synthetic task on every device, and the GPU's training run
+//! follows the CPU's step for step.
+
+mod common;
+
+use kiln::schedule::{CosineAnnealingLr, Fixed};
+use kiln::train::TrainOptions;
+use kiln::{Activation, Device, Layer, Loss, Sequential, SgdOptions, Targets, Trainer};
+
+/// 200 points in [−1, 1)⁴, labelled by the largest of three fixed linear scores: a
+/// separable 3-class problem an MLP should nearly solve.
+fn task() -> (Vec<f32>, Vec<u32>) {
+    let x = common::random(200 * 4, -1.0, 1.0, 42);
+    let w = [
+        [1.0, -0.5, 0.25, 0.0],
+        [-0.5, 1.0, 0.0, 0.5],
+        [0.0, 0.25, -1.0, 1.0],
+    ];
+    let labels = x
+        .chunks(4)
+        .map(|row| {
+            let score = |c: usize| (0..4).map(|j| w[c][j] * row[j]).sum::<f32>();
+            (0..3)
+                .max_by(|&a, &b| score(a).total_cmp(&score(b)))
+                .unwrap() as u32
+        })
+        .collect();
+    (x, labels)
+}
+
+fn classifier() -> Sequential {
+    Sequential::new(
+        4,
+        vec![
+            Layer::Dense { out: 16 },
+            Layer::Activation(Activation::Tanh),
+            Layer::Dense { out: 3 },
+        ],
+        Loss::CrossEntropy,
+    )
+    .unwrap()
+}
+
+const BATCH: usize = 32;
+
+fn options() -> TrainOptions {
+    TrainOptions {
+        sgd: SgdOptions {
+            momentum: 0.9,
+            ..Default::default()
+        },
+        max_batch: BATCH,
+        seed: 7,
+    }
+}
+
+/// Runs `steps` updates over the data in order, batch t being rows [(t mod nb)·B, +B) with a
+/// smaller last batch (200 = 6·32 + 8), like a DataLoader without shuffling.
+fn train(trainer: &mut Trainer, x: &[f32], labels: &[u32], steps: usize) {
+    let batches = labels.len().div_ceil(BATCH);
+    for t in 0..steps {
+        let start = (t % batches) * BATCH;
+        let end = (start + BATCH).min(labels.len());
+        trainer
+            .step(
+                &x[start * 4..end * 4],
+                Targets::Classes(&labels[start..end]),
+            )
+            .unwrap();
+    }
+}
+
+fn loss_falls(device: &Device) {
+    let (x, labels) = task();
+    let schedule = Box::new(CosineAnnealingLr::new(0.1, 300, 0.0).unwrap());
+    let mut trainer = Trainer::new(device, classifier(), options(), schedule).unwrap();
+    train(&mut trainer, &x, &labels, 300);
+    let losses = trainer.losses().unwrap().to_vec();
+    assert_eq!(losses.len(), 300);
+    assert!(
+        losses[0] > 0.9,
+        "initial loss {} (ln 3 ≈ 1.1 expected)",
+        losses[0]
+    );
+    let last_epoch: f32 = losses[losses.len() - 7..].iter().sum::<f32>() / 7.0;
+    assert!(
+        last_epoch < 0.15,
+        "loss did not fall below 0.15: last epoch mean {last_epoch}"
+    );
+
+    let logits = trainer.predict(&x).unwrap();
+    let correct = logits
+        .chunks(3)
+        .zip(&labels)
+        .filter(|(row, l)| (0..3).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() as u32 == **l)
+        .count();
+    assert!(correct >= 190, "training accuracy {correct}/200");
+}
+test_device!(mlp_loss_falls_below_bound, super::loss_falls);
+
+#[test]
+fn gpu_and_cpu_loss_curves_agree_for_50_steps() {
+    let Some(gpu) = common::gpu_device() else {
+        return;
+    };
+    let (x, labels) = task();
+    let mut runs = Vec::new();
+    for device in [Device::Cpu, gpu] {
+        let schedule = Box::new(Fixed::new(0.1).unwrap());
+        let mut trainer = Trainer::new(&device, classifier(), options(), schedule).unwrap();
+        train(&mut trainer, &x, &labels, 50);
+        runs.push((
+            trainer.losses().unwrap().to_vec(),
+            trainer.parameters().unwrap(),
+        ));
+    }
+    let (cpu, gpu) = (&runs[0], &runs[1]);
+    common::assert_close("loss curve", &gpu.0, &cpu.0, common::LOSS_CURVE);
+    common::assert_close(
+        "parameters after 50 steps",
+        &gpu.1,
+        &cpu.1,
+        common::LOSS_CURVE,
+    );
+}
+
+/// Every activation between two dense layers, and every loss, through the whole training
+/// program: the GPU's losses and parameters follow the CPU's for 10 steps.
+#[test]
+fn every_activation_and_loss_trains_alike_on_gpu_and_cpu() {
+    let Some(gpu) = common::gpu_device() else {
+        return;
+    };
+    let rows = 19;
+    let x = common::random(rows * 5, -1.0, 1.0, 3);
+    let labels = common::random_labels(rows, 3, 4);
+    let values = common::random(rows * 3, -1.0, 1.0, 5);
+    let probs = common::random(rows * 3, 0.0, 1.0, 6);
+    let mut acts = Activation::ALL.to_vec();
+    acts.push(Activation::LeakyRelu(0.2));
+    for loss in Loss::ALL {
+        for &act in &acts {
+            let mut layers = vec![
+                Layer::Dense { out: 7 },
+                Layer::Activation(act),
+                Layer::Dense { out: 3 },
+            ];
+            if loss == Loss::Bce {
+                layers.push(Layer::Activation(Activation::Sigmoid));
+            }
+            let model = Sequential::new(5, layers, loss).unwrap();
+            let targets = match loss {
+                Loss::CrossEntropy => Targets::Classes(&labels),
+                Loss::Bce => Targets::Values(&probs),
+                _ => Targets::Values(&values),
+            };
+            let opts = TrainOptions {
+                sgd: SgdOptions {
+                    momentum: 0.5,
+                    weight_decay: 0.01,
+                    ..Default::default()
+                },
+                max_batch: rows,
+                seed: 11,
+            };
+            let mut runs = Vec::new();
+            for device in [&Device::Cpu, &gpu] {
+                let schedule = Box::new(Fixed::new(0.05).unwrap());
+                let mut trainer = Trainer::new(device, model.clone(), opts, schedule).unwrap();
+                for _ in 0..10 {
+                    trainer.step(&x, targets).unwrap();
+                }
+                runs.push((
+                    trainer.losses().unwrap().to_vec(),
+                    trainer.parameters().unwrap(),
+                ));
+            }
+            let what = format!("{} with {}", loss.name(), act.name());
+            common::assert_close(
+                &format!("{what}: losses"),
+                &runs[1].0,
+                &runs[0].0,
+                common::LOSS_CURVE,
+            );
+            common::assert_close(
+                &format!("{what}: parameters"),
+                &runs[1].1,
+                &runs[0].1,
+                common::LOSS_CURVE,
+            );
+        }
+    }
+}
+
+fn losses_survive_history_wraparound(device: &Device) {
+    // More steps than the GPU loss history holds: every loss must still come back, in order.
+    let (x, labels) = task();
+    let schedule = Box::new(Fixed::new(0.0).unwrap());
+    let mut trainer = Trainer::new(device, classifier(), options(), schedule).unwrap();
+    let steps = kiln::train::LOSS_HISTORY + 10;
+    for _ in 0..steps {
+        trainer
+            .step(&x[..BATCH * 4], Targets::Classes(&labels[..BATCH]))
+            .unwrap();
+    }
+    let losses = trainer.losses().unwrap();
+    assert_eq!(losses.len(), steps);
+    // lr = 0: the weights never move, so every loss is the first one.
+    assert!(
+        losses.iter().all(|&l| l == losses[0]),
+        "losses differ with lr = 0"
+    );
+}
+test_device!(every_loss_is_kept, super::losses_survive_history_wraparound);
