@@ -1,12 +1,4 @@
-//! Kiln: neural-network training on any GPU through wgpu, with hand-written WGSL kernels and a
-//! plain-Rust CPU twin of every kernel.
-//!
-//! ```no_run
-//! use kiln::{Device, DeviceChoice, AdapterOptions};
-//! let (device, why) = Device::select(DeviceChoice::Auto, &AdapterOptions::from_env())?;
-//! println!("{why}");
-//! # Ok::<(), kiln::KilnError>(())
-//! ```
+#![doc = include_str!("../README.md")]
 
 pub mod cpu;
 pub mod data;
@@ -24,3 +16,5 @@ pub use kiln_schedule as schedule;
 pub use model::{Layer, Sequential};
 pub use ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
 pub use train::Trainer;
+/// The wgpu version Kiln is built on, for code that uses [`GpuContext::device`] directly.
+pub use wgpu;

@@ -151,16 +151,6 @@ pub enum Targets<'a> {
     Classes(&'a [u32]),
 }
 
-impl Targets<'_> {
-    /// Rows of targets, given the output's column count.
-    pub fn rows(&self, cols: usize) -> usize {
-        match self {
-            Targets::Values(v) => v.len() / cols.max(1),
-            Targets::Classes(c) => c.len(),
-        }
-    }
-}
-
 /// torch.optim.SGD's options, with its parameter names and defaults (the learning rate comes
 /// from a schedule each step, so it is not here).
 #[derive(Clone, Copy, Debug, PartialEq)]

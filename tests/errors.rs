@@ -171,3 +171,45 @@ fn buffers_over_the_device_limits_are_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn wgpu_validation_errors_become_err_on_the_next_call() {
+    // A private context: the error must not leak into other tests sharing the common one.
+    let Some(shared) = common::gpu() else { return };
+    let _ = shared;
+    let ctx = GpuContext::new(&AdapterOptions::from_env()).unwrap();
+    // MAP_READ may only be combined with COPY_DST: wgpu reports a validation error, which
+    // Kiln must hold instead of letting wgpu panic.
+    let _bad = ctx.device.create_buffer(&kiln::wgpu::BufferDescriptor {
+        label: Some("invalid usage"),
+        size: 16,
+        usage: kiln::wgpu::BufferUsages::MAP_READ | kiln::wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let e = message(ctx.check_errors());
+    assert!(
+        e.starts_with("GPU error:") && e.contains("invalid usage"),
+        "{e}"
+    );
+    // Reported once; the device keeps working.
+    ctx.check_errors().unwrap();
+    let device = Device::Gpu(std::sync::Arc::new(ctx));
+    let y = device
+        .activation_forward(Activation::Relu, &[-1.0, 2.0], 2)
+        .unwrap();
+    assert_eq!(y, [0.0, 2.0]);
+}
+
+#[test]
+fn pipelines_are_compiled_once_per_device() {
+    let Some(gpu) = common::gpu() else { return };
+    let consts = [("TRANS_A", 1.0), ("TRANS_B", 0.0)];
+    let a = gpu.pipeline(&kiln::gpu::kernels::MATMUL, &consts);
+    let b = gpu.pipeline(&kiln::gpu::kernels::MATMUL, &consts);
+    let other = gpu.pipeline(
+        &kiln::gpu::kernels::MATMUL,
+        &[("TRANS_A", 0.0), ("TRANS_B", 1.0)],
+    );
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    assert!(!std::sync::Arc::ptr_eq(&a, &other));
+}
