@@ -75,16 +75,7 @@ impl Activation {
 
     /// Parses a run-file name (`"relu"`, `"leaky_relu"`, `"gelu_tanh"`, …).
     pub fn from_name(name: &str) -> Result<Self> {
-        Activation::ALL
-            .into_iter()
-            .find(|a| a.name() == name)
-            .ok_or_else(|| {
-                let known: Vec<_> = Activation::ALL.iter().map(|a| a.name()).collect();
-                KilnError::invalid(
-                    "activation",
-                    format!("unknown activation {name:?}; known: {}", known.join(", ")),
-                )
-            })
+        by_name("activation", &Activation::ALL, Activation::name, name)
     }
 
     /// The extra scalar a kernel needs (leaky_relu's slope), 0 otherwise.
@@ -129,17 +120,27 @@ impl Loss {
 
     /// Parses a run-file name.
     pub fn from_name(name: &str) -> Result<Self> {
-        Loss::ALL
-            .into_iter()
-            .find(|l| l.name() == name)
-            .ok_or_else(|| {
-                let known: Vec<_> = Loss::ALL.iter().map(|l| l.name()).collect();
-                KilnError::invalid(
-                    "loss",
-                    format!("unknown loss {name:?}; known: {}", known.join(", ")),
-                )
-            })
+        by_name("loss", &Loss::ALL, Loss::name, name)
     }
+}
+
+/// The item of `all` called `name`, or an error listing the names there are.
+fn by_name<T: Copy>(
+    field: &str,
+    all: &[T],
+    name_of: fn(T) -> &'static str,
+    name: &str,
+) -> Result<T> {
+    all.iter()
+        .copied()
+        .find(|&v| name_of(v) == name)
+        .ok_or_else(|| {
+            let known: Vec<_> = all.iter().map(|&v| name_of(v)).collect();
+            KilnError::invalid(
+                field,
+                format!("unknown {field} {name:?}; known: {}", known.join(", ")),
+            )
+        })
 }
 
 /// The targets of a loss: a tensor shaped like the output, or one class label per row.

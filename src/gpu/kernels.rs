@@ -411,3 +411,47 @@ pub fn targets_as_f32(targets: Targets) -> Vec<f32> {
         Targets::Classes(c) => c.iter().map(|&l| l as f32).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels rebuild i = gid.y·(num_workgroups.x·256) + gid.x: the grid must cover every
+    /// thread without exceeding the per-dimension limit.
+    #[test]
+    fn elementwise_grid_covers_every_thread_within_the_limit() {
+        for (threads, max) in [
+            (1, 65535),
+            (256, 65535),
+            (257, 65535),
+            (65535 * 256 + 1, 65535),
+            (100_000_000, 65535),
+            (10_000, 7),
+        ] {
+            let [x, y, z] = elementwise_grid(threads, max);
+            assert!(x <= max && y <= max && z == 1, "{threads}: {x}×{y}");
+            assert!(
+                x as usize * y as usize * 256 >= threads,
+                "{threads}: {x}×{y} too small"
+            );
+            // No whole row of workgroups is wasted.
+            assert!(
+                (x as usize * (y as usize - 1)) * 256 < threads,
+                "{threads}: {x}×{y} too large"
+            );
+        }
+    }
+
+    #[test]
+    fn matmul_grid_over_the_limit_is_an_error() {
+        let dims = MatmulDims {
+            m: 64 * 70_000,
+            n: 1,
+            k: 1,
+        };
+        let e = matmul(Transpose::Nn, dims, false, 65535)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_compute_workgroups_per_dimension"), "{e}");
+    }
+}

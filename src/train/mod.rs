@@ -196,7 +196,11 @@ impl Trainer {
     /// Checks a batch (and its targets, for a training step); returns its row count.
     fn check_batch(&self, x: &[f32], targets: Option<Targets>) -> Result<usize> {
         let input = self.model.input();
-        let ctx = "training batch";
+        let ctx = if targets.is_some() {
+            "training batch"
+        } else {
+            "prediction input"
+        };
         let rows = ops::check_rows(ctx, "x", x.len(), input)?;
         ops::check_finite("input batch `x`", x)?;
         let Some(targets) = targets else {
