@@ -51,6 +51,10 @@ pub enum KilnError {
         classes: usize,
     },
 
+    /// A learning-rate schedule was invalid or could not continue.
+    #[error(transparent)]
+    Schedule(#[from] kiln_schedule::ScheduleError),
+
     /// The GPU reported a validation error, ran out of memory or was lost.
     #[error("GPU error: {0}")]
     Gpu(String),

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use kiln::data::Dataset;
 use kiln::gpu::adapter;
-use kiln::schedule::CosineAnnealingLr;
+use kiln::schedule::{Kind, Scheduler};
 use kiln::train::TrainOptions;
 use kiln::{
     Activation, AdapterOptions, Device, DeviceChoice, Layer, Loss, Sequential, SgdOptions, Targets,
@@ -169,11 +169,11 @@ fn train(args: &TrainArgs) -> Result<()> {
         max_batch: args.batch_size.min(train_set.rows()).max(1),
         seed: args.seed,
     };
-    let schedule = Box::new(CosineAnnealingLr::new(
-        args.lr,
-        args.steps.max(1) as u64,
-        0.0,
-    )?);
+    let cosine = Kind::CosineAnnealing {
+        t_max: args.steps.max(1) as u64,
+        eta_min: 0.0,
+    };
+    let schedule = Scheduler::from_kind(args.lr, cosine)?;
     let mut trainer = Trainer::new(&device, model, options, schedule)?;
     if !args.quiet {
         println!(

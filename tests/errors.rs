@@ -2,7 +2,7 @@
 
 mod common;
 
-use kiln::schedule::Fixed;
+use kiln::schedule::Scheduler;
 use kiln::train::TrainOptions;
 use kiln::{
     Activation, AdapterOptions, Device, GpuContext, Layer, Loss, MatmulDims, Sequential, Targets,
@@ -25,7 +25,7 @@ fn trainer(device: &Device) -> Trainer {
         max_batch: 4,
         seed: 0,
     };
-    Trainer::new(device, model, options, Box::new(Fixed::new(0.1).unwrap())).unwrap()
+    Trainer::new(device, model, options, Scheduler::fixed(0.1).unwrap()).unwrap()
 }
 
 fn message<T: std::fmt::Debug>(r: kiln::Result<T>) -> String {
@@ -163,7 +163,7 @@ fn buffers_over_the_device_limits_are_errors() {
         &Device::Gpu(gpu),
         model,
         options,
-        Box::new(Fixed::new(0.1).unwrap()),
+        Scheduler::fixed(0.1).unwrap(),
         params,
     ));
     assert!(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use kiln::schedule::{CosineAnnealingLr, Fixed};
+use kiln::schedule::{Kind, Scheduler};
 use kiln::train::TrainOptions;
 use kiln::{Activation, Device, Layer, Loss, Sequential, SgdOptions, Targets, Trainer};
 
@@ -72,7 +72,14 @@ fn train(trainer: &mut Trainer, x: &[f32], labels: &[u32], steps: usize) {
 
 fn loss_falls(device: &Device) {
     let (x, labels) = task();
-    let schedule = Box::new(CosineAnnealingLr::new(0.1, 300, 0.0).unwrap());
+    let schedule = Scheduler::from_kind(
+        0.1,
+        Kind::CosineAnnealing {
+            t_max: 300,
+            eta_min: 0.0,
+        },
+    )
+    .unwrap();
     let mut trainer = Trainer::new(device, classifier(), options(), schedule).unwrap();
     train(&mut trainer, &x, &labels, 300);
     let losses = trainer.losses().unwrap().to_vec();
@@ -106,7 +113,7 @@ fn gpu_and_cpu_loss_curves_agree_for_50_steps() {
     let (x, labels) = task();
     let mut runs = Vec::new();
     for device in [Device::Cpu, gpu] {
-        let schedule = Box::new(Fixed::new(0.1).unwrap());
+        let schedule = Scheduler::fixed(0.1).unwrap();
         let mut trainer = Trainer::new(&device, classifier(), options(), schedule).unwrap();
         train(&mut trainer, &x, &labels, 50);
         runs.push((
@@ -165,7 +172,7 @@ fn every_activation_and_loss_trains_alike_on_gpu_and_cpu() {
             };
             let mut runs = Vec::new();
             for device in [&Device::Cpu, &gpu] {
-                let schedule = Box::new(Fixed::new(0.05).unwrap());
+                let schedule = Scheduler::fixed(0.05).unwrap();
                 let mut trainer = Trainer::new(device, model.clone(), opts, schedule).unwrap();
                 for _ in 0..10 {
                     trainer.step(&x, targets).unwrap();
@@ -195,7 +202,7 @@ fn every_activation_and_loss_trains_alike_on_gpu_and_cpu() {
 fn losses_survive_history_wraparound(device: &Device) {
     // More steps than the GPU loss history holds: every loss must still come back, in order.
     let (x, labels) = task();
-    let schedule = Box::new(Fixed::new(0.0).unwrap());
+    let schedule = Scheduler::fixed(0.0).unwrap();
     let mut trainer = Trainer::new(device, classifier(), options(), schedule).unwrap();
     let steps = kiln::train::LOSS_HISTORY + 10;
     for _ in 0..steps {

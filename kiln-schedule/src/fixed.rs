@@ -1,23 +1,18 @@
-//! Fixed rate: lr(t) = lr. (PyTorch: an optimizer without a scheduler.)
+//! Fixed rate: lr(t) = lr — an optimizer without a scheduler.
 
-use crate::{LrSchedule, ScheduleError, non_negative};
 use serde::{Deserialize, Serialize};
 
+use crate::epochal::{Epoch, Rule};
+use crate::{Group, Result};
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Fixed {
-    lr: f64,
-}
+pub struct Fixed;
 
-impl Fixed {
-    pub fn new(lr: f64) -> Result<Self, ScheduleError> {
-        non_negative("lr", lr)?;
-        Ok(Fixed { lr })
+impl Rule for Fixed {
+    fn get_lr(&self, _e: &Epoch, group: &Group) -> Result<f64> {
+        Ok(group.lr)
     }
-}
-
-impl LrSchedule for Fixed {
-    fn lr(&self) -> f64 {
-        self.lr
+    fn closed_form(&self, e: &Epoch) -> Option<f64> {
+        Some(e.base)
     }
-    fn step(&mut self) {}
 }

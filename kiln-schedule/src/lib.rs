@@ -1,78 +1,317 @@
-//! Learning-rate schedules for Kiln, computed on the host.
+//! Learning-rate schedules for Kiln, computed on the host: every strategy people use, exact
+//! where PyTorch defines it.
 //!
-//! Semantics follow PyTorch's `torch.optim.lr_scheduler`: [`LrSchedule::lr`] is the rate the
-//! next optimizer update uses (`param_groups[0]['lr']` just before `optimizer.step()`), and
-//! [`LrSchedule::step`] is `scheduler.step()`, called after every update. Where PyTorch defines
-//! a schedule by a recurrence on the current rate, Kiln runs the same recurrence in f64, so the
-//! numbers match PyTorch's, rounding included.
+//! # Semantics
+//! [`Scheduler::lr`] is the rate optimizer update t uses (PyTorch's `param_groups[0]['lr']`
+//! just before the t-th `optimizer.step()`), and [`Scheduler::step`] is `scheduler.step()`,
+//! called after every update with what was observed after it (the loss, the squared gradient
+//! norm), which can change the rate from the next update on.
+//!
+//! PyTorch's schedulers are recurrences on the optimizer's shared rate, and its composites
+//! (`SequentialLR`, `ChainedScheduler`) work by interleaving those recurrences. Kiln implements
+//! the same protocol ([`LrSchedule`]: construction, initial step, step, and SequentialLR's
+//! milestone jump and undo) in f64 with the same operations in the same order, so values equal
+//! PyTorch's, rounding and quirks included. Schedules PyTorch lacks are written to the same
+//! protocol and are *chainable*: each multiplies the current rate by the change of its own
+//! factor, so [`Schedule::Chained`] is the product of its children.
 //!
 //! ```
-//! use kiln_schedule::{CosineAnnealingLr, LrSchedule};
-//! let mut s = CosineAnnealingLr::new(0.1, 10, 0.0).unwrap();
-//! let rates: Vec<f64> = (0..3).map(|_| { let lr = s.lr(); s.step(); lr }).collect();
-//! assert_eq!(rates[0], 0.1);
-//! assert!(rates[1] < rates[0]);
+//! use kiln_schedule::{Observation, ScheduleConfig};
+//! let config = r#"
+//!     kind = "warmup"
+//!     lr = 0.1
+//!     steps = 2
+//!     start_factor = 0.5
+//!     then = { kind = "cosine_annealing", t_max = 4 }
+//! "#;
+//! let mut s = ScheduleConfig::from_toml(config).unwrap().build(None).unwrap();
+//! let mut rates = Vec::new();
+//! for _ in 0..4 {
+//!     rates.push(s.lr());
+//!     s.step(&Observation::default()).unwrap();
+//! }
+//! assert_eq!(rates[..2], [0.05, 0.07500000000000001]);
+//! assert_eq!(rates[2], 0.1); // the cosine starts from its own step 0
 //! ```
 
-mod cosine_annealing;
-mod fixed;
-mod step;
+pub mod chained;
+pub mod config;
+pub mod constant;
+pub mod cosine_annealing;
+pub mod cosine_annealing_warm_restarts;
+pub mod cyclic;
+pub mod epochal;
+pub mod exponential;
+pub mod exponential_decay;
+pub mod factor;
+pub mod fixed;
+pub mod inverse_sqrt;
+pub mod inverse_time;
+pub mod lambda;
+pub mod linear;
+pub mod linear_decay;
+pub mod multi_step;
+pub mod multiplicative;
+pub mod observed;
+pub mod one_cycle;
+pub mod piecewise_constant;
+pub mod polynomial;
+pub mod reduce_on_plateau;
+mod schedule;
+pub mod sequential;
+pub mod step;
 
-pub use cosine_annealing::CosineAnnealingLr;
-pub use fixed::Fixed;
-pub use step::StepLr;
+pub use config::{Kind, ScheduleConfig};
+pub use lambda::LambdaLr;
+pub use schedule::Schedule;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// A schedule parameter out of range. The message names the field.
-#[derive(Debug, Error, PartialEq)]
+/// A schedule that cannot be built or stepped. `field` names the config key (a dotted path
+/// inside composites, e.g. `schedules[1].t_max`).
+#[derive(Clone, Debug, Error, PartialEq)]
 #[error("invalid schedule.{field}: {reason}")]
 pub struct ScheduleError {
-    pub field: &'static str,
+    pub field: String,
     pub reason: String,
 }
 
-/// A learning-rate schedule, stepped once per optimizer update.
-pub trait LrSchedule: Send {
+impl ScheduleError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ScheduleError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error inside a composite's child (`schedules[i].field`).
+    pub(crate) fn within(self, prefix: &str) -> Self {
+        ScheduleError {
+            field: format!("{prefix}.{}", self.field),
+            reason: self.reason,
+        }
+    }
+}
+
+pub type Result<T, E = ScheduleError> = std::result::Result<T, E>;
+
+/// The optimizer state PyTorch's schedulers read and write: `param_groups[0]['lr']` and
+/// `['initial_lr']` (set by the first scheduler built on the optimizer).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub lr: f64,
+    pub initial_lr: Option<f64>,
+}
+
+impl Group {
+    pub fn new(lr: f64) -> Self {
+        Group {
+            lr,
+            initial_lr: None,
+        }
+    }
+
+    /// PyTorch's `group.setdefault("initial_lr", group["lr"])`, returning it: the `base_lr`
+    /// of a scheduler built now.
+    pub fn base_lr(&mut self) -> f64 {
+        *self.initial_lr.get_or_insert(self.lr)
+    }
+}
+
+/// What was observed after an optimizer update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// The training loss of the update, or the metric a plateau schedule watches.
+    pub loss: Option<f64>,
+    /// ‖g‖² of the update's gradient (all parameters).
+    pub grad_norm_sq: Option<f64>,
+}
+
+impl Observation {
+    /// One number used as whatever the schedule observes (the CLI's `--observations`).
+    pub fn value(v: f64) -> Self {
+        Observation {
+            loss: Some(v),
+            grad_norm_sq: Some(v),
+        }
+    }
+}
+
+/// Which observations a schedule reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub loss: bool,
+    pub grad_norm: bool,
+}
+
+impl Needs {
+    pub fn any(self) -> bool {
+        self.loss || self.grad_norm
+    }
+
+    pub(crate) fn or(self, other: Needs) -> Needs {
+        Needs {
+            loss: self.loss || other.loss,
+            grad_norm: self.grad_norm || other.grad_norm,
+        }
+    }
+}
+
+/// PyTorch's `LRScheduler` protocol. Built-in schedules implement it, and so can user types
+/// (see [`Schedule::Custom`]); most only need `initial_step` and `step`.
+pub trait LrSchedule: Send + std::fmt::Debug {
+    /// Construction, including PyTorch's initial step (`_initial_step`), which may set the rate
+    /// for update 0.
+    fn construct(&mut self, group: &mut Group) -> Result<()>;
+    /// `scheduler.step()` after an update, given what was observed after it.
+    fn step(&mut self, group: &mut Group, observation: &Observation) -> Result<()>;
+    /// SequentialLR re-running the initial step of the schedule that is active at step 0.
+    fn initial_step(&mut self, group: &mut Group) -> Result<()> {
+        self.step(group, &Observation::default())
+    }
+    /// SequentialLR's jump at a milestone (`_update_lr(0)`): restart at the schedule's step 0.
+    fn restart(&mut self, group: &mut Group) -> Result<()> {
+        self.initial_step(group)
+    }
+    /// SequentialLR's `recursive_undo`: forget the initial step taken at construction.
+    fn undo(&mut self) {}
+    /// Which observations `step` reads.
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+}
+
+/// A schedule attached to its optimizer group: the object a training loop drives.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Scheduler {
+    group: Group,
+    schedule: Schedule,
+    updates: u64,
+}
+
+impl Scheduler {
+    /// Builds the schedule on an optimizer whose rate is `lr`, running the constructor's
+    /// initial step as PyTorch does.
+    pub fn new(lr: f64, mut schedule: Schedule) -> Result<Self> {
+        non_negative("lr", lr)?;
+        let mut group = Group::new(lr);
+        schedule.construct(&mut group)?;
+        check_rate(group.lr, 0)?;
+        Ok(Scheduler {
+            group,
+            schedule,
+            updates: 0,
+        })
+    }
+
+    /// Builds a schedule of `kind` on base rate `lr`:
+    /// `Scheduler::from_kind(0.1, Kind::CosineAnnealing { t_max: 100, eta_min: 0.0 })`.
+    pub fn from_kind(lr: f64, kind: Kind) -> Result<Self> {
+        Scheduler::new(lr, kind.build()?)
+    }
+
+    /// A fixed rate.
+    pub fn fixed(lr: f64) -> Result<Self> {
+        Scheduler::from_kind(lr, Kind::Fixed {})
+    }
+
     /// The rate for the next update.
-    fn lr(&self) -> f64;
-    /// Advances past one update (PyTorch's `scheduler.step()`).
-    fn step(&mut self);
+    pub fn lr(&self) -> f64 {
+        self.group.lr
+    }
+
+    /// Updates done so far.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Which observations [`Scheduler::step`] needs.
+    pub fn needs(&self) -> Needs {
+        self.schedule.needs()
+    }
+
+    /// Advances past one update, given what was observed after it.
+    pub fn step(&mut self, observation: &Observation) -> Result<()> {
+        let needs = self.needs();
+        if needs.loss && observation.loss.is_none() {
+            return Err(ScheduleError::new(
+                "kind",
+                format!(
+                    "needs the loss (or metric) observed after update {}",
+                    self.updates
+                ),
+            ));
+        }
+        if needs.grad_norm && observation.grad_norm_sq.is_none() {
+            return Err(ScheduleError::new(
+                "kind",
+                format!(
+                    "needs the squared gradient norm observed after update {}",
+                    self.updates
+                ),
+            ));
+        }
+        for (name, v) in [
+            ("loss", observation.loss),
+            ("grad_norm_sq", observation.grad_norm_sq),
+        ] {
+            if let Some(v) = v.filter(|v| !v.is_finite()) {
+                return Err(ScheduleError::new(
+                    "observation",
+                    format!("{name} after update {} is {v}", self.updates),
+                ));
+            }
+        }
+        self.schedule.step(&mut self.group, observation)?;
+        self.updates += 1;
+        check_rate(self.group.lr, self.updates)
+    }
+
+    /// The first `n` rates with no observations (for schedules that need none).
+    pub fn rates(&mut self, n: usize) -> Result<Vec<f64>> {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            out.push(self.lr());
+            if i + 1 < n {
+                self.step(&Observation::default())?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn check_rate(lr: f64, update: u64) -> Result<()> {
+    if lr.is_finite() {
+        Ok(())
+    } else {
+        Err(ScheduleError::new(
+            "kind",
+            format!("the rate for update {update} is {lr}"),
+        ))
+    }
 }
 
 /// Errs unless `value` is finite and ≥ 0.
-pub(crate) fn non_negative(field: &'static str, value: f64) -> Result<(), ScheduleError> {
+pub(crate) fn non_negative(field: &str, value: f64) -> Result<()> {
     if value.is_finite() && value >= 0.0 {
         Ok(())
     } else {
-        Err(ScheduleError {
+        Err(ScheduleError::new(
             field,
-            reason: format!("must be finite and >= 0, got {value}"),
-        })
+            format!("must be finite and >= 0, got {value}"),
+        ))
     }
 }
 
-#[cfg(test)]
-pub(crate) mod test_util {
-    use super::LrSchedule;
-
-    /// The first `n` rates of `s`.
-    pub fn rates(s: &mut dyn LrSchedule, n: usize) -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                let lr = s.lr();
-                s.step();
-                lr
-            })
-            .collect()
-    }
-
-    /// Asserts `got` equals `want` to 1e-12 relative (PyTorch-exact up to printing).
-    pub fn assert_rates(got: &[f64], want: &[f64]) {
-        assert_eq!(got.len(), want.len());
-        for (t, (g, w)) in got.iter().zip(want).enumerate() {
-            let tol = 1e-12 * w.abs().max(1e-300);
-            assert!((g - w).abs() <= tol, "step {t}: got {g:e}, want {w:e}");
-        }
+/// Errs unless `value` is finite and > 0.
+pub(crate) fn positive(field: &str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(ScheduleError::new(
+            field,
+            format!("must be finite and > 0, got {value}"),
+        ))
     }
 }

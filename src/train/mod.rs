@@ -8,7 +8,7 @@ mod cpu;
 mod gpu;
 pub mod program;
 
-use kiln_schedule::LrSchedule;
+use kiln_schedule::{Observation, Scheduler};
 
 use crate::device::Device;
 use crate::error::{KilnError, Result};
@@ -46,7 +46,7 @@ pub struct Trainer {
     model: Sequential,
     layout: ParamLayout,
     options: TrainOptions,
-    schedule: Box<dyn LrSchedule>,
+    schedule: Scheduler,
     backend: Backend,
     steps: u64,
 }
@@ -72,7 +72,7 @@ impl Trainer {
         device: &Device,
         model: Sequential,
         options: TrainOptions,
-        schedule: Box<dyn LrSchedule>,
+        schedule: Scheduler,
     ) -> Result<Self> {
         let layout = model.param_layout(PARAM_ALIGN);
         let params = model.init_params(&layout, options.seed);
@@ -85,7 +85,7 @@ impl Trainer {
         device: &Device,
         model: Sequential,
         options: TrainOptions,
-        schedule: Box<dyn LrSchedule>,
+        schedule: Scheduler,
         params: Vec<f32>,
     ) -> Result<Self> {
         options.sgd.validate()?;
@@ -156,7 +156,7 @@ impl Trainer {
             Backend::Cpu(s) => s.step(x, targets, batch, lr as f32),
             Backend::Gpu(s) => s.step(x, targets, batch, lr as f32)?,
         }
-        self.schedule.step();
+        self.schedule.step(&Observation::default())?;
         self.steps += 1;
         Ok(lr)
     }

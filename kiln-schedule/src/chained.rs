@@ -1,0 +1,61 @@
+//! Chained: every schedule steps the same rate in turn, so the rate is the product of their
+//! factors (not to be confused with sequential, which runs them one after another).
+//! Source: `torch.optim.lr_scheduler.ChainedScheduler`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Group, LrSchedule, Needs, Observation, Result, Schedule, ScheduleError};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChainedScheduler {
+    pub schedules: Vec<Schedule>,
+}
+
+impl ChainedScheduler {
+    pub fn new(schedules: Vec<Schedule>) -> Result<Self> {
+        if schedules.is_empty() {
+            return Err(ScheduleError::new(
+                "schedules",
+                "needs at least one schedule",
+            ));
+        }
+        if let Some(i) = schedules
+            .iter()
+            .position(|s| matches!(s, Schedule::ReduceOnPlateau(_)))
+        {
+            return Err(ScheduleError::new(
+                format!("schedules[{i}]"),
+                "reduce_on_plateau cannot be chained (as in PyTorch)",
+            ));
+        }
+        Ok(ChainedScheduler { schedules })
+    }
+}
+
+impl LrSchedule for ChainedScheduler {
+    /// The children are built in order; ChainedScheduler itself takes no initial step.
+    fn construct(&mut self, group: &mut Group) -> Result<()> {
+        for (i, s) in self.schedules.iter_mut().enumerate() {
+            s.construct(group)
+                .map_err(|e| e.within(&format!("schedules[{i}]")))?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, group: &mut Group, observation: &Observation) -> Result<()> {
+        for s in &mut self.schedules {
+            s.step(group, observation)?;
+        }
+        Ok(())
+    }
+
+    fn undo(&mut self) {
+        self.schedules.iter_mut().for_each(Schedule::undo);
+    }
+
+    fn needs(&self) -> Needs {
+        self.schedules
+            .iter()
+            .fold(Needs::default(), |n, s| n.or(s.needs()))
+    }
+}

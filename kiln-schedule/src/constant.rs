@@ -1,0 +1,52 @@
+//! Constant factor for a while: lr(t) = lr·factor for t < total_iters, then lr.
+//!
+//! Recurrence (PyTorch): at t = 0 multiply by factor; at t = total_iters multiply by
+//! 1/factor; otherwise keep the rate.
+//! Source: `torch.optim.lr_scheduler.ConstantLR`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::epochal::{Epoch, Rule};
+use crate::{Group, Result, ScheduleError};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConstantLr {
+    pub factor: f64,
+    pub total_iters: u64,
+}
+
+impl ConstantLr {
+    pub fn new(factor: f64, total_iters: u64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&factor) {
+            return Err(ScheduleError::new(
+                "factor",
+                format!("must be in [0, 1], got {factor}"),
+            ));
+        }
+        Ok(ConstantLr {
+            factor,
+            total_iters,
+        })
+    }
+}
+
+impl Rule for ConstantLr {
+    fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64> {
+        Ok(if e.t == 0 {
+            group.lr * self.factor
+        } else if e.t != self.total_iters as i64 {
+            group.lr
+        } else {
+            group.lr * (1.0 / self.factor)
+        })
+    }
+
+    fn closed_form(&self, e: &Epoch) -> Option<f64> {
+        let done = if e.t >= self.total_iters as i64 {
+            1.0
+        } else {
+            0.0
+        };
+        Some(e.base * (self.factor + done * (1.0 - self.factor)))
+    }
+}

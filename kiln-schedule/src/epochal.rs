@@ -1,0 +1,114 @@
+//! The machinery of PyTorch's `LRScheduler` base class, shared by every schedule that derives
+//! from it: `last_epoch`, `_step_count`, `base_lrs` and the initial step, with the schedule's
+//! own `get_lr` (a recurrence on the current rate) and `_get_closed_form_lr` plugged in.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Group, LrSchedule, Needs, Observation, Result};
+
+/// What `get_lr` may read, as PyTorch's scheduler attributes.
+#[derive(Clone, Copy, Debug)]
+pub struct Epoch {
+    /// `last_epoch`: updates done (0 at the initial step).
+    pub t: i64,
+    /// `_step_count`.
+    pub step_count: u64,
+    /// `base_lrs[0]`.
+    pub base: f64,
+    /// `_is_initial`: inside the constructor's initial step.
+    pub initial: bool,
+}
+
+/// One PyTorch `LRScheduler` subclass: its `get_lr` and, where it has one,
+/// `_get_closed_form_lr` (used by SequentialLR at a milestone).
+pub trait Rule: std::fmt::Debug + Send {
+    fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64>;
+    fn closed_form(&self, _e: &Epoch) -> Option<f64> {
+        None
+    }
+    /// Constructor effects before `LRScheduler.__init__` (CyclicLR sets the rate, OneCycleLR
+    /// the initial rate). Returns a `base_lr` that replaces the group's `initial_lr`.
+    fn before_init(&mut self, _group: &mut Group) -> Option<f64> {
+        None
+    }
+    /// Observation-driven rules update their state here, before `get_lr`.
+    fn observe(&mut self, _observation: &Observation) {}
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Epochal<R> {
+    pub rule: R,
+    last_epoch: i64,
+    step_count: u64,
+    base: f64,
+}
+
+impl<R: Rule> Epochal<R> {
+    pub fn new(rule: R) -> Self {
+        Epochal {
+            rule,
+            last_epoch: -1,
+            step_count: 0,
+            base: 0.0,
+        }
+    }
+
+    fn epoch(&self, initial: bool) -> Epoch {
+        Epoch {
+            t: self.last_epoch,
+            step_count: self.step_count,
+            base: self.base,
+            initial,
+        }
+    }
+
+    /// `LRScheduler.step()` (with `_is_initial` as given).
+    fn advance(&mut self, group: &mut Group, initial: bool) -> Result<()> {
+        self.step_count += 1;
+        self.last_epoch += 1;
+        group.lr = self.rule.get_lr(&self.epoch(initial), group)?;
+        Ok(())
+    }
+}
+
+impl<R: Rule> LrSchedule for Epochal<R> {
+    fn construct(&mut self, group: &mut Group) -> Result<()> {
+        let base_override = self.rule.before_init(group);
+        self.base = group.base_lr();
+        if let Some(base) = base_override {
+            self.base = base;
+        }
+        self.initial_step(group)
+    }
+
+    fn initial_step(&mut self, group: &mut Group) -> Result<()> {
+        self.step_count = 0;
+        self.advance(group, true)
+    }
+
+    fn step(&mut self, group: &mut Group, observation: &Observation) -> Result<()> {
+        self.rule.observe(observation);
+        self.advance(group, false)
+    }
+
+    fn restart(&mut self, group: &mut Group) -> Result<()> {
+        self.last_epoch = 0;
+        let e = self.epoch(false);
+        group.lr = match self.rule.closed_form(&e) {
+            Some(lr) => lr,
+            None => self.rule.get_lr(&e, group)?,
+        };
+        Ok(())
+    }
+
+    fn undo(&mut self) {
+        self.last_epoch -= 1;
+    }
+
+    fn needs(&self) -> Needs {
+        self.rule.needs()
+    }
+}

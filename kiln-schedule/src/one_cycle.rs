@@ -1,0 +1,134 @@
+//! One-cycle policy: warm up from max_lr/div_factor to max_lr, then anneal to
+//! max_lr/(div_factor·final_div_factor) (with `three_phase`, first back down to the start).
+//!
+//! Phase ends (PyTorch's exact boundaries): pct_start·N − 1, then N − 1 (two phases), or
+//! pct_start·N − 1, 2·pct_start·N − 2, N − 1 (three phases). Within a phase,
+//! pct = (t − start)/(end − start) and the rate is
+//!   cos: end + (start − end)/2·(1 + cos(π·pct)),   linear: (end − start)·pct + start.
+//! The optimizer's own rate is ignored. Asking for update t > total_steps is an error, as in
+//! PyTorch; t = total_steps is allowed. Momentum cycling is not copied (rates only).
+//! Source: `torch.optim.lr_scheduler.OneCycleLR`; Smith & Topin, "Super-Convergence" (2018).
+
+use std::f64::consts::PI;
+
+use serde::{Deserialize, Serialize};
+
+use crate::epochal::{Epoch, Rule};
+use crate::{Group, Result, ScheduleError, non_negative, positive};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnnealStrategy {
+    Cos,
+    Linear,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OneCycleLr {
+    pub max_lr: f64,
+    pub total_steps: u64,
+    pub anneal_strategy: AnnealStrategy,
+    initial_lr: f64,
+    min_lr: f64,
+    /// (end_step, start rate, end rate) of each phase.
+    phases: Vec<(f64, f64, f64)>,
+}
+
+impl OneCycleLr {
+    pub fn new(
+        max_lr: f64,
+        total_steps: u64,
+        pct_start: f64,
+        anneal_strategy: AnnealStrategy,
+        div_factor: f64,
+        final_div_factor: f64,
+        three_phase: bool,
+    ) -> Result<Self> {
+        non_negative("max_lr", max_lr)?;
+        positive("div_factor", div_factor)?;
+        positive("final_div_factor", final_div_factor)?;
+        if total_steps == 0 {
+            return Err(ScheduleError::new("total_steps", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&pct_start) {
+            return Err(ScheduleError::new(
+                "pct_start",
+                format!("must be in [0, 1], got {pct_start}"),
+            ));
+        }
+        let initial_lr = max_lr / div_factor;
+        let min_lr = initial_lr / final_div_factor;
+        let n = total_steps as f64;
+        let phases = if three_phase {
+            vec![
+                (pct_start * n - 1.0, initial_lr, max_lr),
+                (2.0 * pct_start * n - 2.0, max_lr, initial_lr),
+                (n - 1.0, initial_lr, min_lr),
+            ]
+        } else {
+            vec![
+                (pct_start * n - 1.0, initial_lr, max_lr),
+                (n - 1.0, max_lr, min_lr),
+            ]
+        };
+        Ok(OneCycleLr {
+            max_lr,
+            total_steps,
+            anneal_strategy,
+            initial_lr,
+            min_lr,
+            phases,
+        })
+    }
+
+    fn anneal(&self, start: f64, end: f64, pct: f64) -> f64 {
+        match self.anneal_strategy {
+            AnnealStrategy::Cos => end + (start - end) / 2.0 * ((PI * pct).cos() + 1.0),
+            AnnealStrategy::Linear => (end - start) * pct + start,
+        }
+    }
+}
+
+impl Rule for OneCycleLr {
+    fn before_init(&mut self, group: &mut Group) -> Option<f64> {
+        // OneCycleLR overwrites initial_lr rather than setting a default.
+        group.initial_lr = Some(self.initial_lr);
+        None
+    }
+
+    fn get_lr(&self, e: &Epoch, _group: &Group) -> Result<f64> {
+        let step = e.t as f64;
+        if e.t > self.total_steps as i64 {
+            return Err(ScheduleError::new(
+                "total_steps",
+                format!(
+                    "asked for update {}, past total_steps = {}",
+                    e.t, self.total_steps
+                ),
+            ));
+        }
+        let mut start_step = 0.0;
+        let last = self.phases.len() - 1;
+        for (i, &(end_step, start_lr, end_lr)) in self.phases.iter().enumerate() {
+            if step <= end_step || i == last {
+                if end_step == start_step {
+                    return Err(ScheduleError::new(
+                        "pct_start",
+                        format!("phase {i} is empty with total_steps = {}", self.total_steps),
+                    ));
+                }
+                let pct = (step - start_step) / (end_step - start_step);
+                return Ok(self.anneal(start_lr, end_lr, pct));
+            }
+            start_step = end_step;
+        }
+        unreachable!("the last phase always matches")
+    }
+}
+
+impl OneCycleLr {
+    /// The final rate, max_lr/(div_factor·final_div_factor).
+    pub fn min_lr(&self) -> f64 {
+        self.min_lr
+    }
+}

@@ -1,0 +1,158 @@
+//! Every built-in schedule in one type, so a whole schedule — composites included — is built
+//! from a config, stepped, and its state saved and restored with serde.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chained::ChainedScheduler;
+use crate::constant::ConstantLr;
+use crate::cosine_annealing::CosineAnnealingLr;
+use crate::cosine_annealing_warm_restarts::CosineAnnealingWarmRestarts;
+use crate::cyclic::CyclicLr;
+use crate::epochal::Epochal;
+use crate::exponential::ExponentialLr;
+use crate::exponential_decay::ExponentialDecay;
+use crate::factor::Factored;
+use crate::fixed::Fixed;
+use crate::inverse_sqrt::InverseSqrt;
+use crate::inverse_time::InverseTime;
+use crate::lambda::LambdaLr;
+use crate::linear::LinearLr;
+use crate::linear_decay::LinearDecay;
+use crate::multi_step::MultiStepLr;
+use crate::multiplicative::MultiplicativeLr;
+use crate::observed::{BoldDriver, GradNormAdaptive, LossAdaptive, LossMilestones};
+use crate::one_cycle::OneCycleLr;
+use crate::piecewise_constant::PiecewiseConstant;
+use crate::polynomial::PolynomialLr;
+use crate::reduce_on_plateau::ReduceLrOnPlateau;
+use crate::sequential::SequentialLr;
+use crate::step::StepLr;
+use crate::{Group, LrSchedule, Needs, Observation, Result};
+
+/// A learning-rate schedule with its state. Build one from a config ([`crate::ScheduleConfig`])
+/// or from the constructors below; drive it with [`crate::Scheduler`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Schedule {
+    Fixed(Epochal<Fixed>),
+    Constant(Epochal<ConstantLr>),
+    Linear(Epochal<LinearLr>),
+    Step(Epochal<StepLr>),
+    MultiStep(Epochal<MultiStepLr>),
+    Exponential(Epochal<ExponentialLr>),
+    Polynomial(Epochal<PolynomialLr>),
+    CosineAnnealing(Epochal<CosineAnnealingLr>),
+    CosineAnnealingWarmRestarts(CosineAnnealingWarmRestarts),
+    Cyclic(Epochal<CyclicLr>),
+    OneCycle(Epochal<OneCycleLr>),
+    Multiplicative(Epochal<MultiplicativeLr>),
+    Sequential(SequentialLr),
+    Chained(ChainedScheduler),
+    ReduceOnPlateau(ReduceLrOnPlateau),
+    InverseTime(Factored<InverseTime>),
+    InverseSqrt(Factored<InverseSqrt>),
+    ExponentialDecay(Factored<ExponentialDecay>),
+    PiecewiseConstant(Factored<PiecewiseConstant>),
+    LinearDecay(Factored<LinearDecay>),
+    LossMilestones(Factored<LossMilestones>),
+    BoldDriver(Factored<BoldDriver>),
+    GradNormAdaptive(Factored<GradNormAdaptive>),
+    LossAdaptive(Factored<LossAdaptive>),
+    /// lr·f(t) from a Rust closure. Its state cannot be saved.
+    #[serde(skip)]
+    Lambda(Epochal<LambdaLr>),
+    /// Any user type implementing [`LrSchedule`]. Its state cannot be saved.
+    #[serde(skip)]
+    Custom(Box<dyn LrSchedule>),
+}
+
+macro_rules! each {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            Schedule::Fixed($s) => $e,
+            Schedule::Constant($s) => $e,
+            Schedule::Linear($s) => $e,
+            Schedule::Step($s) => $e,
+            Schedule::MultiStep($s) => $e,
+            Schedule::Exponential($s) => $e,
+            Schedule::Polynomial($s) => $e,
+            Schedule::CosineAnnealing($s) => $e,
+            Schedule::CosineAnnealingWarmRestarts($s) => $e,
+            Schedule::Cyclic($s) => $e,
+            Schedule::OneCycle($s) => $e,
+            Schedule::Multiplicative($s) => $e,
+            Schedule::Sequential($s) => $e,
+            Schedule::Chained($s) => $e,
+            Schedule::ReduceOnPlateau($s) => $e,
+            Schedule::InverseTime($s) => $e,
+            Schedule::InverseSqrt($s) => $e,
+            Schedule::ExponentialDecay($s) => $e,
+            Schedule::PiecewiseConstant($s) => $e,
+            Schedule::LinearDecay($s) => $e,
+            Schedule::LossMilestones($s) => $e,
+            Schedule::BoldDriver($s) => $e,
+            Schedule::GradNormAdaptive($s) => $e,
+            Schedule::LossAdaptive($s) => $e,
+            Schedule::Lambda($s) => $e,
+            Schedule::Custom($s) => $e,
+        }
+    };
+}
+
+impl LrSchedule for Schedule {
+    fn construct(&mut self, group: &mut Group) -> Result<()> {
+        each!(self, s => s.construct(group))
+    }
+    fn step(&mut self, group: &mut Group, observation: &Observation) -> Result<()> {
+        each!(self, s => s.step(group, observation))
+    }
+    fn initial_step(&mut self, group: &mut Group) -> Result<()> {
+        each!(self, s => s.initial_step(group))
+    }
+    fn restart(&mut self, group: &mut Group) -> Result<()> {
+        each!(self, s => s.restart(group))
+    }
+    fn undo(&mut self) {
+        each!(self, s => s.undo())
+    }
+    fn needs(&self) -> Needs {
+        each!(self, s => s.needs())
+    }
+}
+
+impl Schedule {
+    /// lr·f(t) from a closure, as PyTorch's LambdaLR.
+    pub fn lambda(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Schedule {
+        Schedule::Lambda(Epochal::new(LambdaLr::new(f)))
+    }
+
+    /// A user type implementing [`LrSchedule`].
+    pub fn custom(s: impl LrSchedule + 'static) -> Schedule {
+        Schedule::Custom(Box::new(s))
+    }
+
+    pub(crate) fn is_composite(&self) -> bool {
+        matches!(self, Schedule::Sequential(_) | Schedule::Chained(_))
+    }
+
+    /// Whether the schedule reads the optimizer's base rate (one_cycle, cyclic and
+    /// piecewise_constant set their own).
+    pub fn uses_base_lr(&self) -> bool {
+        match self {
+            Schedule::OneCycle(_) | Schedule::Cyclic(_) | Schedule::PiecewiseConstant(_) => false,
+            Schedule::Sequential(s) => s.schedules.iter().any(Schedule::uses_base_lr),
+            Schedule::Chained(s) => s.schedules.iter().any(Schedule::uses_base_lr),
+            _ => true,
+        }
+    }
+
+    /// Whether the state can be saved (no closures or user types inside).
+    pub fn can_save(&self) -> bool {
+        match self {
+            Schedule::Lambda(_) | Schedule::Custom(_) => false,
+            Schedule::Sequential(s) => s.schedules.iter().all(Schedule::can_save),
+            Schedule::Chained(s) => s.schedules.iter().all(Schedule::can_save),
+            _ => true,
+        }
+    }
+}
