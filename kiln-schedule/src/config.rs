@@ -194,7 +194,7 @@ pub enum Kind {
         increase: f64,
         #[serde(default)]
         min_lr: f64,
-        #[serde(default = "infinity")]
+        #[serde(default = "infinity", with = "crate::float")]
         max_lr: f64,
     },
     GradNormAdaptive {

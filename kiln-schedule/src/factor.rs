@@ -25,6 +25,7 @@ pub struct Factored<R> {
     t: u64,
     base: f64,
     /// The rate this schedule wrote last.
+    #[serde(with = "crate::float")]
     written: f64,
     /// Its own rate(t) at that time.
     own: f64,

@@ -45,6 +45,7 @@ pub mod exponential;
 pub mod exponential_decay;
 pub mod factor;
 pub mod fixed;
+mod float;
 pub mod inverse_sqrt;
 pub mod inverse_time;
 pub mod lambda;
@@ -281,13 +282,16 @@ impl Scheduler {
     }
 }
 
+/// A rate must be finite and ≥ 0. PyTorch's recurrences can leave that range in degenerate
+/// compositions (a cosine whose eta_min exceeds the rate it anneals, chained past t_max with a
+/// decay); PyTorch would pass such a rate to the optimizer, Kiln stops with an error instead.
 fn check_rate(lr: f64, update: u64) -> Result<()> {
-    if lr.is_finite() {
+    if lr.is_finite() && lr >= 0.0 {
         Ok(())
     } else {
         Err(ScheduleError::new(
             "kind",
-            format!("the rate for update {update} is {lr}"),
+            format!("the rate for update {update} is {lr}; a rate must be finite and >= 0"),
         ))
     }
 }

@@ -65,6 +65,7 @@ pub struct BoldDriver {
     pub decrease: f64,
     pub increase: f64,
     pub min_lr: f64,
+    #[serde(with = "crate::float")]
     pub max_lr: f64,
     current: Option<f64>,
     previous_loss: Option<f64>,

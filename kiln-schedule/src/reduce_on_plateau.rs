@@ -35,6 +35,7 @@ pub struct ReduceLrOnPlateau {
     pub cooldown: u64,
     pub min_lr: f64,
     pub eps: f64,
+    #[serde(with = "crate::float")]
     best: f64,
     num_bad_epochs: u64,
     cooldown_counter: u64,

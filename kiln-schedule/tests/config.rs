@@ -1,0 +1,145 @@
+//! Config errors name the field and say why; PyTorch's defaults apply; integers pass for floats.
+
+use kiln_schedule::{Kind, ScheduleConfig};
+
+fn error(toml: &str) -> String {
+    match ScheduleConfig::from_toml(toml).and_then(|c| c.build(Some(0.1))) {
+        Ok(_) => panic!("expected an error for\n{toml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn invalid_values_name_the_field() {
+    let cases = [
+        (
+            "kind = \"cosine_annealing\"\nt_max = 0",
+            "schedule.t_max: must be at least 1",
+        ),
+        (
+            "kind = \"step\"\nstep_size = 2\ngamma = 0",
+            "schedule.gamma: must be finite and > 0, got 0",
+        ),
+        ("kind = \"exponential\"\ngamma = -0.5", "schedule.gamma"),
+        (
+            "kind = \"constant\"\nfactor = 1.5",
+            "schedule.factor: must be in [0, 1], got 1.5",
+        ),
+        (
+            "kind = \"linear\"\nstart_factor = 0",
+            "schedule.start_factor",
+        ),
+        (
+            "kind = \"one_cycle\"\nmax_lr = 0.1\ntotal_steps = 10\npct_start = 1.5",
+            "schedule.pct_start",
+        ),
+        (
+            "kind = \"reduce_on_plateau\"\nfactor = 1.0",
+            "schedule.factor: must be in [0, 1), got 1",
+        ),
+        (
+            "kind = \"piecewise_constant\"\nboundaries = [5, 3]\nvalues = [1, 2, 3]",
+            "schedule.boundaries: must be increasing: 5 then 3",
+        ),
+        (
+            "kind = \"piecewise_constant\"\nboundaries = [5]\nvalues = [1]",
+            "schedule.values",
+        ),
+        (
+            "kind = \"warmup\"\nsteps = 0\nthen = { kind = \"fixed\" }",
+            "schedule.steps",
+        ),
+        (
+            "kind = \"bold_driver\"\nmin_lr = 0.5\nmax_lr = 0.1",
+            "schedule.max_lr",
+        ),
+    ];
+    for (toml, want) in cases {
+        let e = error(toml);
+        assert!(e.contains(want), "{toml}\n→ {e}\nwanted {want}");
+    }
+}
+
+#[test]
+fn sequential_milestones_are_checked() {
+    let two = "schedules = [{ kind = \"fixed\" }, { kind = \"exponential\", gamma = 0.9 }, { kind = \"fixed\" }]";
+    let e = error(&format!(
+        "kind = \"sequential\"\nmilestones = [5, 5]\n{two}"
+    ));
+    assert!(
+        e.contains("schedule.milestones: must be increasing: 5 then 5"),
+        "{e}"
+    );
+    let e = error(&format!("kind = \"sequential\"\nmilestones = [5]\n{two}"));
+    assert!(e.contains("1 milestones for 3 schedules"), "{e}");
+    let e = error(
+        "kind = \"sequential\"\nmilestones = [2]\nschedules = [{ kind = \"fixed\" }, { kind = \"cosine_annealing\", t_max = 0 }]",
+    );
+    assert!(e.contains("schedule.schedules[1].t_max"), "{e}");
+    let e = error("kind = \"chained\"\nschedules = [{ kind = \"reduce_on_plateau\" }]");
+    assert!(
+        e.contains("schedules[0]") && e.contains("cannot be chained"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_keys_and_kinds_are_errors() {
+    let e = error("kind = \"cosine_annealing\"\nt_max = 10\ntmax = 3");
+    assert!(e.contains("tmax"), "{e}");
+    let e = error("kind = \"cosine\"");
+    assert!(
+        e.contains("cosine") && e.contains("cosine_annealing"),
+        "{e}"
+    );
+    let e = error("t_max = 10");
+    assert!(e.contains("schedule.kind: missing"), "{e}");
+    let e = error("kind = \"step\"");
+    assert!(e.contains("step_size"), "{e}");
+    let e = error("kind = \"fixed\"\nlr = \"fast\"");
+    assert!(e.contains("schedule.lr: must be a number"), "{e}");
+}
+
+#[test]
+fn lr_is_required_unless_the_schedule_sets_its_own() {
+    let c = ScheduleConfig::from_toml("kind = \"exponential\"\ngamma = 0.9").unwrap();
+    let e = c.build(None).unwrap_err().to_string();
+    assert!(e.contains("schedule.lr: missing"), "{e}");
+    assert_eq!(c.build(Some(0.2)).unwrap().lr(), 0.2);
+    let c =
+        ScheduleConfig::from_toml("kind = \"one_cycle\"\nmax_lr = 1\ntotal_steps = 10").unwrap();
+    // max_lr/div_factor, through PyTorch's cosine anneal at pct = 0 (which rounds).
+    assert!((c.build(None).unwrap().lr() - 1.0 / 25.0).abs() < 1e-16);
+}
+
+#[test]
+fn pytorch_defaults_apply_and_integers_pass_for_floats() {
+    let c = ScheduleConfig::from_toml("kind = \"reduce_on_plateau\"\nfactor = 0").unwrap();
+    assert!(matches!(
+        c.kind,
+        Kind::ReduceOnPlateau {
+            factor: 0.0,
+            patience: 10,
+            threshold: 1e-4,
+            cooldown: 0,
+            eps: 1e-8,
+            ..
+        }
+    ));
+    let c = ScheduleConfig::from_toml("kind = \"constant\"\nlr = 1").unwrap();
+    assert_eq!(c.lr, Some(1.0));
+    assert!(matches!(c.kind, Kind::Constant { total_iters: 5, .. }));
+    let c =
+        ScheduleConfig::from_toml("kind = \"one_cycle\"\nmax_lr = 1\ntotal_steps = 100").unwrap();
+    assert!(matches!(
+        c.kind,
+        Kind::OneCycle {
+            pct_start: 0.3,
+            div_factor: 25.0,
+            final_div_factor: 1e4,
+            three_phase: false,
+            ..
+        }
+    ));
+    assert_eq!(c.kind.name(), "one_cycle");
+}

@@ -1,0 +1,83 @@
+//! Every schedule kind saves and restores mid-run: k updates, save, restore, continue ≡ the
+//! uninterrupted run, bit for bit.
+
+use kiln_schedule::{Observation, ScheduleConfig, Scheduler};
+
+/// A loss and gradient norm for every update, wandering so that plateau, bold-driver and
+/// milestone logic all fire.
+fn observation(t: usize) -> Observation {
+    let t = t as f64;
+    Observation {
+        loss: Some(1.0 / (1.0 + 0.1 * t) * (1.0 + 0.3 * (0.7 * t).sin())),
+        grad_norm_sq: Some(0.5 + (1.3 * t).cos().abs()),
+    }
+}
+
+fn build(toml: &str) -> Scheduler {
+    ScheduleConfig::from_toml(toml)
+        .and_then(|c| c.build(Some(0.1)))
+        .unwrap_or_else(|e| panic!("{toml}: {e}"))
+}
+
+fn check_resume(toml: &str) {
+    const TOTAL: usize = 60;
+    let mut reference = build(toml);
+    let mut want = Vec::new();
+    for t in 0..TOTAL {
+        want.push(reference.lr().to_bits());
+        reference.step(&observation(t)).unwrap();
+    }
+    for k in [0, 1, 2, 5, 13, 31] {
+        let mut first = build(toml);
+        for t in 0..k {
+            first.step(&observation(t)).unwrap();
+        }
+        let saved = serde_json::to_string(&first).unwrap();
+        drop(first);
+        let mut resumed: Scheduler =
+            serde_json::from_str(&saved).unwrap_or_else(|e| panic!("{toml}: {e}\n{saved}"));
+        for (t, w) in want.iter().enumerate().skip(k) {
+            assert_eq!(
+                resumed.lr().to_bits(),
+                *w,
+                "{toml}\nresumed after {k}: update {t}"
+            );
+            resumed.step(&observation(t)).unwrap();
+        }
+    }
+}
+
+macro_rules! resumes {
+    ($($name:ident: $toml:expr,)*) => {
+        $( #[test] fn $name() { check_resume($toml) } )*
+    };
+}
+
+resumes! {
+    fixed: "kind = \"fixed\"",
+    constant: "kind = \"constant\"",
+    linear: "kind = \"linear\"\ntotal_iters = 10",
+    step: "kind = \"step\"\nstep_size = 4\ngamma = 0.5",
+    multi_step: "kind = \"multi_step\"\nmilestones = [3, 9, 9, 20]",
+    exponential: "kind = \"exponential\"\ngamma = 0.97",
+    polynomial: "kind = \"polynomial\"\ntotal_iters = 40\npower = 2",
+    cosine_annealing: "kind = \"cosine_annealing\"\nt_max = 17\neta_min = 0.001",
+    cosine_annealing_warm_restarts: "kind = \"cosine_annealing_warm_restarts\"\nt_0 = 4\nt_mult = 2",
+    cyclic: "kind = \"cyclic\"\nbase_lr = 0.01\nmax_lr = 0.1\nstep_size_up = 5\nmode = \"triangular2\"",
+    one_cycle: "kind = \"one_cycle\"\nmax_lr = 0.5\ntotal_steps = 100\nthree_phase = true",
+    multiplicative: "kind = \"multiplicative\"\nfactor = 0.95",
+    sequential: "kind = \"sequential\"\nmilestones = [5, 20]\nschedules = [{ kind = \"linear\", start_factor = 0.1, total_iters = 5 }, { kind = \"cosine_annealing_warm_restarts\", t_0 = 6 }, { kind = \"exponential\", gamma = 0.9 }]",
+    chained: "kind = \"chained\"\nschedules = [{ kind = \"step\", step_size = 7 }, { kind = \"cosine_annealing\", t_max = 25 }, { kind = \"bold_driver\" }]",
+    reduce_on_plateau: "kind = \"reduce_on_plateau\"\npatience = 2\ncooldown = 1\nfactor = 0.5",
+    inverse_time: "kind = \"inverse_time\"\ngamma = 0.3",
+    inverse_sqrt: "kind = \"inverse_sqrt\"\ngamma = 0.3",
+    exponential_decay: "kind = \"exponential_decay\"\ndecay_rate = 0.5\ndecay_steps = 7\nstaircase = true",
+    piecewise_constant: "kind = \"piecewise_constant\"\nboundaries = [10, 30]\nvalues = [0.1, 0.03, 0.001]",
+    linear_decay: "kind = \"linear_decay\"\nalpha = 0.02\nend_lr = 0.01",
+    warmup: "kind = \"warmup\"\nsteps = 8\nstart_factor = 0.01\nthen = { kind = \"inverse_sqrt\", gamma = 0.5 }",
+    loss_milestones: "kind = \"loss_milestones\"\nthresholds = [0.9, 0.5, 0.2]",
+    bold_driver: "kind = \"bold_driver\"\nmin_lr = 0.001\nmax_lr = 0.2",
+    bold_driver_unbounded: "kind = \"bold_driver\"",
+    grad_norm_adaptive: "kind = \"grad_norm_adaptive\"\nbeta = 0.1",
+    loss_adaptive: "kind = \"loss_adaptive\"\nbeta = 3",
+}
