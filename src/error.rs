@@ -51,6 +51,10 @@ pub enum KilnError {
         classes: usize,
     },
 
+    /// A file could not be read, parsed or written.
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+
     /// A learning-rate schedule was invalid or could not continue.
     #[error(transparent)]
     Schedule(#[from] kiln_schedule::ScheduleError),
@@ -68,6 +72,13 @@ impl KilnError {
         KilnError::InvalidValue {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn file(path: impl AsRef<std::path::Path>, reason: impl std::fmt::Display) -> Self {
+        KilnError::File {
+            path: path.as_ref().display().to_string(),
+            reason: reason.to_string(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod train;
 
 pub use device::{Device, DeviceChoice};

@@ -198,7 +198,7 @@ impl LrSchedule for HalveEveryOther {
     }
     fn step(&mut self, group: &mut Group, _o: &Observation) -> kiln_schedule::Result<()> {
         self.t += 1;
-        if self.t % 2 == 0 {
+        if self.t.is_multiple_of(2) {
             group.lr *= 0.5;
         }
         Ok(())

@@ -1,0 +1,59 @@
+//! `kiln devices`: every adapter with the limits and features Kiln uses.
+
+use anyhow::Result;
+use kiln::AdapterOptions;
+use kiln::gpu::adapter;
+
+pub fn devices(opts: &AdapterOptions) -> Result<()> {
+    let adapters = adapter::enumerate(opts)?;
+    if adapters.is_empty() {
+        println!(
+            "No GPU adapters. {}",
+            kiln::KilnError::NoAdapter {
+                detail: String::new()
+            }
+        );
+        println!("The CPU device (--device cpu) is always available.");
+        return Ok(());
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let info = a.get_info();
+        let limits = a.limits();
+        let features = a.features();
+        let mib = |b: u64| format!("{} MiB", b >> 20);
+        let yes = |f| if features.contains(f) { "yes" } else { "no" };
+        println!("[{i}] {}", info.name);
+        println!("    backend      {:?}", info.backend);
+        println!(
+            "    type         {:?}{}",
+            info.device_type,
+            if adapter::is_hardware(&info) {
+                ""
+            } else {
+                " (software)"
+            }
+        );
+        println!("    driver       {} {}", info.driver, info.driver_info);
+        println!("    max buffer   {}", mib(limits.max_buffer_size));
+        println!(
+            "    max storage binding   {}",
+            mib(limits.max_storage_buffer_binding_size)
+        );
+        println!(
+            "    workgroup storage     {} KiB",
+            limits.max_compute_workgroup_storage_size / 1024
+        );
+        println!(
+            "    invocations/workgroup {}",
+            limits.max_compute_invocations_per_workgroup
+        );
+        println!(
+            "    subgroups {}, f16 {}, timestamp queries {}",
+            yes(wgpu::Features::SUBGROUP),
+            yes(wgpu::Features::SHADER_F16),
+            yes(wgpu::Features::TIMESTAMP_QUERY)
+        );
+    }
+    println!("CPU device (--device cpu): always available");
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! `kiln schedule`: the learning rate a `[schedule]` table gives for each update, as CSV or
+//! JSON, optionally plotted.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use kiln::plot::{Panel, Series, plot};
+use kiln::schedule::{Observation, ScheduleConfig};
+
+use super::{ScheduleArgs, ScheduleFormat};
+
+pub fn schedule(args: &ScheduleArgs) -> Result<()> {
+    let rates = rates(&args.file, args.steps, args.observations.as_deref())?;
+    match args.format {
+        ScheduleFormat::Csv => {
+            println!("step,lr");
+            for (t, lr) in rates.iter().enumerate() {
+                println!("{t},{lr:?}");
+            }
+        }
+        ScheduleFormat::Json => {
+            let numbers: Vec<String> = rates.iter().map(|lr| format!("{lr:?}")).collect();
+            println!("{{\"lr\": [{}]}}", numbers.join(", "));
+        }
+    }
+    if let Some(out) = &args.plot {
+        let series = Series {
+            name: "lr".into(),
+            points: rates
+                .iter()
+                .enumerate()
+                .map(|(t, &lr)| (t as f64, lr))
+                .collect(),
+        };
+        let title = format!("learning rate: {}", args.file.display());
+        plot(
+            out,
+            &[Panel {
+                title,
+                y_label: "learning rate".into(),
+                series: vec![series],
+                log_y: false,
+            }],
+        )?;
+    }
+    Ok(())
+}
+
+/// The rates for updates 0..steps of the `[schedule]` table in `file`, fed the observations
+/// in `observations` (line t is observed after update t).
+pub fn rates(file: &Path, steps: usize, observations: Option<&Path>) -> Result<Vec<f64>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let table = match doc.remove("schedule") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => bail!(
+            "{}: `schedule` must be a table ([schedule])",
+            file.display()
+        ),
+        None => bail!("{}: no [schedule] table", file.display()),
+    };
+    // In a run file the base rate defaults to [optimizer].lr.
+    let default_lr = doc
+        .get("optimizer")
+        .and_then(|o| o.get("lr"))
+        .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
+    let config =
+        ScheduleConfig::from_table(table).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let mut scheduler = config
+        .build(default_lr)
+        .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+
+    let observed = match observations {
+        Some(path) => read_observations(path)?,
+        None => Vec::new(),
+    };
+    let needed = steps.saturating_sub(1);
+    if scheduler.needs().any() && observed.len() < needed {
+        let got = observed.len();
+        match observations {
+            Some(path) => bail!(
+                "{}: {got} observations, but {steps} steps need {needed} (one after each update but the last)",
+                path.display()
+            ),
+            None => bail!(
+                "{}: this schedule follows observations; give --observations FILE with {needed} lines",
+                file.display()
+            ),
+        }
+    }
+    let mut rates = Vec::with_capacity(steps);
+    for t in 0..steps {
+        rates.push(scheduler.lr());
+        if t + 1 < steps {
+            let o = observed
+                .get(t)
+                .map_or(Observation::default(), |&v| Observation::value(v));
+            scheduler
+                .step(&o)
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+        }
+    }
+    Ok(rates)
+}
+
+/// One finite number per line; blank lines are skipped.
+fn read_observations(path: &Path) -> Result<Vec<f64>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut values = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match line.parse::<f64>() {
+            Ok(v) if v.is_finite() => values.push(v),
+            _ => bail!(
+                "{}, line {}: {line:?} is not a finite number",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(values)
+}

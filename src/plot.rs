@@ -1,0 +1,163 @@
+//! Line charts of training curves (learning rate, losses) against the update number, as PNG or
+//! SVG by the output's extension. Panels stack vertically and share the x axis.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::error::{KilnError, Result};
+
+/// One named curve.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One chart: a title, a y label and its curves.
+#[derive(Clone, Debug)]
+pub struct Panel {
+    pub title: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// Logarithmic y axis (for rates and losses spanning decades); needs positive values.
+    pub log_y: bool,
+}
+
+const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+];
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The font is compiled in; failing to parse it would be a build defect.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Draws `panels` into `path` (`.png` or `.svg`), 1000 px wide, 400 px per panel.
+pub fn plot(path: &Path, panels: &[Panel]) -> Result<()> {
+    register_font();
+    let size = (1000, 400 * panels.len().max(1) as u32);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let drawn = match ext.as_deref() {
+        Some("png") => {
+            let root = BitMapBackend::new(path, size).into_drawing_area();
+            draw(&root, panels).and_then(|_| root.present().map_err(|e| e.to_string()))
+        }
+        Some("svg") => {
+            let root = SVGBackend::new(path, size).into_drawing_area();
+            draw(&root, panels).and_then(|_| root.present().map_err(|e| e.to_string()))
+        }
+        _ => return Err(KilnError::file(path, "plot files must end in .png or .svg")),
+    };
+    drawn.map_err(|e| KilnError::file(path, format!("drawing the plot: {e}")))
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, panels: &[Panel]) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let areas = root.split_evenly((panels.len().max(1), 1));
+    for (area, panel) in areas.iter().zip(panels) {
+        draw_panel(area, panel).map_err(|e| format!("{}: {e}", panel.title))?;
+    }
+    Ok(())
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+) -> Result<(), String> {
+    let points = panel.series.iter().flat_map(|s| &s.points);
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in
+        points.filter(|(x, y)| x.is_finite() && y.is_finite() && (!panel.log_y || *y > 0.0))
+    {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return Err("nothing to plot".into());
+    }
+    if x1 == x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 == y0 {
+        let pad = if y0 == 0.0 { 1.0 } else { y0.abs() * 0.1 };
+        (y0, y1) = (y0 - pad, y1 + pad);
+    }
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(&panel.title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80);
+    let style = |s: &Series, i: usize| (s.name.clone(), COLORS[i % COLORS.len()]);
+    macro_rules! finish {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc("update")
+                .x_label_formatter(&|x| format!("{}", x.round() as i64))
+                .y_desc(&panel.y_label)
+                .label_style(("sans-serif", 14))
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for (i, s) in panel.series.iter().enumerate() {
+                let (name, color) = style(s, i);
+                let pts = s
+                    .points
+                    .iter()
+                    .copied()
+                    .filter(|(_, y)| y.is_finite() && (!panel.log_y || *y > 0.0));
+                chart
+                    .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                    .map_err(|e| e.to_string())?
+                    .label(name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+            }
+            if panel.series.len() > 1 {
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .label_font(("sans-serif", 14))
+                    .draw()
+                    .map_err(|e| e.to_string())?;
+            }
+        }};
+    }
+    if panel.log_y {
+        finish!(
+            builder
+                .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+                .map_err(|e| e.to_string())?
+        );
+    } else {
+        let pad = (y1 - y0) * 0.05;
+        finish!(
+            builder
+                .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+                .map_err(|e| e.to_string())?
+        );
+    }
+    Ok(())
+}
