@@ -176,6 +176,31 @@ impl Device {
         }
     }
 
+    /// ‖grad‖²: the squared global L2 norm.
+    pub fn grad_norm_sq(&self, grad: &[f32]) -> Result<f32> {
+        ops::check_finite("gradient", grad)?;
+        match self {
+            Device::Cpu => Ok(cpu::norm::sum_squares(grad)),
+            Device::Gpu(ctx) => ctx.grad_norm(&mut grad.to_vec(), None),
+        }
+    }
+
+    /// torch.nn.utils.clip_grad_norm_ (norm_type 2): scales `grad` so its norm is at most
+    /// `max_norm` and returns the norm it had before.
+    pub fn clip_grad_norm(&self, grad: &mut [f32], max_norm: f32) -> Result<f32> {
+        check_max_norm(max_norm)?;
+        ops::check_finite("gradient", grad)?;
+        let norm_sq = match self {
+            Device::Cpu => {
+                let norm_sq = cpu::norm::sum_squares(grad);
+                cpu::norm::clip(grad, norm_sq, max_norm);
+                norm_sq
+            }
+            Device::Gpu(ctx) => ctx.grad_norm(grad, Some(max_norm))?,
+        };
+        Ok(norm_sq.sqrt())
+    }
+
     /// One torch.optim.SGD update of `param` in place. `momentum_buf` is PyTorch's
     /// `momentum_buffer`: `None` before the first step, then kept by the caller.
     pub fn sgd(
@@ -210,5 +235,17 @@ impl Device {
             }
             Device::Gpu(ctx) => ctx.sgd(opts, lr, first_step, param, grad, buf),
         }
+    }
+}
+
+/// `max_norm` of gradient clipping must be finite and > 0.
+pub fn check_max_norm(max_norm: f32) -> Result<()> {
+    if max_norm.is_finite() && max_norm > 0.0 {
+        Ok(())
+    } else {
+        Err(KilnError::invalid(
+            "clip_grad_norm",
+            format!("max_norm must be finite and > 0, got {max_norm}"),
+        ))
     }
 }

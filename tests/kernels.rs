@@ -211,3 +211,24 @@ fn sgd_matches_cpu_for_every_option_combination() {
         }
     }
 }
+
+#[test]
+fn grad_norm_and_clip_match_cpu() {
+    let Some(gpu) = both() else { return };
+    // Around one workgroup, the 4-per-thread share, and past the 256-partial cap.
+    for (i, &n) in [1usize, 3, 255, 256, 1025, 65_537, 300_001]
+        .iter()
+        .enumerate()
+    {
+        let g = random(n, -1.0, 1.0, 500 + i as u64);
+        let want = Device::Cpu.grad_norm_sq(&g).unwrap();
+        let got = gpu.grad_norm_sq(&g).unwrap();
+        assert_close(&format!("‖g‖² n={n}"), &[got], &[want], common::NORM);
+        let max_norm = want.sqrt() * 0.5;
+        let (mut g_cpu, mut g_gpu) = (g.clone(), g);
+        let n_cpu = Device::Cpu.clip_grad_norm(&mut g_cpu, max_norm).unwrap();
+        let n_gpu = gpu.clip_grad_norm(&mut g_gpu, max_norm).unwrap();
+        assert_close(&format!("‖g‖ n={n}"), &[n_gpu], &[n_cpu], common::NORM);
+        assert_close(&format!("clipped n={n}"), &g_gpu, &g_cpu, common::NORM);
+    }
+}

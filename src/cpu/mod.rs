@@ -6,4 +6,5 @@ pub mod activation;
 pub mod bias;
 pub mod loss;
 pub mod matmul;
+pub mod norm;
 pub mod sgd;

@@ -35,6 +35,7 @@ const BIAS_SRC: &str = include_str!("../../shaders/bias.wgsl");
 const ACTIVATION_SRC: &str = include_str!("../../shaders/activation.wgsl");
 const LOSS_SRC: &str = include_str!("../../shaders/loss.wgsl");
 const SGD_SRC: &str = include_str!("../../shaders/sgd.wgsl");
+const NORM_SRC: &str = include_str!("../../shaders/norm.wgsl");
 
 /// a, b, bias, c, params
 pub static MATMUL: Kernel = Kernel {
@@ -70,6 +71,33 @@ pub static LOSS_REDUCE: Kernel = Kernel {
     entry: "loss_reduce",
     group: 1,
     bindings: &[Read, ReadWrite, Uniform],
+};
+
+/// x, partials, params
+pub static SUM_SQUARES_PARTIAL: Kernel = Kernel {
+    file: "norm.wgsl",
+    source: NORM_SRC,
+    entry: "sum_squares_partial",
+    group: 0,
+    bindings: &[Read, ReadWrite, Uniform],
+};
+
+/// partials, history, params
+pub static SUM_SQUARES_FINAL: Kernel = Kernel {
+    file: "norm.wgsl",
+    source: NORM_SRC,
+    entry: "sum_squares_final",
+    group: 1,
+    bindings: &[Read, ReadWrite, Uniform],
+};
+
+/// grad, norm_sq history, params
+pub static CLIP: Kernel = Kernel {
+    file: "norm.wgsl",
+    source: NORM_SRC,
+    entry: "clip",
+    group: 2,
+    bindings: &[ReadWrite, Read, Uniform],
 };
 
 macro_rules! activation_kernels {
@@ -120,8 +148,11 @@ loss_kernels!(
 );
 
 /// Every kernel the engine dispatches (tests/shaders.rs checks each entry point exists).
-pub static ALL: [&Kernel; 24] = [
+pub static ALL: [&Kernel; 27] = [
     &MATMUL,
+    &SUM_SQUARES_PARTIAL,
+    &SUM_SQUARES_FINAL,
+    &CLIP,
     &BIAS_GRAD,
     &SGD,
     &LOSS_REDUCE,
@@ -220,6 +251,29 @@ pub struct ReduceParams {
     pub count: u32,
     pub slot: u32,
     pub scale: f32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PartialParams {
+    pub len: u32,
+    pub groups: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FinalParams {
+    pub count: u32,
+    pub slot: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ClipParams {
+    pub len: u32,
+    pub slot: u32,
+    pub max_norm: f32,
     pub _pad: u32,
 }
 
@@ -388,6 +442,41 @@ pub fn sgd(opts: &SgdOptions, lr: f32, first_step: bool, len: usize, max_per_dim
         &sgd_params(opts, lr, first_step, len),
         elementwise_grid(len, max_per_dim),
     )
+}
+
+/// Workgroups of the first norm pass: enough to fill a GPU, few enough that one workgroup
+/// sums their partials quickly. Depends only on the length, so sums are reproducible.
+pub fn norm_groups(len: usize) -> usize {
+    len.div_ceil(256 * 4).clamp(1, 256)
+}
+
+/// ‖x‖² of `len` elements into history slot `slot`: the two reduction passes. The first
+/// writes `norm_groups(len)` partials.
+pub fn sum_squares(len: usize, slot: u32) -> (Launch, Launch) {
+    let groups = norm_groups(len);
+    let partial = PartialParams {
+        len: len as u32,
+        groups: groups as u32,
+    };
+    let last = FinalParams {
+        count: groups as u32,
+        slot,
+    };
+    (
+        Launch::new(&SUM_SQUARES_PARTIAL, &partial, [groups as u32, 1, 1]),
+        Launch::new(&SUM_SQUARES_FINAL, &last, [1, 1, 1]),
+    )
+}
+
+/// g ← g·min(max_norm/(√(norm_sq[slot]) + 1e-6), 1) over `len` elements.
+pub fn clip(len: usize, slot: u32, max_norm: f32, max_per_dim: u32) -> Launch {
+    let params = ClipParams {
+        len: len as u32,
+        slot,
+        max_norm,
+        _pad: 0,
+    };
+    Launch::new(&CLIP, &params, elementwise_grid(len, max_per_dim))
 }
 
 pub fn sgd_params(opts: &SgdOptions, lr: f32, first_step: bool, len: usize) -> SgdParams {

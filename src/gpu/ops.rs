@@ -153,6 +153,27 @@ impl GpuContext {
         Ok((value, self.read_back(&grad, 0, output.len())?))
     }
 
+    /// ‖g‖², and with `max_norm` the clipped gradient, through the passes a training step uses.
+    pub(crate) fn grad_norm(&self, grad: &mut [f32], max_norm: Option<f32>) -> Result<f32> {
+        let g = self.upload("grad", grad)?;
+        let partials = self.storage_buffer("norm partials", kernels::norm_groups(grad.len()))?;
+        let history = self.storage_buffer("norm history", 1)?;
+        let (partial, last) = kernels::sum_squares(grad.len(), 0);
+        let mut passes = vec![
+            self.record(&partial, &[(&g).into(), (&partials).into()]),
+            self.record(&last, &[(&partials).into(), (&history).into()]),
+        ];
+        if let Some(max_norm) = max_norm {
+            let clip = kernels::clip(grad.len(), 0, max_norm, self.max_dim());
+            passes.push(self.record(&clip, &[(&g).into(), (&history).into()]));
+        }
+        self.submit(passes.iter().map(|p| &p.dispatch))?;
+        if max_norm.is_some() {
+            grad.copy_from_slice(&self.read_back(&g, 0, grad.len())?);
+        }
+        Ok(self.read_back(&history, 0, 1)?[0])
+    }
+
     pub(crate) fn sgd(
         &self,
         opts: &SgdOptions,

@@ -103,6 +103,13 @@ pub const BIAS_GRAD: Tolerance = Tolerance {
     rel: 1e-6,
 };
 
+/// Squared norms and clipping, GPU vs CPU: the GPU sums squares in f32 partials then a tree,
+/// the CPU in f64; relative error grows like log2(n)·ε, about 1e-6 at 300k elements.
+pub const NORM: Tolerance = Tolerance {
+    abs: 1e-6,
+    rel: 2e-6,
+};
+
 /// SGD: the same f32 operations, though a GPU may fuse a·b + c into one fma (one rounding
 /// fewer); a few ulp of values near 1.
 pub const SGD: Tolerance = Tolerance {
