@@ -24,6 +24,7 @@ fn trainer(device: &Device) -> Trainer {
         sgd: Default::default(),
         max_batch: 4,
         seed: 0,
+        ..Default::default()
     };
     Trainer::new(device, model, options, Scheduler::fixed(0.1).unwrap()).unwrap()
 }
@@ -157,6 +158,7 @@ fn buffers_over_the_device_limits_are_errors() {
         sgd: Default::default(),
         max_batch: 1,
         seed: 0,
+        ..Default::default()
     };
     let params = vec![0.0; model.param_layout(kiln::train::PARAM_ALIGN).len];
     let e = message(Trainer::with_params(

@@ -51,6 +51,7 @@ fn options() -> TrainOptions {
         },
         max_batch: BATCH,
         seed: 7,
+        ..Default::default()
     }
 }
 
@@ -169,6 +170,7 @@ fn every_activation_and_loss_trains_alike_on_gpu_and_cpu() {
                 },
                 max_batch: rows,
                 seed: 11,
+                ..Default::default()
             };
             let mut runs = Vec::new();
             for device in [&Device::Cpu, &gpu] {
@@ -219,3 +221,141 @@ fn losses_survive_history_wraparound(device: &Device) {
     );
 }
 test_device!(every_loss_is_kept, super::losses_survive_history_wraparound);
+
+fn scheduler(toml: &str) -> Scheduler {
+    kiln::schedule::ScheduleConfig::from_toml(toml)
+        .and_then(|c| c.build(Some(0.1)))
+        .unwrap()
+}
+
+/// Update u uses the rate the schedule gives after observing updates ..u−2: exactly
+/// lr/(1 + β·loss[u−2]) for loss_adaptive, on every device.
+fn observations_arrive_one_update_late(device: &Device) {
+    let (x, labels) = task();
+    let schedule = scheduler("kind = \"loss_adaptive\"\nbeta = 2");
+    let mut trainer = Trainer::new(device, classifier(), options(), schedule).unwrap();
+    let mut rates = Vec::new();
+    for t in 0..12 {
+        let start = (t % 6) * BATCH;
+        let rows = start..start + BATCH;
+        rates.push(
+            trainer
+                .step(
+                    &x[rows.start * 4..rows.end * 4],
+                    Targets::Classes(&labels[rows]),
+                )
+                .unwrap(),
+        );
+    }
+    let losses = trainer.losses().unwrap().to_vec();
+    assert_eq!(rates[0], 0.1);
+    assert_eq!(rates[1], 0.1);
+    for u in 2..12 {
+        assert_eq!(
+            rates[u],
+            0.1 / (1.0 + 2.0 * losses[u - 2] as f64),
+            "update {u}"
+        );
+    }
+}
+test_device!(
+    observations_reach_the_schedule_one_update_late,
+    super::observations_arrive_one_update_late
+);
+
+/// With momentum 0 and lr 1, an update moves the parameters by exactly the clipped gradient,
+/// whose norm is at most max_norm.
+fn clipping_bounds_the_update(device: &Device) {
+    let (x, labels) = task();
+    let opts = TrainOptions {
+        clip_grad_norm: Some(0.05),
+        sgd: SgdOptions::default(),
+        ..options()
+    };
+    let mut trainer =
+        Trainer::new(device, classifier(), opts, Scheduler::fixed(1.0).unwrap()).unwrap();
+    let before = trainer.parameters().unwrap();
+    trainer
+        .step(&x[..BATCH * 4], Targets::Classes(&labels[..BATCH]))
+        .unwrap();
+    let after = trainer.parameters().unwrap();
+    let moved: f32 = before
+        .iter()
+        .zip(&after)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f32>()
+        .sqrt();
+    assert!(
+        moved <= 0.05 * (1.0 + 1e-4),
+        "update norm {moved} > max_norm 0.05"
+    );
+    assert!(
+        moved >= 0.05 * 0.99,
+        "update norm {moved}: the gradient should have been clipped"
+    );
+}
+test_device!(
+    clip_grad_norm_bounds_the_update,
+    super::clipping_bounds_the_update
+);
+
+#[test]
+fn observation_driven_schedules_and_clipping_train_alike_on_gpu_and_cpu() {
+    let Some(gpu) = common::gpu_device() else {
+        return;
+    };
+    let (x, labels) = task();
+    let configs = [
+        "kind = \"grad_norm_adaptive\"\nbeta = 0.5",
+        "kind = \"loss_adaptive\"\nbeta = 1",
+        "kind = \"reduce_on_plateau\"\npatience = 1\nfactor = 0.5\nthreshold = 0.05",
+        "kind = \"chained\"\nschedules = [{ kind = \"cosine_annealing\", t_max = 40 }, { kind = \"loss_milestones\", thresholds = [0.8, 0.5] }]",
+    ];
+    for config in configs {
+        let mut runs = Vec::new();
+        for device in [&Device::Cpu, &gpu] {
+            let opts = TrainOptions {
+                clip_grad_norm: Some(1.0),
+                ..options()
+            };
+            let mut trainer = Trainer::new(device, classifier(), opts, scheduler(config)).unwrap();
+            let mut rates = Vec::new();
+            let batches = labels.len().div_ceil(BATCH);
+            for t in 0..40 {
+                let start = (t % batches) * BATCH;
+                let end = (start + BATCH).min(labels.len());
+                rates.push(
+                    trainer
+                        .step(
+                            &x[start * 4..end * 4],
+                            Targets::Classes(&labels[start..end]),
+                        )
+                        .unwrap() as f32,
+                );
+            }
+            runs.push((
+                rates,
+                trainer.losses().unwrap().to_vec(),
+                trainer.parameters().unwrap(),
+            ));
+        }
+        common::assert_close(
+            &format!("{config}: rates"),
+            &runs[1].0,
+            &runs[0].0,
+            common::LOSS_CURVE,
+        );
+        common::assert_close(
+            &format!("{config}: losses"),
+            &runs[1].1,
+            &runs[0].1,
+            common::LOSS_CURVE,
+        );
+        common::assert_close(
+            &format!("{config}: parameters"),
+            &runs[1].2,
+            &runs[0].2,
+            common::LOSS_CURVE,
+        );
+    }
+}

@@ -26,8 +26,9 @@ fn fixtures() -> Fixtures {
     serde_json::from_str(text).expect("fixtures parse")
 }
 
-/// Kiln's rates for a case, stepping with the case's metrics as observations.
-fn kiln_rates(case: &Case) -> Vec<f64> {
+/// Kiln's rates for a case, stepping with the case's metrics as observations, up to the first
+/// error (with the update it stopped at).
+fn kiln_rates(case: &Case) -> (Vec<f64>, Option<String>) {
     let config =
         ScheduleConfig::from_toml(&case.toml).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     let mut s = config
@@ -41,43 +42,47 @@ fn kiln_rates(case: &Case) -> Vec<f64> {
                 Some(m) => Observation::value(m[t]),
                 None => Observation::default(),
             };
-            s.step(&obs)
-                .unwrap_or_else(|e| panic!("{} step {t}: {e}", case.name));
+            if let Err(e) = s.step(&obs) {
+                return (rates, Some(e.to_string()));
+            }
         }
     }
-    rates
+    (rates, None)
 }
 
 #[test]
-fn every_case_matches_pytorch_to_1e_12_relative() {
+fn every_case_matches_pytorch_bit_for_bit() {
     let f = fixtures();
     assert!(f.torch.starts_with("2."), "fixtures from torch {}", f.torch);
-    let mut exact = 0;
-    let mut total = 0;
+    let mut compared = 0;
     for case in &f.cases {
-        let got = kiln_rates(case);
+        let (got, error) = kiln_rates(case);
         for (t, (g, w)) in got.iter().zip(&case.rates).enumerate() {
-            let tol = 1e-12 * w.abs();
+            // Same operations in the same order: identical bits, not merely close values.
             assert!(
-                (g - w).abs() <= tol,
+                g.to_bits() == w.to_bits(),
                 "{}: update {t}: Kiln {g:e}, PyTorch {w:e}\n{}",
                 case.name,
                 case.toml
             );
-            exact += (g == w) as usize;
-            if g != w && std::env::var_os("SHOW").is_some() {
-                eprintln!("{} t={t} kiln={g:?} torch={w:?}", case.name);
+            compared += 1;
+        }
+        match error {
+            None => assert_eq!(got.len(), case.rates.len()),
+            // The one deliberate difference: where PyTorch's rate goes negative, Kiln stops.
+            Some(e) => {
+                let next = case.rates[got.len()];
+                assert!(
+                    next < 0.0,
+                    "{}: Kiln stopped at update {} ({e}) where PyTorch gave {next}",
+                    case.name,
+                    got.len()
+                );
+                assert!(e.contains("must be finite and >= 0"), "{e}");
             }
-            total += 1;
         }
     }
-    // Same operations in the same order: every rate should be bit-identical.
-    assert_eq!(
-        exact,
-        total,
-        "{} of {total} rates differ in the last bits",
-        total - exact
-    );
+    assert!(compared > 3500, "only {compared} rates compared");
 }
 
 #[test]

@@ -39,6 +39,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         },
         max_batch: args.batch_size.min(train_set.rows()).max(1),
         seed: args.seed,
+        ..Default::default()
     };
     let cosine = Kind::CosineAnnealing {
         t_max: args.steps.max(1) as u64,

@@ -30,6 +30,16 @@ impl GpuContext {
     /// it, and reports GPU errors. WebGPU makes each dispatch's writes visible to the next, so
     /// a whole training step fits in one pass.
     pub fn submit<'a>(&self, dispatches: impl IntoIterator<Item = &'a Dispatch>) -> Result<()> {
+        self.submit_then(dispatches, |_| {}).map(|_| ())
+    }
+
+    /// As [`GpuContext::submit`], with `after` recording more commands (copies) behind the
+    /// compute pass in the same command buffer. Returns the submission's index.
+    pub fn submit_then<'a>(
+        &self,
+        dispatches: impl IntoIterator<Item = &'a Dispatch>,
+        after: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<wgpu::SubmissionIndex> {
         let mut encoder = self.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -42,8 +52,10 @@ impl GpuContext {
                 pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
             }
         }
-        self.queue.submit([encoder.finish()]);
-        self.check_errors()
+        after(&mut encoder);
+        let index = self.queue.submit([encoder.finish()]);
+        self.check_errors()?;
+        Ok(index)
     }
 
     /// Records and submits one launch.

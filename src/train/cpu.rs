@@ -6,6 +6,7 @@ use super::program::{Instr, Program, Slot};
 use crate::cpu;
 use crate::model::Sequential;
 use crate::ops::{Loss, SgdOptions, Targets};
+use kiln_schedule::{Needs, Observation};
 
 pub struct CpuStep {
     program: Program,
@@ -22,6 +23,9 @@ pub struct CpuStep {
     acts: Vec<Vec<f32>>,
     act_grads: Vec<Vec<f32>>,
     losses: Vec<f32>,
+    clip_grad_norm: Option<f32>,
+    /// ‖g‖² of every update, when clipping or a schedule needs it.
+    grad_norms: Option<Vec<f32>>,
 }
 
 impl CpuStep {
@@ -30,6 +34,7 @@ impl CpuStep {
         program: Program,
         options: TrainOptions,
         params: Vec<f32>,
+        needs: Needs,
     ) -> Self {
         let widths = model.widths();
         let sized = |w: &usize| vec![0.0; options.max_batch * w];
@@ -47,6 +52,8 @@ impl CpuStep {
             params,
             input: Vec::new(),
             losses: Vec::new(),
+            clip_grad_norm: options.clip_grad_norm,
+            grad_norms: (options.clip_grad_norm.is_some() || needs.grad_norm).then(Vec::new),
         }
     }
 
@@ -68,6 +75,13 @@ impl CpuStep {
         for instr in self.program.backward.clone() {
             self.exec(&instr, batch);
         }
+        if let Some(norms) = &mut self.grad_norms {
+            let norm_sq = cpu::norm::sum_squares(&self.grads);
+            norms.push(norm_sq);
+            if let Some(max_norm) = self.clip_grad_norm {
+                cpu::norm::clip(&mut self.grads, norm_sq, max_norm);
+            }
+        }
         cpu::sgd::sgd(
             &self.sgd,
             lr,
@@ -83,6 +97,15 @@ impl CpuStep {
         self.forward(x, batch);
         let last = self.widths.len() - 1;
         self.acts[last][..batch * self.widths[last]].to_vec()
+    }
+
+    /// The loss (and ‖g‖², when computed) of update `update`.
+    pub fn observation(&self, update: u64) -> Observation {
+        let t = update as usize;
+        Observation {
+            loss: Some(self.losses[t] as f64),
+            grad_norm_sq: self.grad_norms.as_ref().map(|n| n[t] as f64),
+        }
     }
 
     pub fn losses(&self) -> &[f32] {

@@ -2,15 +2,18 @@
 //! the batch, the targets and two small uniforms (the loss slot, the SGD rate), then records
 //! every dispatch into one compute pass of one command encoder and submits it once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use kiln_schedule::Observation;
 
 use super::program::{Instr, Program, Slot};
 use super::{LOSS_HISTORY, TrainOptions};
-use crate::error::Result;
+use crate::error::{KilnError, Result};
 use crate::gpu::kernels::{self, Launch};
 use crate::gpu::{BufferRange, GpuContext, Recorded};
 use crate::model::Sequential;
 use crate::ops::{Loss, SgdOptions, Targets};
+use kiln_schedule::Needs;
 
 pub struct GpuStep {
     ctx: Arc<GpuContext>,
@@ -29,6 +32,13 @@ pub struct GpuStep {
     loss_reduce: Recorded,
     sgd: Recorded,
     history: wgpu::Buffer,
+    /// ‖g‖² of every step, slot for slot with `history`.
+    grad_norm_history: wgpu::Buffer,
+    /// The norm passes, when clipping or a schedule needs ‖g‖².
+    grad_norm: Option<GradNormPasses>,
+    /// Staging buffers that carry each step's observations back, when a schedule needs them.
+    observations: Vec<ObservationSlot>,
+    updates: u64,
     /// Batch size the batch-dependent uniforms currently hold.
     batch: usize,
     momentum_started: bool,
@@ -36,6 +46,24 @@ pub struct GpuStep {
     losses: Vec<f32>,
     pending: usize,
 }
+
+struct GradNormPasses {
+    partial: Recorded,
+    last: Recorded,
+    clip: Option<(Recorded, f32)>,
+}
+
+/// One staging buffer of the ring that brings (loss, ‖g‖²) of a step back without a blocking
+/// read: filled by a copy in the step's own submission, mapped asynchronously, read two steps
+/// later (by then the GPU has the next step queued, so waiting never idles it).
+struct ObservationSlot {
+    buffer: wgpu::Buffer,
+    mapped: Arc<Mutex<Option<Result<(), wgpu::BufferAsyncError>>>>,
+    submission: Option<wgpu::SubmissionIndex>,
+    update: u64,
+}
+
+const OBSERVATION_RING: usize = 3;
 
 /// Everything a recorded program binds, in one place for `bind`.
 struct Buffers<'a> {
@@ -86,6 +114,7 @@ impl GpuStep {
         program: Program,
         options: TrainOptions,
         params: &[f32],
+        needs: Needs,
     ) -> Result<Self> {
         let align = ctx.limits().min_storage_buffer_offset_alignment as usize;
         debug_assert!(
@@ -117,6 +146,7 @@ impl GpuStep {
             .collect::<Result<Vec<_>>>()?;
         let terms = ctx.storage_buffer("loss terms", max_batch * out)?;
         let history = ctx.storage_buffer("loss history", LOSS_HISTORY)?;
+        let grad_norm_history = ctx.storage_buffer("gradient norm history", LOSS_HISTORY)?;
 
         let max_dim = ctx.max_dim();
         let record = |launch: &Launch, buffers: &[BufferRange<'_>]| ctx.record(launch, buffers);
@@ -172,6 +202,42 @@ impl GpuStep {
             ],
         );
         let loss_reduce = record(&reduce_launch, &[(&terms).into(), (&history).into()]);
+        let grad_norm = if options.clip_grad_norm.is_some() || needs.grad_norm {
+            let (partial, last) = kernels::sum_squares(params.len(), 0);
+            let partials =
+                ctx.storage_buffer("gradient norm partials", kernels::norm_groups(params.len()))?;
+            let clip = options.clip_grad_norm.map(|max_norm| {
+                let launch = kernels::clip(params.len(), 0, max_norm, max_dim);
+                (
+                    record(&launch, &[(&grads).into(), (&grad_norm_history).into()]),
+                    max_norm,
+                )
+            });
+            Some(GradNormPasses {
+                partial: record(&partial, &[(&grads).into(), (&partials).into()]),
+                last: record(&last, &[(&partials).into(), (&grad_norm_history).into()]),
+                clip,
+            })
+        } else {
+            None
+        };
+        let observations = if needs.any() {
+            (0..OBSERVATION_RING)
+                .map(|_| ObservationSlot {
+                    buffer: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("kiln.observation"),
+                        size: 8,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    }),
+                    mapped: Arc::default(),
+                    submission: None,
+                    update: 0,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let sgd_launch = kernels::sgd(&options.sgd, 0.0, true, params.len(), max_dim);
         let sgd = record(
             &sgd_launch,
@@ -194,6 +260,10 @@ impl GpuStep {
             loss_reduce,
             sgd,
             history,
+            grad_norm_history,
+            grad_norm,
+            observations,
+            updates: 0,
             batch: max_batch,
             momentum_started: false,
             losses: Vec::new(),
@@ -260,6 +330,18 @@ impl GpuStep {
             self.param_len,
         );
         queue.write_buffer(&self.sgd.uniform, 0, bytemuck::bytes_of(&sgd));
+        let slot = self.pending as u32;
+        let mut norm_passes = Vec::new();
+        if let Some(n) = &self.grad_norm {
+            let (_, last) = kernels::sum_squares(self.param_len, slot);
+            queue.write_buffer(&n.last.uniform, 0, &last.uniform);
+            norm_passes.extend([&n.partial.dispatch, &n.last.dispatch]);
+            if let Some((clip, max_norm)) = &n.clip {
+                let launch = kernels::clip(self.param_len, slot, *max_norm, self.ctx.max_dim());
+                queue.write_buffer(&clip.uniform, 0, &launch.uniform);
+                norm_passes.push(&clip.dispatch);
+            }
+        }
 
         let dispatches = self
             .forward
@@ -267,11 +349,78 @@ impl GpuStep {
             .map(|(_, r)| &r.dispatch)
             .chain([&self.loss_terms.dispatch, &self.loss_reduce.dispatch])
             .chain(self.backward.iter().map(|(_, r)| &r.dispatch))
+            .chain(norm_passes)
             .chain([&self.sgd.dispatch]);
-        self.ctx.submit(dispatches)?;
+        let ring = self.observations.len();
+        let observe = (ring > 0).then(|| self.updates as usize % ring);
+        let with_norm = self.grad_norm.is_some();
+        let (history, norms) = (&self.history, &self.grad_norm_history);
+        let target = observe.map(|i| &self.observations[i].buffer);
+        let index = self.ctx.submit_then(dispatches, |encoder| {
+            if let Some(target) = target {
+                let at = slot as u64 * 4;
+                encoder.copy_buffer_to_buffer(history, at, target, 0, 4);
+                if with_norm {
+                    encoder.copy_buffer_to_buffer(norms, at, target, 4, 4);
+                }
+            }
+        })?;
+        if let Some(i) = observe {
+            let o = &mut self.observations[i];
+            let mapped = o.mapped.clone();
+            *mapped.lock().unwrap() = None;
+            o.buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                *mapped.lock().unwrap() = Some(r);
+            });
+            o.submission = Some(index);
+            o.update = self.updates;
+        }
         self.momentum_started = true;
         self.pending += 1;
+        self.updates += 1;
         Ok(())
+    }
+
+    /// The loss (and ‖g‖², when computed) of update `update`, one of the last few. Waits only
+    /// for that update's submission, not for the steps queued behind it.
+    pub fn observation(&mut self, update: u64) -> Result<Observation> {
+        let ring = self.observations.len();
+        let o = &mut self.observations[update as usize % ring];
+        debug_assert_eq!(
+            o.update, update,
+            "observations are read in order, two steps late"
+        );
+        let Some(submission) = o.submission.take() else {
+            return Err(KilnError::Gpu(format!(
+                "no observation was recorded for update {update}"
+            )));
+        };
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| KilnError::Gpu(format!("waiting for update {update}: {e}")))?;
+        self.ctx.check_errors()?;
+        match o.mapped.lock().unwrap().take() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(KilnError::Gpu(format!("reading observations: {e}"))),
+            None => return Err(KilnError::Gpu("observation buffer was not mapped".into())),
+        }
+        let values: [f32; 2] = {
+            let view = o
+                .buffer
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| KilnError::Gpu(format!("reading observations: {e}")))?;
+            bytemuck::pod_read_unaligned(&view[..8])
+        };
+        o.buffer.unmap();
+        Ok(Observation {
+            loss: Some(values[0] as f64),
+            grad_norm_sq: self.grad_norm.is_some().then_some(values[1] as f64),
+        })
     }
 
     /// Reads the losses waiting in the GPU history back in one transfer.

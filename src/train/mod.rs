@@ -32,6 +32,21 @@ pub struct TrainOptions {
     pub max_batch: usize,
     /// Seed of the initial parameters.
     pub seed: u64,
+    /// Clip the gradient to this global L2 norm before each update
+    /// (torch.nn.utils.clip_grad_norm_).
+    pub clip_grad_norm: Option<f32>,
+}
+
+impl Default for TrainOptions {
+    /// PyTorch's SGD defaults, batches of up to 64, seed 0, no clipping.
+    fn default() -> Self {
+        TrainOptions {
+            sgd: SgdOptions::default(),
+            max_batch: 64,
+            seed: 0,
+            clip_grad_norm: None,
+        }
+    }
 }
 
 // One per trainer: the variants' size difference costs nothing.
@@ -101,15 +116,20 @@ impl Trainer {
             "the model's parameter layout",
         )?;
         ops::check_finite("initial parameters", &params)?;
+        if let Some(max_norm) = options.clip_grad_norm {
+            crate::device::check_max_norm(max_norm)?;
+        }
         let program = Program::new(&model, &layout);
+        let needs = schedule.needs();
         let backend = match device {
-            Device::Cpu => Backend::Cpu(cpu::CpuStep::new(&model, program, options, params)),
+            Device::Cpu => Backend::Cpu(cpu::CpuStep::new(&model, program, options, params, needs)),
             Device::Gpu(ctx) => Backend::Gpu(gpu::GpuStep::new(
                 ctx.clone(),
                 &model,
                 program,
                 options,
                 &params,
+                needs,
             )?),
         };
         Ok(Trainer {
@@ -145,6 +165,17 @@ impl Trainer {
     /// on the GPU, reading it here would stall the pipeline (see [`Trainer::losses`]).
     pub fn step(&mut self, x: &[f32], targets: Targets) -> Result<f64> {
         let batch = self.check_batch(x, Some(targets))?;
+        let observed = self.schedule.needs().any();
+        if observed && self.steps >= 2 {
+            // Observation-driven schedules see each update's loss and gradient norm one update
+            // late, on every device: the GPU has update t+1 queued before update t's numbers
+            // are read, so it never waits for the host.
+            let o = match &mut self.backend {
+                Backend::Cpu(s) => s.observation(self.steps - 2),
+                Backend::Gpu(s) => s.observation(self.steps - 2)?,
+            };
+            self.schedule.step(&o)?;
+        }
         let lr = self.schedule.lr();
         if !lr.is_finite() || lr < 0.0 {
             return Err(KilnError::invalid(
@@ -156,7 +187,9 @@ impl Trainer {
             Backend::Cpu(s) => s.step(x, targets, batch, lr as f32),
             Backend::Gpu(s) => s.step(x, targets, batch, lr as f32)?,
         }
-        self.schedule.step(&Observation::default())?;
+        if !observed {
+            self.schedule.step(&Observation::default())?;
+        }
         self.steps += 1;
         Ok(lr)
     }
