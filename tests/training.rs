@@ -57,18 +57,21 @@ fn options() -> TrainOptions {
 
 /// Runs `steps` updates over the data in order, batch t being rows [(t mod nb)·B, +B) with a
 /// smaller last batch (200 = 6·32 + 8), like a DataLoader without shuffling.
-fn train(trainer: &mut Trainer, x: &[f32], labels: &[u32], steps: usize) {
+/// Returns the rate each update used.
+fn train(trainer: &mut Trainer, x: &[f32], labels: &[u32], steps: usize) -> Vec<f64> {
     let batches = labels.len().div_ceil(BATCH);
-    for t in 0..steps {
-        let start = (t % batches) * BATCH;
-        let end = (start + BATCH).min(labels.len());
-        trainer
-            .step(
-                &x[start * 4..end * 4],
-                Targets::Classes(&labels[start..end]),
-            )
-            .unwrap();
-    }
+    (0..steps)
+        .map(|t| {
+            let start = (t % batches) * BATCH;
+            let end = (start + BATCH).min(labels.len());
+            trainer
+                .step(
+                    &x[start * 4..end * 4],
+                    Targets::Classes(&labels[start..end]),
+                )
+                .unwrap()
+        })
+        .collect()
 }
 
 fn loss_falls(device: &Device) {
@@ -319,20 +322,10 @@ fn observation_driven_schedules_and_clipping_train_alike_on_gpu_and_cpu() {
                 ..options()
             };
             let mut trainer = Trainer::new(device, classifier(), opts, scheduler(config)).unwrap();
-            let mut rates = Vec::new();
-            let batches = labels.len().div_ceil(BATCH);
-            for t in 0..40 {
-                let start = (t % batches) * BATCH;
-                let end = (start + BATCH).min(labels.len());
-                rates.push(
-                    trainer
-                        .step(
-                            &x[start * 4..end * 4],
-                            Targets::Classes(&labels[start..end]),
-                        )
-                        .unwrap() as f32,
-                );
-            }
+            let rates: Vec<f32> = train(&mut trainer, &x, &labels, 40)
+                .into_iter()
+                .map(|r| r as f32)
+                .collect();
             runs.push((
                 rates,
                 trainer.losses().unwrap().to_vec(),

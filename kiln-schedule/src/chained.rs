@@ -35,10 +35,7 @@ impl ChainedScheduler {
 impl LrSchedule for ChainedScheduler {
     /// The children are built in order; ChainedScheduler itself takes no initial step.
     fn construct(&mut self, group: &mut Group) -> Result<()> {
-        for (i, s) in self.schedules.iter_mut().enumerate() {
-            s.construct(group)
-                .map_err(|e| e.within(&format!("schedules[{i}]")))?;
-        }
+        crate::schedule::construct_children(&mut self.schedules, group)?;
         Ok(())
     }
 
@@ -54,8 +51,6 @@ impl LrSchedule for ChainedScheduler {
     }
 
     fn needs(&self) -> Needs {
-        self.schedules
-            .iter()
-            .fold(Needs::default(), |n, s| n.or(s.needs()))
+        crate::schedule::needs_of(&self.schedules)
     }
 }

@@ -120,6 +120,23 @@ impl LrSchedule for Schedule {
     }
 }
 
+/// Builds a composite's children in order on the same group (each taking its initial step, as
+/// PyTorch's constructors do), naming the failing child.
+pub(crate) fn construct_children(children: &mut [Schedule], group: &mut Group) -> Result<()> {
+    for (i, s) in children.iter_mut().enumerate() {
+        s.construct(group)
+            .map_err(|e| e.within(&format!("schedules[{i}]")))?;
+    }
+    Ok(())
+}
+
+/// Everything any child observes.
+pub(crate) fn needs_of(children: &[Schedule]) -> Needs {
+    children
+        .iter()
+        .fold(Needs::default(), |n, s| n.or(s.needs()))
+}
+
 impl Schedule {
     /// lr·f(t) from a closure, as PyTorch's LambdaLR.
     pub fn lambda(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Schedule {

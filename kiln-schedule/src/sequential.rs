@@ -76,10 +76,7 @@ impl SequentialLr {
 
 impl LrSchedule for SequentialLr {
     fn construct(&mut self, group: &mut Group) -> Result<()> {
-        for (i, s) in self.schedules.iter_mut().enumerate() {
-            s.construct(group)
-                .map_err(|e| e.within(&format!("schedules[{i}]")))?;
-        }
+        crate::schedule::construct_children(&mut self.schedules, group)?;
         self.last_epoch = 0;
         group.lr = group.base_lr();
         self.undo();
@@ -108,8 +105,6 @@ impl LrSchedule for SequentialLr {
     }
 
     fn needs(&self) -> Needs {
-        self.schedules
-            .iter()
-            .fold(Needs::default(), |n, s| n.or(s.needs()))
+        crate::schedule::needs_of(&self.schedules)
     }
 }
