@@ -8,7 +8,9 @@ pub mod gpu;
 pub mod model;
 pub mod ops;
 pub mod plot;
+pub mod run;
 pub mod train;
+pub mod weights;
 
 pub use device::{Device, DeviceChoice};
 pub use error::{KilnError, Result};

@@ -227,6 +227,11 @@ impl Scheduler {
         self.updates
     }
 
+    /// Whether the state can be saved (no closures or user types inside).
+    pub fn can_save(&self) -> bool {
+        self.schedule.can_save()
+    }
+
     /// Which observations [`Scheduler::step`] needs.
     pub fn needs(&self) -> Needs {
         self.schedule.needs()

@@ -43,25 +43,46 @@ impl AdapterArgs {
 
 #[derive(Args)]
 pub struct TrainArgs {
+    /// A run file (TOML). Without one, the bundled digits classifier is trained.
+    pub run: Option<PathBuf>,
     /// auto: a hardware GPU if there is one, else the CPU. gpu: any adapter, software too.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     #[command(flatten)]
     pub adapter: AdapterArgs,
-    /// Optimizer updates.
-    #[arg(long, default_value_t = 1000)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    /// Initial learning rate of the cosine schedule.
-    #[arg(long, default_value_t = 0.05)]
-    pub lr: f64,
-    /// Seed of the weights, the split and the data order.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Print nothing but the final result and errors.
+    /// Start from these weights (safetensors, nn.Sequential layout).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Write the final weights here (safetensors, nn.Sequential layout).
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Write one JSON line per update and per evaluation.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// Write checkpoints into this directory.
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Checkpoint every N updates (and always at the end).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Continue the run checkpointed in this directory (further checkpoints go there too).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Total updates, overriding the run file.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// What a NaN or infinite loss does: stop the run, or skip that update.
+    #[arg(long, value_enum, default_value = "stop")]
+    pub on_nan: OnNan,
+    /// Print nothing but errors.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnNan {
+    Stop,
+    Skip,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -1,132 +1,223 @@
-//! `kiln train`: the bundled digits classifier.
+//! `kiln train`: a run file (or the bundled digits classifier) on the chosen device, with
+//! progress, JSON-lines metrics, checkpoints and resume.
 
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use kiln::data::Dataset;
-use kiln::schedule::{Kind, Scheduler};
-use kiln::train::TrainOptions;
-use kiln::{Activation, Device, Layer, Loss, Sequential, SgdOptions, Targets, Trainer};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln::Device;
+use kiln::run::{Evaluation, Run, RunConfig};
 
-use super::TrainArgs;
+use super::{OnNan, TrainArgs};
+
+/// Losses are read back from the device in bulk, this many updates at a time.
+const REPORT_EVERY: u64 = 50;
 
 pub fn train(args: &TrainArgs) -> Result<()> {
+    let (config, base_dir) = match &args.run {
+        Some(path) => (
+            RunConfig::from_file(path)?,
+            path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        ),
+        None => (RunConfig::default_run(), ".".into()),
+    };
     let (device, why) = Device::select(args.device, &args.adapter.options())?;
-    if !args.quiet {
-        println!("{why}");
-    }
-    let data = Dataset::digits()?;
-    let (mut train_set, mut val_set) = data.split(0.2, args.seed)?;
-    let (mean, std) = train_set.feature_stats();
-    train_set.standardize(&mean, &std);
-    val_set.standardize(&mean, &std);
-
-    let model = Sequential::new(
-        data.features,
-        vec![
-            Layer::Dense { out: 64 },
-            Layer::Activation(Activation::Relu),
-            Layer::Dense { out: data.classes },
-        ],
-        Loss::CrossEntropy,
-    )?;
-    let options = TrainOptions {
-        sgd: SgdOptions {
-            momentum: 0.9,
-            ..Default::default()
-        },
-        max_batch: args.batch_size.min(train_set.rows()).max(1),
-        seed: args.seed,
-        ..Default::default()
+    let say = |line: &str| {
+        if !args.quiet {
+            println!("{line}");
+        }
     };
-    let cosine = Kind::CosineAnnealing {
-        t_max: args.steps.max(1) as u64,
-        eta_min: 0.0,
-    };
-    let schedule = Scheduler::from_kind(args.lr, cosine)?;
-    let mut trainer = Trainer::new(&device, model, options, schedule)?;
-    if !args.quiet {
-        println!(
-            "training digits: {} train / {} validation rows, 64→64 relu→10, SGD momentum 0.9, cosine lr {} over {} steps, batch {}",
-            train_set.rows(),
-            val_set.rows(),
-            args.lr,
-            args.steps,
-            options.max_batch
-        );
-    }
-
-    let f = train_set.features;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-    let mut order: Vec<usize> = (0..train_set.rows()).collect();
-    let (mut xb, mut yb) = (Vec::new(), Vec::new());
-    let started = Instant::now();
-    let report_every = (args.steps / 10).max(1);
-    let mut step = 0;
-    'epochs: for _epoch in 0.. {
-        order.shuffle(&mut rng);
-        for batch in order.chunks(options.max_batch) {
-            if step == args.steps {
-                break 'epochs;
-            }
-            xb.clear();
-            yb.clear();
-            for &r in batch {
-                xb.extend_from_slice(&train_set.x[r * f..(r + 1) * f]);
-                yb.push(train_set.labels[r]);
-            }
-            let lr = trainer.step(&xb, Targets::Classes(&yb))?;
-            step += 1;
-            if !args.quiet && (step % report_every == 0 || step == args.steps) {
-                // One bulk read-back of the losses recorded since the last report.
-                let losses = trainer.losses()?;
-                let recent = &losses[losses.len().saturating_sub(report_every)..];
-                let mean_loss = recent.iter().sum::<f32>() / recent.len() as f32;
-                println!(
-                    "step {step:>6}/{}  loss {mean_loss:.4}  lr {lr:.5}",
-                    args.steps
+    say(&why);
+    let checkpoint_dir = args.resume.as_ref().or(args.checkpoint_dir.as_ref());
+    let mut run = match &args.resume {
+        Some(dir) => {
+            if args.init.is_some() {
+                bail!(
+                    "--init and --resume are exclusive: a resumed run continues from its checkpoint"
                 );
             }
+            Run::resume(config, &base_dir, &device, dir, args.steps)?
         }
-        if args.steps == 0 {
-            break;
+        None => Run::new(config, &base_dir, &device, args.init.as_deref(), args.steps)?,
+    };
+    if args.on_nan == OnNan::Skip {
+        run.trainer.skip_non_finite_losses(true);
+    }
+    let start = run.steps_done();
+    say(&format!(
+        "training {} ({} → {} outputs, {} updates{}, batch {}, {} per epoch)",
+        args.run
+            .as_ref()
+            .map_or("the bundled digits classifier".into(), |p| p
+                .display()
+                .to_string()),
+        run.model.input(),
+        run.model.output(),
+        run.total_steps,
+        if start > 0 {
+            format!(", resuming at {start}")
+        } else {
+            String::new()
+        },
+        run.batch,
+        run.batches_per_epoch,
+    ));
+
+    let mut log = match &args.log {
+        // A resumed run appends, so one file holds the whole run.
+        Some(path) => Some(BufWriter::new(
+            if args.resume.is_some() {
+                OpenOptions::new().append(true).create(true).open(path)
+            } else {
+                File::create(path)
+            }
+            .with_context(|| format!("opening {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let progress = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(run.total_steps);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} epoch {prefix} {msg} {per_sec} ETA {eta}",
+            )
+            .expect("a valid template"),
+        );
+        bar.set_position(start);
+        bar
+    });
+
+    let started = Instant::now();
+    let mut pending: Vec<(u64, f64)> = Vec::new();
+    let mut last_loss = f32::NAN;
+    while !run.finished() {
+        let step = run.steps_done();
+        let lr = run.step()?;
+        pending.push((step, lr));
+        let done = run.steps_done();
+        let epoch_end = done % run.batches_per_epoch == 0;
+        let checkpoint_due = checkpoint_dir.is_some() && done % args.checkpoint_every.max(1) == 0;
+        if done % REPORT_EVERY == 0 || epoch_end || checkpoint_due || run.finished() {
+            last_loss = report(&mut run, &mut pending, log.as_mut(), args.on_nan)?;
+            match &progress {
+                Some(bar) => {
+                    bar.set_position(done);
+                    bar.set_prefix(run.epoch_of(done.saturating_sub(1)).to_string());
+                    bar.set_message(format!("loss {last_loss:.4} lr {lr:.3e}"));
+                }
+                None if !args.quiet
+                    && (done % (run.total_steps / 10).max(1) == 0 || run.finished()) =>
+                {
+                    let rate = (done - start) as f64 / started.elapsed().as_secs_f64();
+                    println!(
+                        "step {done:>7}/{}  epoch {:>4}  loss {last_loss:.4}  lr {lr:.4e}  {rate:.0} steps/s",
+                        run.total_steps,
+                        run.epoch_of(done - 1)
+                    );
+                }
+                None => {}
+            }
         }
+        if epoch_end && !run.finished() {
+            if let Some(e) = run.evaluate()? {
+                write_evaluation(log.as_mut(), done - 1, run.epoch_of(done - 1), &e)?;
+            }
+        }
+        if checkpoint_due && !run.finished() {
+            run.checkpoint(checkpoint_dir.expect("checked"))?;
+        }
+    }
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
     }
     let elapsed = started.elapsed().as_secs_f64();
-
-    let logits = trainer
-        .predict(&val_set.x)
-        .context("evaluating on the validation set")?;
-    let (val_loss, _) = Device::Cpu.loss(
-        Loss::CrossEntropy,
-        &logits,
-        Targets::Classes(&val_set.labels),
-        data.classes,
-    )?;
-    let correct = logits
-        .chunks(data.classes)
-        .zip(&val_set.labels)
-        .filter(|(row, l)| argmax(row) == **l as usize)
-        .count();
-    if !args.quiet {
-        println!(
-            "{step} steps in {elapsed:.2} s ({:.0} steps/s) on {}",
-            step as f64 / elapsed,
-            device.name()
-        );
+    let done = run.steps_done();
+    if let Some(dir) = checkpoint_dir {
+        run.checkpoint(dir)?;
     }
-    println!(
-        "validation: loss {val_loss:.4}, accuracy {:.2}% ({correct}/{})",
-        100.0 * correct as f64 / val_set.rows() as f64,
-        val_set.rows()
-    );
+    if let Some(path) = &args.save {
+        run.save_weights(path)?;
+    }
+    say(&format!(
+        "{} updates in {elapsed:.2} s ({:.0} steps/s) on {}; last training loss {last_loss:.4}",
+        done - start,
+        (done - start) as f64 / elapsed.max(1e-9),
+        device.name()
+    ));
+    if let Some(e) = run.evaluate()? {
+        write_evaluation(
+            log.as_mut(),
+            done.saturating_sub(1),
+            run.epoch_of(done.saturating_sub(1)),
+            &e,
+        )?;
+        let accuracy = e
+            .accuracy
+            .map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));
+        println!("validation: loss {:.4}{accuracy}", e.loss);
+    }
+    if let Some(log) = &mut log {
+        log.flush()?;
+    }
     Ok(())
 }
 
-fn argmax(row: &[f32]) -> usize {
-    (0..row.len())
-        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-        .unwrap_or(0)
+/// Reads the losses of the pending updates back in one transfer, writes their log lines, and
+/// enforces the NaN policy. Returns the latest finite loss.
+fn report(
+    run: &mut Run,
+    pending: &mut Vec<(u64, f64)>,
+    mut log: Option<&mut BufWriter<File>>,
+    on_nan: OnNan,
+) -> Result<f32> {
+    let first = run.trainer.first_step();
+    let losses = run.trainer.losses()?.to_vec();
+    let mut last = f32::NAN;
+    for &(step, lr) in pending.iter() {
+        let loss = losses[(step - first) as usize];
+        let epoch = run.epoch_of(step);
+        if !loss.is_finite() && on_nan == OnNan::Stop {
+            bail!(
+                "the loss of update {step} (epoch {epoch}) is {loss}; stopping (the last checkpoint is intact; --on-nan skip skips such updates)"
+            );
+        }
+        if let Some(log) = log.as_deref_mut() {
+            let loss_json = if loss.is_finite() {
+                format!("{loss:?}")
+            } else {
+                "null".into()
+            };
+            writeln!(
+                log,
+                "{{\"step\": {step}, \"epoch\": {epoch}, \"lr\": {lr:?}, \"loss\": {loss_json}}}"
+            )?;
+        }
+        if loss.is_finite() {
+            last = loss;
+        }
+    }
+    pending.clear();
+    Ok(last)
+}
+
+fn write_evaluation(
+    log: Option<&mut BufWriter<File>>,
+    step: u64,
+    epoch: u64,
+    e: &Evaluation,
+) -> Result<()> {
+    if let Some(log) = log {
+        let accuracy = e
+            .accuracy
+            .map_or(String::new(), |a| format!(", \"val_accuracy\": {a:?}"));
+        writeln!(
+            log,
+            "{{\"step\": {step}, \"epoch\": {epoch}, \"val_loss\": {:?}{accuracy}}}",
+            e.loss
+        )?;
+    }
+    Ok(())
 }

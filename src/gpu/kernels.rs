@@ -55,13 +55,13 @@ pub static BIAS_GRAD: Kernel = Kernel {
     bindings: &[Read, ReadWrite, Uniform],
 };
 
-/// param, grad, momentum_buf, params
+/// param, grad, momentum_buf, loss_history, params
 pub static SGD: Kernel = Kernel {
     file: "sgd.wgsl",
     source: SGD_SRC,
     entry: "sgd",
     group: 0,
-    bindings: &[ReadWrite, Read, ReadWrite, Uniform],
+    bindings: &[ReadWrite, Read, ReadWrite, Read, Uniform],
 };
 
 /// values, history, params
@@ -288,7 +288,12 @@ pub struct SgdParams {
     pub nesterov: u32,
     pub maximize: u32,
     pub first_step: u32,
+    pub skip_slot: u32,
+    pub _pad: [u32; 3],
 }
+
+/// `SgdParams::skip_slot` when no loss is checked.
+pub const NO_SKIP: u32 = u32::MAX;
 
 /// Matmul tile: one workgroup computes TILE×TILE outputs.
 pub const MATMUL_TILE: u32 = 64;
@@ -489,6 +494,8 @@ pub fn sgd_params(opts: &SgdOptions, lr: f32, first_step: bool, len: usize) -> S
         nesterov: opts.nesterov as u32,
         maximize: opts.maximize as u32,
         first_step: first_step as u32,
+        skip_slot: NO_SKIP,
+        _pad: [0; 3],
     }
 }
 

@@ -199,7 +199,10 @@ impl GpuContext {
         let g = self.upload("grad", grad)?;
         let m = self.upload("momentum_buffer", momentum_buf)?;
         let launch = kernels::sgd(opts, lr, first_step, param.len(), self.max_dim());
-        self.run(&launch, &[(&p).into(), (&g).into(), (&m).into()])?;
+        self.run(
+            &launch,
+            &[(&p).into(), (&g).into(), (&m).into(), self.dummy().into()],
+        )?;
         param.copy_from_slice(&self.read_back(&p, 0, param.len())?);
         momentum_buf.copy_from_slice(&self.read_back(&m, 0, momentum_buf.len())?);
         Ok(())

@@ -23,6 +23,10 @@ pub struct CpuStep {
     acts: Vec<Vec<f32>>,
     act_grads: Vec<Vec<f32>>,
     losses: Vec<f32>,
+    /// Leave parameters alone on updates whose loss is not finite.
+    pub skip_non_finite: bool,
+    /// The update number of `losses[0]` (non-zero after a resume).
+    first_update: u64,
     clip_grad_norm: Option<f32>,
     /// ‖g‖² of every update, when clipping or a schedule needs it.
     grad_norms: Option<Vec<f32>>,
@@ -52,6 +56,8 @@ impl CpuStep {
             params,
             input: Vec::new(),
             losses: Vec::new(),
+            first_update: 0,
+            skip_non_finite: false,
             clip_grad_norm: options.clip_grad_norm,
             grad_norms: (options.clip_grad_norm.is_some() || needs.grad_norm).then(Vec::new),
         }
@@ -82,6 +88,9 @@ impl CpuStep {
                 cpu::norm::clip(&mut self.grads, norm_sq, max_norm);
             }
         }
+        if self.skip_non_finite && !value.is_finite() {
+            return;
+        }
         cpu::sgd::sgd(
             &self.sgd,
             lr,
@@ -101,11 +110,25 @@ impl CpuStep {
 
     /// The loss (and ‖g‖², when computed) of update `update`.
     pub fn observation(&self, update: u64) -> Observation {
-        let t = update as usize;
+        let t = (update - self.first_update) as usize;
         Observation {
             loss: Some(self.losses[t] as f64),
             grad_norm_sq: self.grad_norms.as_ref().map(|n| n[t] as f64),
         }
+    }
+
+    pub fn momentum(&self) -> Option<&[f32]> {
+        self.momentum_started.then_some(&self.momentum[..])
+    }
+
+    /// Continues after `steps` updates of an earlier run (losses are kept from here on, at
+    /// their update numbers).
+    pub fn restore(&mut self, momentum: Option<Vec<f32>>, steps: u64) {
+        if let Some(m) = momentum {
+            self.momentum = m;
+            self.momentum_started = true;
+        }
+        self.first_update = steps;
     }
 
     pub fn losses(&self) -> &[f32] {

@@ -22,6 +22,7 @@ pub struct GpuStep {
     loss: Loss,
     sgd_options: SgdOptions,
     params: wgpu::Buffer,
+    momentum: wgpu::Buffer,
     param_len: usize,
     input: wgpu::Buffer,
     targets: wgpu::Buffer,
@@ -39,6 +40,8 @@ pub struct GpuStep {
     /// Staging buffers that carry each step's observations back, when a schedule needs them.
     observations: Vec<ObservationSlot>,
     updates: u64,
+    /// Leave parameters alone on updates whose loss is not finite.
+    pub skip_non_finite: bool,
     /// Batch size the batch-dependent uniforms currently hold.
     batch: usize,
     momentum_started: bool,
@@ -241,7 +244,12 @@ impl GpuStep {
         let sgd_launch = kernels::sgd(&options.sgd, 0.0, true, params.len(), max_dim);
         let sgd = record(
             &sgd_launch,
-            &[(&params_buf).into(), (&grads).into(), (&momentum).into()],
+            &[
+                (&params_buf).into(),
+                (&grads).into(),
+                (&momentum).into(),
+                (&history).into(),
+            ],
         );
         ctx.check_errors()?;
 
@@ -251,6 +259,7 @@ impl GpuStep {
             sgd_options: options.sgd,
             param_len: params.len(),
             params: params_buf,
+            momentum,
             input,
             targets,
             acts,
@@ -264,6 +273,7 @@ impl GpuStep {
             grad_norm,
             observations,
             updates: 0,
+            skip_non_finite: false,
             batch: max_batch,
             momentum_started: false,
             losses: Vec::new(),
@@ -323,14 +333,17 @@ impl GpuStep {
             self.ctx.max_dim(),
         );
         queue.write_buffer(&self.loss_reduce.uniform, 0, &reduce.uniform);
-        let sgd = kernels::sgd_params(
+        let slot = self.pending as u32;
+        let mut sgd = kernels::sgd_params(
             &self.sgd_options,
             lr,
             !self.momentum_started,
             self.param_len,
         );
+        if self.skip_non_finite {
+            sgd.skip_slot = slot;
+        }
         queue.write_buffer(&self.sgd.uniform, 0, bytemuck::bytes_of(&sgd));
-        let slot = self.pending as u32;
         let mut norm_passes = Vec::new();
         if let Some(n) = &self.grad_norm {
             let (_, last) = kernels::sum_squares(self.param_len, slot);
@@ -447,6 +460,26 @@ impl GpuStep {
         let last = self.acts.len() - 1;
         self.ctx
             .read_back(&self.acts[last], 0, batch * self.output_width())
+    }
+
+    pub fn momentum(&self) -> Result<Option<Vec<f32>>> {
+        if !self.momentum_started || self.sgd_options.momentum == 0.0 {
+            return Ok(None);
+        }
+        self.ctx
+            .read_back(&self.momentum, 0, self.param_len)
+            .map(Some)
+    }
+
+    /// Continues after `steps` updates of an earlier run.
+    pub fn restore(&mut self, momentum: Option<&[f32]>, steps: u64) {
+        if let Some(m) = momentum {
+            self.ctx
+                .queue
+                .write_buffer(&self.momentum, 0, bytemuck::cast_slice(m));
+            self.momentum_started = true;
+        }
+        self.updates = steps;
     }
 
     pub fn parameters(&self) -> Result<Vec<f32>> {

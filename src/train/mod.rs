@@ -56,6 +56,23 @@ enum Backend {
     Gpu(gpu::GpuStep),
 }
 
+/// Everything needed to continue a training run exactly where it stopped.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TrainerState {
+    /// Updates done.
+    pub steps: u64,
+    /// The scheduler, serialised.
+    pub schedule: serde_json::Value,
+    /// Observations made but not yet given to a one-update-late schedule: (update, values).
+    pub observations: Vec<(u64, Observation)>,
+    /// The parameter arena.
+    #[serde(skip)]
+    pub params: Vec<f32>,
+    /// PyTorch's momentum buffers (`None` before the first update with momentum).
+    #[serde(skip)]
+    pub momentum: Option<Vec<f32>>,
+}
+
 /// A model being trained on a device.
 pub struct Trainer {
     model: Sequential,
@@ -64,6 +81,9 @@ pub struct Trainer {
     schedule: Scheduler,
     backend: Backend,
     steps: u64,
+    first_step: u64,
+    /// Observations carried over from a checkpoint, or read early for one.
+    carried: Vec<(u64, Observation)>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -139,6 +159,8 @@ impl Trainer {
             schedule,
             backend,
             steps: 0,
+            first_step: 0,
+            carried: Vec::new(),
         })
     }
 
@@ -148,6 +170,11 @@ impl Trainer {
 
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
+    }
+
+    /// The update this trainer started at: 0, or the step a checkpoint resumed from.
+    pub fn first_step(&self) -> u64 {
+        self.first_step
     }
 
     /// Updates done so far.
@@ -170,10 +197,7 @@ impl Trainer {
             // Observation-driven schedules see each update's loss and gradient norm one update
             // late, on every device: the GPU has update t+1 queued before update t's numbers
             // are read, so it never waits for the host.
-            let o = match &mut self.backend {
-                Backend::Cpu(s) => s.observation(self.steps - 2),
-                Backend::Gpu(s) => s.observation(self.steps - 2)?,
-            };
+            let o = self.observation(self.steps - 2)?;
             self.schedule.step(&o)?;
         }
         let lr = self.schedule.lr();
@@ -194,8 +218,9 @@ impl Trainer {
         Ok(lr)
     }
 
-    /// The loss of every update so far, `losses()[t]` being update t's batch loss at the
-    /// weights before the update. On the GPU this reads the pending losses back in one go.
+    /// The loss of every update this trainer ran: `losses()[i]` is the batch loss of update
+    /// [`Trainer::first_step`] + i at the weights before it. On the GPU this reads the pending
+    /// losses back in one go.
     pub fn losses(&mut self) -> Result<&[f32]> {
         match &mut self.backend {
             Backend::Cpu(s) => Ok(s.losses()),
@@ -224,6 +249,86 @@ impl Trainer {
             Backend::Cpu(s) => Ok(s.parameters().to_vec()),
             Backend::Gpu(s) => s.parameters(),
         }
+    }
+
+    fn observation(&mut self, update: u64) -> Result<Observation> {
+        if let Some(i) = self.carried.iter().position(|(u, _)| *u == update) {
+            return Ok(self.carried.remove(i).1);
+        }
+        match &mut self.backend {
+            Backend::Cpu(s) => Ok(s.observation(update)),
+            Backend::Gpu(s) => s.observation(update),
+        }
+    }
+
+    /// With `true`, an update whose batch loss is NaN or infinite leaves the parameters (and
+    /// momentum buffers) unchanged; the check runs on the device, without a read-back.
+    pub fn skip_non_finite_losses(&mut self, skip: bool) {
+        match &mut self.backend {
+            Backend::Cpu(s) => s.skip_non_finite = skip,
+            Backend::Gpu(s) => s.skip_non_finite = skip,
+        }
+    }
+
+    /// The state to resume from (see [`Trainer::resume`]). Waits for the GPU.
+    pub fn state(&mut self) -> Result<TrainerState> {
+        if !self.schedule.can_save() {
+            return Err(KilnError::invalid(
+                "schedule",
+                "a closure or user-type schedule cannot be saved in a checkpoint",
+            ));
+        }
+        if self.schedule.needs().any() {
+            // The schedule has yet to see the last two updates: read them now, keep them.
+            for update in self.steps.saturating_sub(2)..self.steps {
+                if !self.carried.iter().any(|(u, _)| *u == update) {
+                    let o = self.observation(update)?;
+                    self.carried.push((update, o));
+                }
+            }
+        }
+        let (params, momentum) = match &self.backend {
+            Backend::Cpu(s) => (s.parameters().to_vec(), s.momentum().map(<[f32]>::to_vec)),
+            Backend::Gpu(s) => (s.parameters()?, s.momentum()?),
+        };
+        let schedule = serde_json::to_value(&self.schedule)
+            .map_err(|e| KilnError::invalid("schedule", format!("cannot be saved: {e}")))?;
+        Ok(TrainerState {
+            steps: self.steps,
+            schedule,
+            observations: self.carried.clone(),
+            params,
+            momentum,
+        })
+    }
+
+    /// A trainer that continues from `state` as if it had never stopped.
+    pub fn resume(
+        device: &Device,
+        model: Sequential,
+        options: TrainOptions,
+        state: TrainerState,
+    ) -> Result<Self> {
+        let schedule: Scheduler = serde_json::from_value(state.schedule)
+            .map_err(|e| KilnError::invalid("checkpoint.schedule", e.to_string()))?;
+        let mut trainer = Self::with_params(device, model, options, schedule, state.params)?;
+        if let Some(m) = &state.momentum {
+            ops::check_len(
+                "checkpoint",
+                "momentum buffers",
+                m.len(),
+                trainer.layout.len,
+                "the parameter layout",
+            )?;
+        }
+        match &mut trainer.backend {
+            Backend::Cpu(s) => s.restore(state.momentum, state.steps),
+            Backend::Gpu(s) => s.restore(state.momentum.as_deref(), state.steps),
+        }
+        trainer.steps = state.steps;
+        trainer.first_step = state.steps;
+        trainer.carried = state.observations;
+        Ok(trainer)
     }
 
     /// Checks a batch (and its targets, for a training step); returns its row count.

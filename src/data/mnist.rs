@@ -1,0 +1,136 @@
+//! MNIST in its IDX files (raw or gzipped), for users who have them:
+//! `train-images-idx3-ubyte` (magic 0x803, u8 [N, 28, 28]) and `train-labels-idx1-ubyte`
+//! (magic 0x801, u8 [N]). Pixels stay 0..255; `normalize = "standard"` scales them.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::Dataset;
+use crate::error::{KilnError, Result};
+
+/// Reads the training images and labels from a directory.
+pub fn read_dir(dir: &Path) -> Result<Dataset> {
+    let images = find(dir, "train-images-idx3-ubyte")?;
+    let labels = find(dir, "train-labels-idx1-ubyte")?;
+    let (dims, pixels) = read_idx(&images, 0x803)?;
+    let (ldims, labels_raw) = read_idx(&labels, 0x801)?;
+    if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
+        return Err(KilnError::file(
+            dir,
+            format!(
+                "images {dims:?} and labels {ldims:?} do not match (expected [N, rows, cols] and [N])"
+            ),
+        ));
+    }
+    let features = dims[1] * dims[2];
+    let x = pixels.iter().map(|&p| p as f32).collect();
+    let y = labels_raw.iter().map(|&l| l as f32).collect();
+    Dataset::new(dir.display().to_string(), features, x, 1, y)
+}
+
+fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
+    [stem.to_string(), format!("{stem}.gz")]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| KilnError::file(dir, format!("no {stem} (or {stem}.gz) in this directory")))
+}
+
+/// An IDX file of u8 data: its dimensions and its bytes.
+pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
+    let raw = std::fs::read(path).map_err(|e| KilnError::file(path, e))?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| KilnError::file(path, format!("gzip: {e}")))?;
+        out
+    } else {
+        raw
+    };
+    parse_idx(&path.display().to_string(), &bytes, magic)
+}
+
+pub fn parse_idx(source: &str, bytes: &[u8], magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
+    let err = |what: String| KilnError::file(source, what);
+    let word = |at: usize| -> Result<u32> {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+            .ok_or_else(|| {
+                err(format!(
+                    "truncated at byte {}: the header needs {} bytes",
+                    bytes.len(),
+                    at + 4
+                ))
+            })
+    };
+    let found = word(0)?;
+    if found != magic {
+        return Err(err(format!(
+            "byte 0: magic number {found:#x}, expected {magic:#x} (u8 data, {} dimensions)",
+            magic & 0xff
+        )));
+    }
+    let ndims = (magic & 0xff) as usize;
+    let dims = (0..ndims)
+        .map(|i| word(4 + 4 * i).map(|d| d as usize))
+        .collect::<Result<Vec<_>>>()?;
+    let start = 4 + 4 * ndims;
+    let len: usize = dims.iter().product();
+    let data = bytes.get(start..start + len).ok_or_else(|| {
+        err(format!(
+            "truncated at byte {}: dimensions {dims:?} need {} bytes of data from byte {start}",
+            bytes.len(),
+            len
+        ))
+    })?;
+    Ok((dims, data.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut b = magic.to_be_bytes().to_vec();
+        dims.iter().for_each(|d| b.extend(d.to_be_bytes()));
+        b.extend(data);
+        b
+    }
+
+    #[test]
+    fn reads_images_and_labels_raw_and_gzipped() {
+        let dir = std::env::temp_dir().join(format!("kiln-mnist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("train-images-idx3-ubyte"),
+            idx(0x803, &[2, 2, 2], &[0, 1, 2, 3, 4, 5, 6, 7]),
+        )
+        .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &idx(0x801, &[2], &[5, 9])).unwrap();
+        std::fs::write(dir.join("train-labels-idx1-ubyte.gz"), gz.finish().unwrap()).unwrap();
+        let d = read_dir(&dir).unwrap();
+        assert_eq!((d.features, d.rows(), d.y.clone()), (4, 2, vec![5.0, 9.0]));
+        assert_eq!(d.x[7], 7.0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn broken_idx_names_the_byte() {
+        let good = idx(0x801, &[3], &[1, 2, 3]);
+        let e = parse_idx("l", &good[..6], 0x801).unwrap_err().to_string();
+        assert_eq!(e, "l: truncated at byte 6: the header needs 8 bytes");
+        let e = parse_idx("l", &good[..9], 0x801).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "l: truncated at byte 9: dimensions [3] need 3 bytes of data from byte 8"
+        );
+        let e = parse_idx("i", &good, 0x803).unwrap_err().to_string();
+        assert!(
+            e.contains("byte 0: magic number 0x801, expected 0x803"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! Datasets: the bundled real datasets, CSV, safetensors and MNIST IDX files; a shuffled
+//! train/validation split; standardisation; and the targets a loss needs.
+//!
+//! A dataset holds features `x` [N, F] and raw targets `y` [N, K] as f32. Whether y is class
+//! labels or values is decided by the loss: cross-entropy reads a single integer column as
+//! labels, the others read y as values.
+
+mod bundled;
+pub mod csv;
+pub mod mnist;
+pub mod safetensors;
+
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+use crate::error::{KilnError, Result};
+use crate::ops::{self, Loss};
+
+/// Features and targets held in memory, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// Where it came from, for messages.
+    pub source: String,
+    pub features: usize,
+    pub x: Vec<f32>,
+    /// Columns of `y`.
+    pub targets: usize,
+    pub y: Vec<f32>,
+}
+
+/// Targets in the form a loss takes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetData {
+    Classes(Vec<u32>),
+    Values(Vec<f32>),
+}
+
+impl TargetData {
+    pub fn as_targets(&self) -> ops::Targets<'_> {
+        match self {
+            TargetData::Classes(c) => ops::Targets::Classes(c),
+            TargetData::Values(v) => ops::Targets::Values(v),
+        }
+    }
+}
+
+impl Dataset {
+    /// Checks shapes and finiteness; every reader ends here.
+    pub fn new(
+        source: impl Into<String>,
+        features: usize,
+        x: Vec<f32>,
+        targets: usize,
+        y: Vec<f32>,
+    ) -> Result<Self> {
+        let source = source.into();
+        if features == 0 || targets == 0 || x.is_empty() {
+            return Err(KilnError::file(
+                &source,
+                "no data: zero rows, features or targets",
+            ));
+        }
+        let rows = x.len() / features;
+        if !x.len().is_multiple_of(features) || y.len() != rows * targets {
+            return Err(KilnError::file(
+                &source,
+                format!(
+                    "{} feature values and {} targets do not make {rows} rows",
+                    x.len(),
+                    y.len()
+                ),
+            ));
+        }
+        ops::check_finite(&format!("{source}: features"), &x)?;
+        ops::check_finite(&format!("{source}: targets"), &y)?;
+        Ok(Dataset {
+            source,
+            features,
+            x,
+            targets,
+            y,
+        })
+    }
+
+    /// A bundled dataset by name: `digits`, `breast_cancer` or `diabetes`.
+    pub fn bundled(name: &str) -> Result<Dataset> {
+        bundled::load(name)
+    }
+
+    /// UCI handwritten digits: 1797 8×8 images, pixels 0..16, labels 0..9.
+    pub fn digits() -> Result<Dataset> {
+        bundled::load("digits")
+    }
+
+    /// Reads a data file by its form: a directory of MNIST IDX files, `.safetensors`, or CSV.
+    pub fn from_path(path: &Path, csv_options: &csv::CsvOptions) -> Result<Dataset> {
+        if path.is_dir() {
+            mnist::read_dir(path)
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            safetensors::read(path)
+        } else {
+            csv::read(path, csv_options)
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.x.len() / self.features
+    }
+
+    /// Rows `rows` (in that order), as a new dataset.
+    pub fn select(&self, rows: &[usize]) -> Dataset {
+        let (f, k) = (self.features, self.targets);
+        Dataset {
+            source: self.source.clone(),
+            features: f,
+            targets: k,
+            x: rows
+                .iter()
+                .flat_map(|&r| &self.x[r * f..(r + 1) * f])
+                .copied()
+                .collect(),
+            y: rows
+                .iter()
+                .flat_map(|&r| &self.y[r * k..(r + 1) * k])
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// Shuffles the rows with `seed` and holds out `fraction` of them: (train, validation).
+    pub fn split(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+        if !(0.0..1.0).contains(&fraction) {
+            return Err(KilnError::invalid(
+                "data.validation",
+                format!("must be in [0, 1), got {fraction}"),
+            ));
+        }
+        let mut order: Vec<usize> = (0..self.rows()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        let held = (self.rows() as f64 * fraction).round() as usize;
+        if held == self.rows() {
+            return Err(KilnError::invalid(
+                "data.validation",
+                "leaves no training rows",
+            ));
+        }
+        Ok((self.select(&order[held..]), self.select(&order[..held])))
+    }
+
+    /// Per-feature mean and standard deviation (population, as scikit-learn's StandardScaler);
+    /// constant features get a deviation of 1 so they map to 0.
+    pub fn feature_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let n = self.rows().max(1) as f64;
+        let f = self.features;
+        let mut mean = vec![0.0f64; f];
+        for row in self.x.chunks(f) {
+            for (m, v) in mean.iter_mut().zip(row) {
+                *m += *v as f64 / n;
+            }
+        }
+        let mut var = vec![0.0f64; f];
+        for row in self.x.chunks(f) {
+            for ((s, v), m) in var.iter_mut().zip(row).zip(&mean) {
+                *s += (*v as f64 - m).powi(2) / n;
+            }
+        }
+        let std = var
+            .iter()
+            .map(|v| if *v > 0.0 { v.sqrt() as f32 } else { 1.0 })
+            .collect();
+        (mean.iter().map(|m| *m as f32).collect(), std)
+    }
+
+    /// x ← (x − mean) / std, feature by feature.
+    pub fn standardize(&mut self, mean: &[f32], std: &[f32]) {
+        for row in self.x.chunks_mut(self.features) {
+            for ((v, m), s) in row.iter_mut().zip(mean).zip(std) {
+                *v = (*v - m) / s;
+            }
+        }
+    }
+
+    /// The targets as `loss` takes them for a model with `outputs` outputs: class labels for
+    /// cross-entropy (one integer column below `outputs`), values of width `outputs` otherwise.
+    pub fn targets_for(&self, loss: Loss, outputs: usize) -> Result<TargetData> {
+        let ctx = format!("{}: targets for {}", self.source, loss.name());
+        if loss == Loss::CrossEntropy {
+            if self.targets != 1 {
+                return Err(KilnError::shape(
+                    ctx,
+                    format!(
+                        "cross_entropy needs one label column, the data has {}",
+                        self.targets
+                    ),
+                ));
+            }
+            let labels = self
+                .y
+                .iter()
+                .enumerate()
+                .map(|(row, &v)| {
+                    if v >= 0.0 && v.fract() == 0.0 && (v as usize) < outputs {
+                        Ok(v as u32)
+                    } else {
+                        Err(KilnError::invalid(
+                            format!("{}, row {row}", self.source),
+                            format!("label {v} is not a class of a model with {outputs} outputs"),
+                        ))
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(TargetData::Classes(labels));
+        }
+        if self.targets != outputs {
+            return Err(KilnError::shape(
+                ctx,
+                format!(
+                    "the model has {outputs} outputs but the data has {} target columns",
+                    self.targets
+                ),
+            ));
+        }
+        Ok(TargetData::Values(self.y.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_datasets_are_complete() {
+        let d = Dataset::digits().unwrap();
+        assert_eq!((d.rows(), d.features, d.targets), (1797, 64, 1));
+        assert!(d.x.iter().all(|v| (0.0..=16.0).contains(v)));
+        let b = Dataset::bundled("breast_cancer").unwrap();
+        assert_eq!((b.rows(), b.features), (569, 30));
+        assert_eq!(
+            b.y.iter().filter(|&&v| v == 0.0).count(),
+            212,
+            "212 malignant (label 0)"
+        );
+        let d = Dataset::bundled("diabetes").unwrap();
+        assert_eq!((d.rows(), d.features), (442, 10));
+        assert_eq!((d.x[0], d.y[0]), (59.0, 151.0));
+        let e = Dataset::bundled("iris").unwrap_err().to_string();
+        assert!(e.contains("digits, breast_cancer, diabetes"), "{e}");
+    }
+
+    #[test]
+    fn split_holds_out_a_fraction_and_keeps_every_row() {
+        let d = Dataset::digits().unwrap();
+        let (train, val) = d.split(0.2, 0).unwrap();
+        assert_eq!((train.rows(), val.rows()), (1438, 359));
+        let mut all: Vec<u32> = train.y.iter().chain(&val.y).map(|&v| v as u32).collect();
+        let mut orig: Vec<u32> = d.y.iter().map(|&v| v as u32).collect();
+        all.sort();
+        orig.sort();
+        assert_eq!(all, orig);
+    }
+
+    #[test]
+    fn targets_follow_the_loss() {
+        let d = Dataset::new("t", 1, vec![0.0, 1.0], 1, vec![0.0, 2.0]).unwrap();
+        assert_eq!(
+            d.targets_for(Loss::CrossEntropy, 3).unwrap(),
+            TargetData::Classes(vec![0, 2])
+        );
+        assert_eq!(
+            d.targets_for(Loss::Mse, 1).unwrap(),
+            TargetData::Values(vec![0.0, 2.0])
+        );
+        let e = d
+            .targets_for(Loss::CrossEntropy, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t, row 1")
+                && e.contains("label 2 is not a class of a model with 2 outputs"),
+            "{e}"
+        );
+        let e = d.targets_for(Loss::Mse, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("the model has 2 outputs but the data has 1 target columns"),
+            "{e}"
+        );
+    }
+}

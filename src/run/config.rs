@@ -1,0 +1,377 @@
+//! Run files: one TOML file describing a whole training run. Unknown keys and bad values are
+//! errors naming the key.
+//!
+//! ```toml
+//! [model]
+//! layers = [{ dense = 32 }, "tanh", { dense = 32 }, "relu", { dense = 4 }]
+//! loss = "cross_entropy"
+//! [data]
+//! source = "digits"          # or path = "x.safetensors" | "f.csv" | "mnist-dir/"
+//! validation = 0.2
+//! normalize = "standard"
+//! [optimizer]
+//! lr = 0.05
+//! momentum = 0.9
+//! [schedule]
+//! kind = "cosine_annealing"
+//! t_max = 1000
+//! [train]
+//! steps = 1000               # or epochs = 20
+//! batch_size = 64
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::data::csv::{CsvOptions, Header};
+use crate::error::{KilnError, Result};
+use crate::model::{Layer, Sequential};
+use crate::ops::{Activation, Loss, SgdOptions};
+
+/// The run `kiln train` does without a run file: the digits classifier with warmup + cosine.
+pub const DEFAULT_RUN: &str = r#"
+[model]
+layers = [{ dense = 64 }, "relu", { dense = 10 }]
+loss = "cross_entropy"
+
+[data]
+source = "digits"
+validation = 0.2
+normalize = "standard"
+
+[optimizer]
+lr = 0.05
+momentum = 0.9
+
+[schedule]
+kind = "warmup"
+steps = 50
+start_factor = 0.1
+then = { kind = "cosine_annealing", t_max = 950 }
+
+[train]
+steps = 1000
+batch_size = 64
+"#;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    pub schedule: Option<toml::Table>,
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `{ dense = N }`, an activation name, or `{ leaky_relu = slope }`.
+    pub layers: Vec<toml::Value>,
+    pub loss: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A bundled dataset: digits, breast_cancer or diabetes.
+    pub source: Option<String>,
+    /// A data file (CSV, .safetensors) or an MNIST directory, relative to the run file.
+    pub path: Option<PathBuf>,
+    /// Held-out fraction.
+    #[serde(default)]
+    pub validation: f64,
+    #[serde(default)]
+    pub normalize: Normalize,
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    #[serde(default)]
+    pub seed: u64,
+    /// CSV: the target column (negative counts from the end).
+    #[serde(default = "last_column")]
+    pub label_column: i64,
+    /// CSV: whether the first line is a header ("auto" guesses from whether it parses).
+    #[serde(default)]
+    pub header: HeaderConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+fn last_column() -> i64 {
+    -1
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    #[default]
+    None,
+    /// Zero mean, unit variance per feature, with statistics of the training rows.
+    Standard,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderConfig {
+    #[default]
+    Auto,
+    #[serde(alias = "true")]
+    Yes,
+    #[serde(alias = "false")]
+    No,
+}
+
+/// torch.optim.SGD's arguments and defaults.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    #[serde(default = "sgd")]
+    pub kind: String,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default)]
+    pub momentum: f32,
+    #[serde(default)]
+    pub dampening: f32,
+    #[serde(default)]
+    pub weight_decay: f32,
+    #[serde(default)]
+    pub nesterov: bool,
+    #[serde(default)]
+    pub maximize: bool,
+}
+
+fn sgd() -> String {
+    "sgd".into()
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: Option<u64>,
+    pub epochs: Option<u64>,
+    /// Rows per update; a batch larger than the data set means full batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Clip gradients to this global L2 norm before each update.
+    pub clip_grad_norm: Option<f32>,
+}
+
+fn default_batch() -> usize {
+    64
+}
+
+impl RunConfig {
+    pub fn from_toml(text: &str, source: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| KilnError::file(source, e.to_string().trim_end()))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| KilnError::file(path, e))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    pub fn default_run() -> Self {
+        Self::from_toml(DEFAULT_RUN, "the default run").expect("the default run parses")
+    }
+
+    /// The model for data with `features` inputs.
+    pub fn model(&self, features: usize) -> Result<Sequential> {
+        let layers = self
+            .model
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, v)| layer(i, v))
+            .collect::<Result<Vec<_>>>()?;
+        let loss = Loss::from_name(&self.model.loss)
+            .map_err(|e| KilnError::invalid("model.loss", e.to_string()))?;
+        Sequential::new(features, layers, loss)
+    }
+
+    pub fn sgd(&self) -> Result<SgdOptions> {
+        let o = &self.optimizer;
+        if o.kind != "sgd" {
+            return Err(KilnError::invalid(
+                "optimizer.kind",
+                format!("unknown optimizer {:?}; Kiln has \"sgd\"", o.kind),
+            ));
+        }
+        if !(o.lr.is_finite() && o.lr >= 0.0) {
+            return Err(KilnError::invalid(
+                "optimizer.lr",
+                format!("must be finite and >= 0, got {}", o.lr),
+            ));
+        }
+        let sgd = SgdOptions {
+            momentum: o.momentum,
+            dampening: o.dampening,
+            weight_decay: o.weight_decay,
+            nesterov: o.nesterov,
+            maximize: o.maximize,
+        };
+        sgd.validate()?;
+        Ok(sgd)
+    }
+
+    pub fn csv_options(&self) -> CsvOptions {
+        CsvOptions {
+            header: match self.data.header {
+                HeaderConfig::Auto => Header::Auto,
+                HeaderConfig::Yes => Header::Yes,
+                HeaderConfig::No => Header::No,
+            },
+            label_column: self.data.label_column,
+        }
+    }
+
+    /// Total updates, from `train.steps` or `train.epochs` with `batches_per_epoch`.
+    pub fn total_steps(&self, batches_per_epoch: u64) -> Result<u64> {
+        match (self.train.steps, self.train.epochs) {
+            (Some(s), None) => Ok(s),
+            (None, Some(e)) => Ok(e * batches_per_epoch),
+            (None, None) => Err(KilnError::invalid("train", "give steps or epochs")),
+            (Some(_), Some(_)) => Err(KilnError::invalid(
+                "train",
+                "give steps or epochs, not both",
+            )),
+        }
+    }
+}
+
+fn layer(i: usize, v: &toml::Value) -> Result<Layer> {
+    let field = format!("model.layers[{i}]");
+    let bad = || {
+        KilnError::invalid(
+            &field,
+            format!(
+                "expected {{ dense = N }}, an activation name or {{ leaky_relu = slope }}, got {v}"
+            ),
+        )
+    };
+    match v {
+        toml::Value::String(name) => Activation::from_name(name)
+            .map(Layer::Activation)
+            .map_err(|e| KilnError::invalid(&field, e.to_string())),
+        toml::Value::Table(t) if t.len() == 1 => match t.iter().next().expect("one entry") {
+            (k, toml::Value::Integer(n)) if k == "dense" && *n > 0 => {
+                Ok(Layer::Dense { out: *n as usize })
+            }
+            (k, toml::Value::Integer(n)) if k == "dense" => Err(KilnError::invalid(
+                &field,
+                format!("dense width must be at least 1, got {n}"),
+            )),
+            (k, slope) if k == "leaky_relu" => slope
+                .as_float()
+                .or_else(|| slope.as_integer().map(|s| s as f64))
+                .map(|s| Layer::Activation(Activation::LeakyRelu(s as f32)))
+                .ok_or_else(bad),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        match RunConfig::from_toml(text, "run.toml") {
+            Ok(c) => match c.model(4).and_then(|_| c.sgd()) {
+                Ok(_) => panic!("expected an error:\n{text}"),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const MINIMAL: &str =
+        "[model]\nlayers = [{ dense = 3 }]\nloss = \"mse\"\n[data]\nsource = \"diabetes\"\n";
+
+    #[test]
+    fn the_default_run_parses_and_builds() {
+        let c = RunConfig::default_run();
+        let m = c.model(64).unwrap();
+        assert_eq!(m.output(), 10);
+        assert_eq!(c.sgd().unwrap().momentum, 0.9);
+        assert_eq!(c.total_steps(23).unwrap(), 1000);
+    }
+
+    #[test]
+    fn pytorch_defaults_apply() {
+        let c = RunConfig::from_toml(MINIMAL, "run.toml").unwrap();
+        assert_eq!(c.optimizer.lr, 1e-3);
+        assert_eq!(c.sgd().unwrap(), SgdOptions::default());
+        assert!(c.data.shuffle);
+        assert_eq!(c.data.validation, 0.0);
+        assert_eq!(c.train.batch_size, 64);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = error(&format!("{MINIMAL}[train]\nstep = 10\n"));
+        assert!(
+            e.contains("run.toml") && e.contains("unknown field `step`"),
+            "{e}"
+        );
+        let e = error(&MINIMAL.replace("loss = \"mse\"", "loss = \"mse\"\ndropout = 0.5"));
+        assert!(e.contains("unknown field `dropout`"), "{e}");
+        let e = error(&MINIMAL.replace("{ dense = 3 }", "{ dense = 0 }"));
+        assert!(
+            e.contains("model.layers[0]: dense width must be at least 1"),
+            "{e}"
+        );
+        let e = error(&MINIMAL.replace("{ dense = 3 }", "{ dense = 3 }, \"swish\""));
+        assert!(
+            e.contains("model.layers[1]") && e.contains("unknown activation \"swish\""),
+            "{e}"
+        );
+        let e = error(&MINIMAL.replace("\"mse\"", "\"hinge\""));
+        assert!(e.contains("model.loss"), "{e}");
+        let e = error(&format!("{MINIMAL}[optimizer]\nkind = \"adam\"\n"));
+        assert!(
+            e.contains("optimizer.kind: unknown optimizer \"adam\""),
+            "{e}"
+        );
+        let e = error(&format!("{MINIMAL}[optimizer]\nnesterov = true\n"));
+        assert!(e.contains("optimizer.nesterov"), "{e}");
+        let e = error(&MINIMAL.replace(
+            "source = \"diabetes\"",
+            "source = \"diabetes\"\nnormalize = \"minmax\"",
+        ));
+        assert!(e.contains("normalize") && e.contains("minmax"), "{e}");
+    }
+
+    #[test]
+    fn leaky_relu_takes_a_slope_and_integers_pass_for_floats() {
+        let c = RunConfig::from_toml(
+            &MINIMAL.replace(
+                "{ dense = 3 }",
+                "{ dense = 3 }, { leaky_relu = 0.2 }, { dense = 1 }",
+            ),
+            "r",
+        )
+        .unwrap();
+        assert_eq!(
+            c.model(4).unwrap().layers()[1],
+            Layer::Activation(Activation::LeakyRelu(0.2))
+        );
+        let c = RunConfig::from_toml(&format!("{MINIMAL}[optimizer]\nlr = 1\n"), "r").unwrap();
+        assert_eq!(c.optimizer.lr, 1.0);
+    }
+}

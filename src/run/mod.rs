@@ -1,0 +1,341 @@
+//! A training run from a run file: data loaded, split and normalised; the model built (or its
+//! weights loaded); updates over batches in DataLoader order; evaluation on the held-out rows;
+//! checkpoints that resume exactly.
+
+pub mod checkpoint;
+pub mod config;
+
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+pub use config::{DEFAULT_RUN, Normalize, RunConfig};
+
+use crate::data::{Dataset, TargetData};
+use crate::device::Device;
+use crate::error::{KilnError, Result};
+use crate::model::Sequential;
+use crate::ops::{self, Loss};
+use crate::schedule::ScheduleConfig;
+use crate::train::{PARAM_ALIGN, TrainOptions, Trainer};
+use crate::weights;
+
+/// Loss (and accuracy, for classification) on the held-out rows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    pub loss: f32,
+    pub accuracy: Option<f64>,
+}
+
+pub struct Run {
+    pub config: RunConfig,
+    pub model: Sequential,
+    pub trainer: Trainer,
+    train: Dataset,
+    train_targets: TargetData,
+    validation: Option<(Dataset, TargetData)>,
+    /// Rows per update (the data set's size if the batch is larger).
+    pub batch: usize,
+    pub batches_per_epoch: u64,
+    pub total_steps: u64,
+    /// The row order of `order_epoch`.
+    order: Vec<usize>,
+    order_epoch: Option<u64>,
+    xb: Vec<f32>,
+    tb: TargetData,
+}
+
+impl Run {
+    /// Prepares a run: `base_dir` resolves the data path, `init` loads starting weights,
+    /// `steps` overrides the run file's length.
+    pub fn new(
+        config: RunConfig,
+        base_dir: &Path,
+        device: &Device,
+        init: Option<&Path>,
+        steps: Option<u64>,
+    ) -> Result<Run> {
+        let (train, validation, model) = Self::data_and_model(&config, base_dir)?;
+        let layout = model.param_layout(PARAM_ALIGN);
+        let params = match init {
+            Some(path) => weights::load(path, &layout)?,
+            None => model.init_params(&layout, config.data.seed),
+        };
+        let (batch, batches_per_epoch, total_steps) = Self::lengths(&config, &train, steps)?;
+        let schedule = match &config.schedule {
+            Some(table) => {
+                ScheduleConfig::from_table(table.clone())?.build(Some(config.optimizer.lr))?
+            }
+            None => crate::schedule::Scheduler::fixed(config.optimizer.lr)?,
+        };
+        let trainer = Trainer::with_params(
+            device,
+            model.clone(),
+            Self::options(&config, batch)?,
+            schedule,
+            params,
+        )?;
+        Self::assemble(
+            config,
+            model,
+            trainer,
+            train,
+            validation,
+            batch,
+            batches_per_epoch,
+            total_steps,
+        )
+    }
+
+    /// Continues the run saved in the checkpoint directory `dir`.
+    pub fn resume(
+        config: RunConfig,
+        base_dir: &Path,
+        device: &Device,
+        dir: &Path,
+        steps: Option<u64>,
+    ) -> Result<Run> {
+        let (train, validation, model) = Self::data_and_model(&config, base_dir)?;
+        let (state, _epoch) = checkpoint::load(dir, &model.param_layout(PARAM_ALIGN))?;
+        let (batch, batches_per_epoch, total_steps) = Self::lengths(&config, &train, steps)?;
+        let trainer =
+            Trainer::resume(device, model.clone(), Self::options(&config, batch)?, state)?;
+        Self::assemble(
+            config,
+            model,
+            trainer,
+            train,
+            validation,
+            batch,
+            batches_per_epoch,
+            total_steps,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        config: RunConfig,
+        model: Sequential,
+        trainer: Trainer,
+        train: Dataset,
+        validation: Option<Dataset>,
+        batch: usize,
+        batches_per_epoch: u64,
+        total_steps: u64,
+    ) -> Result<Run> {
+        let outputs = model.output();
+        let train_targets = train.targets_for(model.loss(), outputs)?;
+        let validation = validation
+            .map(|v| v.targets_for(model.loss(), outputs).map(|t| (v, t)))
+            .transpose()?;
+        let tb = match train_targets {
+            TargetData::Classes(_) => TargetData::Classes(Vec::new()),
+            TargetData::Values(_) => TargetData::Values(Vec::new()),
+        };
+        Ok(Run {
+            config,
+            model,
+            trainer,
+            train,
+            train_targets,
+            validation,
+            batch,
+            batches_per_epoch,
+            total_steps,
+            order: Vec::new(),
+            order_epoch: None,
+            xb: Vec::new(),
+            tb,
+        })
+    }
+
+    fn data_and_model(
+        config: &RunConfig,
+        base_dir: &Path,
+    ) -> Result<(Dataset, Option<Dataset>, Sequential)> {
+        let data = match (&config.data.source, &config.data.path) {
+            (Some(name), None) => Dataset::bundled(name)?,
+            (None, Some(path)) => Dataset::from_path(&base_dir.join(path), &config.csv_options())?,
+            _ => {
+                return Err(KilnError::invalid(
+                    "data",
+                    "give either source (a bundled dataset) or path",
+                ));
+            }
+        };
+        let (mut train, mut validation) = if config.data.validation > 0.0 {
+            let (t, v) = data.split(config.data.validation, config.data.seed)?;
+            (t, Some(v))
+        } else {
+            (data, None)
+        };
+        if config.data.normalize == Normalize::Standard {
+            let (mean, std) = train.feature_stats();
+            train.standardize(&mean, &std);
+            if let Some(v) = &mut validation {
+                v.standardize(&mean, &std);
+            }
+        }
+        let model = config.model(train.features)?;
+        Ok((train, validation, model))
+    }
+
+    fn lengths(
+        config: &RunConfig,
+        train: &Dataset,
+        steps: Option<u64>,
+    ) -> Result<(usize, u64, u64)> {
+        if config.train.batch_size == 0 {
+            return Err(KilnError::invalid("train.batch_size", "must be at least 1"));
+        }
+        let batch = config.train.batch_size.min(train.rows());
+        let batches_per_epoch = train.rows().div_ceil(batch) as u64;
+        let total = match steps {
+            Some(s) => s,
+            None => config.total_steps(batches_per_epoch)?,
+        };
+        Ok((batch, batches_per_epoch, total))
+    }
+
+    fn options(config: &RunConfig, batch: usize) -> Result<TrainOptions> {
+        Ok(TrainOptions {
+            sgd: config.sgd()?,
+            max_batch: batch,
+            seed: config.data.seed,
+            clip_grad_norm: config.train.clip_grad_norm,
+        })
+    }
+
+    /// Updates done.
+    pub fn steps_done(&self) -> u64 {
+        self.trainer.steps()
+    }
+
+    /// The epoch update `step` belongs to.
+    pub fn epoch_of(&self, step: u64) -> u64 {
+        step / self.batches_per_epoch
+    }
+
+    pub fn finished(&self) -> bool {
+        self.steps_done() >= self.total_steps
+    }
+
+    /// The rows of `epoch` in the order its batches take them: shuffled from (seed, epoch) —
+    /// so a resumed run draws the same order without saving generator state — or in file order.
+    fn rows_of_epoch(&mut self, epoch: u64) -> &[usize] {
+        if self.order_epoch != Some(epoch) {
+            self.order = (0..self.train.rows()).collect();
+            if self.config.data.shuffle {
+                let seed = self.config.data.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                self.order
+                    .shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            }
+            self.order_epoch = Some(epoch);
+        }
+        &self.order
+    }
+
+    /// Runs the next update: batch (t mod nb) of epoch ⌊t/nb⌋, a smaller last batch included,
+    /// as PyTorch's DataLoader without drop_last. Returns the rate it used.
+    pub fn step(&mut self) -> Result<f64> {
+        let t = self.steps_done();
+        let (epoch, index) = (
+            t / self.batches_per_epoch,
+            (t % self.batches_per_epoch) as usize,
+        );
+        let batch = self.batch;
+        let f = self.train.features;
+        let rows: Vec<usize> = {
+            let order = self.rows_of_epoch(epoch);
+            order[index * batch..((index + 1) * batch).min(order.len())].to_vec()
+        };
+        self.xb.clear();
+        for &r in &rows {
+            self.xb.extend_from_slice(&self.train.x[r * f..(r + 1) * f]);
+        }
+        match (&self.train_targets, &mut self.tb) {
+            (TargetData::Classes(all), TargetData::Classes(b)) => {
+                b.clear();
+                b.extend(rows.iter().map(|&r| all[r]));
+            }
+            (TargetData::Values(all), TargetData::Values(b)) => {
+                let k = self.model.output();
+                b.clear();
+                for &r in &rows {
+                    b.extend_from_slice(&all[r * k..(r + 1) * k]);
+                }
+            }
+            _ => unreachable!("tb is made to match train_targets"),
+        }
+        self.trainer.step(&self.xb, self.tb.as_targets())
+    }
+
+    /// Loss and accuracy on the held-out rows, or `None` without a validation split.
+    pub fn evaluate(&mut self) -> Result<Option<Evaluation>> {
+        let Some((data, targets)) = &self.validation else {
+            return Ok(None);
+        };
+        let out = self.trainer.predict(&data.x)?;
+        Ok(Some(evaluate(
+            self.model.loss(),
+            self.model.output(),
+            &out,
+            targets,
+        )?))
+    }
+
+    /// Saves a checkpoint into `dir` (atomically).
+    pub fn checkpoint(&mut self, dir: &Path) -> Result<()> {
+        let state = self.trainer.state()?;
+        let epoch = self.epoch_of(state.steps);
+        checkpoint::save(dir, self.trainer.layout(), &state, epoch)
+    }
+
+    /// Saves the weights in nn.Sequential layout.
+    pub fn save_weights(&self, path: &Path) -> Result<()> {
+        weights::save(path, self.trainer.layout(), &self.trainer.parameters()?)
+    }
+}
+
+/// Mean loss of `outputs` against `targets`, and the accuracy of classifiers (argmax for
+/// cross-entropy; p > 0.5 for bce; logit > 0 for bce_with_logits).
+pub fn evaluate(
+    loss: Loss,
+    width: usize,
+    outputs: &[f32],
+    targets: &TargetData,
+) -> Result<Evaluation> {
+    let (value, _) = Device::Cpu.loss(loss, outputs, targets.as_targets(), width)?;
+    let accuracy = match (loss, targets) {
+        (Loss::CrossEntropy, TargetData::Classes(labels)) => {
+            let correct = outputs
+                .chunks(width)
+                .zip(labels)
+                .filter(|(row, l)| argmax(row) == **l as usize)
+                .count();
+            Some(correct as f64 / labels.len() as f64)
+        }
+        (Loss::Bce | Loss::BceWithLogits, TargetData::Values(t)) => {
+            let cut = if loss == Loss::Bce { 0.5 } else { 0.0 };
+            let correct = outputs
+                .iter()
+                .zip(t)
+                .filter(|(o, t)| (**o > cut) == (**t > 0.5))
+                .count();
+            Some(correct as f64 / t.len() as f64)
+        }
+        _ => None,
+    };
+    ops::check_finite("validation loss", &[value])?;
+    Ok(Evaluation {
+        loss: value,
+        accuracy,
+    })
+}
+
+pub fn argmax(row: &[f32]) -> usize {
+    (0..row.len())
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+        .unwrap_or(0)
+}

@@ -1,0 +1,236 @@
+//! Model weights as safetensors in PyTorch's `nn.Sequential` layout: `layers.{i}.weight`
+//! [out, in] and `layers.{i}.bias` [out], i being the position in the model's layers
+//! (activations count), so `model.load_state_dict(safetensors.torch.load_file(path))` works on
+//! the equivalent PyTorch model and Kiln loads PyTorch's files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{KilnError, Result};
+use crate::model::ParamLayout;
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one whole:
+/// a temporary file beside it, fsync, rename over, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| KilnError::file(path, "not a file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable only once the directory is.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        KilnError::file(path, format!("writing: {e}"))
+    })
+}
+
+/// (name, shape, arena offset) of every parameter tensor, with names prefixed by `prefix`.
+pub fn tensors(layout: &ParamLayout, prefix: &str) -> Vec<(String, Vec<usize>, usize)> {
+    layout
+        .dense
+        .iter()
+        .flat_map(|d| {
+            [
+                (
+                    format!("{prefix}layers.{}.weight", d.layer),
+                    vec![d.fan_out, d.fan_in],
+                    d.weight,
+                ),
+                (
+                    format!("{prefix}layers.{}.bias", d.layer),
+                    vec![d.fan_out],
+                    d.bias,
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// Serialises arenas (each with its name prefix) in the layout, with string metadata.
+pub fn serialize(
+    layout: &ParamLayout,
+    arenas: &[(&str, &[f32])],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let mut bytes: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    for (prefix, arena) in arenas {
+        for (name, shape, offset) in tensors(layout, prefix) {
+            let n: usize = shape.iter().product();
+            let data = arena[offset..offset + n]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            bytes.insert(name, (shape, data));
+        }
+    }
+    let views = bytes
+        .iter()
+        .map(|(name, (shape, data))| {
+            TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| KilnError::invalid("weights", e.to_string()))?;
+    safetensors::serialize(views, metadata)
+        .map_err(|e| KilnError::invalid("weights", e.to_string()))
+}
+
+/// Saves the parameter arena as `path` (atomically).
+pub fn save(path: &Path, layout: &ParamLayout, params: &[f32]) -> Result<()> {
+    write_atomic(path, &serialize(layout, &[("", params)], None)?)
+}
+
+/// Loads `path` into a parameter arena of `layout`. Every missing, unexpected, wrongly shaped
+/// or non-f32 tensor is listed in one error.
+pub fn load(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| KilnError::file(path, e))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| KilnError::file(path, format!("not a valid safetensors file: {e}")))?;
+    let mut arena = vec![0.0; layout.len];
+    read_into(&st, layout, "", &mut arena).map_err(|problems| {
+        KilnError::file(
+            path,
+            format!("does not fit the model:\n  {}", problems.join("\n  ")),
+        )
+    })?;
+    crate::ops::check_finite(&format!("{}: weights", path.display()), &arena)?;
+    Ok(arena)
+}
+
+/// Copies the tensors named `prefix`layers.… into `arena`; lists every problem. Tensors with
+/// other prefixes are ignored when `prefix` is non-empty.
+pub fn read_into(
+    st: &SafeTensors<'_>,
+    layout: &ParamLayout,
+    prefix: &str,
+    arena: &mut [f32],
+) -> Result<(), Vec<String>> {
+    let expected = tensors(layout, prefix);
+    let mut problems = Vec::new();
+    for (name, shape, offset) in &expected {
+        match st.tensor(name) {
+            Err(_) => problems.push(format!("missing `{name}` {shape:?}")),
+            Ok(t) if t.dtype() != Dtype::F32 => {
+                problems.push(format!("`{name}` is {:?}, expected F32", t.dtype()))
+            }
+            Ok(t) if t.shape() != shape.as_slice() => problems.push(format!(
+                "`{name}` has shape {:?}, expected {shape:?}",
+                t.shape()
+            )),
+            Ok(t) => {
+                for (dst, b) in arena[*offset..].iter_mut().zip(t.data().chunks_exact(4)) {
+                    *dst = f32::from_le_bytes(b.try_into().unwrap());
+                }
+            }
+        }
+    }
+    let ours: Vec<&str> = expected.iter().map(|(n, _, _)| n.as_str()).collect();
+    let mut extra: Vec<&str> = st
+        .names()
+        .into_iter()
+        // A checkpoint keeps momentum buffers beside the weights; they are not "unexpected".
+        .filter(|n| {
+            if prefix.is_empty() {
+                !n.starts_with("momentum.")
+            } else {
+                n.starts_with(prefix)
+            }
+        })
+        .filter(|n| !ours.contains(n))
+        .collect();
+    extra.sort();
+    problems.extend(extra.iter().map(|n| format!("unexpected `{n}`")));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Layer, Sequential};
+    use crate::ops::{Activation, Loss};
+
+    fn model(widths: &[usize]) -> Sequential {
+        let mut layers = Vec::new();
+        for &w in widths {
+            layers.push(Layer::Dense { out: w });
+            layers.push(Layer::Activation(Activation::Tanh));
+        }
+        layers.pop();
+        Sequential::new(3, layers, Loss::Mse).unwrap()
+    }
+
+    #[test]
+    fn save_and_load_round_trip_in_sequential_layout() {
+        let m = model(&[4, 2]);
+        let layout = m.param_layout(64);
+        let params = m.init_params(&layout, 1);
+        let path = std::env::temp_dir().join(format!("kiln-w-{}.safetensors", std::process::id()));
+        save(&path, &layout, &params).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut names = st.names();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "layers.0.bias",
+                "layers.0.weight",
+                "layers.2.bias",
+                "layers.2.weight"
+            ]
+        );
+        assert_eq!(st.tensor("layers.2.weight").unwrap().shape(), [2, 4]);
+        assert_eq!(load(&path, &layout).unwrap(), params);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_file_for_another_model_lists_every_mismatch() {
+        let path = std::env::temp_dir().join(format!("kiln-w2-{}.safetensors", std::process::id()));
+        let other = model(&[5, 2, 1]);
+        let l = other.param_layout(64);
+        save(&path, &l, &other.init_params(&l, 0)).unwrap();
+        let e = load(&path, &model(&[4, 2]).param_layout(64))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`layers.0.weight` has shape [5, 3], expected [4, 3]"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`layers.2.weight` has shape [2, 5], expected [2, 4]"),
+            "{e}"
+        );
+        assert!(
+            e.contains("unexpected `layers.4.bias`") && e.contains("unexpected `layers.4.weight`"),
+            "{e}"
+        );
+        std::fs::write(&path, b"garbage").unwrap();
+        let e = load(&path, &model(&[4, 2]).param_layout(64))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid safetensors file"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}

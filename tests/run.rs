@@ -1,0 +1,143 @@
+//! Runs as users meet them: PyTorch's weights in, exact resume, NaN policy, logs.
+
+mod common;
+
+use std::path::Path;
+
+use kiln::run::{Run, RunConfig};
+use kiln::{Activation, Device, Layer, Loss, Sequential, weights};
+use safetensors::SafeTensors;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn read_f32(st: &SafeTensors<'_>, name: &str) -> Vec<f32> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// PyTorch 2.15 wrote the weights of nn.Sequential(Linear(3,4), Tanh(), Linear(4,2)) and its
+/// output for an input; Kiln loads them and computes the same output.
+fn loads_pytorch_weights(device: &Device) {
+    let model = Sequential::new(
+        3,
+        vec![
+            Layer::Dense { out: 4 },
+            Layer::Activation(Activation::Tanh),
+            Layer::Dense { out: 2 },
+        ],
+        Loss::Mse,
+    )
+    .unwrap();
+    let layout = model.param_layout(kiln::train::PARAM_ALIGN);
+    let params = weights::load(&fixture("torch_mlp.safetensors"), &layout).unwrap();
+    let io = std::fs::read(fixture("torch_mlp_io.safetensors")).unwrap();
+    let io = SafeTensors::deserialize(&io).unwrap();
+    let (x, y) = (read_f32(&io, "x"), read_f32(&io, "y"));
+    let options = kiln::train::TrainOptions {
+        max_batch: 5,
+        ..Default::default()
+    };
+    let schedule = kiln::schedule::Scheduler::fixed(0.0).unwrap();
+    let mut trainer = kiln::Trainer::with_params(device, model, options, schedule, params).unwrap();
+    let out = trainer.predict(&x).unwrap();
+    common::assert_close(
+        "PyTorch's output",
+        &out,
+        &y,
+        common::Tolerance {
+            abs: 1e-6,
+            rel: 1e-5,
+        },
+    );
+}
+test_device!(kiln_loads_pytorch_weights, super::loads_pytorch_weights);
+
+const RUN: &str = r#"
+[model]
+layers = [{ dense = 16 }, "tanh", { dense = 10 }]
+loss = "cross_entropy"
+[data]
+source = "digits"
+validation = 0.2
+normalize = "standard"
+seed = 3
+[optimizer]
+lr = 0.05
+momentum = 0.9
+dampening = 0.1
+[schedule]
+kind = "chained"
+schedules = [{ kind = "cosine_annealing", t_max = 60 }, { kind = "bold_driver", decrease = 0.7, increase = 1.02 }]
+[train]
+steps = 60
+batch_size = 100
+clip_grad_norm = 5
+"#;
+
+/// Run 60 updates straight; run 37, checkpoint, resume in a new Run, run the rest: the final
+/// weights are identical bit for bit. The run crosses epochs (15 batches each, the last one
+/// smaller), shuffles, uses momentum, clipping and a one-update-late observation schedule.
+fn resume_is_exact(device: &Device) {
+    let base = Path::new(".");
+    let config = RunConfig::from_toml(RUN, "run.toml").unwrap();
+    let mut straight = Run::new(config.clone(), base, device, None, None).unwrap();
+    while !straight.finished() {
+        straight.step().unwrap();
+    }
+    let want = straight.trainer.parameters().unwrap();
+
+    let dir = std::env::temp_dir().join(format!(
+        "kiln-resume-{}-{}",
+        std::process::id(),
+        device.name().len()
+    ));
+    let mut first = Run::new(config.clone(), base, device, None, Some(37)).unwrap();
+    while !first.finished() {
+        first.step().unwrap();
+    }
+    first.checkpoint(&dir).unwrap();
+    drop(first);
+    let mut resumed = Run::resume(config, base, device, &dir, None).unwrap();
+    assert_eq!(resumed.steps_done(), 37);
+    while !resumed.finished() {
+        resumed.step().unwrap();
+    }
+    let got = resumed.trainer.parameters().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(got.len(), want.len());
+    let differing = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(differing, 0, "{differing} parameters differ after resuming");
+}
+test_device!(resume_equals_an_uninterrupted_run, super::resume_is_exact);
+
+#[test]
+fn a_checkpoint_for_another_model_is_refused() {
+    let dir = std::env::temp_dir().join(format!("kiln-ckpt-mismatch-{}", std::process::id()));
+    let config = RunConfig::from_toml(RUN, "run.toml").unwrap();
+    let mut run = Run::new(config.clone(), Path::new("."), &Device::Cpu, None, Some(2)).unwrap();
+    run.step().unwrap();
+    run.checkpoint(&dir).unwrap();
+    let wider = RunConfig::from_toml(&RUN.replace("dense = 16", "dense = 17"), "run.toml").unwrap();
+    let e = Run::resume(wider, Path::new("."), &Device::Cpu, &dir, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("checkpoint.safetensors")
+            && e.contains("`layers.0.weight` has shape [16, 64], expected [17, 64]"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
