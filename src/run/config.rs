@@ -159,7 +159,7 @@ impl Default for OptimizerConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub steps: Option<u64>,
@@ -173,6 +173,13 @@ pub struct TrainConfig {
 
 fn default_batch() -> usize {
     64
+}
+
+impl Default for TrainConfig {
+    /// The field defaults above (an absent `[train]` table).
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
 }
 
 impl RunConfig {
