@@ -174,3 +174,231 @@ fn schedule_plots_png_and_svg() {
     ]));
     assert!(e.contains("plot files must end in .png or .svg"), "{e}");
 }
+
+/// A run file and a CSV beside it, in a fresh directory.
+fn run_dir(name: &str, csv: &str, run: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("data.csv"), csv).unwrap();
+    std::fs::write(dir.join("run.toml"), run).unwrap();
+    dir
+}
+
+/// y = 2·x₀ − x₁ + noise-free, 40 rows, with a header.
+fn regression_csv() -> String {
+    let mut s = String::from("x0,x1,y\n");
+    for i in 0..40 {
+        let (a, b) = ((i % 7) as f32 / 7.0, (i % 5) as f32 / 5.0);
+        s += &format!("{a},{b},{}\n", 2.0 * a - b);
+    }
+    s
+}
+
+const REGRESSION_RUN: &str = r#"
+[model]
+layers = [{ dense = 8 }, "tanh", { dense = 1 }]
+loss = "mse"
+[data]
+path = "data.csv"
+validation = 0.25
+[optimizer]
+lr = 0.1
+momentum = 0.9
+[schedule]
+kind = "step"
+step_size = 10
+gamma = 0.5
+[train]
+steps = 30
+batch_size = 8
+"#;
+
+fn arg(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_logs_every_update_and_evaluation_and_plots_them() {
+    let dir = run_dir("log", &regression_csv(), REGRESSION_RUN);
+    let log = dir.join("m.jsonl");
+    let out = stdout(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+        "--log",
+        arg(&log),
+    ]));
+    assert!(out.contains("device: CPU (--device cpu)"), "{out}");
+    assert!(out.contains("validation: loss"), "{out}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let updates: Vec<_> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
+    assert_eq!(updates.len(), 30);
+    for (t, l) in updates.iter().enumerate() {
+        assert_eq!(l["step"], t as u64);
+        // 30 training rows in batches of 8: 4 batches per epoch.
+        assert_eq!(l["epoch"], (t / 4) as u64);
+        assert_eq!(
+            l["lr"].as_f64().unwrap(),
+            0.1 * 0.5f64.powi((t / 10) as i32)
+        );
+    }
+    let evals: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("val_loss").is_some())
+        .collect();
+    assert_eq!(
+        evals.len(),
+        8,
+        "after each of 7 whole epochs, and at the end"
+    );
+    assert!(
+        evals.iter().all(|e| e.get("val_accuracy").is_none()),
+        "no accuracy for regression"
+    );
+    let png = dir.join("m.png");
+    stdout(&kiln(&["plot", arg(&log), "-o", arg(&png)]));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    let e = stderr_of_failure(&kiln(&[
+        "plot",
+        arg(&dir.join("run.toml")),
+        "-o",
+        arg(&png),
+    ]));
+    assert!(e.contains("run.toml, line 2: not JSON"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_weights() {
+    let dir = run_dir("resume", &regression_csv(), REGRESSION_RUN);
+    let (run, ck) = (dir.join("run.toml"), dir.join("ck"));
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    stdout(&kiln(&[
+        "train",
+        arg(&run),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--save",
+        arg(&a),
+    ]));
+    // The "killed" run stops after 17 updates; its last checkpoint is at 15.
+    stdout(&kiln(&[
+        "train",
+        arg(&run),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--steps",
+        "17",
+        "--checkpoint-dir",
+        arg(&ck),
+        "--checkpoint-every",
+        "5",
+    ]));
+    let out = stdout(&kiln(&[
+        "train",
+        arg(&run),
+        "--device",
+        "cpu",
+        "--resume",
+        arg(&ck),
+        "--save",
+        arg(&b),
+    ]));
+    assert!(out.contains("resuming at 17"), "{out}");
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "resumed weights differ"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_or_is_skipped() {
+    // A linear model on features of 1e30: every squared error overflows to inf.
+    let csv = "x0,x1,y\n1e30,1e30,1\n-1e30,1e30,0\n1e30,-1e30,1\n";
+    let run = REGRESSION_RUN
+        .replace("validation = 0.25", "validation = 0.0")
+        .replace(
+            r#"[{ dense = 8 }, "tanh", { dense = 1 }]"#,
+            "[{ dense = 1 }]",
+        );
+    let dir = run_dir("nan", csv, &run);
+    let e = stderr_of_failure(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+    ]));
+    assert!(e.contains("the loss of update 0 (epoch 0) is inf"), "{e}");
+    let (before, after) = (
+        dir.join("before.safetensors"),
+        dir.join("after.safetensors"),
+    );
+    stdout(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+        "--steps",
+        "0",
+        "--save",
+        arg(&before),
+    ]));
+    stdout(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+        "--on-nan",
+        "skip",
+        "--save",
+        arg(&after),
+    ]));
+    assert_eq!(
+        std::fs::read(&before).unwrap(),
+        std::fs::read(&after).unwrap(),
+        "skipped updates changed the weights"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_run_files_name_the_key() {
+    let dir = run_dir(
+        "bad",
+        &regression_csv(),
+        &REGRESSION_RUN.replace("batch_size = 8", "batch_size = 8\nbatchsize = 9"),
+    );
+    let e = stderr_of_failure(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+    ]));
+    assert!(
+        e.contains("run.toml") && e.contains("unknown field `batchsize`"),
+        "{e}"
+    );
+    std::fs::write(
+        dir.join("run.toml"),
+        REGRESSION_RUN.replace("data.csv", "missing.csv"),
+    )
+    .unwrap();
+    let e = stderr_of_failure(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+    ]));
+    assert!(e.contains("missing.csv"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -352,3 +352,37 @@ fn observation_driven_schedules_and_clipping_train_alike_on_gpu_and_cpu() {
         );
     }
 }
+
+/// With skipping on, an update whose loss is not finite leaves every parameter alone (the
+/// SGD kernel checks the loss on the device); a finite one still updates.
+fn non_finite_updates_are_skipped(device: &Device) {
+    let model = Sequential::new(2, vec![Layer::Dense { out: 1 }], Loss::Mse).unwrap();
+    let opts = TrainOptions {
+        max_batch: 2,
+        sgd: SgdOptions {
+            momentum: 0.9,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(device, model, opts, Scheduler::fixed(0.1).unwrap()).unwrap();
+    trainer.skip_non_finite_losses(true);
+    let before = trainer.parameters().unwrap();
+    trainer
+        .step(&[1e30, 1e30, -1e30, 1e30], Targets::Values(&[1.0, 0.0]))
+        .unwrap();
+    assert!(!trainer.losses().unwrap()[0].is_finite());
+    assert_eq!(
+        trainer.parameters().unwrap(),
+        before,
+        "a skipped update changed the parameters"
+    );
+    trainer
+        .step(&[0.5, 0.25, -0.5, 1.0], Targets::Values(&[1.0, 0.0]))
+        .unwrap();
+    assert_ne!(trainer.parameters().unwrap(), before);
+}
+test_device!(
+    non_finite_losses_can_be_skipped,
+    super::non_finite_updates_are_skipped
+);

@@ -1,6 +1,7 @@
 //! The `kiln` subcommands, one module each.
 
 pub mod devices;
+pub mod plot;
 pub mod schedule;
 pub mod train;
 
@@ -20,6 +21,17 @@ pub enum Command {
     Train(TrainArgs),
     /// Print the learning rate of every update under a [schedule] table.
     Schedule(ScheduleArgs),
+    /// Plot the loss and learning rate of a `kiln train --log` file.
+    Plot(PlotArgs),
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// The JSON-lines file `kiln train --log` wrote.
+    pub metrics: PathBuf,
+    /// The image to write (.png or .svg).
+    #[arg(short, long)]
+    pub output: PathBuf,
 }
 
 #[derive(Args, Clone)]

@@ -1,0 +1,70 @@
+//! `kiln plot`: the training and validation loss and the learning rate of a `--log` file.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use kiln::plot::{Panel, Series, plot as draw};
+
+use super::PlotArgs;
+
+pub fn plot(args: &PlotArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.metrics)
+        .with_context(|| format!("reading {}", args.metrics.display()))?;
+    let (train, validation, lr) = parse(&args.metrics, &text)?;
+    let loss_panel = Panel {
+        title: "loss".into(),
+        y_label: "loss".into(),
+        log_y: train.iter().chain(&validation).all(|(_, v)| *v > 0.0),
+        series: [("training", train), ("validation", validation)]
+            .into_iter()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(name, points)| Series {
+                name: name.into(),
+                points,
+            })
+            .collect(),
+    };
+    let lr_panel = Panel {
+        title: "learning rate".into(),
+        y_label: "lr".into(),
+        log_y: false,
+        series: vec![Series {
+            name: "lr".into(),
+            points: lr,
+        }],
+    };
+    draw(&args.output, &[loss_panel, lr_panel])?;
+    Ok(())
+}
+
+type Points = Vec<(f64, f64)>;
+
+/// (training loss, validation loss, lr) against the step, from the log's JSON lines.
+fn parse(path: &Path, text: &str) -> Result<(Points, Points, Points)> {
+    let (mut train, mut validation, mut lr) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let at = || format!("{}, line {}", path.display(), i + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let Some(step) = v.get("step").and_then(|s| s.as_f64()) else {
+            bail!("{}: no \"step\"", at());
+        };
+        for (key, series) in [
+            ("loss", &mut train),
+            ("val_loss", &mut validation),
+            ("lr", &mut lr),
+        ] {
+            if let Some(x) = v.get(key).and_then(|x| x.as_f64()) {
+                series.push((step, x));
+            }
+        }
+    }
+    if train.is_empty() && validation.is_empty() {
+        bail!("{}: no losses to plot", path.display());
+    }
+    Ok((train, validation, lr))
+}
