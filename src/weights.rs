@@ -92,9 +92,14 @@ pub fn serialize(
         .map_err(|e| KilnError::invalid("weights", e.to_string()))
 }
 
-/// Saves the parameter arena as `path` (atomically).
-pub fn save(path: &Path, layout: &ParamLayout, params: &[f32]) -> Result<()> {
-    write_atomic(path, &serialize(layout, &[("", params)], None)?)
+/// Saves the parameter arena as `path` (atomically), with optional string metadata.
+pub fn save(
+    path: &Path,
+    layout: &ParamLayout,
+    params: &[f32],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    write_atomic(path, &serialize(layout, &[("", params)], metadata)?)
 }
 
 /// Loads `path` into a parameter arena of `layout`. Every missing, unexpected, wrongly shaped
@@ -186,7 +191,7 @@ mod tests {
         let layout = m.param_layout(64);
         let params = m.init_params(&layout, 1);
         let path = std::env::temp_dir().join(format!("kiln-w-{}.safetensors", std::process::id()));
-        save(&path, &layout, &params).unwrap();
+        save(&path, &layout, &params, None).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let mut names = st.names();
@@ -210,7 +215,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("kiln-w2-{}.safetensors", std::process::id()));
         let other = model(&[5, 2, 1]);
         let l = other.param_layout(64);
-        save(&path, &l, &other.init_params(&l, 0)).unwrap();
+        save(&path, &l, &other.init_params(&l, 0), None).unwrap();
         let e = load(&path, &model(&[4, 2]).param_layout(64))
             .unwrap_err()
             .to_string();

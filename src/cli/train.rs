@@ -157,7 +157,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let accuracy = e
             .accuracy
             .map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));
-        println!("validation: loss {:.4}{accuracy}", e.loss);
+        say(&format!("validation: loss {:.4}{accuracy}", e.loss));
     }
     if let Some(log) = &mut log {
         log.flush()?;

@@ -21,6 +21,9 @@ use crate::schedule::ScheduleConfig;
 use crate::train::{PARAM_ALIGN, TrainOptions, Trainer};
 use crate::weights;
 
+/// Per-feature (mean, standard deviation) used to standardise the inputs, if they were.
+type Stats = Option<(Vec<f32>, Vec<f32>)>;
+
 /// Loss (and accuracy, for classification) on the held-out rows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation {
@@ -39,6 +42,8 @@ pub struct Run {
     pub batch: usize,
     pub batches_per_epoch: u64,
     pub total_steps: u64,
+    /// Mean and standard deviation of each feature over the training rows, if standardised.
+    normalization: Stats,
     /// The row order of `order_epoch`.
     order: Vec<usize>,
     order_epoch: Option<u64>,
@@ -56,7 +61,7 @@ impl Run {
         init: Option<&Path>,
         steps: Option<u64>,
     ) -> Result<Run> {
-        let (train, validation, model) = Self::data_and_model(&config, base_dir)?;
+        let (train, validation, model, normalization) = Self::data_and_model(&config, base_dir)?;
         let layout = model.param_layout(PARAM_ALIGN);
         let params = match init {
             Some(path) => weights::load(path, &layout)?,
@@ -82,6 +87,7 @@ impl Run {
             trainer,
             train,
             validation,
+            normalization,
             batch,
             batches_per_epoch,
             total_steps,
@@ -96,7 +102,7 @@ impl Run {
         dir: &Path,
         steps: Option<u64>,
     ) -> Result<Run> {
-        let (train, validation, model) = Self::data_and_model(&config, base_dir)?;
+        let (train, validation, model, normalization) = Self::data_and_model(&config, base_dir)?;
         let (state, _epoch) = checkpoint::load(dir, &model.param_layout(PARAM_ALIGN))?;
         let (batch, batches_per_epoch, total_steps) = Self::lengths(&config, &train, steps)?;
         let trainer =
@@ -107,6 +113,7 @@ impl Run {
             trainer,
             train,
             validation,
+            normalization,
             batch,
             batches_per_epoch,
             total_steps,
@@ -120,6 +127,7 @@ impl Run {
         trainer: Trainer,
         train: Dataset,
         validation: Option<Dataset>,
+        normalization: Stats,
         batch: usize,
         batches_per_epoch: u64,
         total_steps: u64,
@@ -140,6 +148,7 @@ impl Run {
             train,
             train_targets,
             validation,
+            normalization,
             batch,
             batches_per_epoch,
             total_steps,
@@ -150,10 +159,11 @@ impl Run {
         })
     }
 
+    /// The training rows, the held-out rows, the model, and the normalisation applied.
     fn data_and_model(
         config: &RunConfig,
         base_dir: &Path,
-    ) -> Result<(Dataset, Option<Dataset>, Sequential)> {
+    ) -> Result<(Dataset, Option<Dataset>, Sequential, Stats)> {
         let data = match (&config.data.source, &config.data.path) {
             (Some(name), None) => Dataset::bundled(name)?,
             (None, Some(path)) => Dataset::from_path(&base_dir.join(path), &config.csv_options())?,
@@ -170,15 +180,16 @@ impl Run {
         } else {
             (data, None)
         };
-        if config.data.normalize == Normalize::Standard {
+        let normalization = (config.data.normalize == Normalize::Standard).then(|| {
             let (mean, std) = train.feature_stats();
             train.standardize(&mean, &std);
             if let Some(v) = &mut validation {
                 v.standardize(&mean, &std);
             }
-        }
+            (mean, std)
+        });
         let model = config.model(train.features)?;
-        Ok((train, validation, model))
+        Ok((train, validation, model, normalization))
     }
 
     fn lengths(
@@ -292,9 +303,23 @@ impl Run {
         checkpoint::save(dir, self.trainer.layout(), &state, epoch)
     }
 
-    /// Saves the weights in nn.Sequential layout.
+    /// Saves the weights in nn.Sequential layout. With `normalize = "standard"` the file's
+    /// metadata holds `kiln.normalize_mean` and `kiln.normalize_std` (JSON arrays): inputs must
+    /// be standardised with them before the model sees them.
     pub fn save_weights(&self, path: &Path) -> Result<()> {
-        weights::save(path, self.trainer.layout(), &self.trainer.parameters()?)
+        let metadata = self.normalization.as_ref().map(|(mean, std)| {
+            let json = |v: &[f32]| serde_json::to_string(v).expect("floats serialise");
+            std::collections::HashMap::from([
+                ("kiln.normalize_mean".to_string(), json(mean)),
+                ("kiln.normalize_std".to_string(), json(std)),
+            ])
+        });
+        weights::save(
+            path,
+            self.trainer.layout(),
+            &self.trainer.parameters()?,
+            metadata,
+        )
     }
 }
 
