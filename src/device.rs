@@ -25,6 +25,7 @@ pub enum DeviceChoice {
     Auto,
     /// Any GPU adapter, software ones included; an error if there is none.
     Gpu,
+    /// The CPU device.
     Cpu,
 }
 
@@ -45,6 +46,14 @@ impl std::str::FromStr for DeviceChoice {
 
 impl Device {
     /// Opens the device `choice` asks for. Returns it with one line saying which and why.
+    ///
+    /// ```
+    /// use kiln::{AdapterOptions, Device, DeviceChoice};
+    /// // Auto never fails for want of a GPU: it falls back to the CPU device.
+    /// let (device, why) = Device::select(DeviceChoice::Auto, &AdapterOptions::from_env())?;
+    /// assert!(why.starts_with("device: "));
+    /// # Ok::<(), kiln::KilnError>(())
+    /// ```
     pub fn select(choice: DeviceChoice, opts: &AdapterOptions) -> Result<(Device, String)> {
         match choice {
             DeviceChoice::Cpu => Ok((Device::Cpu, "device: CPU (--device cpu)".into())),

@@ -10,50 +10,83 @@ pub enum KilnError {
         "no GPU adapter found{detail}. Install a Vulkan driver (on Debian/Ubuntu, \
          `apt-get install mesa-vulkan-drivers libvulkan1` gives a software one) or use `--device cpu`"
     )]
-    NoAdapter { detail: String },
+    NoAdapter {
+        /// What was tried, e.g. the backend asked for.
+        detail: String,
+    },
 
     /// `--adapter` / `KILN_ADAPTER` matched no adapter.
     #[error("no adapter matches {wanted:?}; adapters on this machine: {available}")]
-    AdapterNotFound { wanted: String, available: String },
+    AdapterNotFound {
+        /// The name substring asked for.
+        wanted: String,
+        /// The adapters there are.
+        available: String,
+    },
 
     /// An option had a value Kiln does not know.
     #[error("invalid {field}: {reason}")]
-    InvalidValue { field: String, reason: String },
+    InvalidValue {
+        /// The option, as a config key.
+        field: String,
+        /// Why the value is wrong.
+        reason: String,
+    },
 
     /// A tensor would not fit a device limit.
     #[error(
         "tensor `{tensor}` needs {size} bytes, over the device's {limit_name} of {limit} bytes"
     )]
     OverLimit {
+        /// The tensor's name.
         tensor: String,
+        /// Bytes it needs.
         size: u64,
+        /// The wgpu limit it exceeds.
         limit_name: &'static str,
+        /// That limit's value.
         limit: u64,
     },
 
     /// Two tensors, or a tensor and a model, disagree on a shape.
     #[error("shape mismatch in {context}: {detail}")]
-    Shape { context: String, detail: String },
+    Shape {
+        /// The operation or tensor.
+        context: String,
+        /// What does not fit.
+        detail: String,
+    },
 
     /// NaN or infinity where a finite number is required.
     #[error("{what} contains a non-finite value ({value}) at index {index}")]
     NonFinite {
+        /// The tensor.
         what: String,
+        /// Index of the first non-finite element.
         index: usize,
+        /// Its value.
         value: f32,
     },
 
     /// A class label outside `0..classes`.
     #[error("label {label} at row {row} is out of range for {classes} classes")]
     LabelOutOfRange {
+        /// The row.
         row: usize,
+        /// The label.
         label: u32,
+        /// Classes the model has.
         classes: usize,
     },
 
     /// A file could not be read, parsed or written.
     #[error("{path}: {reason}")]
-    File { path: String, reason: String },
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong, with a line or byte offset where there is one.
+        reason: String,
+    },
 
     /// A learning-rate schedule was invalid or could not continue.
     #[error(transparent)]

@@ -11,8 +11,10 @@ use crate::ops::{Activation, Loss};
 pub enum Layer {
     /// `nn.Linear(in, out)`; `in` is the previous width.
     Dense {
+        /// Output width.
         out: usize,
     },
+    /// An activation applied elementwise (softmax along each row).
     Activation(Activation),
 }
 
@@ -29,17 +31,20 @@ pub struct Sequential {
 pub struct DenseParams {
     /// Position in `Sequential::layers`.
     pub layer: usize,
+    /// Input width.
     pub fan_in: usize,
+    /// Output width.
     pub fan_out: usize,
     /// Offset (in f32s) of the weight, stored [out, in] like `nn.Linear.weight`.
     pub weight: usize,
-    /// Offset of the bias [out].
+    /// Offset of the bias, `[out]`.
     pub bias: usize,
 }
 
 /// The flat layout shared by the parameter, gradient and momentum arenas.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamLayout {
+    /// Each dense layer's place, in model order.
     pub dense: Vec<DenseParams>,
     /// Arena length in f32s, padding included.
     pub len: usize,
@@ -84,14 +89,17 @@ impl Sequential {
         })
     }
 
+    /// Width of the input.
     pub fn input(&self) -> usize {
         self.input
     }
 
+    /// The layers, in order.
     pub fn layers(&self) -> &[Layer] {
         &self.layers
     }
 
+    /// The loss on the last output.
     pub fn loss(&self) -> Loss {
         self.loss
     }

@@ -7,34 +7,42 @@ use crate::error::{KilnError, Result};
 /// `Nn`: A·B, `Tn`: Aᵀ·B, `Nt`: A·Bᵀ — the three products of a dense layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transpose {
-    /// C = A·B, A stored [M,K], B stored [K,N] (dX = dY·W).
+    /// C = A·B, A stored `[M,K]`, B stored `[K,N]` (dX = dY·W).
     Nn,
-    /// C = Aᵀ·B, A stored [K,M], B stored [K,N] (dW = dYᵀ·X).
+    /// C = Aᵀ·B, A stored `[K,M]`, B stored `[K,N]` (dW = dYᵀ·X).
     Tn,
-    /// C = A·Bᵀ, A stored [M,K], B stored [N,K] (Y = X·Wᵀ).
+    /// C = A·Bᵀ, A stored `[M,K]`, B stored `[N,K]` (Y = X·Wᵀ).
     Nt,
 }
 
 impl Transpose {
+    /// The three products.
     pub const ALL: [Transpose; 3] = [Transpose::Nn, Transpose::Tn, Transpose::Nt];
 }
 
-/// The sizes of C[M,N] = op(A)[M,K] · op(B)[K,N].
+/// The sizes of `C[M,N] = op(A)[M,K] · op(B)[K,N]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulDims {
+    /// Rows of C.
     pub m: usize,
+    /// Columns of C.
     pub n: usize,
+    /// The shared inner dimension.
     pub k: usize,
 }
 
 /// Activation functions, PyTorch's definitions.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
+    /// f(x) = x.
     Identity,
+    /// max(x, 0).
     Relu,
     /// `negative_slope`, PyTorch's default 0.01.
     LeakyRelu(f32),
+    /// 1/(1 + e^−x).
     Sigmoid,
+    /// tanh(x).
     Tanh,
     /// `nn.GELU(approximate='none')`: x·Φ(x).
     Gelu,
@@ -45,6 +53,7 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// PyTorch's default `negative_slope` for `nn.LeakyReLU`.
     pub const LEAKY_RELU_DEFAULT_SLOPE: f32 = 0.01;
 
     /// Every activation, with leaky_relu at PyTorch's default slope.
@@ -101,6 +110,7 @@ pub enum Loss {
 }
 
 impl Loss {
+    /// Every loss.
     pub const ALL: [Loss; 4] = [
         Loss::Mse,
         Loss::Bce,
@@ -156,10 +166,15 @@ pub enum Targets<'a> {
 /// from a schedule each step, so it is not here).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdOptions {
+    /// Momentum factor μ (PyTorch default 0).
     pub momentum: f32,
+    /// Dampening applied to the gradient in the momentum buffer (default 0).
     pub dampening: f32,
+    /// L2 penalty added to the gradient (default 0).
     pub weight_decay: f32,
+    /// Nesterov momentum (needs momentum > 0 and dampening 0).
     pub nesterov: bool,
+    /// Maximize the objective instead of minimizing it.
     pub maximize: bool,
 }
 

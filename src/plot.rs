@@ -12,15 +12,20 @@ use crate::error::{KilnError, Result};
 /// One named curve.
 #[derive(Clone, Debug)]
 pub struct Series {
+    /// The legend label.
     pub name: String,
+    /// (x, y) points.
     pub points: Vec<(f64, f64)>,
 }
 
 /// One chart: a title, a y label and its curves.
 #[derive(Clone, Debug)]
 pub struct Panel {
+    /// The chart's title.
     pub title: String,
+    /// The y axis label.
     pub y_label: String,
+    /// The curves.
     pub series: Vec<Series>,
     /// Logarithmic y axis (for rates and losses spanning decades); needs positive values.
     pub log_y: bool,

@@ -1,5 +1,5 @@
 //! Model weights as safetensors in PyTorch's `nn.Sequential` layout: `layers.{i}.weight`
-//! [out, in] and `layers.{i}.bias` [out], i being the position in the model's layers
+//! `[out, in]` and `layers.{i}.bias` `[out]`, i being the position in the model's layers
 //! (activations count), so `model.load_state_dict(safetensors.torch.load_file(path))` works on
 //! the equivalent PyTorch model and Kiln loads PyTorch's files.
 
@@ -93,6 +93,17 @@ pub fn serialize(
 }
 
 /// Saves the parameter arena as `path` (atomically), with optional string metadata.
+///
+/// ```
+/// use kiln::{Layer, Loss, Sequential, weights};
+/// let model = Sequential::new(3, vec![Layer::Dense { out: 2 }], Loss::Mse)?;
+/// let layout = model.param_layout(kiln::train::PARAM_ALIGN);
+/// let params = model.init_params(&layout, 0);
+/// let path = std::env::temp_dir().join("kiln-doc-weights.safetensors");
+/// weights::save(&path, &layout, &params, None)?; // layers.0.weight [2, 3], layers.0.bias [2]
+/// assert_eq!(weights::load(&path, &layout)?, params);
+/// # Ok::<(), kiln::KilnError>(())
+/// ```
 pub fn save(
     path: &Path,
     layout: &ParamLayout,
@@ -183,6 +194,25 @@ mod tests {
         }
         layers.pop();
         Sequential::new(3, layers, Loss::Mse).unwrap()
+    }
+
+    /// A write that fails before the rename leaves the previous file whole: here the
+    /// temporary file cannot be created because a directory sits at its name.
+    #[test]
+    fn a_failed_write_leaves_the_previous_file_whole() {
+        let dir = std::env::temp_dir().join(format!("kiln-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("checkpoint.safetensors");
+        write_atomic(&path, b"old, complete").unwrap();
+        let blocker = dir.join(format!(
+            ".checkpoint.safetensors.tmp-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&blocker).unwrap();
+        let e = write_atomic(&path, b"new").unwrap_err().to_string();
+        assert!(e.contains("checkpoint.safetensors: writing"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old, complete");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

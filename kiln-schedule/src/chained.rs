@@ -7,11 +7,14 @@ use serde::{Deserialize, Serialize};
 use crate::{Group, LrSchedule, Needs, Observation, Result, Schedule, ScheduleError};
 
 #[derive(Debug, Serialize, Deserialize)]
+/// Every child steps the shared rate in turn: the product of their factors.
 pub struct ChainedScheduler {
+    /// The children, in the order they step.
     pub schedules: Vec<Schedule>,
 }
 
 impl ChainedScheduler {
+    /// Chains `schedules` (PyTorch forbids reduce_on_plateau here, and so does Kiln).
     pub fn new(schedules: Vec<Schedule>) -> Result<Self> {
         if schedules.is_empty() {
             return Err(ScheduleError::new(

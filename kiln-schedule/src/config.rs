@@ -51,156 +51,244 @@ fn infinity() -> f64 {
     f64::INFINITY
 }
 
-/// One schedule's settings, without the base rate.
+/// One schedule's settings, without the base rate: the `kind` and PyTorch's constructor
+/// arguments in snake_case, with PyTorch's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Kind {
+    /// A fixed rate.
     Fixed {},
+    /// PyTorch's ConstantLR: lr·factor for the first total_iters updates.
     Constant {
         #[serde(default = "third")]
+        /// The factor (see the variant).
         factor: f64,
         #[serde(default = "five")]
+        /// Length in updates.
         total_iters: u64,
     },
+    /// PyTorch's LinearLR: the factor moves linearly from start_factor to end_factor.
     Linear {
         #[serde(default = "third")]
+        /// Factor at update 0.
         start_factor: f64,
         #[serde(default = "one")]
+        /// Factor at the end.
         end_factor: f64,
         #[serde(default = "five")]
+        /// Length in updates.
         total_iters: u64,
     },
+    /// PyTorch's StepLR: ×gamma every step_size updates.
     Step {
+        /// Updates between decays.
         step_size: u64,
         #[serde(default = "tenth")]
+        /// The decay factor γ.
         gamma: f64,
     },
+    /// PyTorch's MultiStepLR: ×gamma at each milestone.
     MultiStep {
+        /// Updates at which the rate changes (or the next schedule starts).
         milestones: Vec<u64>,
         #[serde(default = "tenth")]
+        /// The decay factor γ.
         gamma: f64,
     },
+    /// PyTorch's ExponentialLR: ×gamma every update.
     Exponential {
+        /// The decay factor γ.
         gamma: f64,
     },
+    /// PyTorch's PolynomialLR: to zero over total_iters updates.
     Polynomial {
         #[serde(default = "five")]
+        /// Length in updates.
         total_iters: u64,
         #[serde(default = "one")]
+        /// Exponent of the decay.
         power: f64,
     },
+    /// PyTorch's CosineAnnealingLR.
     CosineAnnealing {
+        /// Half period in updates.
         t_max: u64,
         #[serde(default)]
+        /// Lowest rate.
         eta_min: f64,
     },
+    /// PyTorch's CosineAnnealingWarmRestarts (SGDR).
     CosineAnnealingWarmRestarts {
+        /// Updates until the first restart.
         t_0: u64,
         #[serde(default = "u1")]
+        /// Growth of each period.
         t_mult: u64,
         #[serde(default)]
+        /// Lowest rate.
         eta_min: f64,
     },
+    /// PyTorch's CyclicLR.
     Cyclic {
+        /// Bottom of the cycle.
         base_lr: f64,
+        /// The highest rate.
         max_lr: f64,
         #[serde(default = "default_step_size_up")]
+        /// Updates rising.
         step_size_up: u64,
         #[serde(default)]
+        /// Updates falling (default: step_size_up).
         step_size_down: Option<u64>,
         #[serde(default = "default_cyclic_mode")]
+        /// The variant's mode.
         mode: CyclicMode,
         #[serde(default = "one")]
+        /// The decay factor γ.
         gamma: f64,
     },
+    /// PyTorch's OneCycleLR.
     OneCycle {
+        /// The highest rate.
         max_lr: f64,
+        /// Updates in the cycle.
         total_steps: u64,
         #[serde(default = "default_pct_start")]
+        /// Fraction of the cycle spent rising.
         pct_start: f64,
         #[serde(default = "default_anneal")]
+        /// "cos" or "linear".
         anneal_strategy: AnnealStrategy,
         #[serde(default = "default_div_factor")]
+        /// Initial rate = max_lr/div_factor.
         div_factor: f64,
         #[serde(default = "default_final_div_factor")]
+        /// Final rate = initial/final_div_factor.
         final_div_factor: f64,
         #[serde(default)]
+        /// Back down to the initial rate before annealing.
         three_phase: bool,
     },
+    /// PyTorch's MultiplicativeLR with a constant factor.
     Multiplicative {
+        /// The factor (see the variant).
         factor: f64,
     },
+    /// PyTorch's SequentialLR: each schedule in turn, from its own step 0.
     Sequential {
+        /// Updates at which the rate changes (or the next schedule starts).
         milestones: Vec<u64>,
+        /// The child schedules.
         schedules: Vec<Kind>,
     },
+    /// PyTorch's ChainedScheduler: the product of the schedules.
     Chained {
+        /// The child schedules.
         schedules: Vec<Kind>,
     },
+    /// PyTorch's ReduceLROnPlateau, watching the observed metric.
     ReduceOnPlateau {
         #[serde(default = "default_plateau_mode")]
+        /// The variant's mode.
         mode: PlateauMode,
         #[serde(default = "tenth")]
+        /// The factor (see the variant).
         factor: f64,
         #[serde(default = "default_patience")]
+        /// Updates without improvement tolerated.
         patience: u64,
         #[serde(default = "default_threshold")]
+        /// Improvement that counts.
         threshold: f64,
         #[serde(default = "default_threshold_mode")]
+        /// "rel" or "abs".
         threshold_mode: ThresholdMode,
         #[serde(default)]
+        /// Updates after a reduction that are not counted.
         cooldown: u64,
         #[serde(default)]
+        /// The lowest rate.
         min_lr: f64,
         #[serde(default = "default_eps")]
+        /// Reductions smaller than this are skipped.
         eps: f64,
     },
+    /// lr/(1 + γt).
     InverseTime {
+        /// The decay factor γ.
         gamma: f64,
     },
+    /// lr/√(1 + γt).
     InverseSqrt {
+        /// The decay factor γ.
         gamma: f64,
     },
+    /// Keras's ExponentialDecay: lr·rate^(t/steps), or ^⌊t/steps⌋.
     ExponentialDecay {
+        /// Factor per decay_steps updates.
         decay_rate: f64,
+        /// Updates per factor of decay_rate.
         decay_steps: u64,
         #[serde(default)]
+        /// Decay in whole steps.
         staircase: bool,
     },
+    /// Keras's PiecewiseConstantDecay.
     PiecewiseConstant {
+        /// Updates after which the next value applies.
         boundaries: Vec<u64>,
+        /// The rates.
         values: Vec<f64>,
     },
+    /// lr·(1 − αt), never below end_lr.
     LinearDecay {
+        /// Fraction of the base rate lost per update.
         alpha: f64,
         #[serde(default)]
+        /// The floor.
         end_lr: f64,
     },
+    /// Linear warmup from start_factor over `steps` updates, then `then` from its own step 0.
     Warmup {
+        /// Warmup updates.
         steps: u64,
         #[serde(default = "third")]
+        /// Factor at update 0.
         start_factor: f64,
+        /// The schedule after warmup.
         then: Box<Kind>,
     },
+    /// ×factor the first time the loss falls below each threshold.
     LossMilestones {
+        /// Loss thresholds.
         thresholds: Vec<f64>,
         #[serde(default = "half")]
+        /// The factor (see the variant).
         factor: f64,
     },
+    /// The loss rose: ×decrease; it fell: ×increase; within [min_lr, max_lr].
     BoldDriver {
         #[serde(default = "half")]
+        /// Factor when the loss rose.
         decrease: f64,
         #[serde(default = "default_increase")]
+        /// Factor when the loss fell.
         increase: f64,
         #[serde(default)]
+        /// The lowest rate.
         min_lr: f64,
         #[serde(default = "infinity", with = "crate::float")]
+        /// The highest rate.
         max_lr: f64,
     },
+    /// lr/√(1 + β·Σ‖g‖²) (AdaGrad-Norm).
     GradNormAdaptive {
+        /// The weight β.
         beta: f64,
     },
+    /// lr/(1 + β·loss).
     LossAdaptive {
+        /// The weight β.
         beta: f64,
     },
 }
@@ -245,7 +333,9 @@ fn default_increase() -> f64 {
 /// A `[schedule]` table: the base rate (optional) and the schedule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduleConfig {
+    /// The base rate, if the table gives one.
     pub lr: Option<f64>,
+    /// The schedule.
     pub kind: Kind,
 }
 

@@ -10,12 +10,16 @@ use crate::epochal::{Epoch, Rule};
 use crate::{Group, Result, ScheduleError};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's ConstantLR.
 pub struct ConstantLr {
+    /// The factor during the first `total_iters` updates, in [0, 1].
     pub factor: f64,
+    /// Updates at the reduced rate.
     pub total_iters: u64,
 }
 
 impl ConstantLr {
+    /// Checks `factor` as PyTorch does.
     pub fn new(factor: f64, total_iters: u64) -> Result<Self> {
         if !(0.0..=1.0).contains(&factor) {
             return Err(ScheduleError::new(

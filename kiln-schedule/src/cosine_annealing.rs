@@ -15,12 +15,16 @@ use crate::epochal::{Epoch, Rule};
 use crate::{Group, Result, ScheduleError, non_negative};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's CosineAnnealingLR.
 pub struct CosineAnnealingLr {
+    /// Half period T, in updates.
     pub t_max: u64,
+    /// The lowest rate η_min.
     pub eta_min: f64,
 }
 
 impl CosineAnnealingLr {
+    /// Checks the parameters (t_max ≥ 1, eta_min ≥ 0).
     pub fn new(t_max: u64, eta_min: f64) -> Result<Self> {
         if t_max == 0 {
             return Err(ScheduleError::new("t_max", "must be at least 1"));

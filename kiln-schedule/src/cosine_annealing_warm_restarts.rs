@@ -12,9 +12,13 @@ use serde::{Deserialize, Serialize};
 use crate::{Group, LrSchedule, Observation, Result, ScheduleError, non_negative};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's CosineAnnealingWarmRestarts.
 pub struct CosineAnnealingWarmRestarts {
+    /// Updates until the first restart.
     pub t_0: u64,
+    /// Factor by which each period grows.
     pub t_mult: u64,
+    /// The lowest rate η_min.
     pub eta_min: f64,
     t_i: u64,
     t_cur: i64,
@@ -23,6 +27,7 @@ pub struct CosineAnnealingWarmRestarts {
 }
 
 impl CosineAnnealingWarmRestarts {
+    /// Checks the parameters as PyTorch does.
     pub fn new(t_0: u64, t_mult: u64, eta_min: f64) -> Result<Self> {
         if t_0 == 0 {
             return Err(ScheduleError::new("t_0", "must be at least 1"));

@@ -16,23 +16,33 @@ use crate::{Group, Result, ScheduleError, non_negative, positive};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// How each cycle's amplitude is scaled.
 pub enum CyclicMode {
+    /// The same amplitude every cycle.
     Triangular,
+    /// The amplitude halves every cycle.
     Triangular2,
+    /// The amplitude scales by γ^t, per update.
     ExpRange,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's CyclicLR (rates only).
 pub struct CyclicLr {
+    /// The bottom of the cycle; replaces the optimizer's rate.
     pub base_lr: f64,
+    /// The top of the cycle.
     pub max_lr: f64,
     total_size: f64,
     step_ratio: f64,
+    /// Amplitude scaling.
     pub mode: CyclicMode,
+    /// γ of exp_range.
     pub gamma: f64,
 }
 
 impl CyclicLr {
+    /// Checks the parameters; `step_size_down` defaults to `step_size_up`.
     pub fn new(
         base_lr: f64,
         max_lr: f64,

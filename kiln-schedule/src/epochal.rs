@@ -22,7 +22,9 @@ pub struct Epoch {
 /// One PyTorch `LRScheduler` subclass: its `get_lr` and, where it has one,
 /// `_get_closed_form_lr` (used by SequentialLR at a milestone).
 pub trait Rule: std::fmt::Debug + Send {
+    /// PyTorch's `get_lr`: the next rate, from the current one.
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64>;
+    /// PyTorch's `_get_closed_form_lr`, where the class has one.
     fn closed_form(&self, _e: &Epoch) -> Option<f64> {
         None
     }
@@ -33,13 +35,16 @@ pub trait Rule: std::fmt::Debug + Send {
     }
     /// Observation-driven rules update their state here, before `get_lr`.
     fn observe(&mut self, _observation: &Observation) {}
+    /// Which observations `observe` reads.
     fn needs(&self) -> Needs {
         Needs::default()
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A [`Rule`] with the `LRScheduler` state around it (`last_epoch`, `_step_count`, base rate).
 pub struct Epochal<R> {
+    /// The schedule's own parameters and state.
     pub rule: R,
     last_epoch: i64,
     step_count: u64,
@@ -47,6 +52,7 @@ pub struct Epochal<R> {
 }
 
 impl<R: Rule> Epochal<R> {
+    /// Wraps `rule`, not yet constructed.
     pub fn new(rule: R) -> Self {
         Epochal {
             rule,

@@ -7,11 +7,14 @@ use crate::epochal::{Epoch, Rule};
 use crate::{Group, Result, positive};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's ExponentialLR.
 pub struct ExponentialLr {
+    /// Factor per update.
     pub gamma: f64,
 }
 
 impl ExponentialLr {
+    /// Checks gamma > 0.
     pub fn new(gamma: f64) -> Result<Self> {
         positive("gamma", gamma)?;
         Ok(ExponentialLr { gamma })

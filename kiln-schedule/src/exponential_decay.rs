@@ -8,13 +8,18 @@ use crate::factor::RateRule;
 use crate::{Result, ScheduleError, positive};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Keras's ExponentialDecay.
 pub struct ExponentialDecay {
+    /// Factor per `decay_steps` updates.
     pub decay_rate: f64,
+    /// Updates per factor of `decay_rate`.
     pub decay_steps: u64,
+    /// Step down at whole multiples of `decay_steps` only.
     pub staircase: bool,
 }
 
 impl ExponentialDecay {
+    /// Checks the parameters.
     pub fn new(decay_rate: f64, decay_steps: u64, staircase: bool) -> Result<Self> {
         positive("decay_rate", decay_rate)?;
         if decay_steps == 0 {

@@ -14,13 +14,16 @@ pub trait RateRule: std::fmt::Debug + Send {
     fn rate(&self, base: f64, t: u64) -> f64;
     /// Observation-driven rules record what was observed after an update, before `rate`.
     fn observe(&mut self, _base: f64, _observation: &Observation) {}
+    /// Which observations `observe` reads.
     fn needs(&self) -> Needs {
         Needs::default()
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A [`RateRule`] made chainable (see the module docs).
 pub struct Factored<R> {
+    /// The schedule's parameters and state.
     pub rule: R,
     t: u64,
     base: f64,
@@ -32,6 +35,7 @@ pub struct Factored<R> {
 }
 
 impl<R: RateRule> Factored<R> {
+    /// Wraps `rule`, not yet constructed.
     pub fn new(rule: R) -> Self {
         Factored {
             rule,

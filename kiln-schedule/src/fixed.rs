@@ -6,6 +6,7 @@ use crate::epochal::{Epoch, Rule};
 use crate::{Group, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A fixed rate.
 pub struct Fixed;
 
 impl Rule for Fixed {

@@ -8,11 +8,14 @@ use crate::factor::RateRule;
 use crate::{Result, non_negative};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// lr/√(1 + γt).
 pub struct InverseSqrt {
+    /// γ, the decay per update.
     pub gamma: f64,
 }
 
 impl InverseSqrt {
+    /// Checks gamma ≥ 0.
     pub fn new(gamma: f64) -> Result<Self> {
         non_negative("gamma", gamma)?;
         Ok(InverseSqrt { gamma })

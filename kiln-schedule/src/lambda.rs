@@ -9,11 +9,13 @@ use crate::epochal::{Epoch, Rule};
 use crate::{Group, Result, ScheduleError};
 
 #[derive(Clone)]
+/// PyTorch's LambdaLR: lr·f(t) for a closure f.
 pub struct LambdaLr {
     f: Arc<dyn Fn(u64) -> f64 + Send + Sync>,
 }
 
 impl LambdaLr {
+    /// A schedule of lr·f(t).
     pub fn new(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
         LambdaLr { f: Arc::new(f) }
     }

@@ -1,4 +1,5 @@
 //! Learning-rate schedules for Kiln, computed on the host: every strategy people use, exact
+#![warn(missing_docs)]
 //! where PyTorch defines it.
 //!
 //! # Semantics
@@ -74,11 +75,14 @@ use thiserror::Error;
 #[derive(Clone, Debug, Error, PartialEq)]
 #[error("invalid schedule.{field}: {reason}")]
 pub struct ScheduleError {
+    /// The config key, a dotted path inside composites.
     pub field: String,
+    /// Why it is invalid.
     pub reason: String,
 }
 
 impl ScheduleError {
+    /// An error for `field`.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ScheduleError {
             field: field.into(),
@@ -95,17 +99,21 @@ impl ScheduleError {
     }
 }
 
+/// `Result` with [`ScheduleError`].
 pub type Result<T, E = ScheduleError> = std::result::Result<T, E>;
 
 /// The optimizer state PyTorch's schedulers read and write: `param_groups[0]['lr']` and
 /// `['initial_lr']` (set by the first scheduler built on the optimizer).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Group {
+    /// The rate the next update uses (`group['lr']`).
     pub lr: f64,
+    /// `group['initial_lr']`, set by the first schedule built on the group.
     pub initial_lr: Option<f64>,
 }
 
 impl Group {
+    /// A group whose rate is `lr`, with no initial rate yet.
     pub fn new(lr: f64) -> Self {
         Group {
             lr,
@@ -142,11 +150,14 @@ impl Observation {
 /// Which observations a schedule reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Needs {
+    /// The training loss (or a watched metric).
     pub loss: bool,
+    /// The squared gradient norm.
     pub grad_norm: bool,
 }
 
 impl Needs {
+    /// Whether anything is needed.
     pub fn any(self) -> bool {
         self.loss || self.grad_norm
     }
@@ -206,8 +217,14 @@ impl Scheduler {
         })
     }
 
-    /// Builds a schedule of `kind` on base rate `lr`:
-    /// `Scheduler::from_kind(0.1, Kind::CosineAnnealing { t_max: 100, eta_min: 0.0 })`.
+    /// Builds a schedule of `kind` on base rate `lr`.
+    ///
+    /// ```
+    /// use kiln_schedule::{Kind, Scheduler};
+    /// let mut s = Scheduler::from_kind(0.1, Kind::Step { step_size: 2, gamma: 0.5 })?;
+    /// assert_eq!(s.rates(5)?, [0.1, 0.1, 0.05, 0.05, 0.025]);
+    /// # Ok::<(), kiln_schedule::ScheduleError>(())
+    /// ```
     pub fn from_kind(lr: f64, kind: Kind) -> Result<Self> {
         Scheduler::new(lr, kind.build()?)
     }

@@ -11,13 +11,18 @@ use crate::epochal::{Epoch, Rule};
 use crate::{Group, Result, ScheduleError};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's LinearLR.
 pub struct LinearLr {
+    /// Factor at update 0, in (0, 1].
     pub start_factor: f64,
+    /// Factor from `total_iters` on, in [0, 1].
     pub end_factor: f64,
+    /// Updates over which the factor moves.
     pub total_iters: u64,
 }
 
 impl LinearLr {
+    /// Checks the factors and length as PyTorch does.
     pub fn new(start_factor: f64, end_factor: f64, total_iters: u64) -> Result<Self> {
         if !(start_factor > 0.0 && start_factor <= 1.0) {
             return Err(ScheduleError::new(

@@ -7,12 +7,16 @@ use crate::factor::RateRule;
 use crate::{Result, non_negative};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// lr·(1 − αt), never below `end_lr`.
 pub struct LinearDecay {
+    /// α, the fraction of the base rate lost per update.
     pub alpha: f64,
+    /// The floor.
     pub end_lr: f64,
 }
 
 impl LinearDecay {
+    /// Checks alpha ≥ 0 and end_lr ≥ 0.
     pub fn new(alpha: f64, end_lr: f64) -> Result<Self> {
         non_negative("alpha", alpha)?;
         non_negative("end_lr", end_lr)?;

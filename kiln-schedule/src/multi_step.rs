@@ -10,13 +10,16 @@ use crate::epochal::{Epoch, Rule};
 use crate::{Group, Result, positive};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's MultiStepLR.
 pub struct MultiStepLr {
     /// Sorted, repeats kept (PyTorch's `Counter`).
     pub milestones: Vec<u64>,
+    /// Factor per milestone.
     pub gamma: f64,
 }
 
 impl MultiStepLr {
+    /// Sorts the milestones (repeats multiply again, as in PyTorch).
     pub fn new(mut milestones: Vec<u64>, gamma: f64) -> Result<Self> {
         positive("gamma", gamma)?;
         milestones.sort_unstable();

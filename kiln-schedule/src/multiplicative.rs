@@ -7,11 +7,14 @@ use crate::epochal::{Epoch, Rule};
 use crate::{Group, Result, non_negative};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's MultiplicativeLR with a constant factor.
 pub struct MultiplicativeLr {
+    /// Factor per update.
     pub factor: f64,
 }
 
 impl MultiplicativeLr {
+    /// Checks factor ≥ 0.
     pub fn new(factor: f64) -> Result<Self> {
         non_negative("factor", factor)?;
         Ok(MultiplicativeLr { factor })

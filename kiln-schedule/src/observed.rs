@@ -16,12 +16,15 @@ const LOSS: Needs = Needs {
 /// back-propagation practice (e.g. Orr & Müller, "Neural Networks: Tricks of the Trade").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossMilestones {
+    /// Losses below which the rate is multiplied, once each.
     pub thresholds: Vec<f64>,
+    /// Factor per threshold crossed.
     pub factor: f64,
     reached: Vec<bool>,
 }
 
 impl LossMilestones {
+    /// Checks the thresholds and factor.
     pub fn new(thresholds: Vec<f64>, factor: f64) -> Result<Self> {
         non_negative("factor", factor)?;
         if let Some(i) = thresholds.iter().position(|t| !t.is_finite()) {
@@ -62,16 +65,21 @@ impl RateRule for LossMilestones {
 /// methods" (1989); Vogl et al. (1988).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BoldDriver {
+    /// Factor when the loss rose.
     pub decrease: f64,
+    /// Factor when the loss fell.
     pub increase: f64,
+    /// Lowest rate.
     pub min_lr: f64,
     #[serde(with = "crate::float")]
+    /// Highest rate.
     pub max_lr: f64,
     current: Option<f64>,
     previous_loss: Option<f64>,
 }
 
 impl BoldDriver {
+    /// Checks the factors and bounds.
     pub fn new(decrease: f64, increase: f64, min_lr: f64, max_lr: f64) -> Result<Self> {
         positive("decrease", decrease)?;
         positive("increase", increase)?;
@@ -124,11 +132,13 @@ impl RateRule for BoldDriver {
 /// (2019).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GradNormAdaptive {
+    /// β, the weight of the accumulated squared norms.
     pub beta: f64,
     sum: f64,
 }
 
 impl GradNormAdaptive {
+    /// Checks beta ≥ 0.
     pub fn new(beta: f64) -> Result<Self> {
         non_negative("beta", beta)?;
         Ok(GradNormAdaptive { beta, sum: 0.0 })
@@ -157,11 +167,13 @@ impl RateRule for GradNormAdaptive {
 /// 1987), in the damped form used by Loizou et al. (2021).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossAdaptive {
+    /// β, the weight of the loss.
     pub beta: f64,
     last_loss: Option<f64>,
 }
 
 impl LossAdaptive {
+    /// Checks beta ≥ 0.
     pub fn new(beta: f64) -> Result<Self> {
         non_negative("beta", beta)?;
         Ok(LossAdaptive {

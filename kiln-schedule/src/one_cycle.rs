@@ -18,15 +18,22 @@ use crate::{Group, Result, ScheduleError, non_negative, positive};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// How OneCycleLR moves within a phase.
 pub enum AnnealStrategy {
+    /// Cosine annealing.
     Cos,
+    /// Straight line.
     Linear,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's OneCycleLR (rates only).
 pub struct OneCycleLr {
+    /// The peak rate.
     pub max_lr: f64,
+    /// Updates in the cycle; update total_steps is the last one allowed.
     pub total_steps: u64,
+    /// How each phase moves.
     pub anneal_strategy: AnnealStrategy,
     initial_lr: f64,
     min_lr: f64,
@@ -35,6 +42,7 @@ pub struct OneCycleLr {
 }
 
 impl OneCycleLr {
+    /// Checks the parameters as PyTorch does.
     pub fn new(
         max_lr: f64,
         total_steps: u64,

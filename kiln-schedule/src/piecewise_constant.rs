@@ -1,5 +1,5 @@
-//! Piecewise constant: values[0] up to and including update boundaries[0], values[1] up to
-//! boundaries[1], …, the last value afterwards. The values are rates; the base rate is unused.
+//! Piecewise constant: `values[0]` up to and including update `boundaries[0]`, `values[1]` up
+//! to `boundaries[1]`, …, the last value afterwards. The values are rates; the base rate is unused.
 //! Source: Keras `PiecewiseConstantDecay`.
 
 use serde::{Deserialize, Serialize};
@@ -8,12 +8,16 @@ use crate::factor::RateRule;
 use crate::{Result, ScheduleError, non_negative};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Keras's PiecewiseConstantDecay.
 pub struct PiecewiseConstant {
+    /// Updates after which the next value applies, increasing.
     pub boundaries: Vec<u64>,
+    /// The rates, one more than the boundaries.
     pub values: Vec<f64>,
 }
 
 impl PiecewiseConstant {
+    /// Checks the lengths, order and values.
     pub fn new(boundaries: Vec<u64>, values: Vec<f64>) -> Result<Self> {
         if values.len() != boundaries.len() + 1 {
             return Err(ScheduleError::new(

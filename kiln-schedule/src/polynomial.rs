@@ -10,12 +10,16 @@ use crate::epochal::{Epoch, Rule};
 use crate::{Group, Result, ScheduleError, non_negative};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's PolynomialLR.
 pub struct PolynomialLr {
+    /// Updates to reach zero.
     pub total_iters: u64,
+    /// Exponent of the decay.
     pub power: f64,
 }
 
 impl PolynomialLr {
+    /// Checks total_iters ≥ 1 and power ≥ 0.
     pub fn new(total_iters: u64, power: f64) -> Result<Self> {
         if total_iters == 0 {
             return Err(ScheduleError::new("total_iters", "must be at least 1"));

@@ -13,27 +13,42 @@ use crate::{Group, LrSchedule, Needs, Observation, Result, ScheduleError, non_ne
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// Whether the metric should fall or rise.
 pub enum PlateauMode {
+    /// Lower is better (a loss).
     Min,
+    /// Higher is better (an accuracy).
     Max,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// How `threshold` is applied.
 pub enum ThresholdMode {
+    /// Relative to the best value.
     Rel,
+    /// Absolute.
     Abs,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's ReduceLROnPlateau.
 pub struct ReduceLrOnPlateau {
+    /// Whether lower or higher is better.
     pub mode: PlateauMode,
+    /// Factor of a reduction, in [0, 1).
     pub factor: f64,
+    /// Updates without improvement tolerated.
     pub patience: u64,
+    /// Improvement that counts.
     pub threshold: f64,
+    /// Relative or absolute threshold.
     pub threshold_mode: ThresholdMode,
+    /// Updates after a reduction during which bad updates are not counted.
     pub cooldown: u64,
+    /// Lowest rate.
     pub min_lr: f64,
+    /// Reductions smaller than this are not applied.
     pub eps: f64,
     #[serde(with = "crate::float")]
     best: f64,
@@ -43,6 +58,7 @@ pub struct ReduceLrOnPlateau {
 
 impl ReduceLrOnPlateau {
     #[allow(clippy::too_many_arguments)]
+    /// Checks the parameters as PyTorch does.
     pub fn new(
         mode: PlateauMode,
         factor: f64,

@@ -34,29 +34,53 @@ use crate::{Group, LrSchedule, Needs, Observation, Result};
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Schedule {
+    /// See [`crate::fixed`].
     Fixed(Epochal<Fixed>),
+    /// See [`crate::constant`].
     Constant(Epochal<ConstantLr>),
+    /// See [`crate::linear`].
     Linear(Epochal<LinearLr>),
+    /// See [`crate::step`].
     Step(Epochal<StepLr>),
+    /// See [`crate::multi_step`].
     MultiStep(Epochal<MultiStepLr>),
+    /// See [`crate::exponential`].
     Exponential(Epochal<ExponentialLr>),
+    /// See [`crate::polynomial`].
     Polynomial(Epochal<PolynomialLr>),
+    /// See [`crate::cosine_annealing`].
     CosineAnnealing(Epochal<CosineAnnealingLr>),
+    /// See [`crate::cosine_annealing_warm_restarts`].
     CosineAnnealingWarmRestarts(CosineAnnealingWarmRestarts),
+    /// See [`crate::cyclic`].
     Cyclic(Epochal<CyclicLr>),
+    /// See [`crate::one_cycle`].
     OneCycle(Epochal<OneCycleLr>),
+    /// See [`crate::multiplicative`].
     Multiplicative(Epochal<MultiplicativeLr>),
+    /// See [`crate::sequential`].
     Sequential(SequentialLr),
+    /// See [`crate::chained`].
     Chained(ChainedScheduler),
+    /// See [`crate::reduce_on_plateau`].
     ReduceOnPlateau(ReduceLrOnPlateau),
+    /// See [`crate::inverse_time`].
     InverseTime(Factored<InverseTime>),
+    /// See [`crate::inverse_sqrt`].
     InverseSqrt(Factored<InverseSqrt>),
+    /// See [`crate::exponential_decay`].
     ExponentialDecay(Factored<ExponentialDecay>),
+    /// See [`crate::piecewise_constant`].
     PiecewiseConstant(Factored<PiecewiseConstant>),
+    /// See [`crate::linear_decay`].
     LinearDecay(Factored<LinearDecay>),
+    /// See [`crate::observed::LossMilestones`].
     LossMilestones(Factored<LossMilestones>),
+    /// See [`crate::observed::BoldDriver`].
     BoldDriver(Factored<BoldDriver>),
+    /// See [`crate::observed::GradNormAdaptive`].
     GradNormAdaptive(Factored<GradNormAdaptive>),
+    /// See [`crate::observed::LossAdaptive`].
     LossAdaptive(Factored<LossAdaptive>),
     /// lr·f(t) from a Rust closure. Its state cannot be saved.
     #[serde(skip)]

@@ -12,13 +12,17 @@ use serde::{Deserialize, Serialize};
 use crate::{Group, LrSchedule, Needs, Observation, Result, Schedule, ScheduleError};
 
 #[derive(Debug, Serialize, Deserialize)]
+/// PyTorch's SequentialLR.
 pub struct SequentialLr {
+    /// The schedules, in the order they run.
     pub schedules: Vec<Schedule>,
+    /// Updates at which the next schedule starts, increasing.
     pub milestones: Vec<u64>,
     last_epoch: i64,
 }
 
 impl SequentialLr {
+    /// Checks the milestones and children as described above.
     pub fn new(schedules: Vec<Schedule>, milestones: Vec<u64>) -> Result<Self> {
         if schedules.is_empty() {
             return Err(ScheduleError::new(

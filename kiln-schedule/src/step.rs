@@ -10,12 +10,16 @@ use crate::epochal::{Epoch, Rule};
 use crate::{Group, Result, ScheduleError, positive};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// PyTorch's StepLR.
 pub struct StepLr {
+    /// Updates between decays.
     pub step_size: u64,
+    /// Factor per decay.
     pub gamma: f64,
 }
 
 impl StepLr {
+    /// Checks step_size ≥ 1 and gamma > 0.
     pub fn new(step_size: u64, gamma: f64) -> Result<Self> {
         if step_size == 0 {
             return Err(ScheduleError::new("step_size", "must be at least 1"));

@@ -11,12 +11,16 @@ pub enum Header {
     /// A header if the first line does not parse as numbers.
     #[default]
     Auto,
+    /// The first line is a header.
     Yes,
+    /// Every line is data.
     No,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How to read a CSV file.
 pub struct CsvOptions {
+    /// Whether the first line holds column names.
     pub header: Header,
     /// The target column; negative counts from the end (−1, the default, is the last).
     pub label_column: i64,
@@ -31,6 +35,7 @@ impl Default for CsvOptions {
     }
 }
 
+/// Reads a CSV file; errors name the file and the line.
 pub fn read(path: &Path, options: &CsvOptions) -> Result<Dataset> {
     let text = std::fs::read_to_string(path).map_err(|e| KilnError::file(path, e))?;
     parse(&path.display().to_string(), &text, options)

@@ -1,6 +1,6 @@
 //! MNIST in its IDX files (raw or gzipped), for users who have them:
 //! `train-images-idx3-ubyte` (magic 0x803, u8 [N, 28, 28]) and `train-labels-idx1-ubyte`
-//! (magic 0x801, u8 [N]). Pixels stay 0..255; `normalize = "standard"` scales them.
+//! (magic 0x801, u8 `[N]`). Pixels stay 0..255; `normalize = "standard"` scales them.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,7 @@ pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
     parse_idx(&path.display().to_string(), &bytes, magic)
 }
 
+/// Parses IDX bytes of u8 data with the given magic number; errors name the byte offset.
 pub fn parse_idx(source: &str, bytes: &[u8], magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
     let err = |what: String| KilnError::file(source, what);
     let word = |at: usize| -> Result<u32> {

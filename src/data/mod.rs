@@ -23,21 +23,27 @@ use crate::ops::{self, Loss};
 pub struct Dataset {
     /// Where it came from, for messages.
     pub source: String,
+    /// Columns of `x`.
     pub features: usize,
+    /// Features, [rows, features] row-major.
     pub x: Vec<f32>,
     /// Columns of `y`.
     pub targets: usize,
+    /// Targets, [rows, targets] row-major.
     pub y: Vec<f32>,
 }
 
 /// Targets in the form a loss takes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TargetData {
+    /// One class index per row (cross-entropy).
     Classes(Vec<u32>),
+    /// Rows of target values (the other losses).
     Values(Vec<f32>),
 }
 
 impl TargetData {
+    /// Borrows these targets in the form the kernels and `Trainer::step` take.
     pub fn as_targets(&self) -> ops::Targets<'_> {
         match self {
             TargetData::Classes(c) => ops::Targets::Classes(c),
@@ -105,6 +111,7 @@ impl Dataset {
         }
     }
 
+    /// Number of rows.
     pub fn rows(&self) -> usize {
         self.x.len() / self.features
     }

@@ -1,5 +1,5 @@
 //! Data in safetensors: `x` (f32 [N, F]) and `y` (f32 [N, K] targets, or integer class labels
-//! [N] in i64, i32 or u8).
+//! `[N]` in i64, i32 or u8).
 
 use std::path::Path;
 
@@ -8,11 +8,13 @@ use safetensors::{Dtype, SafeTensors};
 use super::Dataset;
 use crate::error::{KilnError, Result};
 
+/// Reads `x` and `y` from a safetensors file.
 pub fn read(path: &Path) -> Result<Dataset> {
     let bytes = std::fs::read(path).map_err(|e| KilnError::file(path, e))?;
     parse(&path.display().to_string(), &bytes)
 }
 
+/// Parses safetensors bytes; `source` names them in errors.
 pub fn parse(source: &str, bytes: &[u8]) -> Result<Dataset> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| KilnError::file(source, format!("not a valid safetensors file: {e}")))?;

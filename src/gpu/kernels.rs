@@ -18,13 +18,17 @@ pub enum Binding {
 /// One compute entry point and its bind group layout.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Kernel {
+    /// The file in `shaders/`.
     pub file: &'static str,
+    /// Its WGSL source, compiled in.
     pub source: &'static str,
+    /// The entry point.
     pub entry: &'static str,
     /// The bind group index the entry point's bindings live in (files with two layouts use
     /// group 0 for one and group 1 for the other, since WGSL forbids two variables at one
     /// binding).
     pub group: u32,
+    /// Each binding's use, in binding order (the uniform block last).
     pub bindings: &'static [Binding],
 }
 
@@ -220,7 +224,7 @@ pub fn loss_kernel(loss: Loss) -> &'static Kernel {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct MatmulParams {
+pub(crate) struct MatmulParams {
     pub m: u32,
     pub n: u32,
     pub k: u32,
@@ -229,7 +233,7 @@ pub struct MatmulParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BiasParams {
+pub(crate) struct BiasParams {
     pub rows: u32,
     pub cols: u32,
 }
@@ -237,7 +241,7 @@ pub struct BiasParams {
 /// Shared by activation.wgsl's ActParams and loss.wgsl's LossParams (same layout).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct ElementwiseParams {
+pub(crate) struct ElementwiseParams {
     pub len: u32,
     pub cols: u32,
     /// leaky_relu's slope (activations) or 1/divisor (losses).
@@ -247,7 +251,7 @@ pub struct ElementwiseParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct ReduceParams {
+pub(crate) struct ReduceParams {
     pub count: u32,
     pub slot: u32,
     pub scale: f32,
@@ -256,21 +260,21 @@ pub struct ReduceParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct PartialParams {
+pub(crate) struct PartialParams {
     pub len: u32,
     pub groups: u32,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct FinalParams {
+pub(crate) struct FinalParams {
     pub count: u32,
     pub slot: u32,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct ClipParams {
+pub(crate) struct ClipParams {
     pub len: u32,
     pub slot: u32,
     pub max_norm: f32,
@@ -279,7 +283,7 @@ pub struct ClipParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct SgdParams {
+pub(crate) struct SgdParams {
     pub len: u32,
     pub lr: f32,
     pub momentum: f32,
@@ -293,21 +297,25 @@ pub struct SgdParams {
 }
 
 /// `SgdParams::skip_slot` when no loss is checked.
-pub const NO_SKIP: u32 = u32::MAX;
+pub(crate) const NO_SKIP: u32 = u32::MAX;
 
 /// Matmul tile: one workgroup computes TILE×TILE outputs.
-pub const MATMUL_TILE: u32 = 64;
+pub(crate) const MATMUL_TILE: u32 = 64;
 /// Threads per workgroup of the elementwise kernels.
-pub const ELEMENTWISE_WORKGROUP: u32 = 256;
+pub(crate) const ELEMENTWISE_WORKGROUP: u32 = 256;
 
 /// Everything about one kernel launch except its buffers: which pipeline, the contents of its
 /// uniform block (always its last binding) and the workgroup grid. Built by the functions below,
 /// used both by one-off kernel calls and by recorded training steps.
 #[derive(Clone, Debug)]
 pub struct Launch {
+    /// What runs.
     pub kernel: &'static Kernel,
+    /// Pipeline override constants (the matmul's transposes).
     pub constants: Vec<(&'static str, f64)>,
+    /// The bytes of the uniform block.
     pub uniform: Vec<u8>,
+    /// Workgroups in x, y, z.
     pub grid: [u32; 3],
 }
 
@@ -324,7 +332,7 @@ impl Launch {
 
 /// Workgroup grid for `threads` elementwise threads, folded into a second dimension past the
 /// per-dimension limit (the kernels rebuild the flat index from `num_workgroups`).
-pub fn elementwise_grid(threads: usize, max_per_dim: u32) -> [u32; 3] {
+pub(crate) fn elementwise_grid(threads: usize, max_per_dim: u32) -> [u32; 3] {
     let groups = threads.div_ceil(ELEMENTWISE_WORKGROUP as usize).max(1) as u64;
     let max = max_per_dim as u64;
     if groups <= max {
@@ -335,7 +343,12 @@ pub fn elementwise_grid(threads: usize, max_per_dim: u32) -> [u32; 3] {
 }
 
 /// C[m,n] = op(A)·op(B) (+ bias). Errs if the output needs more workgroups than a dimension allows.
-pub fn matmul(t: Transpose, dims: MatmulDims, use_bias: bool, max_per_dim: u32) -> Result<Launch> {
+pub(crate) fn matmul(
+    t: Transpose,
+    dims: MatmulDims,
+    use_bias: bool,
+    max_per_dim: u32,
+) -> Result<Launch> {
     let tile = MATMUL_TILE as usize;
     let grid = [
         dims.n.div_ceil(tile) as u32,
@@ -367,7 +380,7 @@ pub fn matmul(t: Transpose, dims: MatmulDims, use_bias: bool, max_per_dim: u32) 
 }
 
 /// db[cols] = column sums of dy[rows, cols].
-pub fn bias_grad(rows: usize, cols: usize, max_per_dim: u32) -> Launch {
+pub(crate) fn bias_grad(rows: usize, cols: usize, max_per_dim: u32) -> Launch {
     let params = BiasParams {
         rows: rows as u32,
         cols: cols as u32,
@@ -399,18 +412,34 @@ fn activation(
 }
 
 /// y = act(x), `len` elements in rows of `cols`.
-pub fn activation_forward(act: Activation, len: usize, cols: usize, max_per_dim: u32) -> Launch {
+pub(crate) fn activation_forward(
+    act: Activation,
+    len: usize,
+    cols: usize,
+    max_per_dim: u32,
+) -> Launch {
     activation(activation_forward_kernel(act), act, len, cols, max_per_dim)
 }
 
 /// dx = dy·act'(x).
-pub fn activation_backward(act: Activation, len: usize, cols: usize, max_per_dim: u32) -> Launch {
+pub(crate) fn activation_backward(
+    act: Activation,
+    len: usize,
+    cols: usize,
+    max_per_dim: u32,
+) -> Launch {
     activation(activation_backward_kernel(act), act, len, cols, max_per_dim)
 }
 
 /// The two passes of a loss over an output of `len` elements in rows of `cols`: terms and
 /// gradient, then the mean into history slot `slot`.
-pub fn loss(loss: Loss, len: usize, cols: usize, slot: u32, max_per_dim: u32) -> (Launch, Launch) {
+pub(crate) fn loss(
+    loss: Loss,
+    len: usize,
+    cols: usize,
+    slot: u32,
+    max_per_dim: u32,
+) -> (Launch, Launch) {
     let rows = len / cols;
     let (count, divisor) = if loss == Loss::CrossEntropy {
         (rows, rows)
@@ -441,7 +470,13 @@ pub fn loss(loss: Loss, len: usize, cols: usize, slot: u32, max_per_dim: u32) ->
 }
 
 /// One SGD update of `len` parameters.
-pub fn sgd(opts: &SgdOptions, lr: f32, first_step: bool, len: usize, max_per_dim: u32) -> Launch {
+pub(crate) fn sgd(
+    opts: &SgdOptions,
+    lr: f32,
+    first_step: bool,
+    len: usize,
+    max_per_dim: u32,
+) -> Launch {
     Launch::new(
         &SGD,
         &sgd_params(opts, lr, first_step, len),
@@ -451,13 +486,13 @@ pub fn sgd(opts: &SgdOptions, lr: f32, first_step: bool, len: usize, max_per_dim
 
 /// Workgroups of the first norm pass: enough to fill a GPU, few enough that one workgroup
 /// sums their partials quickly. Depends only on the length, so sums are reproducible.
-pub fn norm_groups(len: usize) -> usize {
+pub(crate) fn norm_groups(len: usize) -> usize {
     len.div_ceil(256 * 4).clamp(1, 256)
 }
 
 /// ‖x‖² of `len` elements into history slot `slot`: the two reduction passes. The first
 /// writes `norm_groups(len)` partials.
-pub fn sum_squares(len: usize, slot: u32) -> (Launch, Launch) {
+pub(crate) fn sum_squares(len: usize, slot: u32) -> (Launch, Launch) {
     let groups = norm_groups(len);
     let partial = PartialParams {
         len: len as u32,
@@ -474,7 +509,7 @@ pub fn sum_squares(len: usize, slot: u32) -> (Launch, Launch) {
 }
 
 /// g ← g·min(max_norm/(√(norm_sq[slot]) + 1e-6), 1) over `len` elements.
-pub fn clip(len: usize, slot: u32, max_norm: f32, max_per_dim: u32) -> Launch {
+pub(crate) fn clip(len: usize, slot: u32, max_norm: f32, max_per_dim: u32) -> Launch {
     let params = ClipParams {
         len: len as u32,
         slot,
@@ -484,7 +519,7 @@ pub fn clip(len: usize, slot: u32, max_norm: f32, max_per_dim: u32) -> Launch {
     Launch::new(&CLIP, &params, elementwise_grid(len, max_per_dim))
 }
 
-pub fn sgd_params(opts: &SgdOptions, lr: f32, first_step: bool, len: usize) -> SgdParams {
+pub(crate) fn sgd_params(opts: &SgdOptions, lr: f32, first_step: bool, len: usize) -> SgdParams {
     SgdParams {
         len: len as u32,
         lr,
@@ -501,7 +536,7 @@ pub fn sgd_params(opts: &SgdOptions, lr: f32, first_step: bool, len: usize) -> S
 
 /// Targets as the loss kernels read them: values as they are, class labels as f32 (exact for
 /// the class counts `ops::check_labels` allows).
-pub fn targets_as_f32(targets: Targets) -> Vec<f32> {
+pub(crate) fn targets_as_f32(targets: Targets) -> Vec<f32> {
     match targets {
         Targets::Values(v) => v.to_vec(),
         Targets::Classes(c) => c.iter().map(|&l| l as f32).collect(),

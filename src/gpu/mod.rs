@@ -17,8 +17,11 @@ use kernels::{Binding, Kernel};
 
 /// A pipeline with the layout of its bind group.
 pub struct CachedPipeline {
+    /// The compiled pipeline.
     pub pipeline: wgpu::ComputePipeline,
+    /// The layout of its bind group.
     pub layout: wgpu::BindGroupLayout,
+    /// The bind group index it uses.
     pub group: u32,
 }
 
@@ -26,7 +29,9 @@ type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
 /// One wgpu device and everything Kiln keeps per device.
 pub struct GpuContext {
+    /// The wgpu device (exposed for code that adds its own passes).
     pub device: wgpu::Device,
+    /// Its queue.
     pub queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
@@ -100,14 +105,17 @@ impl GpuContext {
         })
     }
 
+    /// The adapter's name, backend, type and driver.
     pub fn info(&self) -> &wgpu::AdapterInfo {
         &self.info
     }
 
+    /// The limits the device was opened with (the adapter's own).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
 
+    /// The optional features enabled (timestamps, subgroups, f16 where the adapter has them).
     pub fn features(&self) -> wgpu::Features {
         self.features
     }
@@ -345,8 +353,11 @@ impl GpuContext {
 /// A buffer, or a byte range of one, to bind.
 #[derive(Clone, Copy)]
 pub struct BufferRange<'a> {
+    /// The buffer.
     pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of the range.
     pub offset: u64,
+    /// Byte length (`None`: to the end).
     pub size: Option<NonZeroU64>,
 }
 
@@ -373,14 +384,19 @@ impl<'a> BufferRange<'a> {
 
 /// One recorded kernel launch: pipeline, bind group and workgroup grid.
 pub struct Dispatch {
+    /// The pipeline to run.
     pub pipeline: Arc<CachedPipeline>,
+    /// Its buffers.
     pub bind_group: wgpu::BindGroup,
+    /// Workgroups in x, y, z.
     pub grid: [u32; 3],
 }
 
 /// A dispatch with the buffer of its uniform block, which can be rewritten (when a batch size
 /// or a learning rate changes) without rebuilding the bind group.
 pub struct Recorded {
+    /// The recorded launch.
     pub dispatch: Dispatch,
+    /// Its uniform block, rewritable with `queue.write_buffer`.
     pub uniform: wgpu::Buffer,
 }

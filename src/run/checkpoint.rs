@@ -15,6 +15,7 @@ use crate::model::ParamLayout;
 use crate::train::TrainerState;
 use crate::weights;
 
+/// The checkpoint's file name inside its directory.
 pub const FILE: &str = "checkpoint.safetensors";
 const META_KEY: &str = "kiln.checkpoint";
 
@@ -26,10 +27,12 @@ struct Meta {
     trainer: TrainerState,
 }
 
+/// The checkpoint file in `dir`.
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
+/// Writes a checkpoint into `dir` (created if missing), atomically.
 pub fn save(dir: &Path, layout: &ParamLayout, state: &TrainerState, epoch: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| KilnError::file(dir, e))?;
     let meta = Meta {

@@ -57,26 +57,35 @@ batch_size = 64
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// A parsed run file.
 pub struct RunConfig {
+    /// `[model]`.
     pub model: ModelConfig,
+    /// `[data]`.
     pub data: DataConfig,
     #[serde(default)]
+    /// `[optimizer]` (PyTorch's SGD defaults when absent).
     pub optimizer: OptimizerConfig,
+    /// `[schedule]`, the learning-rate schedule table (a fixed rate when absent).
     pub schedule: Option<toml::Table>,
     #[serde(default)]
+    /// `[train]`.
     pub train: TrainConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// `[model]`: the layers and the loss.
 pub struct ModelConfig {
     /// `{ dense = N }`, an activation name, or `{ leaky_relu = slope }`.
     pub layers: Vec<toml::Value>,
+    /// `mse`, `bce`, `bce_with_logits` or `cross_entropy`.
     pub loss: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// `[data]`: where the data comes from and how it is prepared.
 pub struct DataConfig {
     /// A bundled dataset: digits, breast_cancer or diabetes.
     pub source: Option<String>,
@@ -86,10 +95,13 @@ pub struct DataConfig {
     #[serde(default)]
     pub validation: f64,
     #[serde(default)]
+    /// Feature scaling.
     pub normalize: Normalize,
     #[serde(default = "yes")]
+    /// Reshuffle the training rows every epoch (default true).
     pub shuffle: bool,
     #[serde(default)]
+    /// Seed of the weights, the split and the data order.
     pub seed: u64,
     /// CSV: the target column (negative counts from the end).
     #[serde(default = "last_column")]
@@ -108,8 +120,10 @@ fn last_column() -> i64 {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// How features are scaled.
 pub enum Normalize {
     #[default]
+    /// As they are.
     None,
     /// Zero mean, unit variance per feature, with statistics of the training rows.
     Standard,
@@ -117,12 +131,16 @@ pub enum Normalize {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// Whether a CSV file's first line is a header.
 pub enum HeaderConfig {
     #[default]
+    /// A header if the first line does not parse as numbers.
     Auto,
     #[serde(alias = "true")]
+    /// The first line is a header.
     Yes,
     #[serde(alias = "false")]
+    /// No header.
     No,
 }
 
@@ -131,18 +149,25 @@ pub enum HeaderConfig {
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
     #[serde(default = "sgd")]
+    /// The optimizer ("sgd").
     pub kind: String,
     #[serde(default = "default_lr")]
+    /// The base learning rate (PyTorch's default 1e-3).
     pub lr: f64,
     #[serde(default)]
+    /// Momentum factor.
     pub momentum: f32,
     #[serde(default)]
+    /// Dampening for momentum.
     pub dampening: f32,
     #[serde(default)]
+    /// L2 penalty.
     pub weight_decay: f32,
     #[serde(default)]
+    /// Nesterov momentum.
     pub nesterov: bool,
     #[serde(default)]
+    /// Maximize instead of minimize.
     pub maximize: bool,
 }
 
@@ -161,8 +186,11 @@ impl Default for OptimizerConfig {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// `[train]`: how long and in what batches.
 pub struct TrainConfig {
+    /// Total updates.
     pub steps: Option<u64>,
+    /// Passes over the training rows (instead of steps).
     pub epochs: Option<u64>,
     /// Rows per update; a batch larger than the data set means full batch.
     #[serde(default = "default_batch")]
@@ -183,15 +211,18 @@ impl Default for TrainConfig {
 }
 
 impl RunConfig {
+    /// Parses run-file text; `source` names it in errors.
     pub fn from_toml(text: &str, source: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| KilnError::file(source, e.to_string().trim_end()))
     }
 
+    /// Reads and parses a run file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| KilnError::file(path, e))?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
+    /// The bundled default run ([`DEFAULT_RUN`]).
     pub fn default_run() -> Self {
         Self::from_toml(DEFAULT_RUN, "the default run").expect("the default run parses")
     }
@@ -210,6 +241,7 @@ impl RunConfig {
         Sequential::new(features, layers, loss)
     }
 
+    /// The optimizer options, checked as torch.optim.SGD checks them.
     pub fn sgd(&self) -> Result<SgdOptions> {
         let o = &self.optimizer;
         if o.kind != "sgd" {
@@ -235,6 +267,7 @@ impl RunConfig {
         Ok(sgd)
     }
 
+    /// How to read a CSV data file.
     pub fn csv_options(&self) -> CsvOptions {
         CsvOptions {
             header: match self.data.header {

@@ -27,20 +27,28 @@ type Stats = Option<(Vec<f32>, Vec<f32>)>;
 /// Loss (and accuracy, for classification) on the held-out rows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation {
+    /// Mean loss over the held-out rows.
     pub loss: f32,
+    /// Fraction classified correctly (classification losses only).
     pub accuracy: Option<f64>,
 }
 
+/// A training run: see the module docs.
 pub struct Run {
+    /// The run file it came from.
     pub config: RunConfig,
+    /// The model.
     pub model: Sequential,
+    /// The trainer (parameters, optimizer, schedule, device).
     pub trainer: Trainer,
     train: Dataset,
     train_targets: TargetData,
     validation: Option<(Dataset, TargetData)>,
     /// Rows per update (the data set's size if the batch is larger).
     pub batch: usize,
+    /// Batches in one pass over the training rows.
     pub batches_per_epoch: u64,
+    /// Updates the run makes in all.
     pub total_steps: u64,
     /// Mean and standard deviation of each feature over the training rows, if standardised.
     normalization: Stats,
@@ -54,6 +62,19 @@ pub struct Run {
 impl Run {
     /// Prepares a run: `base_dir` resolves the data path, `init` loads starting weights,
     /// `steps` overrides the run file's length.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use kiln::Device;
+    /// use kiln::run::{Run, RunConfig};
+    /// let mut run = Run::new(RunConfig::default_run(), Path::new("."), &Device::Cpu, None, Some(30))?;
+    /// while !run.finished() {
+    ///     run.step()?;
+    /// }
+    /// let eval = run.evaluate()?.expect("the default run holds out a fifth of the digits");
+    /// assert!(eval.accuracy.unwrap() > 0.5);
+    /// # Ok::<(), kiln::KilnError>(())
+    /// ```
     pub fn new(
         config: RunConfig,
         base_dir: &Path,
@@ -228,6 +249,7 @@ impl Run {
         step / self.batches_per_epoch
     }
 
+    /// Whether every update has been made.
     pub fn finished(&self) -> bool {
         self.steps_done() >= self.total_steps
     }
@@ -359,6 +381,7 @@ pub fn evaluate(
     })
 }
 
+/// Index of the largest value (the predicted class).
 pub fn argmax(row: &[f32]) -> usize {
     (0..row.len())
         .max_by(|&a, &b| row[a].total_cmp(&row[b]))

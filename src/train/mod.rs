@@ -6,7 +6,7 @@
 
 mod cpu;
 mod gpu;
-pub mod program;
+pub(crate) mod program;
 
 use kiln_schedule::{Observation, Scheduler};
 
@@ -27,6 +27,7 @@ pub const PARAM_ALIGN: usize = 64;
 /// How to train, apart from the model and the schedule.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrainOptions {
+    /// torch.optim.SGD's options.
     pub sgd: SgdOptions,
     /// The largest batch `step` will be given; buffers are sized for it.
     pub max_batch: usize,
@@ -164,10 +165,12 @@ impl Trainer {
         })
     }
 
+    /// The model being trained.
     pub fn model(&self) -> &Sequential {
         &self.model
     }
 
+    /// Where each parameter tensor lives in the arenas.
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
     }
