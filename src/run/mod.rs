@@ -269,20 +269,22 @@ impl Run {
         &self.order
     }
 
-    /// Runs the next update: batch (t mod nb) of epoch ⌊t/nb⌋, a smaller last batch included,
-    /// as PyTorch's DataLoader without drop_last. Returns the rate it used.
-    pub fn step(&mut self) -> Result<f64> {
-        let t = self.steps_done();
+    /// The training rows of update `t`: batch (t mod nb) of epoch ⌊t/nb⌋, a smaller last batch
+    /// included, as PyTorch's DataLoader without drop_last.
+    pub fn batch_rows(&mut self, t: u64) -> Vec<usize> {
         let (epoch, index) = (
             t / self.batches_per_epoch,
             (t % self.batches_per_epoch) as usize,
         );
         let batch = self.batch;
+        let order = self.rows_of_epoch(epoch);
+        order[index * batch..((index + 1) * batch).min(order.len())].to_vec()
+    }
+
+    /// Runs the next update (see [`Run::batch_rows`]). Returns the rate it used.
+    pub fn step(&mut self) -> Result<f64> {
+        let rows = self.batch_rows(self.steps_done());
         let f = self.train.features;
-        let rows: Vec<usize> = {
-            let order = self.rows_of_epoch(epoch);
-            order[index * batch..((index + 1) * batch).min(order.len())].to_vec()
-        };
         self.xb.clear();
         for &r in &rows {
             self.xb.extend_from_slice(&self.train.x[r * f..(r + 1) * f]);
