@@ -214,6 +214,15 @@ steps = 30
 batch_size = 8
 "#;
 
+fn assert_same_file(a: &std::path::Path, b: &std::path::Path, what: &str) {
+    assert!(
+        std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+        "{what}: {} and {} differ",
+        a.display(),
+        b.display()
+    );
+}
+
 fn arg(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
@@ -313,11 +322,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
         arg(&b),
     ]));
     assert!(out.contains("resuming at 17"), "{out}");
-    assert_eq!(
-        std::fs::read(&a).unwrap(),
-        std::fs::read(&b).unwrap(),
-        "resumed weights differ"
-    );
+    assert_same_file(&a, &b, "resumed weights differ");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -363,11 +368,7 @@ fn a_non_finite_loss_stops_the_run_or_is_skipped() {
         "--save",
         arg(&after),
     ]));
-    assert_eq!(
-        std::fs::read(&before).unwrap(),
-        std::fs::read(&after).unwrap(),
-        "skipped updates changed the weights"
-    );
+    assert_same_file(&before, &after, "skipped updates changed the weights");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

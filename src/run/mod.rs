@@ -24,6 +24,105 @@ use crate::weights;
 /// Per-feature (mean, standard deviation) used to standardise the inputs, if they were.
 type Stats = Option<(Vec<f32>, Vec<f32>)>;
 
+/// Everything a run derives from its run file before a trainer exists.
+struct Prepared {
+    train: Dataset,
+    validation: Option<Dataset>,
+    normalization: Stats,
+    model: Sequential,
+    batch: usize,
+    batches_per_epoch: u64,
+    total_steps: u64,
+}
+
+impl Prepared {
+    /// Loads, splits and normalises the data, builds the model and sizes the run.
+    fn new(config: &RunConfig, base_dir: &Path, steps: Option<u64>) -> Result<Self> {
+        let data = match (&config.data.source, &config.data.path) {
+            (Some(name), None) => Dataset::bundled(name)?,
+            (None, Some(path)) => Dataset::from_path(&base_dir.join(path), &config.csv_options())?,
+            _ => {
+                return Err(KilnError::invalid(
+                    "data",
+                    "give either source (a bundled dataset) or path",
+                ));
+            }
+        };
+        let (mut train, mut validation) = if config.data.validation > 0.0 {
+            let (t, v) = data.split(config.data.validation, config.data.seed)?;
+            (t, Some(v))
+        } else {
+            (data, None)
+        };
+        let normalization = (config.data.normalize == Normalize::Standard).then(|| {
+            let (mean, std) = train.feature_stats();
+            train.standardize(&mean, &std);
+            if let Some(v) = &mut validation {
+                v.standardize(&mean, &std);
+            }
+            (mean, std)
+        });
+        let model = config.model(train.features)?;
+        if config.train.batch_size == 0 {
+            return Err(KilnError::invalid("train.batch_size", "must be at least 1"));
+        }
+        let batch = config.train.batch_size.min(train.rows());
+        let batches_per_epoch = train.rows().div_ceil(batch) as u64;
+        let total_steps = match steps {
+            Some(s) => s,
+            None => config.total_steps(batches_per_epoch)?,
+        };
+        Ok(Prepared {
+            train,
+            validation,
+            normalization,
+            model,
+            batch,
+            batches_per_epoch,
+            total_steps,
+        })
+    }
+
+    fn options(&self, config: &RunConfig) -> Result<TrainOptions> {
+        Ok(TrainOptions {
+            sgd: config.sgd()?,
+            max_batch: self.batch,
+            seed: config.data.seed,
+            clip_grad_norm: config.train.clip_grad_norm,
+        })
+    }
+
+    fn into_run(self, config: RunConfig, trainer: Trainer) -> Result<Run> {
+        let outputs = self.model.output();
+        let loss = self.model.loss();
+        let train_targets = self.train.targets_for(loss, outputs)?;
+        let validation = self
+            .validation
+            .map(|v| v.targets_for(loss, outputs).map(|t| (v, t)))
+            .transpose()?;
+        let tb = match train_targets {
+            TargetData::Classes(_) => TargetData::Classes(Vec::new()),
+            TargetData::Values(_) => TargetData::Values(Vec::new()),
+        };
+        Ok(Run {
+            config,
+            model: self.model,
+            trainer,
+            train: self.train,
+            train_targets,
+            validation,
+            normalization: self.normalization,
+            batch: self.batch,
+            batches_per_epoch: self.batches_per_epoch,
+            total_steps: self.total_steps,
+            order: Vec::new(),
+            order_epoch: None,
+            xb: Vec::new(),
+            tb,
+        })
+    }
+}
+
 /// Loss (and accuracy, for classification) on the held-out rows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation {
@@ -82,13 +181,12 @@ impl Run {
         init: Option<&Path>,
         steps: Option<u64>,
     ) -> Result<Run> {
-        let (train, validation, model, normalization) = Self::data_and_model(&config, base_dir)?;
-        let layout = model.param_layout(PARAM_ALIGN);
+        let p = Prepared::new(&config, base_dir, steps)?;
+        let layout = p.model.param_layout(PARAM_ALIGN);
         let params = match init {
             Some(path) => weights::load(path, &layout)?,
-            None => model.init_params(&layout, config.data.seed),
+            None => p.model.init_params(&layout, config.data.seed),
         };
-        let (batch, batches_per_epoch, total_steps) = Self::lengths(&config, &train, steps)?;
         let schedule = match &config.schedule {
             Some(table) => {
                 ScheduleConfig::from_table(table.clone())?.build(Some(config.optimizer.lr))?
@@ -97,22 +195,12 @@ impl Run {
         };
         let trainer = Trainer::with_params(
             device,
-            model.clone(),
-            Self::options(&config, batch)?,
+            p.model.clone(),
+            p.options(&config)?,
             schedule,
             params,
         )?;
-        Self::assemble(
-            config,
-            model,
-            trainer,
-            train,
-            validation,
-            normalization,
-            batch,
-            batches_per_epoch,
-            total_steps,
-        )
+        p.into_run(config, trainer)
     }
 
     /// Continues the run saved in the checkpoint directory `dir`.
@@ -123,120 +211,10 @@ impl Run {
         dir: &Path,
         steps: Option<u64>,
     ) -> Result<Run> {
-        let (train, validation, model, normalization) = Self::data_and_model(&config, base_dir)?;
-        let (state, _epoch) = checkpoint::load(dir, &model.param_layout(PARAM_ALIGN))?;
-        let (batch, batches_per_epoch, total_steps) = Self::lengths(&config, &train, steps)?;
-        let trainer =
-            Trainer::resume(device, model.clone(), Self::options(&config, batch)?, state)?;
-        Self::assemble(
-            config,
-            model,
-            trainer,
-            train,
-            validation,
-            normalization,
-            batch,
-            batches_per_epoch,
-            total_steps,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        config: RunConfig,
-        model: Sequential,
-        trainer: Trainer,
-        train: Dataset,
-        validation: Option<Dataset>,
-        normalization: Stats,
-        batch: usize,
-        batches_per_epoch: u64,
-        total_steps: u64,
-    ) -> Result<Run> {
-        let outputs = model.output();
-        let train_targets = train.targets_for(model.loss(), outputs)?;
-        let validation = validation
-            .map(|v| v.targets_for(model.loss(), outputs).map(|t| (v, t)))
-            .transpose()?;
-        let tb = match train_targets {
-            TargetData::Classes(_) => TargetData::Classes(Vec::new()),
-            TargetData::Values(_) => TargetData::Values(Vec::new()),
-        };
-        Ok(Run {
-            config,
-            model,
-            trainer,
-            train,
-            train_targets,
-            validation,
-            normalization,
-            batch,
-            batches_per_epoch,
-            total_steps,
-            order: Vec::new(),
-            order_epoch: None,
-            xb: Vec::new(),
-            tb,
-        })
-    }
-
-    /// The training rows, the held-out rows, the model, and the normalisation applied.
-    fn data_and_model(
-        config: &RunConfig,
-        base_dir: &Path,
-    ) -> Result<(Dataset, Option<Dataset>, Sequential, Stats)> {
-        let data = match (&config.data.source, &config.data.path) {
-            (Some(name), None) => Dataset::bundled(name)?,
-            (None, Some(path)) => Dataset::from_path(&base_dir.join(path), &config.csv_options())?,
-            _ => {
-                return Err(KilnError::invalid(
-                    "data",
-                    "give either source (a bundled dataset) or path",
-                ));
-            }
-        };
-        let (mut train, mut validation) = if config.data.validation > 0.0 {
-            let (t, v) = data.split(config.data.validation, config.data.seed)?;
-            (t, Some(v))
-        } else {
-            (data, None)
-        };
-        let normalization = (config.data.normalize == Normalize::Standard).then(|| {
-            let (mean, std) = train.feature_stats();
-            train.standardize(&mean, &std);
-            if let Some(v) = &mut validation {
-                v.standardize(&mean, &std);
-            }
-            (mean, std)
-        });
-        let model = config.model(train.features)?;
-        Ok((train, validation, model, normalization))
-    }
-
-    fn lengths(
-        config: &RunConfig,
-        train: &Dataset,
-        steps: Option<u64>,
-    ) -> Result<(usize, u64, u64)> {
-        if config.train.batch_size == 0 {
-            return Err(KilnError::invalid("train.batch_size", "must be at least 1"));
-        }
-        let batch = config.train.batch_size.min(train.rows());
-        let batches_per_epoch = train.rows().div_ceil(batch) as u64;
-        let total = match steps {
-            Some(s) => s,
-            None => config.total_steps(batches_per_epoch)?,
-        };
-        Ok((batch, batches_per_epoch, total))
-    }
-
-    fn options(config: &RunConfig, batch: usize) -> Result<TrainOptions> {
-        Ok(TrainOptions {
-            sgd: config.sgd()?,
-            max_batch: batch,
-            seed: config.data.seed,
-            clip_grad_norm: config.train.clip_grad_norm,
-        })
+        let p = Prepared::new(&config, base_dir, steps)?;
+        let (state, _epoch) = checkpoint::load(dir, &p.model.param_layout(PARAM_ALIGN))?;
+        let trainer = Trainer::resume(device, p.model.clone(), p.options(&config)?, state)?;
+        p.into_run(config, trainer)
     }
 
     /// Updates done.
