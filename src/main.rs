@@ -29,5 +29,6 @@ fn main() -> Result<()> {
         cli::Command::Train(args) => cli::train::train(&args),
         cli::Command::Schedule(args) => cli::schedule::schedule(&args),
         cli::Command::Plot(args) => cli::plot::plot(&args),
+        cli::Command::Bench(args) => cli::bench::bench(&args),
     }
 }

@@ -403,3 +403,39 @@ fn bad_run_files_name_the_key() {
     assert!(e.contains("missing.csv"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_prints_json_rows_for_the_cpu_device() {
+    let out = stdout(&kiln(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--quick",
+        "--json",
+        "--ops",
+        "copy,sgd,matmul",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.iter().filter(|r| r["op"] == "copy").count(), 1);
+    assert_eq!(
+        rows.iter().filter(|r| r["op"] == "matmul").count(),
+        5,
+        "2 square + 3 layer products"
+    );
+    for r in rows {
+        assert_eq!(r["device"], "cpu");
+        assert!(r["median_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            r["gflops"].as_f64().is_some() || r["gbps"].as_f64().is_some(),
+            "{r}"
+        );
+    }
+    let sgd = rows.iter().find(|r| r["op"] == "sgd").unwrap();
+    assert!(
+        sgd["pct_peak"].as_f64().unwrap() > 0.0,
+        "SGD is held to the measured copy bandwidth"
+    );
+    let e = stderr_of_failure(&kiln(&["bench", "--device", "cpu", "--ops", "fft"]));
+    assert!(e.contains("unknown op \"fft\""), "{e}");
+}

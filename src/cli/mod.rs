@@ -1,5 +1,6 @@
 //! The `kiln` subcommands, one module each.
 
+pub mod bench;
 pub mod devices;
 pub mod plot;
 pub mod schedule;
@@ -23,6 +24,30 @@ pub enum Command {
     Schedule(ScheduleArgs),
     /// Plot the loss and learning rate of a `kiln train --log` file.
     Plot(PlotArgs),
+    /// Time matmul, SGD, copy and training steps on the GPU and the CPU device.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// gpu, cpu, or both side by side (with the GPU/CPU ratio).
+    #[arg(long, default_value = "both")]
+    pub device: String,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+    /// Small sizes only (well under two minutes on a software adapter).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print {"results": [...]} instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Comma-separated: matmul, sgd, train_step, copy.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "copy,matmul,sgd,train_step"
+    )]
+    pub ops: Vec<String>,
 }
 
 #[derive(Args)]

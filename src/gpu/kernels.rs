@@ -40,6 +40,7 @@ const ACTIVATION_SRC: &str = include_str!("../../shaders/activation.wgsl");
 const LOSS_SRC: &str = include_str!("../../shaders/loss.wgsl");
 const SGD_SRC: &str = include_str!("../../shaders/sgd.wgsl");
 const NORM_SRC: &str = include_str!("../../shaders/norm.wgsl");
+const COPY_SRC: &str = include_str!("../../shaders/copy.wgsl");
 
 /// a, b, bias, c, params
 pub static MATMUL: Kernel = Kernel {
@@ -74,6 +75,15 @@ pub static LOSS_REDUCE: Kernel = Kernel {
     source: LOSS_SRC,
     entry: "loss_reduce",
     group: 1,
+    bindings: &[Read, ReadWrite, Uniform],
+};
+
+/// src, dst, params
+pub static COPY: Kernel = Kernel {
+    file: "copy.wgsl",
+    source: COPY_SRC,
+    entry: "copy",
+    group: 0,
     bindings: &[Read, ReadWrite, Uniform],
 };
 
@@ -152,8 +162,9 @@ loss_kernels!(
 );
 
 /// Every kernel the engine dispatches (tests/shaders.rs checks each entry point exists).
-pub static ALL: [&Kernel; 27] = [
+pub static ALL: [&Kernel; 28] = [
     &MATMUL,
+    &COPY,
     &SUM_SQUARES_PARTIAL,
     &SUM_SQUARES_FINAL,
     &CLIP,
@@ -466,6 +477,15 @@ pub(crate) fn loss(
             elementwise_grid(count, max_per_dim),
         ),
         Launch::new(&LOSS_REDUCE, &reduce, [1, 1, 1]),
+    )
+}
+
+/// dst ← src over `len` elements.
+pub(crate) fn copy(len: usize, max_per_dim: u32) -> Launch {
+    Launch::new(
+        &COPY,
+        &[len as u32, 0, 0, 0],
+        elementwise_grid(len, max_per_dim),
     )
 }
 

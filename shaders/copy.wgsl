@@ -1,0 +1,19 @@
+// Plain buffer copy, dst[i] = src[i]: the device's achievable memory bandwidth, the yardstick
+// `kiln bench` holds the SGD update to (it moves 5 words per parameter, the copy 2).
+// CPU twin: a slice copy (src/bench.rs). Benchmark: `kiln bench --ops copy`.
+
+struct CopyParams {
+    len: u32,
+}
+
+@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<uniform> params: CopyParams;
+
+@compute @workgroup_size(256)
+fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * 256u + gid.x;
+    if i < params.len {
+        dst[i] = src[i];
+    }
+}

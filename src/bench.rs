@@ -1,0 +1,506 @@
+//! `kiln bench`: matmul, the SGD update, a plain copy and whole training steps, timed on the
+//! GPU and the CPU device side by side.
+//!
+//! GPU kernels are timed with timestamp queries around their compute pass when the adapter has
+//! them, otherwise by wall time around submit + wait; training steps by wall time around
+//! `Trainer::step` + wait, with the host's share (recording and submitting) reported apart.
+//! Every figure is the median of at least five runs after warm-up.
+
+use std::time::Instant;
+
+use crate::device::Device;
+use crate::error::{KilnError, Result};
+use crate::gpu::kernels::{self, Launch};
+use crate::gpu::{BufferRange, GpuContext};
+use crate::model::{Layer, Sequential};
+use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+use crate::schedule::Scheduler;
+use crate::train::{TrainOptions, Trainer};
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchOp {
+    /// Square products and the three products of an MLP layer.
+    Matmul,
+    /// The fused SGD update with momentum.
+    Sgd,
+    /// Whole training steps of an MLP.
+    TrainStep,
+    /// A plain copy kernel: the device's bandwidth.
+    Copy,
+}
+
+impl BenchOp {
+    /// Every op, in report order.
+    pub const ALL: [BenchOp; 4] = [
+        BenchOp::Copy,
+        BenchOp::Matmul,
+        BenchOp::Sgd,
+        BenchOp::TrainStep,
+    ];
+
+    /// The name used by `--ops`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchOp::Matmul => "matmul",
+            BenchOp::Sgd => "sgd",
+            BenchOp::TrainStep => "train_step",
+            BenchOp::Copy => "copy",
+        }
+    }
+
+    /// Parses an `--ops` name.
+    pub fn from_name(name: &str) -> Result<BenchOp> {
+        BenchOp::ALL
+            .into_iter()
+            .find(|o| o.name() == name)
+            .ok_or_else(|| {
+                KilnError::invalid(
+                    "ops",
+                    format!("unknown op {name:?}; ops: matmul, sgd, train_step, copy"),
+                )
+            })
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchRow {
+    /// The op's name.
+    pub op: String,
+    /// "gpu" or "cpu".
+    pub device: String,
+    /// The adapter's name ("cpu" for the CPU device).
+    pub adapter: String,
+    /// The shape measured, e.g. "1024x1024x1024 nn" or "1000000 params".
+    pub shape: String,
+    /// Median seconds per run.
+    pub median_s: f64,
+    /// Floating-point throughput, for compute-bound ops.
+    pub gflops: Option<f64>,
+    /// Memory throughput, for bandwidth-bound ops.
+    pub gbps: Option<f64>,
+    /// Percent of the FP32 peak (known adapters) or of the measured copy bandwidth (SGD).
+    pub pct_peak: Option<f64>,
+    /// CPU time over GPU time for the same op and shape (filled in by [`compare`]).
+    pub gpu_speedup: Option<f64>,
+    /// Host seconds spent recording and submitting one training step.
+    pub host_s: Option<f64>,
+    /// "timestamp" (GPU timestamp queries) or "wall".
+    pub timing: &'static str,
+}
+
+/// Sizes to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchOptions {
+    /// Small sizes, so a run on a software adapter takes well under two minutes.
+    pub quick: bool,
+}
+
+/// FP32 peak TFLOP/s of adapters whose name contains the key (vendor figures, boost clock).
+const PEAKS: [(&str, f64); 8] = [
+    ("H200", 67.0),
+    ("H100 PCIe", 51.2),
+    ("H100", 67.0),
+    ("A100", 19.5),
+    ("L40S", 91.6),
+    ("RTX 4090", 82.6),
+    ("RTX 3090", 35.6),
+    ("Apple M2", 3.6),
+];
+
+/// The FP32 peak of a known adapter, in GFLOP/s.
+pub fn fp32_peak_gflops(adapter: &str) -> Option<f64> {
+    PEAKS
+        .iter()
+        .find(|(k, _)| adapter.contains(k))
+        .map(|(_, t)| t * 1e3)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs `f` `warmup` times unmeasured, then `reps` times, returning the median of what it
+/// reports.
+fn measure(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let times = (0..reps).map(|_| f()).collect::<Result<Vec<_>>>()?;
+    Ok(median(times))
+}
+
+const REPS: usize = 7;
+
+/// Seconds of GPU time one launch takes: timestamp queries when the adapter has them.
+fn time_gpu(
+    ctx: &GpuContext,
+    launch: &Launch,
+    buffers: &[BufferRange<'_>],
+) -> Result<(f64, &'static str)> {
+    let rec = ctx.record(launch, buffers);
+    if !ctx.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+        let t = measure(2, REPS, || {
+            let start = Instant::now();
+            ctx.submit([&rec.dispatch])?;
+            ctx.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| KilnError::Gpu(e.to_string()))?;
+            Ok(start.elapsed().as_secs_f64())
+        })?;
+        return Ok((t, "wall"));
+    }
+    let queries = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("kiln.bench"),
+        ty: wgpu::QueryType::Timestamp,
+        count: 2,
+    });
+    let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("kiln.bench.resolve"),
+        size: 16,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let period = ctx.queue.get_timestamp_period() as f64;
+    let t = measure(2, REPS, || {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("kiln.bench"),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &queries,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            });
+            let d = &rec.dispatch;
+            pass.set_pipeline(&d.pipeline.pipeline);
+            pass.set_bind_group(d.pipeline.group, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
+        }
+        encoder.resolve_query_set(&queries, 0..2, &resolve, 0);
+        ctx.queue.submit([encoder.finish()]);
+        let raw: Vec<f32> = ctx.read_back(&resolve, 0, 4)?;
+        let bytes: &[u8] = bytemuck::cast_slice(&raw);
+        let tick =
+            |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        Ok(tick(1).saturating_sub(tick(0)) as f64 * period * 1e-9)
+    })?;
+    Ok((t, "timestamp"))
+}
+
+fn cpu_time(mut f: impl FnMut()) -> Result<f64> {
+    measure(1, REPS, || {
+        let start = Instant::now();
+        f();
+        Ok(start.elapsed().as_secs_f64())
+    })
+}
+
+fn row(
+    op: BenchOp,
+    device: &Device,
+    shape: String,
+    median_s: f64,
+    timing: &'static str,
+) -> BenchRow {
+    let (kind, adapter) = match device {
+        Device::Cpu => ("cpu", "cpu".to_string()),
+        Device::Gpu(ctx) => ("gpu", ctx.info().name.clone()),
+    };
+    BenchRow {
+        op: op.name().into(),
+        device: kind.into(),
+        adapter,
+        shape,
+        median_s,
+        gflops: None,
+        gbps: None,
+        pct_peak: None,
+        gpu_speedup: None,
+        host_s: None,
+        timing,
+    }
+}
+
+/// Every op of `ops` on `device`.
+pub fn run(device: &Device, ops: &[BenchOp], options: BenchOptions) -> Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    for &op in BenchOp::ALL.iter().filter(|o| ops.contains(o)) {
+        match op {
+            BenchOp::Copy => rows.extend(bench_copy(device, options)?),
+            BenchOp::Matmul => rows.extend(bench_matmul(device, options)?),
+            BenchOp::Sgd => rows.extend(bench_sgd(device, options)?),
+            BenchOp::TrainStep => rows.extend(bench_train_step(device, options)?),
+        }
+    }
+    // SGD moves 5 words per parameter (p, g, buf read; p, buf written): compare with the copy.
+    let copy_gbps: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| r.op == "copy")
+        .filter_map(|r| r.gbps.map(|g| (r.shape.clone(), g)))
+        .collect();
+    for r in rows.iter_mut().filter(|r| r.op == "sgd") {
+        let size = r.shape.split(' ').next().unwrap_or_default().to_string();
+        if let (Some(g), Some((_, c))) = (
+            r.gbps,
+            copy_gbps
+                .iter()
+                .find(|(s, _)| s.split(' ').next() == Some(&size)),
+        ) {
+            r.pct_peak = Some(100.0 * g / c);
+        }
+    }
+    Ok(rows)
+}
+
+fn sizes(options: BenchOptions, quick: &[usize], full: &[usize]) -> Vec<usize> {
+    if options.quick {
+        quick.to_vec()
+    } else {
+        full.to_vec()
+    }
+}
+
+/// Element counts a device can bind in one buffer.
+fn fits(device: &Device, floats: usize) -> bool {
+    match device {
+        Device::Cpu => true,
+        Device::Gpu(ctx) => ctx.check_size("bench", floats as u64 * 4, true).is_ok(),
+    }
+}
+
+fn bench_copy(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    for n in sizes(options, &[1 << 20], &[1 << 20, 10_000_000, 100_000_000]) {
+        if !fits(device, n) {
+            continue;
+        }
+        let (t, timing) = match device {
+            Device::Cpu => {
+                let src = vec![1.0f32; n];
+                let mut dst = vec![0.0f32; n];
+                (
+                    cpu_time(|| dst.copy_from_slice(std::hint::black_box(&src)))?,
+                    "wall",
+                )
+            }
+            Device::Gpu(ctx) => {
+                let src = ctx.storage_buffer("bench src", n)?;
+                let dst = ctx.storage_buffer("bench dst", n)?;
+                time_gpu(
+                    ctx,
+                    &kernels::copy(n, ctx.limits().max_compute_workgroups_per_dimension),
+                    &[(&src).into(), (&dst).into()],
+                )?
+            }
+        };
+        let mut r = row(BenchOp::Copy, device, format!("{n} floats"), t, timing);
+        r.gbps = Some(2.0 * 4.0 * n as f64 / t / 1e9);
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
+fn bench_matmul(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
+    let mut shapes: Vec<(MatmulDims, Transpose, &str)> =
+        sizes(options, &[256, 512], &[256, 512, 1024, 2048, 4096])
+            .into_iter()
+            .map(|s| (MatmulDims { m: s, n: s, k: s }, Transpose::Nn, "square"))
+            .collect();
+    // The three products of a dense layer in → out at batch b: Y = X·Wᵀ, dW = dYᵀ·X, dX = dY·W.
+    let (b, i, o) = if options.quick {
+        (32, 64, 128)
+    } else {
+        (256, 784, 1024)
+    };
+    shapes.push((
+        MatmulDims { m: b, n: o, k: i },
+        Transpose::Nt,
+        "layer forward",
+    ));
+    shapes.push((MatmulDims { m: o, n: i, k: b }, Transpose::Tn, "layer dW"));
+    shapes.push((MatmulDims { m: b, n: i, k: o }, Transpose::Nn, "layer dX"));
+    let mut rows = Vec::new();
+    for (dims, t, what) in shapes {
+        let MatmulDims { m, n, k } = dims;
+        let (ta, tb) = (m * k, k * n);
+        let (time, timing) = match device {
+            Device::Cpu => {
+                let a = vec![0.5f32; ta];
+                let bm = vec![0.25f32; tb];
+                let mut c = vec![0.0f32; m * n];
+                (
+                    cpu_time(|| crate::cpu::matmul::matmul(&a, &bm, None, &mut c, dims, t))?,
+                    "wall",
+                )
+            }
+            Device::Gpu(ctx) => {
+                let a = ctx.storage_buffer("bench a", ta)?;
+                let bm = ctx.storage_buffer("bench b", tb)?;
+                let c = ctx.storage_buffer("bench c", m * n)?;
+                let launch = kernels::matmul(
+                    t,
+                    dims,
+                    false,
+                    ctx.limits().max_compute_workgroups_per_dimension,
+                )?;
+                time_gpu(
+                    ctx,
+                    &launch,
+                    &[(&a).into(), (&bm).into(), ctx.dummy().into(), (&c).into()],
+                )?
+            }
+        };
+        let mut r = row(
+            BenchOp::Matmul,
+            device,
+            format!("{m}x{n}x{k} {} ({what})", format!("{t:?}").to_lowercase()),
+            time,
+            timing,
+        );
+        let gflops = 2.0 * (m * n * k) as f64 / time / 1e9;
+        r.gflops = Some(gflops);
+        r.pct_peak = fp32_peak_gflops(&r.adapter).map(|p| 100.0 * gflops / p);
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
+fn bench_sgd(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
+    let opts = SgdOptions {
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let mut rows = Vec::new();
+    for n in sizes(options, &[1 << 20], &[1 << 20, 10_000_000, 100_000_000]) {
+        if !fits(device, n) {
+            continue;
+        }
+        let (t, timing) = match device {
+            Device::Cpu => {
+                let mut p = vec![1.0f32; n];
+                let g = vec![0.001f32; n];
+                let mut m = vec![0.0f32; n];
+                (
+                    cpu_time(|| crate::cpu::sgd::sgd(&opts, 0.01, false, &mut p, &g, &mut m))?,
+                    "wall",
+                )
+            }
+            Device::Gpu(ctx) => {
+                let p = ctx.storage_buffer("bench params", n)?;
+                let g = ctx.storage_buffer("bench grads", n)?;
+                let m = ctx.storage_buffer("bench momentum", n)?;
+                let launch = kernels::sgd(
+                    &opts,
+                    0.01,
+                    false,
+                    n,
+                    ctx.limits().max_compute_workgroups_per_dimension,
+                );
+                time_gpu(
+                    ctx,
+                    &launch,
+                    &[(&p).into(), (&g).into(), (&m).into(), ctx.dummy().into()],
+                )?
+            }
+        };
+        let mut r = row(BenchOp::Sgd, device, format!("{n} params"), t, timing);
+        r.gbps = Some(5.0 * 4.0 * n as f64 / t / 1e9);
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
+fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
+    let mut cases = vec![(64usize, vec![128usize, 10], 32usize)];
+    if !options.quick {
+        cases.push((784, vec![1024, 1024, 10], 256));
+        cases.push((784, vec![1024, 1024, 10], 1024));
+    }
+    let mut rows = Vec::new();
+    for (input, widths, batch) in cases {
+        let mut layers = Vec::new();
+        for &w in &widths {
+            layers.push(Layer::Dense { out: w });
+            layers.push(Layer::Activation(Activation::Relu));
+        }
+        layers.pop();
+        let model = Sequential::new(input, layers, Loss::CrossEntropy)?;
+        let flops_per_step = {
+            // forward + both backward products: 3 · 2·b·in·out per layer
+            let mut fan_in = input;
+            widths
+                .iter()
+                .map(|&w| {
+                    let f = 6.0 * (batch * fan_in * w) as f64;
+                    fan_in = w;
+                    f
+                })
+                .sum::<f64>()
+        };
+        let options = TrainOptions {
+            sgd: SgdOptions {
+                momentum: 0.9,
+                ..Default::default()
+            },
+            max_batch: batch,
+            ..Default::default()
+        };
+        let mut trainer = Trainer::new(device, model, options, Scheduler::fixed(0.01)?)?;
+        let x: Vec<f32> = (0..batch * input)
+            .map(|i| ((i % 17) as f32) / 17.0)
+            .collect();
+        let labels: Vec<u32> = (0..batch)
+            .map(|i| (i % widths[widths.len() - 1]) as u32)
+            .collect();
+        let wait = |d: &Device| -> Result<()> {
+            if let Device::Gpu(ctx) = d {
+                ctx.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| KilnError::Gpu(e.to_string()))?;
+            }
+            Ok(())
+        };
+        let mut host = Vec::new();
+        let t = measure(2, REPS, || {
+            let start = Instant::now();
+            trainer.step(&x, Targets::Classes(&labels))?;
+            host.push(start.elapsed().as_secs_f64());
+            wait(device)?;
+            Ok(start.elapsed().as_secs_f64())
+        })?;
+        let shape = format!(
+            "{input}->{} batch {batch}",
+            widths
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join("->")
+        );
+        let mut r = row(BenchOp::TrainStep, device, shape, t, "wall");
+        r.gflops = Some(flops_per_step / t / 1e9);
+        r.host_s = Some(median(host.split_off(host.len().saturating_sub(REPS))));
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
+/// Fills `gpu_speedup` of the GPU rows with CPU time / GPU time for the same op and shape.
+pub fn compare(rows: &mut [BenchRow]) {
+    let cpu: Vec<(String, String, f64)> = rows
+        .iter()
+        .filter(|r| r.device == "cpu")
+        .map(|r| (r.op.clone(), r.shape.clone(), r.median_s))
+        .collect();
+    for r in rows.iter_mut().filter(|r| r.device == "gpu") {
+        if let Some((_, _, c)) = cpu
+            .iter()
+            .find(|(op, shape, _)| *op == r.op && *shape == r.shape)
+        {
+            r.gpu_speedup = Some(c / r.median_s);
+        }
+    }
+}

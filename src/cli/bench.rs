@@ -1,0 +1,93 @@
+//! `kiln bench`: the same ops on the GPU and the CPU device, side by side.
+
+use anyhow::{Result, bail};
+use kiln::bench::{self, BenchOp, BenchOptions, BenchRow};
+use kiln::{Device, DeviceChoice};
+
+use super::BenchArgs;
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    let ops = args
+        .ops
+        .iter()
+        .map(|o| BenchOp::from_name(o.trim()))
+        .collect::<kiln::Result<Vec<_>>>()?;
+    let mut devices = Vec::new();
+    if matches!(args.device.as_str(), "gpu" | "both") {
+        devices.push(Device::select(DeviceChoice::Gpu, &args.adapter.options())?.0);
+    }
+    if matches!(args.device.as_str(), "cpu" | "both") {
+        devices.push(Device::Cpu);
+    }
+    if devices.is_empty() {
+        bail!("--device must be gpu, cpu or both, got {:?}", args.device);
+    }
+    let options = BenchOptions { quick: args.quick };
+    let mut rows = Vec::new();
+    for device in &devices {
+        rows.extend(bench::run(device, &ops, options)?);
+    }
+    bench::compare(&mut rows);
+    if args.json {
+        println!(
+            "{{\"results\": [{}]}}",
+            rows.iter().map(json).collect::<Vec<_>>().join(", ")
+        );
+    } else {
+        print_table(&rows);
+    }
+    Ok(())
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or("null".into(), |x| format!("{x:?}"))
+}
+
+fn json(r: &BenchRow) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "{{\"op\": \"{}\", \"device\": \"{}\", \"adapter\": \"{}\", \"shape\": \"{}\", \"median_s\": {:?}, \"gflops\": {}, \"gbps\": {}, \"pct_peak\": {}, \"gpu_speedup\": {}, \"host_s\": {}, \"timing\": \"{}\"}}",
+        r.op,
+        r.device,
+        esc(&r.adapter),
+        esc(&r.shape),
+        r.median_s,
+        opt(r.gflops),
+        opt(r.gbps),
+        opt(r.pct_peak),
+        opt(r.gpu_speedup),
+        opt(r.host_s),
+        r.timing
+    )
+}
+
+fn print_table(rows: &[BenchRow]) {
+    for adapter in rows
+        .iter()
+        .map(|r| (&r.device, &r.adapter))
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        println!("{}: {}", adapter.0, adapter.1);
+    }
+    println!(
+        "{:<11} {:<4} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}",
+        "op", "dev", "shape", "median", "GFLOP/s", "GB/s", "% peak", "GPU/CPU", "host", "timing"
+    );
+    let f = |v: Option<f64>, p: usize| v.map_or("-".into(), |x| format!("{x:.p$}"));
+    for r in rows {
+        println!(
+            "{:<11} {:<4} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}",
+            r.op,
+            r.device,
+            r.shape,
+            format!("{:.3} ms", r.median_s * 1e3),
+            f(r.gflops, 1),
+            f(r.gbps, 1),
+            f(r.pct_peak, 1),
+            r.gpu_speedup.map_or("-".into(), |s| format!("{s:.3}x")),
+            r.host_s
+                .map_or("-".into(), |h| format!("{:.1} µs", h * 1e6)),
+            r.timing
+        );
+    }
+}
