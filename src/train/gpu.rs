@@ -2,7 +2,7 @@
 //! the batch, the targets and two small uniforms (the loss slot, the SGD rate), then records
 //! every dispatch into one compute pass of one command encoder and submits it once.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kiln_schedule::Observation;
 
@@ -61,12 +61,17 @@ struct GradNormPasses {
 /// later (by then the GPU has the next step queued, so waiting never idles it).
 struct ObservationSlot {
     buffer: wgpu::Buffer,
-    mapped: Arc<Mutex<Option<Result<(), wgpu::BufferAsyncError>>>>,
+    /// Receives the map callback's result. Whichever thread polls the device runs the
+    /// callback, so the reader waits on this rather than assuming its own poll ran it.
+    mapped: Option<MapReceiver>,
     submission: Option<wgpu::SubmissionIndex>,
     update: u64,
 }
 
 const OBSERVATION_RING: usize = 3;
+
+type MapReceiver =
+    futures_intrusive::channel::shared::OneshotReceiver<Result<(), wgpu::BufferAsyncError>>;
 
 /// Everything a recorded program binds, in one place for `bind`.
 struct Buffers<'a> {
@@ -233,7 +238,7 @@ impl GpuStep {
                         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                         mapped_at_creation: false,
                     }),
-                    mapped: Arc::default(),
+                    mapped: None,
                     submission: None,
                     update: 0,
                 })
@@ -380,11 +385,11 @@ impl GpuStep {
         })?;
         if let Some(i) = observe {
             let o = &mut self.observations[i];
-            let mapped = o.mapped.clone();
-            *mapped.lock().unwrap() = None;
+            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
             o.buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                *mapped.lock().unwrap() = Some(r);
+                let _ = sender.send(r);
             });
+            o.mapped = Some(receiver);
             o.submission = Some(index);
             o.update = self.updates;
         }
@@ -416,10 +421,18 @@ impl GpuStep {
             })
             .map_err(|e| KilnError::Gpu(format!("waiting for update {update}: {e}")))?;
         self.ctx.check_errors()?;
-        match o.mapped.lock().unwrap().take() {
+        let receiver = o
+            .mapped
+            .take()
+            .ok_or_else(|| KilnError::Gpu("observation buffer was not mapped".into()))?;
+        match pollster::block_on(receiver.receive()) {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(KilnError::Gpu(format!("reading observations: {e}"))),
-            None => return Err(KilnError::Gpu("observation buffer was not mapped".into())),
+            None => {
+                return Err(KilnError::Gpu(
+                    "observation read-back was cancelled (device lost?)".into(),
+                ));
+            }
         }
         let values: [f32; 2] = {
             let view = o
