@@ -11,7 +11,9 @@ use std::time::Instant;
 use crate::device::Device;
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::{self, Launch};
-use crate::gpu::{BufferRange, GpuContext};
+use std::sync::Arc;
+
+use crate::gpu::{BufferRange, GpuContext, Recorded};
 use crate::model::{Layer, Sequential};
 use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
 use crate::schedule::Scheduler;
@@ -68,7 +70,7 @@ impl BenchOp {
 pub struct BenchRow {
     /// The op's name.
     pub op: String,
-    /// "gpu" or "cpu".
+    /// "gpu", "gpu+checks" (kernels with runtime bounds checks) or "cpu".
     pub device: String,
     /// The adapter's name ("cpu" for the CPU device).
     pub adapter: String,
@@ -134,20 +136,93 @@ fn measure(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<f64>) -> Re
 
 const REPS: usize = 7;
 
-/// Seconds of GPU time one launch takes: timestamp queries when the adapter has them.
-fn time_gpu(
-    ctx: &GpuContext,
-    launch: &Launch,
-    buffers: &[BufferRange<'_>],
-) -> Result<(f64, &'static str)> {
-    let rec = ctx.record(launch, buffers);
+/// One kernel launch with its own buffers, ready to run again and again (for benchmarks).
+pub struct GpuOp {
+    ctx: Arc<GpuContext>,
+    rec: Recorded,
+    _buffers: Vec<wgpu::Buffer>,
+}
+
+impl GpuOp {
+    fn new(
+        ctx: &Arc<GpuContext>,
+        launch: &Launch,
+        lens: &[usize],
+        unused_input: Option<usize>,
+    ) -> Result<GpuOp> {
+        let buffers = lens
+            .iter()
+            .map(|&n| ctx.storage_buffer("bench operand", n))
+            .collect::<Result<Vec<_>>>()?;
+        let mut ranges: Vec<BufferRange<'_>> = buffers.iter().map(Into::into).collect();
+        if let Some(at) = unused_input {
+            // An optional input the op does not use (matmul's bias, SGD's loss history).
+            ranges.insert(at, ctx.dummy().into());
+        }
+        Ok(GpuOp {
+            rec: ctx.record(launch, &ranges),
+            ctx: ctx.clone(),
+            _buffers: buffers,
+        })
+    }
+
+    /// `C[M,N] = op(A)·op(B)`, no bias.
+    pub fn matmul(ctx: &Arc<GpuContext>, dims: MatmulDims, t: Transpose) -> Result<GpuOp> {
+        let launch = kernels::matmul(
+            t,
+            dims,
+            false,
+            ctx.limits().max_compute_workgroups_per_dimension,
+        )?;
+        GpuOp::new(
+            ctx,
+            &launch,
+            &[dims.m * dims.k, dims.k * dims.n, dims.m * dims.n],
+            Some(2),
+        )
+    }
+
+    /// The fused SGD update of `n` parameters, momentum 0.9.
+    pub fn sgd(ctx: &Arc<GpuContext>, n: usize) -> Result<GpuOp> {
+        let opts = SgdOptions {
+            momentum: 0.9,
+            ..Default::default()
+        };
+        let launch = kernels::sgd(
+            &opts,
+            0.01,
+            false,
+            n,
+            ctx.limits().max_compute_workgroups_per_dimension,
+        );
+        GpuOp::new(ctx, &launch, &[n, n, n], Some(3))
+    }
+
+    /// A copy of `n` floats.
+    pub fn copy(ctx: &Arc<GpuContext>, n: usize) -> Result<GpuOp> {
+        let launch = kernels::copy(n, ctx.limits().max_compute_workgroups_per_dimension);
+        GpuOp::new(ctx, &launch, &[n, n], None)
+    }
+
+    /// Submits the launch and waits for it to finish.
+    pub fn run(&self) -> Result<()> {
+        self.ctx.submit([&self.rec.dispatch])?;
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| KilnError::Gpu(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Seconds of GPU time one run of `op` takes: timestamp queries when the adapter has them,
+/// else wall time around submit and wait.
+fn time_gpu(op: &GpuOp) -> Result<(f64, &'static str)> {
+    let (ctx, rec) = (&op.ctx, &op.rec);
     if !ctx.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
         let t = measure(2, REPS, || {
             let start = Instant::now();
-            ctx.submit([&rec.dispatch])?;
-            ctx.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| KilnError::Gpu(e.to_string()))?;
+            op.run()?;
             Ok(start.elapsed().as_secs_f64())
         })?;
         return Ok((t, "wall"));
@@ -208,6 +283,7 @@ fn row(
 ) -> BenchRow {
     let (kind, adapter) = match device {
         Device::Cpu => ("cpu", "cpu".to_string()),
+        Device::Gpu(ctx) if ctx.bounds_checks() => ("gpu+checks", ctx.info().name.clone()),
         Device::Gpu(ctx) => ("gpu", ctx.info().name.clone()),
     };
     BenchRow {
@@ -287,15 +363,7 @@ fn bench_copy(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
                     "wall",
                 )
             }
-            Device::Gpu(ctx) => {
-                let src = ctx.storage_buffer("bench src", n)?;
-                let dst = ctx.storage_buffer("bench dst", n)?;
-                time_gpu(
-                    ctx,
-                    &kernels::copy(n, ctx.limits().max_compute_workgroups_per_dimension),
-                    &[(&src).into(), (&dst).into()],
-                )?
-            }
+            Device::Gpu(ctx) => time_gpu(&GpuOp::copy(ctx, n)?)?,
         };
         let mut r = row(BenchOp::Copy, device, format!("{n} floats"), t, timing);
         r.gbps = Some(2.0 * 4.0 * n as f64 / t / 1e9);
@@ -337,22 +405,7 @@ fn bench_matmul(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>>
                     "wall",
                 )
             }
-            Device::Gpu(ctx) => {
-                let a = ctx.storage_buffer("bench a", ta)?;
-                let bm = ctx.storage_buffer("bench b", tb)?;
-                let c = ctx.storage_buffer("bench c", m * n)?;
-                let launch = kernels::matmul(
-                    t,
-                    dims,
-                    false,
-                    ctx.limits().max_compute_workgroups_per_dimension,
-                )?;
-                time_gpu(
-                    ctx,
-                    &launch,
-                    &[(&a).into(), (&bm).into(), ctx.dummy().into(), (&c).into()],
-                )?
-            }
+            Device::Gpu(ctx) => time_gpu(&GpuOp::matmul(ctx, dims, t)?)?,
         };
         let mut r = row(
             BenchOp::Matmul,
@@ -389,23 +442,7 @@ fn bench_sgd(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
                     "wall",
                 )
             }
-            Device::Gpu(ctx) => {
-                let p = ctx.storage_buffer("bench params", n)?;
-                let g = ctx.storage_buffer("bench grads", n)?;
-                let m = ctx.storage_buffer("bench momentum", n)?;
-                let launch = kernels::sgd(
-                    &opts,
-                    0.01,
-                    false,
-                    n,
-                    ctx.limits().max_compute_workgroups_per_dimension,
-                );
-                time_gpu(
-                    ctx,
-                    &launch,
-                    &[(&p).into(), (&g).into(), (&m).into(), ctx.dummy().into()],
-                )?
-            }
+            Device::Gpu(ctx) => time_gpu(&GpuOp::sgd(ctx, n)?)?,
         };
         let mut r = row(BenchOp::Sgd, device, format!("{n} params"), t, timing);
         r.gbps = Some(5.0 * 4.0 * n as f64 / t / 1e9);
@@ -495,7 +532,7 @@ pub fn compare(rows: &mut [BenchRow]) {
         .filter(|r| r.device == "cpu")
         .map(|r| (r.op.clone(), r.shape.clone(), r.median_s))
         .collect();
-    for r in rows.iter_mut().filter(|r| r.device == "gpu") {
+    for r in rows.iter_mut().filter(|r| r.device.starts_with("gpu")) {
         if let Some((_, _, c)) = cpu
             .iter()
             .find(|(op, shape, _)| *op == r.op && *shape == r.shape)

@@ -14,7 +14,19 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .collect::<kiln::Result<Vec<_>>>()?;
     let mut devices = Vec::new();
     if matches!(args.device.as_str(), "gpu" | "both") {
-        devices.push(Device::select(DeviceChoice::Gpu, &args.adapter.options())?.0);
+        let checks: &[bool] = match args.bounds_checks.as_str() {
+            "off" => &[false],
+            "on" => &[true],
+            "both" => &[false, true],
+            other => bail!("--bounds-checks must be off, on or both, got {other:?}"),
+        };
+        for &bounds_checks in checks {
+            let opts = kiln::AdapterOptions {
+                bounds_checks,
+                ..args.adapter.options()
+            };
+            devices.push(Device::select(DeviceChoice::Gpu, &opts)?.0);
+        }
     }
     if matches!(args.device.as_str(), "cpu" | "both") {
         devices.push(Device::Cpu);
@@ -70,13 +82,13 @@ fn print_table(rows: &[BenchRow]) {
         println!("{}: {}", adapter.0, adapter.1);
     }
     println!(
-        "{:<11} {:<4} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}",
+        "{:<11} {:<10} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}",
         "op", "dev", "shape", "median", "GFLOP/s", "GB/s", "% peak", "GPU/CPU", "host", "timing"
     );
     let f = |v: Option<f64>, p: usize| v.map_or("-".into(), |x| format!("{x:.p$}"));
     for r in rows {
         println!(
-            "{:<11} {:<4} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}",
+            "{:<11} {:<10} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}",
             r.op,
             r.device,
             r.shape,

@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Print {"results": [...]} instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// GPU kernels with wgpu's runtime bounds checks: off (the default build), on, or both
+    /// side by side.
+    #[arg(long, default_value = "off")]
+    pub bounds_checks: String,
     /// Comma-separated: matmul, sgd, train_step, copy.
     #[arg(
         long,
@@ -74,6 +78,7 @@ impl AdapterArgs {
         AdapterOptions {
             backend: self.backend.clone(),
             adapter: self.adapter.clone(),
+            ..AdapterOptions::from_env()
         }
     }
 }

@@ -11,6 +11,10 @@ pub struct AdapterOptions {
     pub backend: Option<String>,
     /// Case-insensitive substring of the adapter's name (`KILN_ADAPTER`).
     pub adapter: Option<String>,
+    /// Compile kernels with wgpu's runtime bounds checks (`KILN_BOUNDS_CHECKS=1`). Off by
+    /// default: every kernel guards its own indices and every binding's size is checked on
+    /// the host, so the checks only cost time (see BENCHMARKS.md).
+    pub bounds_checks: bool,
 }
 
 impl AdapterOptions {
@@ -20,6 +24,7 @@ impl AdapterOptions {
         AdapterOptions {
             backend: get("KILN_BACKEND"),
             adapter: get("KILN_ADAPTER"),
+            bounds_checks: get("KILN_BOUNDS_CHECKS").is_some_and(|v| v != "0"),
         }
     }
 

@@ -43,6 +43,7 @@ pub struct GpuContext {
     errors: Arc<Mutex<Vec<String>>>,
     /// A small read-only buffer bound where a kernel's optional input is absent.
     dummy: wgpu::Buffer,
+    bounds_checks: bool,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -58,11 +59,11 @@ impl GpuContext {
     /// buffers at 256 MiB) and the optional features Kiln can use.
     pub fn new(opts: &AdapterOptions) -> Result<Self> {
         let adapter = adapter::select(opts)?;
-        Self::from_adapter(adapter)
+        Self::from_adapter(adapter, opts.bounds_checks)
     }
 
-    /// Opens a device on a chosen adapter.
-    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+    /// Opens a device on a chosen adapter; `bounds_checks` as [`AdapterOptions::bounds_checks`].
+    pub fn from_adapter(adapter: wgpu::Adapter, bounds_checks: bool) -> Result<Self> {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let wanted =
@@ -102,6 +103,7 @@ impl GpuContext {
             pipelines: Mutex::default(),
             errors,
             dummy,
+            bounds_checks,
         })
     }
 
@@ -118,6 +120,11 @@ impl GpuContext {
     /// The optional features enabled (timestamps, subgroups, f16 where the adapter has them).
     pub fn features(&self) -> wgpu::Features {
         self.features
+    }
+
+    /// Whether kernels are compiled with wgpu's runtime bounds checks.
+    pub fn bounds_checks(&self) -> bool {
+        self.bounds_checks
     }
 
     /// "name (backend)", for messages and benchmark rows.
@@ -254,11 +261,24 @@ impl GpuContext {
             modules
                 .entry(kernel.file)
                 .or_insert_with(|| {
-                    self.device
-                        .create_shader_module(wgpu::ShaderModuleDescriptor {
-                            label: Some(kernel.file),
-                            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-                        })
+                    let desc = wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.file),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                    };
+                    if self.bounds_checks {
+                        self.device.create_shader_module(desc)
+                    } else {
+                        let checks = wgpu::ShaderRuntimeChecks {
+                            bounds_checks: false,
+                            ..wgpu::ShaderRuntimeChecks::checked()
+                        };
+                        // SAFETY: bounds checks only. Every Kiln kernel compares each index
+                        // with the lengths in its own uniform block before touching memory,
+                        // and the host sizes every binding to those lengths (tests cover
+                        // shapes that are not tile multiples). Loop bounding and integer
+                        // division guards stay on.
+                        unsafe { self.device.create_shader_module_trusted(desc, checks) }
+                    }
                 })
                 .clone()
         };
