@@ -86,7 +86,7 @@ pub struct BenchRow {
     pub pct_peak: Option<f64>,
     /// CPU time over GPU time for the same op and shape (filled in by [`compare`]).
     pub gpu_speedup: Option<f64>,
-    /// Host seconds spent recording and submitting one training step.
+    /// Host seconds spent recording and submitting one GPU training step.
     pub host_s: Option<f64>,
     /// "timestamp" (GPU timestamp queries) or "wall".
     pub timing: &'static str,
@@ -519,7 +519,10 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
         );
         let mut r = row(BenchOp::TrainStep, device, shape, t, "wall");
         r.gflops = Some(flops_per_step / t / 1e9);
-        r.host_s = Some(median(host.split_off(host.len().saturating_sub(REPS))));
+        // A CPU step is synchronous: its host time is the step itself.
+        if matches!(device, Device::Gpu(_)) {
+            r.host_s = Some(median(host.split_off(host.len().saturating_sub(REPS))));
+        }
         rows.push(r);
     }
     Ok(rows)
