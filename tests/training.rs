@@ -386,3 +386,31 @@ test_device!(
     non_finite_losses_can_be_skipped,
     super::non_finite_updates_are_skipped
 );
+
+/// With skipping on, an observation-driven schedule is not derailed by a skipped update: it
+/// sees the last finite loss in place of the infinite one, and training goes on.
+fn skipped_updates_do_not_steer_the_schedule(device: &Device) {
+    let model = Sequential::new(2, vec![Layer::Dense { out: 1 }], Loss::Mse).unwrap();
+    let opts = TrainOptions {
+        max_batch: 2,
+        ..Default::default()
+    };
+    let schedule = scheduler("kind = \"loss_adaptive\"\nbeta = 1");
+    let mut trainer = Trainer::new(device, model, opts, schedule).unwrap();
+    trainer.skip_non_finite_losses(true);
+    let (good, bad) = ([0.5, 0.25, -0.5, 1.0], [1e30, 1e30, -1e30, 1e30]);
+    let y = [1.0, 0.0];
+    let mut rates = Vec::new();
+    for x in [&good, &bad, &good, &good, &good] {
+        rates.push(trainer.step(x, Targets::Values(&y)).unwrap());
+    }
+    let losses = trainer.losses().unwrap().to_vec();
+    assert!(!losses[1].is_finite());
+    // Update 3 would have used loss[1]; it uses loss[0], the last finite one, instead.
+    assert_eq!(rates[3], 0.1 / (1.0 + losses[0] as f64));
+    assert_eq!(rates[4], 0.1 / (1.0 + losses[2] as f64));
+}
+test_device!(
+    skipped_updates_leave_the_schedule_alone,
+    super::skipped_updates_do_not_steer_the_schedule
+);

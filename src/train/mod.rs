@@ -66,6 +66,10 @@ pub struct TrainerState {
     pub schedule: serde_json::Value,
     /// Observations made but not yet given to a one-update-late schedule: (update, values).
     pub observations: Vec<(u64, Observation)>,
+    /// The last finite observation (stands in for skipped updates', see
+    /// [`Trainer::skip_non_finite_losses`]).
+    #[serde(default)]
+    pub last_finite: Observation,
     /// The parameter arena.
     #[serde(skip)]
     pub params: Vec<f32>,
@@ -85,6 +89,9 @@ pub struct Trainer {
     first_step: u64,
     /// Observations carried over from a checkpoint, or read early for one.
     carried: Vec<(u64, Observation)>,
+    skip_non_finite: bool,
+    /// The last finite observation, standing in for a skipped update's.
+    last_finite: Observation,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -162,6 +169,8 @@ impl Trainer {
             steps: 0,
             first_step: 0,
             carried: Vec::new(),
+            skip_non_finite: false,
+            last_finite: Observation::default(),
         })
     }
 
@@ -201,6 +210,11 @@ impl Trainer {
             // late, on every device: the GPU has update t+1 queued before update t's numbers
             // are read, so it never waits for the host.
             let o = self.observation(self.steps - 2)?;
+            let o = if self.skip_non_finite {
+                self.finite_or_last(o)
+            } else {
+                o
+            };
             self.schedule.step(&o)?;
         }
         let lr = self.schedule.lr();
@@ -266,10 +280,30 @@ impl Trainer {
 
     /// With `true`, an update whose batch loss is NaN or infinite leaves the parameters (and
     /// momentum buffers) unchanged; the check runs on the device, without a read-back.
+    /// Observation-driven schedules are then given the last finite observation in place of a
+    /// skipped update's: the update did not happen, so it should not steer the rate.
     pub fn skip_non_finite_losses(&mut self, skip: bool) {
+        self.skip_non_finite = skip;
         match &mut self.backend {
             Backend::Cpu(s) => s.skip_non_finite = skip,
             Backend::Gpu(s) => s.skip_non_finite = skip,
+        }
+    }
+
+    /// `o` with each non-finite value replaced by the last finite one seen (values with no
+    /// finite predecessor are left for the schedule to reject).
+    fn finite_or_last(&mut self, o: Observation) -> Observation {
+        let pick = |v: Option<f64>, last: &mut Option<f64>| match v {
+            Some(x) if x.is_finite() => {
+                *last = Some(x);
+                Some(x)
+            }
+            Some(x) => last.or(Some(x)),
+            None => None,
+        };
+        Observation {
+            loss: pick(o.loss, &mut self.last_finite.loss),
+            grad_norm_sq: pick(o.grad_norm_sq, &mut self.last_finite.grad_norm_sq),
         }
     }
 
@@ -300,6 +334,7 @@ impl Trainer {
             steps: self.steps,
             schedule,
             observations: self.carried.clone(),
+            last_finite: self.last_finite,
             params,
             momentum,
         })
@@ -331,6 +366,7 @@ impl Trainer {
         trainer.steps = state.steps;
         trainer.first_step = state.steps;
         trainer.carried = state.observations;
+        trainer.last_finite = state.last_finite;
         Ok(trainer)
     }
 
