@@ -174,11 +174,15 @@ fn report(
     on_nan: OnNan,
 ) -> Result<f32> {
     let first = run.trainer.first_step();
-    let losses = run.trainer.losses()?.to_vec();
+    let epochs: Vec<u64> = pending
+        .iter()
+        .map(|&(step, _)| run.epoch_of(step))
+        .collect();
+    // Borrowed, not copied: the history grows with the run and only its tail is new.
+    let losses = run.trainer.losses()?;
     let mut last = f32::NAN;
-    for &(step, lr) in pending.iter() {
+    for (&(step, lr), &epoch) in pending.iter().zip(&epochs) {
         let loss = losses[(step - first) as usize];
-        let epoch = run.epoch_of(step);
         if !loss.is_finite() && on_nan == OnNan::Stop {
             bail!(
                 "the loss of update {step} (epoch {epoch}) is {loss}; stopping (the last checkpoint is intact; --on-nan skip skips such updates)"

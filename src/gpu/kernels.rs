@@ -556,9 +556,10 @@ pub(crate) fn sgd_params(opts: &SgdOptions, lr: f32, first_step: bool, len: usiz
 
 /// Targets as the loss kernels read them: values as they are, class labels as f32 (exact for
 /// the class counts `ops::check_labels` allows).
-pub(crate) fn targets_as_f32(targets: Targets) -> Vec<f32> {
+pub(crate) fn targets_as_f32(targets: Targets<'_>) -> std::borrow::Cow<'_, [f32]> {
     match targets {
-        Targets::Values(v) => v.to_vec(),
+        // Borrowed: a training step uploads these every update, so no copy on the way.
+        Targets::Values(v) => std::borrow::Cow::Borrowed(v),
         Targets::Classes(c) => c.iter().map(|&l| l as f32).collect(),
     }
 }
