@@ -168,12 +168,7 @@ impl GpuOp {
 
     /// `C[M,N] = op(A)·op(B)`, no bias.
     pub fn matmul(ctx: &Arc<GpuContext>, dims: MatmulDims, t: Transpose) -> Result<GpuOp> {
-        let launch = kernels::matmul(
-            t,
-            dims,
-            false,
-            ctx.limits().max_compute_workgroups_per_dimension,
-        )?;
+        let launch = kernels::matmul(t, dims, false, ctx.max_dim())?;
         GpuOp::new(
             ctx,
             &launch,
@@ -188,19 +183,13 @@ impl GpuOp {
             momentum: 0.9,
             ..Default::default()
         };
-        let launch = kernels::sgd(
-            &opts,
-            0.01,
-            false,
-            n,
-            ctx.limits().max_compute_workgroups_per_dimension,
-        );
+        let launch = kernels::sgd(&opts, 0.01, false, n, ctx.max_dim());
         GpuOp::new(ctx, &launch, &[n, n, n], Some(3))
     }
 
     /// A copy of `n` floats.
     pub fn copy(ctx: &Arc<GpuContext>, n: usize) -> Result<GpuOp> {
-        let launch = kernels::copy(n, ctx.limits().max_compute_workgroups_per_dimension);
+        let launch = kernels::copy(n, ctx.max_dim());
         GpuOp::new(ctx, &launch, &[n, n], None)
     }
 
