@@ -19,7 +19,6 @@ pub struct CpuStep {
     grads: Vec<f32>,
     momentum: Vec<f32>,
     momentum_started: bool,
-    input: Vec<f32>,
     acts: Vec<Vec<f32>>,
     act_grads: Vec<Vec<f32>>,
     losses: Vec<f32>,
@@ -54,7 +53,6 @@ impl CpuStep {
             momentum: vec![0.0; params.len()],
             momentum_started: false,
             params,
-            input: Vec::new(),
             losses: Vec::new(),
             first_update: 0,
             skip_non_finite: false,
@@ -78,8 +76,9 @@ impl CpuStep {
         );
         self.act_grads[last] = grad;
         self.losses.push(value);
-        for instr in self.program.backward.clone() {
-            self.exec(&instr, batch);
+        for i in 0..self.program.backward.len() {
+            let instr = self.program.backward[i];
+            self.exec(&instr, batch, x);
         }
         if let Some(norms) = &mut self.grad_norms {
             let norm_sq = cpu::norm::sum_squares(&self.grads);
@@ -140,17 +139,18 @@ impl CpuStep {
     }
 
     fn forward(&mut self, x: &[f32], batch: usize) {
-        self.input.clear();
-        self.input.extend_from_slice(x);
-        for instr in self.program.forward.clone() {
-            self.exec(&instr, batch);
+        // Indexed: `Instr` is Copy, and iterating `self.program` would hold a borrow `exec`
+        // needs mutably.
+        for i in 0..self.program.forward.len() {
+            let instr = self.program.forward[i];
+            self.exec(&instr, batch, x);
         }
     }
 
-    /// The elements of `slot` for a batch of `batch` rows.
-    fn get(&self, slot: Slot, batch: usize) -> &[f32] {
+    /// The elements of `slot` for a batch of `batch` rows whose input is `x`.
+    fn get<'a>(&'a self, slot: Slot, batch: usize, x: &'a [f32]) -> &'a [f32] {
         match slot {
-            Slot::Input => &self.input[..batch * self.input_width],
+            Slot::Input => &x[..batch * self.input_width],
             Slot::Act(i) => &self.acts[i][..batch * self.widths[i]],
             Slot::ActGrad(i) => &self.act_grads[i][..batch * self.widths[i]],
             Slot::Param { offset, len } => &self.params[offset..offset + len],
@@ -160,7 +160,7 @@ impl CpuStep {
 
     /// Runs one instruction. Its output vector is taken out while the inputs are borrowed;
     /// no instruction reads the vector it writes.
-    fn exec(&mut self, instr: &Instr, batch: usize) {
+    fn exec(&mut self, instr: &Instr, batch: usize, x: &[f32]) {
         let out_slot = match *instr {
             Instr::Matmul { c, .. } => c,
             Instr::BiasGrad { db, .. } => db,
@@ -191,27 +191,34 @@ impl CpuStep {
                 ..
             } => {
                 let dims = Instr::matmul_dims(m, n, k, batch);
-                let bias = bias.map(|s| self.get(s, batch));
-                cpu::matmul::matmul(self.get(a, batch), self.get(b, batch), bias, dst, dims, t);
+                let bias = bias.map(|s| self.get(s, batch, x));
+                cpu::matmul::matmul(
+                    self.get(a, batch, x),
+                    self.get(b, batch, x),
+                    bias,
+                    dst,
+                    dims,
+                    t,
+                );
             }
             Instr::BiasGrad { dy, cols, .. } => {
-                cpu::bias::bias_grad(self.get(dy, batch), batch, cols, dst)
+                cpu::bias::bias_grad(self.get(dy, batch, x), batch, cols, dst)
             }
-            Instr::ActForward { act, x, cols, .. } => {
-                cpu::activation::forward(act, self.get(x, batch), cols, dst)
-            }
+            Instr::ActForward {
+                act, x: src, cols, ..
+            } => cpu::activation::forward(act, self.get(src, batch, x), cols, dst),
             Instr::ActBackward {
                 act,
-                x,
+                x: src,
                 y,
                 dy,
                 cols,
                 ..
             } => cpu::activation::backward(
                 act,
-                self.get(x, batch),
-                self.get(y, batch),
-                self.get(dy, batch),
+                self.get(src, batch, x),
+                self.get(y, batch, x),
+                self.get(dy, batch, x),
                 cols,
                 dst,
             ),
