@@ -7,20 +7,40 @@
 //   backward  dW = dYᵀ·X      TRANS_A = true,  TRANS_B = false
 // A is stored [M,K] (or [K,M] when TRANS_A), B is stored [K,N] (or [N,K] when TRANS_B).
 //
-// Each 16×16 workgroup computes a 64×64 tile of C; each thread holds a 4×4 block of outputs in
-// registers. Thread (tx, ty) owns rows ty + 16·i and columns tx + 16·j, so neighbouring threads
-// read neighbouring workgroup-memory words and write neighbouring words of C.
-// CPU twin: src/cpu/matmul.rs. Tests: tests/kernels.rs.
+// Each workgroup computes a BM×BN tile of C, BK values of k at a time; each thread holds a TM×TN
+// block of outputs in registers. Both tiles sit k-major in workgroup memory as vec4s, so a thread
+// reads the four rows (or columns) it needs for one k in one load. A thread's rows are TM/4 runs
+// of four, WG_Y·4 apart, and likewise its columns: neighbouring threads then read neighbouring
+// vec4s of workgroup memory and write neighbouring words of C.
+//
+// Every output is one fma chain over k in increasing order, whatever the tile shape, so every
+// tile shape gives bit-identical results (the tuner may pick any of them).
+// CPU twin: src/cpu/matmul.rs. Tests: tests/kernels.rs. Tile shapes: src/gpu/matmul_tiles.rs.
+
+// The tile shape. The host rewrites these five lines for each shape it compiles
+// (`TileConfig::defines`); the values here are one valid shape, so the file stands alone.
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+const TM: u32 = 4u;
+const TN: u32 = 4u;
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
+// Read A (B) through its vec4 view: set by the host only where the stored matrix's contiguous
+// dimension is a multiple of 4, so a vec4 never straddles a row and bindings are whole vec4s.
+override VEC_A: bool = false;
+override VEC_B: bool = false;
 
-const TILE_M: u32 = 64u;
-const TILE_N: u32 = 64u;
-const TILE_K: u32 = 16u;
-const THREADS: u32 = 256u;
-// Elements of one A (or B) tile each thread loads per k-step: 64·16 / 256.
-const LOADS_PER_THREAD: u32 = 4u;
+const WG_X: u32 = BN / TN;
+const WG_Y: u32 = BM / TM;
+const THREADS: u32 = WG_X * WG_Y;
+const BM4: u32 = BM / 4u;
+const BN4: u32 = BN / 4u;
+const BK4: u32 = BK / 4u;
+// Runs of four rows (columns) per thread.
+const RM: u32 = TM / 4u;
+const RN: u32 = TN / 4u;
 
 struct MatmulParams {
     m: u32,
@@ -32,108 +52,184 @@ struct MatmulParams {
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<uniform> params: MatmulParams;
+// The same buffers as a and b seen as vec4s when VEC_A / VEC_B (a placeholder otherwise).
+@group(0) @binding(2) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<f32>;
+@group(0) @binding(6) var<uniform> params: MatmulParams;
 
-// k-major: a_tile[kk·TILE_M + row], b_tile[kk·TILE_N + col], so the inner product loop reads
-// one row of each per k.
-var<workgroup> a_tile: array<f32, 1024>;
-var<workgroup> b_tile: array<f32, 1024>;
+// k-major: a_tile[kk·BM4 + r] holds rows 4r..4r+3 of the tile at k = kk; b_tile likewise columns.
+var<workgroup> a_tile: array<vec4<f32>, BK * BM4>;
+var<workgroup> b_tile: array<vec4<f32>, BK * BN4>;
 
-fn load_a(row: u32, kk: u32) -> f32 {
-    if row >= params.m || kk >= params.k {
-        return 0.0;
+// A at (row, kk..kk+3): four values along k (A stored [M,K]).
+fn a_along_k(row: u32, kk: u32) -> vec4<f32> {
+    let m = params.m;
+    let k = params.k;
+    if VEC_A {
+        // k % 4 == 0, so the four are all in range or all out.
+        if row >= m || kk >= k {
+            return vec4(0.0);
+        }
+        return a4[(row * k + kk) / 4u];
     }
-    if TRANS_A {
-        return a[kk * params.m + row];
+    var v = vec4(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if row < m && kk + i < k {
+            v[i] = a[row * k + kk + i];
+        }
     }
-    return a[row * params.k + kk];
+    return v;
 }
 
-fn load_b(kk: u32, col: u32) -> f32 {
-    if kk >= params.k || col >= params.n {
-        return 0.0;
+// A at (row..row+3, kk): four values along m (A stored [K,M]).
+fn a_along_m(row: u32, kk: u32) -> vec4<f32> {
+    let m = params.m;
+    let k = params.k;
+    if VEC_A {
+        if row >= m || kk >= k {
+            return vec4(0.0);
+        }
+        return a4[(kk * m + row) / 4u];
     }
-    if TRANS_B {
-        return b[col * params.k + kk];
+    var v = vec4(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if row + i < m && kk < k {
+            v[i] = a[kk * m + row + i];
+        }
     }
-    return b[kk * params.n + col];
+    return v;
 }
 
-@compute @workgroup_size(16, 16)
+// B at (kk, col..col+3): four values along n (B stored [K,N]).
+fn b_along_n(kk: u32, col: u32) -> vec4<f32> {
+    let n = params.n;
+    let k = params.k;
+    if VEC_B {
+        if col >= n || kk >= k {
+            return vec4(0.0);
+        }
+        return b4[(kk * n + col) / 4u];
+    }
+    var v = vec4(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if col + i < n && kk < k {
+            v[i] = b[kk * n + col + i];
+        }
+    }
+    return v;
+}
+
+// B at (kk..kk+3, col): four values along k (B stored [N,K]).
+fn b_along_k(kk: u32, col: u32) -> vec4<f32> {
+    let n = params.n;
+    let k = params.k;
+    if VEC_B {
+        if col >= n || kk >= k {
+            return vec4(0.0);
+        }
+        return b4[(col * k + kk) / 4u];
+    }
+    var v = vec4(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if col < n && kk + i < k {
+            v[i] = b[col * k + kk + i];
+        }
+    }
+    return v;
+}
+
+// Fills the workgroup tiles for k0..k0+BK. Consecutive threads read consecutive vec4s of the
+// stored matrix whichever way it is laid out; a vec4 along k is spread over four k rows of the
+// tile, one along m or n lands whole.
+fn load_tiles(tid: u32, row0: u32, col0: u32, k0: u32) {
+    for (var s = tid; s < BK * BM4; s += THREADS) {
+        if TRANS_A {
+            let kk = s / BM4;
+            let r4 = s % BM4;
+            a_tile[kk * BM4 + r4] = a_along_m(row0 + 4u * r4, k0 + kk);
+        } else {
+            let row = s / BK4;
+            let kq = s % BK4;
+            let v = a_along_k(row0 + row, k0 + 4u * kq);
+            for (var i = 0u; i < 4u; i++) {
+                a_tile[(4u * kq + i) * BM4 + row / 4u][row % 4u] = v[i];
+            }
+        }
+    }
+    for (var s = tid; s < BK * BN4; s += THREADS) {
+        if TRANS_B {
+            let col = s / BK4;
+            let kq = s % BK4;
+            let v = b_along_k(k0 + 4u * kq, col0 + col);
+            for (var i = 0u; i < 4u; i++) {
+                b_tile[(4u * kq + i) * BN4 + col / 4u][col % 4u] = v[i];
+            }
+        } else {
+            let kk = s / BN4;
+            let c4 = s % BN4;
+            b_tile[kk * BN4 + c4] = b_along_n(k0 + kk, col0 + 4u * c4);
+        }
+    }
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
 fn matmul(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let tid = lid.y * 16u + lid.x;
-    let row0 = wg.y * TILE_M;
-    let col0 = wg.x * TILE_N;
+    let tid = lid.y * WG_X + lid.x;
+    let row0 = wg.y * BM;
+    let col0 = wg.x * BN;
 
-    var acc: array<array<f32, 4>, 4>;
-    var a_reg: array<f32, 4>;
-    var b_reg: array<f32, 4>;
+    // acc[r·4 + i][cn] holds row (run r, offset i) × columns of run cn.
+    var acc: array<array<vec4<f32>, RN>, TM>;
+    var a_reg: array<vec4<f32>, RM>;
+    var b_reg: array<vec4<f32>, RN>;
 
-    for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
-        // Map each thread's loads so that consecutive threads read consecutive addresses of
-        // the stored matrix, whichever way it is laid out.
-        for (var l = 0u; l < LOADS_PER_THREAD; l++) {
-            let e = tid + l * THREADS;
-            var ar: u32;
-            var ak: u32;
-            if TRANS_A {
-                ak = e / TILE_M;
-                ar = e % TILE_M;
-            } else {
-                ar = e / TILE_K;
-                ak = e % TILE_K;
-            }
-            a_tile[ak * TILE_M + ar] = load_a(row0 + ar, k0 + ak);
-
-            var bk: u32;
-            var bc: u32;
-            if TRANS_B {
-                bc = e / TILE_K;
-                bk = e % TILE_K;
-            } else {
-                bk = e / TILE_N;
-                bc = e % TILE_N;
-            }
-            b_tile[bk * TILE_N + bc] = load_b(k0 + bk, col0 + bc);
-        }
+    for (var k0 = 0u; k0 < params.k; k0 += BK) {
+        load_tiles(tid, row0, col0, k0);
         workgroupBarrier();
 
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            for (var i = 0u; i < 4u; i++) {
-                a_reg[i] = a_tile[kk * TILE_M + lid.y + 16u * i];
+        for (var kk = 0u; kk < BK; kk++) {
+            for (var r = 0u; r < RM; r++) {
+                a_reg[r] = a_tile[kk * BM4 + r * WG_Y + lid.y];
             }
-            for (var j = 0u; j < 4u; j++) {
-                b_reg[j] = b_tile[kk * TILE_N + lid.x + 16u * j];
+            for (var cn = 0u; cn < RN; cn++) {
+                b_reg[cn] = b_tile[kk * BN4 + cn * WG_X + lid.x];
             }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(a_reg[i], b_reg[j], acc[i][j]);
+            for (var r = 0u; r < RM; r++) {
+                for (var i = 0u; i < 4u; i++) {
+                    let av = vec4(a_reg[r][i]);
+                    for (var cn = 0u; cn < RN; cn++) {
+                        acc[r * 4u + i][cn] = fma(av, b_reg[cn], acc[r * 4u + i][cn]);
+                    }
                 }
             }
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + lid.y + 16u * i;
-        if row >= params.m {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + lid.x + 16u * j;
-            if col >= params.n {
+    for (var r = 0u; r < RM; r++) {
+        for (var i = 0u; i < 4u; i++) {
+            let row = row0 + (r * WG_Y + lid.y) * 4u + i;
+            if row >= params.m {
                 continue;
             }
-            var v = acc[i][j];
-            if params.use_bias != 0u {
-                v += bias[col];
+            for (var cn = 0u; cn < RN; cn++) {
+                let col = col0 + (cn * WG_X + lid.x) * 4u;
+                let v = acc[r * 4u + i][cn];
+                for (var j = 0u; j < 4u; j++) {
+                    if col + j < params.n {
+                        var out = v[j];
+                        if params.use_bias != 0u {
+                            out += bias[col + j];
+                        }
+                        c[row * params.n + col + j] = out;
+                    }
+                }
             }
-            c[row * params.n + col] = v;
         }
     }
 }

@@ -11,8 +11,10 @@ use std::time::Instant;
 use crate::device::Device;
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::{self, Launch};
+use crate::timing::{measure, median};
 use std::sync::Arc;
 
+use crate::gpu::matmul_tiles::TileConfig;
 use crate::gpu::{BufferRange, GpuContext, Recorded};
 use crate::model::{Layer, Sequential};
 use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
@@ -90,6 +92,8 @@ pub struct BenchRow {
     pub host_s: Option<f64>,
     /// "timestamp" (GPU timestamp queries) or "wall".
     pub timing: &'static str,
+    /// The matmul tile shape the GPU used (see [`crate::gpu::matmul_tiles`]).
+    pub tiles: Option<String>,
 }
 
 /// Sizes to measure.
@@ -117,21 +121,6 @@ pub fn fp32_peak_gflops(adapter: &str) -> Option<f64> {
         .iter()
         .find(|(k, _)| adapter.contains(k))
         .map(|(_, t)| t * 1e3)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Runs `f` `warmup` times unmeasured, then `reps` times, returning the median of what it
-/// reports.
-fn measure(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
-    for _ in 0..warmup {
-        f()?;
-    }
-    let times = (0..reps).map(|_| f()).collect::<Result<Vec<_>>>()?;
-    Ok(median(times))
 }
 
 const REPS: usize = 7;
@@ -168,13 +157,36 @@ impl GpuOp {
 
     /// `C[M,N] = op(A)·op(B)`, no bias.
     pub fn matmul(ctx: &Arc<GpuContext>, dims: MatmulDims, t: Transpose) -> Result<GpuOp> {
-        let launch = kernels::matmul(t, dims, false, ctx.max_dim())?;
-        GpuOp::new(
-            ctx,
+        let tile = ctx.matmul_tiling()?.pick(dims);
+        GpuOp::matmul_with(ctx, dims, t, tile)
+    }
+
+    /// `C[M,N] = op(A)·op(B)` with a given tile shape.
+    pub fn matmul_with(
+        ctx: &Arc<GpuContext>,
+        dims: MatmulDims,
+        t: Transpose,
+        tile: TileConfig,
+    ) -> Result<GpuOp> {
+        let launch = kernels::matmul(t, dims, false, tile, ctx.max_dim())?;
+        let buffers = [dims.m * dims.k, dims.k * dims.n, dims.m * dims.n]
+            .iter()
+            .map(|&n| ctx.storage_buffer("bench operand", n))
+            .collect::<Result<Vec<_>>>()?;
+        let bindings = kernels::matmul_bindings(
             &launch,
-            &[dims.m * dims.k, dims.k * dims.n, dims.m * dims.n],
-            Some(2),
-        )
+            dims,
+            (&buffers[0]).into(),
+            (&buffers[1]).into(),
+            None,
+            (&buffers[2]).into(),
+            ctx.dummy(),
+        );
+        Ok(GpuOp {
+            rec: ctx.record(&launch, &bindings),
+            ctx: ctx.clone(),
+            _buffers: buffers,
+        })
     }
 
     /// The fused SGD update of `n` parameters, momentum 0.9.
@@ -204,55 +216,9 @@ impl GpuOp {
     }
 }
 
-/// Seconds of GPU time one run of `op` takes: timestamp queries when the adapter has them,
-/// else wall time around submit and wait.
+/// Seconds of GPU time one run of `op` takes (see [`GpuContext::time_dispatch`]).
 fn time_gpu(op: &GpuOp) -> Result<(f64, &'static str)> {
-    let (ctx, rec) = (&op.ctx, &op.rec);
-    if !ctx.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
-        let t = measure(2, REPS, || {
-            let start = Instant::now();
-            op.run()?;
-            Ok(start.elapsed().as_secs_f64())
-        })?;
-        return Ok((t, "wall"));
-    }
-    let queries = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
-        label: Some("kiln.bench"),
-        ty: wgpu::QueryType::Timestamp,
-        count: 2,
-    });
-    let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("kiln.bench.resolve"),
-        size: 16,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let period = ctx.queue.get_timestamp_period() as f64;
-    let t = measure(2, REPS, || {
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("kiln.bench"),
-                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &queries,
-                    beginning_of_pass_write_index: Some(0),
-                    end_of_pass_write_index: Some(1),
-                }),
-            });
-            let d = &rec.dispatch;
-            pass.set_pipeline(&d.pipeline.pipeline);
-            pass.set_bind_group(d.pipeline.group, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
-        }
-        encoder.resolve_query_set(&queries, 0..2, &resolve, 0);
-        ctx.queue.submit([encoder.finish()]);
-        let raw: Vec<f32> = ctx.read_back(&resolve, 0, 4)?;
-        let bytes: &[u8] = bytemuck::cast_slice(&raw);
-        let tick =
-            |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-        Ok(tick(1).saturating_sub(tick(0)) as f64 * period * 1e-9)
-    })?;
-    Ok((t, "timestamp"))
+    op.ctx.time_dispatch(&op.rec.dispatch, 2, REPS)
 }
 
 fn cpu_time(mut f: impl FnMut()) -> Result<f64> {
@@ -287,6 +253,7 @@ fn row(
         gpu_speedup: None,
         host_s: None,
         timing,
+        tiles: None,
     }
 }
 
@@ -396,6 +363,10 @@ fn bench_matmul(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>>
             }
             Device::Gpu(ctx) => time_gpu(&GpuOp::matmul(ctx, dims, t)?)?,
         };
+        let tiles = match device {
+            Device::Cpu => None,
+            Device::Gpu(ctx) => Some(ctx.matmul_tiling()?.pick(dims).to_string()),
+        };
         let mut r = row(
             BenchOp::Matmul,
             device,
@@ -403,6 +374,7 @@ fn bench_matmul(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>>
             time,
             timing,
         );
+        r.tiles = tiles;
         let gflops = 2.0 * (m * n * k) as f64 / time / 1e9;
         r.gflops = Some(gflops);
         r.pct_peak = fp32_peak_gflops(&r.adapter).map(|p| 100.0 * gflops / p);

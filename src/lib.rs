@@ -11,6 +11,7 @@ pub mod model;
 pub mod ops;
 pub mod plot;
 pub mod run;
+mod timing;
 pub mod train;
 pub mod weights;
 

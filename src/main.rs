@@ -30,5 +30,6 @@ fn main() -> Result<()> {
         cli::Command::Schedule(args) => cli::schedule::schedule(&args),
         cli::Command::Plot(args) => cli::plot::plot(&args),
         cli::Command::Bench(args) => cli::bench::bench(&args),
+        cli::Command::Tune { adapter } => cli::tune::tune(&adapter),
     }
 }

@@ -43,3 +43,68 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
     }
     assert_eq!(rows.iter().filter(|r| r.device == "gpu").count(), 3);
 }
+
+fn kiln(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("KILN_MATMUL_TILES")
+        .env("NODEVICE_SELECT", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("kiln runs")
+}
+
+/// `kiln tune` times every tile shape that fits, marks one choice per timed class, and caches
+/// the choice where KILN_CACHE_DIR says; a bad KILN_MATMUL_TILES is an error naming it.
+#[test]
+fn tune_times_every_tile_shape_and_caches_the_choice() {
+    let Some(ctx) = common::gpu() else { return };
+    let dir = std::env::temp_dir().join(format!("kiln-tune-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = dir.to_str().unwrap();
+    let out = kiln(&["tune"], &[("KILN_CACHE_DIR", cache)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fitting = kiln::gpu::matmul_tiles::CANDIDATES
+        .iter()
+        .filter(|c| c.fits(ctx.limits()))
+        .count();
+    for class in ["small", "medium", "large"] {
+        let timed = text
+            .lines()
+            .filter(|l| l.starts_with(class) && !l.contains("not timed"))
+            .count();
+        let chosen = text
+            .lines()
+            .filter(|l| l.starts_with(class) && l.ends_with("<- chosen"))
+            .count();
+        // Each class is timed on every fitting shape, vec4 and scalar, or not at all.
+        assert!(timed == 2 * fitting || timed == 0, "{class}: {text}");
+        assert_eq!(chosen, (timed > 0) as usize, "{class}: {text}");
+    }
+    let file = std::fs::read_to_string(dir.join("matmul-tiles.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&file).unwrap();
+    let entry = v["adapters"].as_object().unwrap().values().next().unwrap();
+    assert_eq!(entry["source"], "measured", "{file}");
+
+    let out = kiln(
+        &["bench", "--device", "gpu", "--ops", "matmul", "--quick"],
+        &[
+            ("KILN_CACHE_DIR", cache),
+            ("KILN_MATMUL_TILES", "64x64x6/4x4"),
+        ],
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("KILN_MATMUL_TILES") && e.contains("multiple of 4"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -203,15 +203,18 @@ fn wgpu_validation_errors_become_err_on_the_next_call() {
 }
 
 #[test]
-fn pipelines_are_compiled_once_per_device() {
+fn pipelines_are_compiled_once_per_device_and_tile_shape() {
     let Some(gpu) = common::gpu() else { return };
+    use kiln::gpu::kernels::MATMUL;
+    use kiln::gpu::matmul_tiles::CANDIDATES;
     let consts = [("TRANS_A", 1.0), ("TRANS_B", 0.0)];
-    let a = gpu.pipeline(&kiln::gpu::kernels::MATMUL, &consts);
-    let b = gpu.pipeline(&kiln::gpu::kernels::MATMUL, &consts);
-    let other = gpu.pipeline(
-        &kiln::gpu::kernels::MATMUL,
-        &[("TRANS_A", 0.0), ("TRANS_B", 1.0)],
-    );
+    let tiles = CANDIDATES[2].defines();
+    let a = gpu.pipeline(&MATMUL, &consts, &tiles);
+    let b = gpu.pipeline(&MATMUL, &consts, &tiles);
+    let other_layout = gpu.pipeline(&MATMUL, &[("TRANS_A", 0.0), ("TRANS_B", 1.0)], &tiles);
+    let other_tiles = gpu.pipeline(&MATMUL, &consts, &CANDIDATES[6].defines());
     assert!(std::sync::Arc::ptr_eq(&a, &b));
-    assert!(!std::sync::Arc::ptr_eq(&a, &other));
+    assert!(!std::sync::Arc::ptr_eq(&a, &other_layout));
+    assert!(!std::sync::Arc::ptr_eq(&a, &other_tiles));
+    gpu.check_errors().unwrap();
 }

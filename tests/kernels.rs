@@ -3,6 +3,7 @@
 mod common;
 
 use common::{Tolerance, assert_close, gpu_device, random, random_labels};
+use kiln::gpu::matmul_tiles::{CANDIDATES, TileConfig};
 use kiln::{Activation, Device, Loss, MatmulDims, SgdOptions, Targets, Transpose};
 
 /// Sizes around the 64-wide matmul tile and the 16-deep k-step, and around 256-thread
@@ -63,6 +64,69 @@ fn matmul_matches_cpu_on_tall_thin_and_deep_shapes() {
             matmul_case(&gpu, m, n, k, t, i % 2 == 0, 1000 + i as u64);
         }
     }
+}
+
+/// Every tile shape the tuner may pick, with vec4 and scalar loads, in all three layouts, on
+/// shapes whose contiguous dimensions are and are not multiples of 4 (vec4 loads are used
+/// only where they are) and that are not tile multiples. Every shape must give the values the
+/// tuned one gives: each output is one fma chain over k in order.
+#[test]
+fn every_matmul_tile_shape_matches_cpu_and_the_others() {
+    let Some(Device::Gpu(ctx)) = both() else {
+        return;
+    };
+    let shapes = [
+        (1, 1, 1),
+        (4, 8, 12),
+        (67, 131, 36),
+        (132, 68, 17),
+        (129, 65, 68),
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let dims = MatmulDims { m, n, k };
+        for t in Transpose::ALL {
+            let seed = 3000 + 10 * i as u64;
+            let a = random(m * k, -1.0, 1.0, seed);
+            let b = random(k * n, -1.0, 1.0, seed + 1);
+            let bias = random(n, -1.0, 1.0, seed + 2);
+            let want = Device::Cpu.matmul(&a, &b, Some(&bias), dims, t).unwrap();
+            let mut first: Option<(String, Vec<f32>)> = None;
+            for tile in CANDIDATES.iter().flat_map(|&c| [c, c.scalar()]) {
+                if !tile.fits(ctx.limits()) {
+                    continue;
+                }
+                let got = ctx
+                    .matmul_with_tile(&a, &b, Some(&bias), dims, t, tile)
+                    .unwrap();
+                let what = format!("matmul {t:?} m={m} n={n} k={k} tiles {tile}");
+                assert_close(&what, &got, &want, common::matmul_tolerance(k));
+                match &first {
+                    None => first = Some((what, got)),
+                    Some((first_what, first_got)) => {
+                        // Equal as numbers: a zero's sign may differ with the k padding.
+                        assert!(
+                            got.iter().zip(first_got).all(|(x, y)| x == y),
+                            "{what} differs from {first_what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_tile_shape_over_the_limits_is_refused() {
+    let Some(Device::Gpu(ctx)) = both() else {
+        return;
+    };
+    let huge = TileConfig::parse("256x256x64/4x4").unwrap();
+    let dims = MatmulDims { m: 1, n: 1, k: 1 };
+    let e = ctx
+        .matmul_with_tile(&[1.0], &[1.0], None, dims, Transpose::Nn, huge)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("256x256x64/4x4") && e.contains("limits"), "{e}");
 }
 
 #[test]

@@ -43,3 +43,33 @@ fn every_kernel_entry_point_the_engine_uses_exists() {
         );
     }
 }
+
+/// The matmul is compiled once per tile shape from rewritten source: every candidate's source
+/// must rewrite all five constants, keep the default shape's text otherwise, and validate.
+#[test]
+fn every_matmul_tile_shape_compiles_from_rewritten_source() {
+    use kiln::gpu::kernels::{MATMUL, with_defines};
+    use kiln::gpu::matmul_tiles::CANDIDATES;
+    for tile in CANDIDATES {
+        let source = with_defines(MATMUL.source, &tile.defines());
+        for (name, value) in tile.defines() {
+            let line = format!("const {name}: u32 = {value}u;");
+            assert_eq!(source.matches(&line).count(), 1, "{tile}: {line}");
+        }
+        assert_eq!(source.lines().count(), MATMUL.source.lines().count());
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{tile}: {}", e.emit_to_string(&source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{tile}: {}", e.emit_to_string(&source)));
+        let entry = &module.entry_points[0];
+        assert_eq!(
+            entry.workgroup_size,
+            [tile.bn / tile.tn, tile.bm / tile.tm, 1],
+            "{tile}"
+        );
+    }
+}

@@ -58,7 +58,7 @@ fn opt(v: Option<f64>) -> String {
 fn json(r: &BenchRow) -> String {
     let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     format!(
-        "{{\"op\": \"{}\", \"device\": \"{}\", \"adapter\": \"{}\", \"shape\": \"{}\", \"median_s\": {:?}, \"gflops\": {}, \"gbps\": {}, \"pct_peak\": {}, \"gpu_speedup\": {}, \"host_s\": {}, \"timing\": \"{}\"}}",
+        "{{\"op\": \"{}\", \"device\": \"{}\", \"adapter\": \"{}\", \"shape\": \"{}\", \"median_s\": {:?}, \"gflops\": {}, \"gbps\": {}, \"pct_peak\": {}, \"gpu_speedup\": {}, \"host_s\": {}, \"timing\": \"{}\", \"tiles\": {}}}",
         r.op,
         r.device,
         esc(&r.adapter),
@@ -69,7 +69,10 @@ fn json(r: &BenchRow) -> String {
         opt(r.pct_peak),
         opt(r.gpu_speedup),
         opt(r.host_s),
-        r.timing
+        r.timing,
+        r.tiles
+            .as_ref()
+            .map_or("null".into(), |t| format!("\"{t}\""))
     )
 }
 
@@ -82,13 +85,13 @@ fn print_table(rows: &[BenchRow]) {
         println!("{}: {}", adapter.0, adapter.1);
     }
     println!(
-        "{:<11} {:<10} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}",
+        "{:<11} {:<10} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  tiles",
         "op", "dev", "shape", "median", "GFLOP/s", "GB/s", "% peak", "GPU/CPU", "host", "timing"
     );
     let f = |v: Option<f64>, p: usize| v.map_or("-".into(), |x| format!("{x:.p$}"));
     for r in rows {
         println!(
-            "{:<11} {:<10} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}",
+            "{:<11} {:<10} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  {}",
             r.op,
             r.device,
             r.shape,
@@ -99,7 +102,8 @@ fn print_table(rows: &[BenchRow]) {
             r.gpu_speedup.map_or("-".into(), |s| format!("{s:.3}x")),
             r.host_s
                 .map_or("-".into(), |h| format!("{:.1} µs", h * 1e6)),
-            r.timing
+            r.timing,
+            r.tiles.as_deref().unwrap_or("")
         );
     }
 }

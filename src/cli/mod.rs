@@ -5,6 +5,7 @@ pub mod devices;
 pub mod plot;
 pub mod schedule;
 pub mod train;
+pub mod tune;
 
 use std::path::PathBuf;
 
@@ -26,6 +27,11 @@ pub enum Command {
     Plot(PlotArgs),
     /// Time matmul, SGD, copy and training steps on the GPU and the CPU device.
     Bench(BenchArgs),
+    /// Time every matmul tile shape on the GPU and cache the fastest for this adapter.
+    Tune {
+        #[command(flatten)]
+        adapter: AdapterArgs,
+    },
 }
 
 #[derive(Args)]

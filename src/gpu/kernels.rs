@@ -1,6 +1,8 @@
 //! The table of WGSL kernels: which file, which entry point, which bindings. Pipelines are
 //! built from these on first use and cached per device (`GpuContext::pipeline`).
 
+use super::BufferRange;
+use super::matmul_tiles::TileConfig;
 use crate::error::{KilnError, Result};
 use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
 
@@ -42,13 +44,13 @@ const SGD_SRC: &str = include_str!("../../shaders/sgd.wgsl");
 const NORM_SRC: &str = include_str!("../../shaders/norm.wgsl");
 const COPY_SRC: &str = include_str!("../../shaders/copy.wgsl");
 
-/// a, b, bias, c, params
+/// a, b, a as vec4s, b as vec4s, bias, c, params
 pub static MATMUL: Kernel = Kernel {
     file: "matmul.wgsl",
     source: MATMUL_SRC,
     entry: "matmul",
     group: 0,
-    bindings: &[Read, Read, Read, ReadWrite, Uniform],
+    bindings: &[Read, Read, Read, Read, Read, ReadWrite, Uniform],
 };
 
 /// dy, db, params
@@ -310,8 +312,6 @@ pub(crate) struct SgdParams {
 /// `SgdParams::skip_slot` when no loss is checked.
 pub(crate) const NO_SKIP: u32 = u32::MAX;
 
-/// Matmul tile: one workgroup computes TILE×TILE outputs.
-pub(crate) const MATMUL_TILE: u32 = 64;
 /// Threads per workgroup of the elementwise kernels.
 pub(crate) const ELEMENTWISE_WORKGROUP: u32 = 256;
 
@@ -322,8 +322,11 @@ pub(crate) const ELEMENTWISE_WORKGROUP: u32 = 256;
 pub struct Launch {
     /// What runs.
     pub kernel: &'static Kernel,
-    /// Pipeline override constants (the matmul's transposes).
+    /// Pipeline override constants (the matmul's transposes and vec4 loads).
     pub constants: Vec<(&'static str, f64)>,
+    /// `const NAME: u32` lines of the source to rewrite (the matmul's tile shape); each set
+    /// of values is compiled as its own shader module.
+    pub defines: Vec<(&'static str, u32)>,
     /// The bytes of the uniform block.
     pub uniform: Vec<u8>,
     /// Workgroups in x, y, z.
@@ -335,10 +338,37 @@ impl Launch {
         Launch {
             kernel,
             constants: Vec::new(),
+            defines: Vec::new(),
             uniform: bytemuck::bytes_of(uniform).to_vec(),
             grid,
         }
     }
+}
+
+/// `source` with the value of each `const NAME: u32 = …;` line named in `defines` replaced.
+/// A name without such a line is left alone (tests/shaders.rs checks every tile shape's
+/// source names its constants).
+pub fn with_defines<'a>(
+    source: &'a str,
+    defines: &[(&'static str, u32)],
+) -> std::borrow::Cow<'a, str> {
+    if defines.is_empty() {
+        return source.into();
+    }
+    source
+        .lines()
+        .map(|line| {
+            defines
+                .iter()
+                .find(|(name, _)| line.starts_with(&format!("const {name}: u32 = ")))
+                .map_or_else(
+                    || line.to_string(),
+                    |(name, value)| format!("const {name}: u32 = {value}u;"),
+                )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into()
 }
 
 /// Workgroup grid for `threads` elementwise threads, folded into a second dimension past the
@@ -353,17 +383,18 @@ pub(crate) fn elementwise_grid(threads: usize, max_per_dim: u32) -> [u32; 3] {
     }
 }
 
-/// C[m,n] = op(A)·op(B) (+ bias). Errs if the output needs more workgroups than a dimension allows.
+/// C[m,n] = op(A)·op(B) (+ bias) with one tile shape. Errs if the output needs more workgroups
+/// than a dimension allows.
 pub(crate) fn matmul(
     t: Transpose,
     dims: MatmulDims,
     use_bias: bool,
+    tile: TileConfig,
     max_per_dim: u32,
 ) -> Result<Launch> {
-    let tile = MATMUL_TILE as usize;
     let grid = [
-        dims.n.div_ceil(tile) as u32,
-        dims.m.div_ceil(tile) as u32,
+        dims.n.div_ceil(tile.bn as usize) as u32,
+        dims.m.div_ceil(tile.bm as usize) as u32,
         1,
     ];
     if grid[0] > max_per_dim || grid[1] > max_per_dim {
@@ -380,14 +411,57 @@ pub(crate) fn matmul(
         k: dims.k as u32,
         use_bias: use_bias as u32,
     };
-    let (ta, tb) = match t {
-        Transpose::Nn => (0.0, 0.0),
-        Transpose::Tn => (1.0, 0.0),
-        Transpose::Nt => (0.0, 1.0),
+    let (trans_a, trans_b) = match t {
+        Transpose::Nn => (false, false),
+        Transpose::Tn => (true, false),
+        Transpose::Nt => (false, true),
     };
+    // A vec4 must lie within one stored row: the stored matrix's contiguous dimension must be
+    // a multiple of 4 (A stored [M,K] or [K,M], B stored [K,N] or [N,K]).
+    let vec_a = tile.vec4 && (if trans_a { dims.m } else { dims.k }).is_multiple_of(4);
+    let vec_b = tile.vec4 && (if trans_b { dims.k } else { dims.n }).is_multiple_of(4);
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let mut launch = Launch::new(&MATMUL, &params, grid);
-    launch.constants = vec![("TRANS_A", ta), ("TRANS_B", tb)];
+    launch.constants = vec![
+        ("TRANS_A", flag(trans_a)),
+        ("TRANS_B", flag(trans_b)),
+        ("VEC_A", flag(vec_a)),
+        ("VEC_B", flag(vec_b)),
+    ];
+    launch.defines = tile.defines();
     Ok(launch)
+}
+
+/// The bindings of a matmul launch, in order: A, B, their vec4 views (the placeholder where
+/// the launch reads scalars), the bias (or the placeholder), C. `a` and `b` must start at
+/// their matrices; the views cover exactly `dims`' elements, so they are whole vec4s.
+pub(crate) fn matmul_bindings<'a>(
+    launch: &Launch,
+    dims: MatmulDims,
+    a: BufferRange<'a>,
+    b: BufferRange<'a>,
+    bias: Option<BufferRange<'a>>,
+    c: BufferRange<'a>,
+    placeholder: &'a wgpu::Buffer,
+) -> Vec<BufferRange<'a>> {
+    let view = |on: &str, r: BufferRange<'a>, len: usize| {
+        if launch.constants.contains(&(on, 1.0)) {
+            BufferRange {
+                size: std::num::NonZeroU64::new((len * 4) as u64),
+                ..r
+            }
+        } else {
+            placeholder.into()
+        }
+    };
+    vec![
+        a,
+        b,
+        view("VEC_A", a, dims.m * dims.k),
+        view("VEC_B", b, dims.k * dims.n),
+        bias.unwrap_or(placeholder.into()),
+        c,
+    ]
 }
 
 /// db[cols] = column sums of dy[rows, cols].
@@ -601,7 +675,8 @@ mod tests {
             n: 1,
             k: 1,
         };
-        let e = matmul(Transpose::Nn, dims, false, 65535)
+        let tile = super::super::matmul_tiles::CANDIDATES[2];
+        let e = matmul(Transpose::Nn, dims, false, tile, 65535)
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_compute_workgroups_per_dimension"), "{e}");

@@ -3,6 +3,7 @@
 
 pub mod adapter;
 pub mod kernels;
+pub mod matmul_tiles;
 mod ops;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use wgpu::util::DeviceExt;
 use crate::error::{KilnError, Result};
 pub use adapter::AdapterOptions;
 use kernels::{Binding, Kernel};
+use matmul_tiles::{MatmulTiling, TileConfig, TilingSource, TuneRow};
 
 /// A pipeline with the layout of its bind group.
 pub struct CachedPipeline {
@@ -25,7 +27,8 @@ pub struct CachedPipeline {
     pub group: u32,
 }
 
-type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+type ModuleKey = (&'static str, Vec<(&'static str, u32)>);
+type PipelineKey = (ModuleKey, &'static str, Vec<(&'static str, u64)>);
 
 /// One wgpu device and everything Kiln keeps per device.
 pub struct GpuContext {
@@ -36,7 +39,7 @@ pub struct GpuContext {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     features: wgpu::Features,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<CachedPipeline>>>,
     /// Errors wgpu reported outside any call that could return them (validation, out of
     /// memory, device loss); the next Kiln call on this device returns them.
@@ -44,6 +47,9 @@ pub struct GpuContext {
     /// A small read-only buffer bound where a kernel's optional input is absent.
     dummy: wgpu::Buffer,
     bounds_checks: bool,
+    /// The matmul tile shapes, chosen on first use (`matmul_tiling`); the lock also keeps two
+    /// threads from tuning at once.
+    tiling: Mutex<Option<MatmulTiling>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -104,6 +110,7 @@ impl GpuContext {
             errors,
             dummy,
             bounds_checks,
+            tiling: Mutex::new(None),
         })
     }
 
@@ -198,6 +205,110 @@ impl GpuContext {
         &self.dummy
     }
 
+    /// The matmul tile shape for each output size on this device. Chosen on the first call:
+    /// `KILN_MATMUL_TILES` if set, else the choice cached for this adapter and driver in
+    /// [`matmul_tiles::cache_dir`], else measured now (well under a second on a GPU) and
+    /// cached. See [`matmul_tiles`].
+    pub fn matmul_tiling(&self) -> Result<MatmulTiling> {
+        let mut tiling = self.tiling.lock().unwrap();
+        if let Some(t) = *tiling {
+            return Ok(t);
+        }
+        let chosen = match std::env::var("KILN_MATMUL_TILES") {
+            Ok(text) if !text.trim().is_empty() => {
+                let config = TileConfig::parse(&text)
+                    .map_err(|e| KilnError::invalid("KILN_MATMUL_TILES", e.to_string()))?;
+                if !config.fits(&self.limits) {
+                    return Err(KilnError::invalid(
+                        "KILN_MATMUL_TILES",
+                        format!(
+                            "{config} needs {} threads and {} bytes of workgroup memory; {} \
+                             allows {} and {}",
+                            config.threads(),
+                            config.workgroup_bytes(),
+                            self.info.name,
+                            self.limits.max_compute_invocations_per_workgroup,
+                            self.limits.max_compute_workgroup_storage_size
+                        ),
+                    ));
+                }
+                MatmulTiling::uniform(config, TilingSource::Environment)
+            }
+            _ => match matmul_tiles::cache_dir()
+                .and_then(|dir| matmul_tiles::load_cached(&dir, &self.tiling_key()))
+            {
+                Some(cached) => cached,
+                None => self.tune_matmul()?.0,
+            },
+        };
+        *tiling = Some(chosen);
+        Ok(chosen)
+    }
+
+    /// Measures every tile shape again (ignoring the cache and `KILN_MATMUL_TILES`), uses the
+    /// result from now on and caches it. Returns the choice and every timing.
+    pub fn retune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>)> {
+        let mut tiling = self.tiling.lock().unwrap();
+        let (chosen, rows) = self.tune_matmul()?;
+        *tiling = Some(chosen);
+        Ok((chosen, rows))
+    }
+
+    fn tiling_key(&self) -> String {
+        matmul_tiles::cache_key(
+            &matmul_tiles::adapter_identity(&self.info),
+            kernels::MATMUL.source,
+        )
+    }
+
+    /// Times the candidates ([`matmul_tiles::tune`]) and caches the choice. A cache that
+    /// cannot be written costs only a measurement next time, so it is a warning.
+    fn tune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>)> {
+        let mut operands: HashMap<(usize, usize, usize), [wgpu::Buffer; 3]> = HashMap::new();
+        let (chosen, rows) = matmul_tiles::tune(&self.limits, |tile, dims| {
+            let key = (dims.m, dims.n, dims.k);
+            let [a, b, c] = match operands.entry(key) {
+                std::collections::hash_map::Entry::Occupied(o) => &*o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let ramp =
+                        |len: usize| (0..len).map(|i| (i % 7) as f32 * 0.125).collect::<Vec<_>>();
+                    &*v.insert([
+                        self.upload("tuning a", &ramp(dims.m * dims.k))?,
+                        self.upload("tuning b", &ramp(dims.k * dims.n))?,
+                        self.storage_buffer("tuning c", dims.m * dims.n)?,
+                    ])
+                }
+            };
+            let launch =
+                kernels::matmul(crate::ops::Transpose::Nn, dims, false, tile, self.max_dim())?;
+            let bindings = kernels::matmul_bindings(
+                &launch,
+                dims,
+                a.into(),
+                b.into(),
+                None,
+                c.into(),
+                self.dummy(),
+            );
+            let recorded = self.record(&launch, &bindings);
+            Ok(self.time_dispatch(&recorded.dispatch, 1, 3)?.0)
+        })?;
+        if chosen.source == TilingSource::Measured {
+            log::info!("{}: matmul tiles {:?}", self.info.name, chosen);
+            match matmul_tiles::cache_dir() {
+                Some(dir) => {
+                    if let Err(e) = matmul_tiles::store_cached(&dir, &self.tiling_key(), &chosen) {
+                        log::warn!("matmul tiles not cached: {e}");
+                    }
+                }
+                None => {
+                    log::warn!("matmul tiles not cached: no HOME, XDG_CACHE_HOME or KILN_CACHE_DIR")
+                }
+            }
+        }
+        Ok((chosen, rows))
+    }
+
     /// Copies `len` f32s starting at element `offset` of `buffer` back to the host. This waits
     /// for the GPU: call it when a result is wanted, never inside a step loop.
     pub fn read_back(&self, buffer: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
@@ -242,14 +353,17 @@ impl GpuContext {
         Ok(data)
     }
 
-    /// The pipeline for `kernel` with these override constants, compiled on first use.
+    /// The pipeline for `kernel` with these override constants and source defines (see
+    /// [`kernels::Launch::defines`]), compiled on first use.
     pub fn pipeline(
         &self,
         kernel: &'static Kernel,
         constants: &[(&'static str, f64)],
+        defines: &[(&'static str, u32)],
     ) -> Arc<CachedPipeline> {
+        let module_key: ModuleKey = (kernel.file, defines.to_vec());
         let key: PipelineKey = (
-            kernel.file,
+            module_key.clone(),
             kernel.entry,
             constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
         );
@@ -259,11 +373,14 @@ impl GpuContext {
         let module = {
             let mut modules = self.modules.lock().unwrap();
             modules
-                .entry(kernel.file)
+                .entry(module_key)
                 .or_insert_with(|| {
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.file),
-                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                        source: wgpu::ShaderSource::Wgsl(kernels::with_defines(
+                            kernel.source,
+                            defines,
+                        )),
                     };
                     if self.bounds_checks {
                         self.device.create_shader_module(desc)

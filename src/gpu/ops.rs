@@ -3,16 +3,20 @@
 //! Inputs are assumed checked by `crate::device::Device`.
 
 use super::kernels::{self, Launch};
+use super::matmul_tiles::TileConfig;
 use super::{BufferRange, Dispatch, GpuContext, Recorded};
-use crate::error::Result;
+use std::time::Instant;
+
+use crate::error::{KilnError, Result};
 use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+use crate::timing::measure;
 
 impl GpuContext {
     /// Records `launch` over `buffers`, with a new uniform block holding its parameters bound
     /// last.
     pub fn record(&self, launch: &Launch, buffers: &[BufferRange<'_>]) -> Recorded {
         let uniform = self.uniform_bytes(launch.kernel.entry, &launch.uniform);
-        let pipeline = self.pipeline(launch.kernel, &launch.constants);
+        let pipeline = self.pipeline(launch.kernel, &launch.constants, &launch.defines);
         let mut all = buffers.to_vec();
         all.push((&uniform).into());
         let bind_group = self.bind_group(&pipeline, &all);
@@ -63,6 +67,69 @@ impl GpuContext {
         self.submit([&self.record(launch, buffers).dispatch])
     }
 
+    /// Median seconds one run of `dispatch` takes over `reps` runs after `warmup`: GPU time
+    /// from timestamp queries around its compute pass when the adapter has them ("timestamp"),
+    /// else wall time around submit and wait ("wall").
+    pub fn time_dispatch(
+        &self,
+        dispatch: &Dispatch,
+        warmup: usize,
+        reps: usize,
+    ) -> Result<(f64, &'static str)> {
+        let wait = || {
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map(|_| ())
+                .map_err(|e| KilnError::Gpu(format!("waiting for the GPU: {e}")))
+        };
+        if !self.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            let t = measure(warmup, reps, || {
+                let start = Instant::now();
+                self.submit([dispatch])?;
+                wait()?;
+                Ok(start.elapsed().as_secs_f64())
+            })?;
+            return Ok((t, "wall"));
+        }
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("kiln.timing"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln.timing.resolve"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let period = self.queue.get_timestamp_period() as f64;
+        let t = measure(warmup, reps, || {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("kiln.timing"),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &queries,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    }),
+                });
+                pass.set_pipeline(&dispatch.pipeline.pipeline);
+                pass.set_bind_group(dispatch.pipeline.group, &dispatch.bind_group, &[]);
+                let [x, y, z] = dispatch.grid;
+                pass.dispatch_workgroups(x, y, z);
+            }
+            encoder.resolve_query_set(&queries, 0..2, &resolve, 0);
+            self.queue.submit([encoder.finish()]);
+            let raw: Vec<f32> = self.read_back(&resolve, 0, 4)?;
+            let bytes: &[u8] = bytemuck::cast_slice(&raw);
+            let tick =
+                |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+            Ok(tick(1).saturating_sub(tick(0)) as f64 * period * 1e-9)
+        })?;
+        Ok((t, "timestamp"))
+    }
+
     pub(crate) fn max_dim(&self) -> u32 {
         self.limits().max_compute_workgroups_per_dimension
     }
@@ -75,21 +142,55 @@ impl GpuContext {
         dims: MatmulDims,
         t: Transpose,
     ) -> Result<Vec<f32>> {
-        let launch = kernels::matmul(t, dims, bias.is_some(), self.max_dim())?;
+        let tile = self.matmul_tiling()?.pick(dims);
+        self.matmul_tiled(a, b, bias, dims, t, tile)
+    }
+
+    /// [`Device::matmul`](crate::Device::matmul) with a chosen tile shape instead of the
+    /// tuned one: how tests hold every shape against the CPU, and how a shape is tried out.
+    pub fn matmul_with_tile(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        dims: MatmulDims,
+        t: Transpose,
+        tile: TileConfig,
+    ) -> Result<Vec<f32>> {
+        crate::ops::check_matmul(a.len(), b.len(), bias.map(<[f32]>::len), dims, t)?;
+        if !tile.fits(self.limits()) {
+            return Err(KilnError::invalid(
+                "tile",
+                format!("{tile} does not fit the limits of {}", self.name()),
+            ));
+        }
+        self.matmul_tiled(a, b, bias, dims, t, tile)
+    }
+
+    fn matmul_tiled(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        dims: MatmulDims,
+        t: Transpose,
+        tile: TileConfig,
+    ) -> Result<Vec<f32>> {
+        let launch = kernels::matmul(t, dims, bias.is_some(), tile, self.max_dim())?;
         let a_buf = self.upload("a", a)?;
         let b_buf = self.upload("b", b)?;
         let bias_buf = bias.map(|b| self.upload("bias", b)).transpose()?;
         let c = self.storage_buffer("c", dims.m * dims.n)?;
-        let bias_range = bias_buf.as_ref().unwrap_or(self.dummy());
-        self.run(
+        let bindings = kernels::matmul_bindings(
             &launch,
-            &[
-                (&a_buf).into(),
-                (&b_buf).into(),
-                bias_range.into(),
-                (&c).into(),
-            ],
-        )?;
+            dims,
+            (&a_buf).into(),
+            (&b_buf).into(),
+            bias_buf.as_ref().map(Into::into),
+            (&c).into(),
+            self.dummy(),
+        );
+        self.run(&launch, &bindings)?;
         self.read_back(&c, 0, dims.m * dims.n)
     }
 

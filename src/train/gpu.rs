@@ -10,6 +10,7 @@ use super::program::{Instr, Program, Slot};
 use super::{LOSS_HISTORY, TrainOptions};
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::{self, Launch};
+use crate::gpu::matmul_tiles::MatmulTiling;
 use crate::gpu::{BufferRange, GpuContext, Recorded};
 use crate::model::Sequential;
 use crate::ops::{Loss, SgdOptions, Targets};
@@ -28,6 +29,9 @@ pub struct GpuStep {
     targets: wgpu::Buffer,
     acts: Vec<wgpu::Buffer>,
     forward: Vec<(Instr, Recorded)>,
+    /// The batch the buffers were sized for, and the matmul tile shapes chosen for it.
+    max_batch: usize,
+    tiling: MatmulTiling,
     backward: Vec<(Instr, Recorded)>,
     loss_terms: Recorded,
     loss_reduce: Recorded,
@@ -94,8 +98,15 @@ impl Buffers<'_> {
     }
 }
 
-/// The launch of one program instruction at a batch size.
-fn launch(instr: &Instr, batch: usize, max_dim: u32) -> Result<Launch> {
+/// The launch of one program instruction at a batch size. A matmul's tile shape is the one
+/// for `max_batch`, whatever the batch, so a short last batch keeps the recorded pipeline.
+fn launch(
+    instr: &Instr,
+    batch: usize,
+    max_batch: usize,
+    tiling: &MatmulTiling,
+    max_dim: u32,
+) -> Result<Launch> {
     Ok(match *instr {
         Instr::Matmul {
             t, bias, m, n, k, ..
@@ -103,6 +114,7 @@ fn launch(instr: &Instr, batch: usize, max_dim: u32) -> Result<Launch> {
             t,
             Instr::matmul_dims(m, n, k, batch),
             bias.is_some(),
+            tiling.pick(Instr::matmul_dims(m, n, k, max_batch)),
             max_dim,
         )?,
         Instr::BiasGrad { cols, .. } => kernels::bias_grad(batch, cols, max_dim),
@@ -157,6 +169,7 @@ impl GpuStep {
         let grad_norm_history = ctx.storage_buffer("gradient norm history", LOSS_HISTORY)?;
 
         let max_dim = ctx.max_dim();
+        let tiling = ctx.matmul_tiling()?;
         let record = |launch: &Launch, buffers: &[BufferRange<'_>]| ctx.record(launch, buffers);
         let buffers = Buffers {
             input: &input,
@@ -166,14 +179,26 @@ impl GpuStep {
             grads: &grads,
         };
         let record_instr = |instr: &Instr| -> Result<(Instr, Recorded)> {
-            let l = launch(instr, max_batch, max_dim)?;
+            let l = launch(instr, max_batch, max_batch, &tiling, max_dim)?;
             let bound: Vec<BufferRange<'_>> = match *instr {
-                Instr::Matmul { a, b, bias, c, .. } => vec![
+                Instr::Matmul {
+                    a,
+                    b,
+                    bias,
+                    c,
+                    m,
+                    n,
+                    k,
+                    ..
+                } => kernels::matmul_bindings(
+                    &l,
+                    Instr::matmul_dims(m, n, k, max_batch),
                     buffers.bind(a),
                     buffers.bind(b),
-                    bias.map_or(ctx.dummy().into(), |s| buffers.bind(s)),
+                    bias.map(|s| buffers.bind(s)),
                     buffers.bind(c),
-                ],
+                    ctx.dummy(),
+                ),
                 Instr::BiasGrad { dy, db, .. } => vec![buffers.bind(dy), buffers.bind(db)],
                 Instr::ActForward { x, y, .. } => vec![buffers.bind(x), buffers.bind(y)],
                 Instr::ActBackward { x, y, dy, dx, .. } => {
@@ -280,6 +305,8 @@ impl GpuStep {
             updates: 0,
             skip_non_finite: false,
             batch: max_batch,
+            max_batch,
+            tiling,
             momentum_started: false,
             losses: Vec::new(),
             pending: 0,
@@ -303,7 +330,7 @@ impl GpuStep {
         }
         let max_dim = self.ctx.max_dim();
         for (instr, rec) in self.forward.iter_mut().chain(self.backward.iter_mut()) {
-            let l = launch(instr, batch, max_dim)?;
+            let l = launch(instr, batch, self.max_batch, &self.tiling, max_dim)?;
             self.ctx.queue.write_buffer(&rec.uniform, 0, &l.uniform);
             rec.dispatch.grid = l.grid;
         }

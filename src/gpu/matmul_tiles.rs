@@ -1,0 +1,575 @@
+//! The matmul kernel's tile shapes, and which one each adapter uses.
+//!
+//! `shaders/matmul.wgsl` is compiled once per tile shape ([`TileConfig`]). Which shape is fastest
+//! depends on the adapter (registers, workgroup memory, how many workgroups it runs at once) and
+//! on the size of the output (big tiles reuse more data; small tiles keep more cores busy), so
+//! Kiln measures: the first time a device multiplies matrices, every shape that fits the
+//! adapter's limits is timed on one product per output-size class ([`SizeClass`]), and the
+//! fastest of each class is kept in memory and in `~/.cache/kiln/matmul-tiles.json`, keyed by
+//! adapter, driver and kernel source. Later runs read the file. Every shape gives the same
+//! values (each output is one fma chain over k in order), so the choice changes speed only.
+//!
+//! `KILN_MATMUL_TILES=128x128x8/8x8` forces one shape for every class (`/scalar` turns off the
+//! vec4 loads); `KILN_CACHE_DIR` moves the cache; `kiln tune` measures again and prints the
+//! table.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{KilnError, Result};
+use crate::ops::MatmulDims;
+
+/// One tile shape of the matmul kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TileConfig {
+    /// Rows of C per workgroup.
+    pub bm: u32,
+    /// Columns of C per workgroup.
+    pub bn: u32,
+    /// Values of k per pass through workgroup memory.
+    pub bk: u32,
+    /// Rows of C per thread (4 or 8).
+    pub tm: u32,
+    /// Columns of C per thread (4 or 8).
+    pub tn: u32,
+    /// Load A and B as vec4s where their layout allows it.
+    pub vec4: bool,
+}
+
+const fn shape(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> TileConfig {
+    TileConfig {
+        bm,
+        bn,
+        bk,
+        tm,
+        tn,
+        vec4: true,
+    }
+}
+
+/// The shapes the tuner tries (each also with scalar loads). From 64 threads holding 4×4
+/// outputs each, for small products and small adapters, to 256 threads holding 8×8 over a
+/// 128×128 tile, for large products on large GPUs.
+pub const CANDIDATES: [TileConfig; 8] = [
+    shape(32, 32, 16, 4, 4),
+    shape(64, 64, 8, 4, 4),
+    shape(64, 64, 16, 4, 4),
+    shape(64, 64, 16, 8, 8),
+    shape(128, 64, 8, 8, 4),
+    shape(64, 128, 8, 4, 8),
+    shape(128, 128, 8, 8, 8),
+    shape(128, 128, 16, 8, 8),
+];
+
+impl TileConfig {
+    /// Threads per workgroup.
+    pub fn threads(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    /// Workgroup memory the two tiles take, in bytes.
+    pub fn workgroup_bytes(&self) -> u32 {
+        (self.bm + self.bn) * self.bk * 4
+    }
+
+    /// Whether the adapter can run this shape: threads, workgroup size and workgroup memory
+    /// within its limits.
+    pub fn fits(&self, limits: &wgpu::Limits) -> bool {
+        self.threads() <= limits.max_compute_invocations_per_workgroup
+            && self.bn / self.tn <= limits.max_compute_workgroup_size_x
+            && self.bm / self.tm <= limits.max_compute_workgroup_size_y
+            && self.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+    }
+
+    /// The shader's constant lines this shape rewrites.
+    pub fn defines(&self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("BM", self.bm),
+            ("BN", self.bn),
+            ("BK", self.bk),
+            ("TM", self.tm),
+            ("TN", self.tn),
+        ]
+    }
+
+    /// The same shape with scalar loads.
+    pub fn scalar(self) -> TileConfig {
+        TileConfig {
+            vec4: false,
+            ..self
+        }
+    }
+
+    /// Parses the form [`Display`](std::fmt::Display) writes: `BMxBNxBK/TMxTN`, then
+    /// `/scalar` for scalar loads.
+    pub fn parse(text: &str) -> Result<TileConfig> {
+        let bad = |why: &str| {
+            KilnError::invalid(
+                "matmul tiles",
+                format!("{text:?}: {why} (expected e.g. 128x128x8/8x8 or 64x64x16/4x4/scalar)"),
+            )
+        };
+        let mut parts = text.trim().split('/');
+        let numbers = |part: Option<&str>, count: usize| -> Result<Vec<u32>> {
+            let part = part.ok_or_else(|| bad("missing a part"))?;
+            let v = part
+                .split('x')
+                .map(|n| n.trim().parse::<u32>().map_err(|_| bad("not a number")))
+                .collect::<Result<Vec<_>>>()?;
+            if v.len() != count {
+                return Err(bad("wrong number of sizes"));
+            }
+            Ok(v)
+        };
+        let tile = numbers(parts.next(), 3)?;
+        let thread = numbers(parts.next(), 2)?;
+        let vec4 = match parts.next() {
+            None | Some("vec4") => true,
+            Some("scalar") => false,
+            Some(_) => return Err(bad("the last part must be vec4 or scalar")),
+        };
+        if parts.next().is_some() {
+            return Err(bad("too many parts"));
+        }
+        let config = TileConfig {
+            bm: tile[0],
+            bn: tile[1],
+            bk: tile[2],
+            tm: thread[0],
+            tn: thread[1],
+            vec4,
+        };
+        config.check().map_err(|why| bad(&why))?;
+        Ok(config)
+    }
+
+    /// The kernel's own constraints: runs of four, tiles that divide evenly among threads.
+    fn check(&self) -> std::result::Result<(), String> {
+        let TileConfig {
+            bm, bn, bk, tm, tn, ..
+        } = *self;
+        if ![4, 8].contains(&tm) || ![4, 8].contains(&tn) {
+            return Err("outputs per thread must be 4 or 8 each way".into());
+        }
+        if bk == 0 || !bk.is_multiple_of(4) {
+            return Err("the k tile must be a positive multiple of 4".into());
+        }
+        if bm == 0 || bn == 0 || !bm.is_multiple_of(tm) || !bn.is_multiple_of(tn) {
+            return Err(
+                "tile rows (columns) must be a multiple of rows (columns) per thread".into(),
+            );
+        }
+        if bm > 256 || bn > 256 || bk > 64 {
+            return Err("tiles are at most 256×256×64".into());
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for TileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}x{}/{}x{}{}",
+            self.bm,
+            self.bn,
+            self.bk,
+            self.tm,
+            self.tn,
+            if self.vec4 { "" } else { "/scalar" }
+        )
+    }
+}
+
+/// Products are grouped by the size of their output, since that decides how many workgroups a
+/// tile shape makes and so whether big tiles leave cores idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizeClass {
+    /// Outputs under 256² elements (timed at 128×128).
+    Small,
+    /// Outputs under 1024² elements (timed at 512×512).
+    Medium,
+    /// Larger outputs (timed at 2048×2048).
+    Large,
+}
+
+impl SizeClass {
+    /// Every class, smallest first.
+    pub const ALL: [SizeClass; 3] = [SizeClass::Small, SizeClass::Medium, SizeClass::Large];
+
+    /// The class of an m×n output. The bounds are the geometric midpoints of the timed sizes.
+    pub fn of(dims: MatmulDims) -> SizeClass {
+        let outputs = dims.m as u64 * dims.n as u64;
+        if outputs < 1 << 16 {
+            SizeClass::Small
+        } else if outputs < 1 << 20 {
+            SizeClass::Medium
+        } else {
+            SizeClass::Large
+        }
+    }
+
+    /// The product the tuner times for this class.
+    pub fn timed_dims(self) -> MatmulDims {
+        let s = match self {
+            SizeClass::Small => 128,
+            SizeClass::Medium => 512,
+            SizeClass::Large => 2048,
+        };
+        MatmulDims { m: s, n: s, k: 512 }
+    }
+
+    /// Lower-case name, for reports and the cache file.
+    pub fn name(self) -> &'static str {
+        match self {
+            SizeClass::Small => "small",
+            SizeClass::Medium => "medium",
+            SizeClass::Large => "large",
+        }
+    }
+}
+
+/// Where a device's tile choice came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TilingSource {
+    /// Timed on this device just now.
+    Measured,
+    /// Read from the cache file (timed by an earlier run).
+    Cached,
+    /// `KILN_MATMUL_TILES`.
+    Environment,
+    /// Chosen from the adapter's limits alone (nothing fitted the time budget).
+    Limits,
+}
+
+/// The tile shape a device uses for each size class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatmulTiling {
+    /// For [`SizeClass::Small`].
+    pub small: TileConfig,
+    /// For [`SizeClass::Medium`].
+    pub medium: TileConfig,
+    /// For [`SizeClass::Large`].
+    pub large: TileConfig,
+    /// How the shapes were chosen.
+    pub source: TilingSource,
+}
+
+impl MatmulTiling {
+    /// The same shape for every class.
+    pub fn uniform(config: TileConfig, source: TilingSource) -> MatmulTiling {
+        MatmulTiling {
+            small: config,
+            medium: config,
+            large: config,
+            source,
+        }
+    }
+
+    /// The shape for an output of `dims`.
+    pub fn pick(&self, dims: MatmulDims) -> TileConfig {
+        self.get(SizeClass::of(dims))
+    }
+
+    /// The shape for a class.
+    pub fn get(&self, class: SizeClass) -> TileConfig {
+        match class {
+            SizeClass::Small => self.small,
+            SizeClass::Medium => self.medium,
+            SizeClass::Large => self.large,
+        }
+    }
+
+    fn set(&mut self, class: SizeClass, config: TileConfig) {
+        match class {
+            SizeClass::Small => self.small = config,
+            SizeClass::Medium => self.medium = config,
+            SizeClass::Large => self.large = config,
+        }
+    }
+
+    /// Without measuring: per class, the first shape of a preference list that fits the
+    /// adapter's limits (bigger tiles for bigger outputs). `None` if not even the smallest
+    /// candidate fits.
+    pub fn from_limits(limits: &wgpu::Limits) -> Option<MatmulTiling> {
+        let first_fitting = |order: &[usize]| {
+            order
+                .iter()
+                .map(|&i| CANDIDATES[i])
+                .find(|c| c.fits(limits))
+        };
+        Some(MatmulTiling {
+            small: first_fitting(&[0, 2])?,
+            medium: first_fitting(&[2, 1, 0])?,
+            large: first_fitting(&[6, 7, 4, 2, 1, 0])?,
+            source: TilingSource::Limits,
+        })
+    }
+}
+
+/// One timing of the tuner.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TuneRow {
+    /// The size class timed.
+    pub class: SizeClass,
+    /// The product timed.
+    pub dims: MatmulDims,
+    /// The shape timed.
+    pub config: TileConfig,
+    /// Median seconds of one product.
+    pub median_s: f64,
+}
+
+/// A longest time one product may take for its class to be tuned: the tuner runs every
+/// candidate several times, and a slow (software) adapter should not spend minutes on it.
+/// Classes past the budget take the choice of the largest class timed.
+pub const TUNE_BUDGET_S: f64 = 0.05;
+
+/// Times every candidate that fits `limits` on each class's product, through `time`
+/// (seconds for one product with one shape), smallest class first, and keeps the fastest.
+/// A class whose first timing exceeds [`TUNE_BUDGET_S`] ends the search.
+pub fn tune(
+    limits: &wgpu::Limits,
+    mut time: impl FnMut(TileConfig, MatmulDims) -> Result<f64>,
+) -> Result<(MatmulTiling, Vec<TuneRow>)> {
+    let mut tiling = MatmulTiling::from_limits(limits).ok_or_else(|| KilnError::OverLimit {
+        tensor: "matmul workgroup".into(),
+        size: CANDIDATES[0].workgroup_bytes() as u64,
+        limit_name: "max_compute_workgroup_storage_size",
+        limit: limits.max_compute_workgroup_storage_size as u64,
+    })?;
+    let fitting: Vec<TileConfig> = CANDIDATES
+        .iter()
+        .filter(|c| c.fits(limits))
+        .flat_map(|&c| [c, c.scalar()])
+        .collect();
+    let mut rows = Vec::new();
+    let mut last_best = None;
+    for class in SizeClass::ALL {
+        let dims = class.timed_dims();
+        let probe = time(tiling.get(class), dims)?;
+        if probe > TUNE_BUDGET_S {
+            break;
+        }
+        let mut best: Option<(TileConfig, f64)> = None;
+        for &config in &fitting {
+            let median_s = time(config, dims)?;
+            rows.push(TuneRow {
+                class,
+                dims,
+                config,
+                median_s,
+            });
+            if best.is_none_or(|(_, t)| median_s < t) {
+                best = Some((config, median_s));
+            }
+        }
+        let (config, _) = best.expect("the default shape fits, so some candidate does");
+        tiling.set(class, config);
+        last_best = Some(config);
+    }
+    if let Some(config) = last_best {
+        // Classes past the budget: the largest class timed is the best guess.
+        let timed: Vec<SizeClass> = rows.iter().map(|r| r.class).collect();
+        for class in SizeClass::ALL {
+            if !timed.contains(&class) {
+                tiling.set(class, config);
+            }
+        }
+        tiling.source = TilingSource::Measured;
+    }
+    Ok((tiling, rows))
+}
+
+/// The directory of Kiln's caches: `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else
+/// `~/.cache/kiln`. `None` if none of those is set.
+pub fn cache_dir() -> Option<PathBuf> {
+    let var = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("KILN_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("kiln")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("kiln")))
+}
+
+const CACHE_FILE: &str = "matmul-tiles.json";
+
+#[derive(Default, Serialize, Deserialize)]
+struct CacheFile {
+    /// Adapter key → choice.
+    adapters: std::collections::BTreeMap<String, MatmulTiling>,
+}
+
+/// The cache key of an adapter: what it is and its driver (see [`adapter_identity`]), and the
+/// kernel's source and candidates (a new kernel or candidate list is measured again).
+pub fn cache_key(adapter: &str, kernel_source: &str) -> String {
+    // FNV-1a: stable across Rust versions, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let candidates = CANDIDATES.map(|c| c.to_string()).join(",");
+    for byte in kernel_source.bytes().chain(candidates.bytes()) {
+        hash = (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{adapter} | kernel {hash:016x}")
+}
+
+/// Name, backend, PCI ids and driver version: a driver update is measured again.
+pub fn adapter_identity(info: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} | {:?} | {:04x}:{:04x} | {} {}",
+        info.name, info.backend, info.vendor, info.device, info.driver, info.driver_info
+    )
+}
+
+fn read_cache(dir: &std::path::Path) -> CacheFile {
+    // A missing or unreadable cache only costs a new measurement.
+    std::fs::read(dir.join(CACHE_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// The cached choice for `key`, if any.
+pub fn load_cached(dir: &std::path::Path, key: &str) -> Option<MatmulTiling> {
+    let mut tiling = *read_cache(dir).adapters.get(key)?;
+    tiling.source = TilingSource::Cached;
+    Some(tiling)
+}
+
+/// Adds (or replaces) `key`'s choice in the cache file, written atomically.
+pub fn store_cached(dir: &std::path::Path, key: &str, tiling: &MatmulTiling) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| KilnError::file(dir.join(CACHE_FILE), format!("creating its folder: {e}")))?;
+    let mut cache = read_cache(dir);
+    cache.adapters.insert(key.to_string(), *tiling);
+    let text = serde_json::to_vec_pretty(&cache).expect("plain data serialises");
+    crate::weights::write_atomic(&dir.join(CACHE_FILE), &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_candidate_is_a_valid_shape_and_round_trips_through_its_name() {
+        for c in CANDIDATES.iter().flat_map(|&c| [c, c.scalar()]) {
+            c.check().unwrap();
+            assert_eq!(TileConfig::parse(&c.to_string()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn bad_tile_names_are_errors_that_say_why() {
+        for (text, why) in [
+            ("128x128/8x8", "wrong number"),
+            ("128x128x8/8x8/fast", "vec4 or scalar"),
+            ("128x128x8/6x8", "4 or 8"),
+            ("100x128x8/8x8", "multiple"),
+            ("128x128x6/8x8", "multiple of 4"),
+            ("512x128x8/8x8", "at most"),
+            ("axbxc/4x4", "not a number"),
+        ] {
+            let e = TileConfig::parse(text).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("matmul tiles"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_webgpu_minimum_limits_fit_a_choice_for_every_class() {
+        let t = MatmulTiling::from_limits(&wgpu::Limits::downlevel_defaults()).unwrap();
+        for class in SizeClass::ALL {
+            assert!(t.get(class).fits(&wgpu::Limits::downlevel_defaults()));
+        }
+        // 128×128×16 needs all 16 KiB of workgroup memory and 256 threads: at the minimum it
+        // fits exactly, one byte less and it does not.
+        let big = CANDIDATES[7];
+        let mut limits = wgpu::Limits::defaults();
+        assert!(big.fits(&limits));
+        limits.max_compute_workgroup_storage_size = big.workgroup_bytes() - 1;
+        assert!(!big.fits(&limits));
+    }
+
+    #[test]
+    fn size_classes_split_at_256_and_1024_squared() {
+        let class = |m, n| SizeClass::of(MatmulDims { m, n, k: 7 });
+        assert_eq!(class(255, 256), SizeClass::Small);
+        assert_eq!(class(256, 256), SizeClass::Medium);
+        assert_eq!(class(256, 1024), SizeClass::Medium);
+        assert_eq!(class(1023, 1024), SizeClass::Medium);
+        assert_eq!(class(1024, 1024), SizeClass::Large);
+        for c in SizeClass::ALL {
+            assert_eq!(SizeClass::of(c.timed_dims()), c);
+        }
+    }
+
+    /// A fake clock: the tuner keeps each class's fastest shape, stops at the budget, and the
+    /// classes past it take the last choice.
+    #[test]
+    fn tuning_keeps_the_fastest_shape_per_class_within_the_budget() {
+        let limits = wgpu::Limits::defaults();
+        let fastest_small = CANDIDATES[3].scalar();
+        let fastest_medium = CANDIDATES[6];
+        let (tiling, rows) = tune(&limits, |config, dims| {
+            Ok(match SizeClass::of(dims) {
+                SizeClass::Small if config == fastest_small => 1e-4,
+                SizeClass::Small => 2e-4,
+                SizeClass::Medium if config == fastest_medium => 1e-3,
+                SizeClass::Medium => 2e-3,
+                SizeClass::Large => 1.0,
+            })
+        })
+        .unwrap();
+        assert_eq!(tiling.small, fastest_small);
+        assert_eq!(tiling.medium, fastest_medium);
+        assert_eq!(tiling.large, fastest_medium);
+        assert_eq!(tiling.source, TilingSource::Measured);
+        assert_eq!(rows.len(), 2 * 2 * CANDIDATES.len());
+
+        // Nothing within budget: the limits' choice, said so.
+        let (tiling, rows) = tune(&limits, |_, _| Ok(1.0)).unwrap();
+        assert_eq!(tiling, MatmulTiling::from_limits(&limits).unwrap());
+        assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn the_cache_keeps_one_choice_per_adapter_and_survives_garbage() {
+        let dir = std::env::temp_dir().join(format!("kiln-tiles-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = MatmulTiling::uniform(CANDIDATES[1], TilingSource::Measured);
+        let b = MatmulTiling::uniform(CANDIDATES[6].scalar(), TilingSource::Measured);
+        assert_eq!(load_cached(&dir, "a"), None);
+        store_cached(&dir, "a", &a).unwrap();
+        store_cached(&dir, "b", &b).unwrap();
+        let cached = |t: MatmulTiling| MatmulTiling {
+            source: TilingSource::Cached,
+            ..t
+        };
+        assert_eq!(load_cached(&dir, "a"), Some(cached(a)));
+        assert_eq!(load_cached(&dir, "b"), Some(cached(b)));
+        std::fs::write(dir.join(CACHE_FILE), b"{ not json").unwrap();
+        assert_eq!(load_cached(&dir, "a"), None);
+        store_cached(&dir, "a", &a).unwrap();
+        assert_eq!(load_cached(&dir, "a"), Some(cached(a)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_cache_key_changes_with_the_kernel_and_the_adapter() {
+        let key = cache_key("GPU | Vulkan | 10de:2330 | NVIDIA 550.54", "kernel");
+        assert_ne!(
+            key,
+            cache_key("GPU | Vulkan | 10de:2330 | NVIDIA 550.54", "kernel 2")
+        );
+        assert_ne!(
+            key,
+            cache_key("GPU | Vulkan | 10de:2330 | NVIDIA 560.1", "kernel")
+        );
+        assert_eq!(
+            key,
+            cache_key("GPU | Vulkan | 10de:2330 | NVIDIA 550.54", "kernel")
+        );
+    }
+}
