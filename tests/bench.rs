@@ -75,7 +75,7 @@ fn tune_times_every_tile_shape_and_caches_the_choice() {
         .iter()
         .filter(|c| c.fits(ctx.limits()))
         .count();
-    for class in ["small", "medium", "large"] {
+    for class in ["tiny", "small", "medium", "large"] {
         let timed = text
             .lines()
             .filter(|l| l.starts_with(class) && !l.contains("not timed"))

@@ -186,6 +186,8 @@ impl std::fmt::Display for TileConfig {
 /// tile shape makes and so whether big tiles leave cores idle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SizeClass {
+    /// Outputs under 8192 elements (timed at 64×64): a handful of workgroups at most.
+    Tiny,
     /// Outputs under 256² elements (timed at 128×128).
     Small,
     /// Outputs under 1024² elements (timed at 512×512).
@@ -196,12 +198,19 @@ pub enum SizeClass {
 
 impl SizeClass {
     /// Every class, smallest first.
-    pub const ALL: [SizeClass; 3] = [SizeClass::Small, SizeClass::Medium, SizeClass::Large];
+    pub const ALL: [SizeClass; 4] = [
+        SizeClass::Tiny,
+        SizeClass::Small,
+        SizeClass::Medium,
+        SizeClass::Large,
+    ];
 
     /// The class of an m×n output. The bounds are the geometric midpoints of the timed sizes.
     pub fn of(dims: MatmulDims) -> SizeClass {
         let outputs = dims.m as u64 * dims.n as u64;
-        if outputs < 1 << 16 {
+        if outputs < 1 << 13 {
+            SizeClass::Tiny
+        } else if outputs < 1 << 16 {
             SizeClass::Small
         } else if outputs < 1 << 20 {
             SizeClass::Medium
@@ -213,6 +222,7 @@ impl SizeClass {
     /// The product the tuner times for this class.
     pub fn timed_dims(self) -> MatmulDims {
         let s = match self {
+            SizeClass::Tiny => 64,
             SizeClass::Small => 128,
             SizeClass::Medium => 512,
             SizeClass::Large => 2048,
@@ -223,6 +233,7 @@ impl SizeClass {
     /// Lower-case name, for reports and the cache file.
     pub fn name(self) -> &'static str {
         match self {
+            SizeClass::Tiny => "tiny",
             SizeClass::Small => "small",
             SizeClass::Medium => "medium",
             SizeClass::Large => "large",
@@ -247,6 +258,8 @@ pub enum TilingSource {
 /// The tile shape a device uses for each size class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MatmulTiling {
+    /// For [`SizeClass::Tiny`].
+    pub tiny: TileConfig,
     /// For [`SizeClass::Small`].
     pub small: TileConfig,
     /// For [`SizeClass::Medium`].
@@ -261,6 +274,7 @@ impl MatmulTiling {
     /// The same shape for every class.
     pub fn uniform(config: TileConfig, source: TilingSource) -> MatmulTiling {
         MatmulTiling {
+            tiny: config,
             small: config,
             medium: config,
             large: config,
@@ -276,6 +290,7 @@ impl MatmulTiling {
     /// The shape for a class.
     pub fn get(&self, class: SizeClass) -> TileConfig {
         match class {
+            SizeClass::Tiny => self.tiny,
             SizeClass::Small => self.small,
             SizeClass::Medium => self.medium,
             SizeClass::Large => self.large,
@@ -284,6 +299,7 @@ impl MatmulTiling {
 
     fn set(&mut self, class: SizeClass, config: TileConfig) {
         match class {
+            SizeClass::Tiny => self.tiny = config,
             SizeClass::Small => self.small = config,
             SizeClass::Medium => self.medium = config,
             SizeClass::Large => self.large = config,
@@ -301,6 +317,7 @@ impl MatmulTiling {
                 .find(|c| c.fits(limits))
         };
         Some(MatmulTiling {
+            tiny: first_fitting(&[0])?,
             small: first_fitting(&[0, 2])?,
             medium: first_fitting(&[2, 1, 0])?,
             large: first_fitting(&[6, 7, 4, 2, 1, 0])?,
@@ -493,8 +510,11 @@ mod tests {
     }
 
     #[test]
-    fn size_classes_split_at_256_and_1024_squared() {
+    fn size_classes_split_at_8192_outputs_and_256_and_1024_squared() {
         let class = |m, n| SizeClass::of(MatmulDims { m, n, k: 7 });
+        assert_eq!(class(1, 1), SizeClass::Tiny);
+        assert_eq!(class(32, 255), SizeClass::Tiny);
+        assert_eq!(class(32, 256), SizeClass::Small);
         assert_eq!(class(255, 256), SizeClass::Small);
         assert_eq!(class(256, 256), SizeClass::Medium);
         assert_eq!(class(256, 1024), SizeClass::Medium);
@@ -514,6 +534,7 @@ mod tests {
         let fastest_medium = CANDIDATES[6];
         let (tiling, rows) = tune(&limits, |config, dims| {
             Ok(match SizeClass::of(dims) {
+                SizeClass::Tiny => 1e-5,
                 SizeClass::Small if config == fastest_small => 1e-4,
                 SizeClass::Small => 2e-4,
                 SizeClass::Medium if config == fastest_medium => 1e-3,
@@ -522,11 +543,13 @@ mod tests {
             })
         })
         .unwrap();
+        // All tie on the tiny class: the first candidate timed stays.
+        assert_eq!(tiling.tiny, CANDIDATES[0]);
         assert_eq!(tiling.small, fastest_small);
         assert_eq!(tiling.medium, fastest_medium);
         assert_eq!(tiling.large, fastest_medium);
         assert_eq!(tiling.source, TilingSource::Measured);
-        assert_eq!(rows.len(), 2 * 2 * CANDIDATES.len());
+        assert_eq!(rows.len(), 3 * 2 * CANDIDATES.len());
 
         // Nothing within budget: the limits' choice, said so.
         let (tiling, rows) = tune(&limits, |_, _| Ok(1.0)).unwrap();
