@@ -92,6 +92,24 @@ fn tune_times_every_tile_shape_and_caches_the_choice() {
     let v: serde_json::Value = serde_json::from_str(&file).unwrap();
     let entry = v["adapters"].as_object().unwrap().values().next().unwrap();
     assert_eq!(entry["source"], "measured", "{file}");
+    // `kiln devices` shows the cached choice for the adapter tuned, and says when there is none.
+    let devices = kiln(&["devices"], &[("KILN_CACHE_DIR", cache)]);
+    let listing = String::from_utf8_lossy(&devices.stdout);
+    let tiny: kiln::gpu::matmul_tiles::TileConfig =
+        serde_json::from_value(entry["tiny"].clone()).unwrap();
+    let shown = format!("matmul tiles tiny {tiny}, small ");
+    assert!(
+        listing.contains(&shown) && listing.contains("(measured, cached)"),
+        "{listing}"
+    );
+    let empty = dir.join("empty");
+    let devices = kiln(&["devices"], &[("KILN_CACHE_DIR", empty.to_str().unwrap())]);
+    let listing = String::from_utf8_lossy(&devices.stdout);
+    assert!(!listing.contains("(measured, cached)"), "{listing}");
+    assert!(
+        listing.contains("matmul tiles not measured yet"),
+        "{listing}"
+    );
 
     let out = kiln(
         &["bench", "--device", "gpu", "--ops", "matmul", "--quick"],

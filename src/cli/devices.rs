@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use kiln::AdapterOptions;
-use kiln::gpu::adapter;
+use kiln::gpu::{adapter, kernels, matmul_tiles};
 
 pub fn devices(opts: &AdapterOptions) -> Result<()> {
     let adapters = adapter::enumerate(opts)?;
@@ -53,6 +53,20 @@ pub fn devices(opts: &AdapterOptions) -> Result<()> {
             yes(wgpu::Features::SHADER_F16),
             yes(wgpu::Features::TIMESTAMP_QUERY)
         );
+        let cached = matmul_tiles::cache_dir().and_then(|dir| {
+            let key = matmul_tiles::cache_key(
+                &matmul_tiles::adapter_identity(&info),
+                kernels::MATMUL.source,
+            );
+            matmul_tiles::load_cached(&dir, &key)
+        });
+        match cached {
+            Some(t) => println!(
+                "    matmul tiles tiny {}, small {}, medium {}, large {} (measured, cached)",
+                t.tiny, t.small, t.medium, t.large
+            ),
+            None => println!("    matmul tiles not measured yet (first use, or kiln tune)"),
+        }
     }
     println!("CPU device (--device cpu): always available");
     Ok(())
