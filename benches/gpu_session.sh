@@ -13,7 +13,7 @@ mkdir -p "$out"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export NODEVICE_SELECT=1 KILN_CACHE_DIR="$out"
-if ! gpubin/kiln devices 2>/dev/null | grep -q NVIDIA; then
+if ! gpubin/kiln devices 2>/dev/null | grep NVIDIA >/dev/null; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
