@@ -82,6 +82,29 @@ impl TileConfig {
             && self.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
     }
 
+    /// `Ok` if [`fits`](Self::fits), else an error for `field` saying what the shape needs and
+    /// what `adapter` allows.
+    pub fn require_fits(&self, limits: &wgpu::Limits, field: &str, adapter: &str) -> Result<()> {
+        if self.fits(limits) {
+            return Ok(());
+        }
+        Err(KilnError::invalid(
+            field,
+            format!(
+                "{self} needs {} threads in a {}×{} workgroup and {} bytes of workgroup memory; \
+                 the limits of {adapter} allow {} threads, {}×{} and {} bytes",
+                self.threads(),
+                self.bn / self.tn,
+                self.bm / self.tm,
+                self.workgroup_bytes(),
+                limits.max_compute_invocations_per_workgroup,
+                limits.max_compute_workgroup_size_x,
+                limits.max_compute_workgroup_size_y,
+                limits.max_compute_workgroup_storage_size
+            ),
+        ))
+    }
+
     /// The shader's constant lines this shape rewrites.
     pub fn defines(&self) -> Vec<(&'static str, u32)> {
         vec![
@@ -520,6 +543,30 @@ mod tests {
         assert!(big.fits(&limits));
         limits.max_compute_workgroup_storage_size = big.workgroup_bytes() - 1;
         assert!(!big.fits(&limits));
+    }
+
+    #[test]
+    fn a_shape_over_the_limits_says_what_it_needs_and_what_there_is() {
+        let limits = wgpu::Limits::downlevel_defaults();
+        let big = TileConfig::parse("256x256x16/4x4").unwrap();
+        let e = big
+            .require_fits(&limits, "KILN_MATMUL_TILES", "Some GPU")
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "KILN_MATMUL_TILES",
+            "256x256x16/4x4",
+            "4096 threads",
+            "Some GPU",
+            "256 threads",
+        ] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        assert!(
+            CANDIDATES[0]
+                .require_fits(&limits, "tile", "Some GPU")
+                .is_ok()
+        );
     }
 
     #[test]

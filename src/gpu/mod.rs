@@ -218,20 +218,7 @@ impl GpuContext {
             Ok(text) if !text.trim().is_empty() => {
                 let config = TileConfig::parse(&text)
                     .map_err(|e| KilnError::invalid("KILN_MATMUL_TILES", e.to_string()))?;
-                if !config.fits(&self.limits) {
-                    return Err(KilnError::invalid(
-                        "KILN_MATMUL_TILES",
-                        format!(
-                            "{config} needs {} threads and {} bytes of workgroup memory; {} \
-                             allows {} and {}",
-                            config.threads(),
-                            config.workgroup_bytes(),
-                            self.info.name,
-                            self.limits.max_compute_invocations_per_workgroup,
-                            self.limits.max_compute_workgroup_storage_size
-                        ),
-                    ));
-                }
+                config.require_fits(&self.limits, "KILN_MATMUL_TILES", &self.info.name)?;
                 MatmulTiling::uniform(config, TilingSource::Environment)
             }
             _ => match matmul_tiles::cache_dir()

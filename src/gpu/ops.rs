@@ -158,12 +158,7 @@ impl GpuContext {
         tile: TileConfig,
     ) -> Result<Vec<f32>> {
         crate::ops::check_matmul(a.len(), b.len(), bias.map(<[f32]>::len), dims, t)?;
-        if !tile.fits(self.limits()) {
-            return Err(KilnError::invalid(
-                "tile",
-                format!("{tile} does not fit the limits of {}", self.name()),
-            ));
-        }
+        tile.require_fits(self.limits(), "tile", &self.name())?;
         self.matmul_tiled(a, b, bias, dims, t, tile)
     }
 
