@@ -208,11 +208,7 @@ impl GpuOp {
     /// Submits the launch and waits for it to finish.
     pub fn run(&self) -> Result<()> {
         self.ctx.submit([&self.rec.dispatch])?;
-        self.ctx
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| KilnError::Gpu(e.to_string()))?;
-        Ok(())
+        self.ctx.wait_idle()
     }
 }
 
@@ -351,21 +347,19 @@ fn bench_matmul(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>>
     for (dims, t, what) in shapes {
         let MatmulDims { m, n, k } = dims;
         let (ta, tb) = (m * k, k * n);
-        let (time, timing) = match device {
+        let (time, timing, tiles) = match device {
             Device::Cpu => {
                 let a = vec![0.5f32; ta];
                 let bm = vec![0.25f32; tb];
                 let mut c = vec![0.0f32; m * n];
-                (
-                    cpu_time(|| crate::cpu::matmul::matmul(&a, &bm, None, &mut c, dims, t))?,
-                    "wall",
-                )
+                let t = cpu_time(|| crate::cpu::matmul::matmul(&a, &bm, None, &mut c, dims, t))?;
+                (t, "wall", None)
             }
-            Device::Gpu(ctx) => time_gpu(&GpuOp::matmul(ctx, dims, t)?)?,
-        };
-        let tiles = match device {
-            Device::Cpu => None,
-            Device::Gpu(ctx) => Some(ctx.matmul_tiling()?.pick(dims).to_string()),
+            Device::Gpu(ctx) => {
+                let tile = ctx.matmul_tiling()?.pick(dims);
+                let (time, timing) = time_gpu(&GpuOp::matmul_with(ctx, dims, t, tile)?)?;
+                (time, timing, Some(tile.to_string()))
+            }
         };
         let mut r = row(
             BenchOp::Matmul,
@@ -454,20 +448,14 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
         let labels: Vec<u32> = (0..batch)
             .map(|i| (i % widths[widths.len() - 1]) as u32)
             .collect();
-        let wait = |d: &Device| -> Result<()> {
-            if let Device::Gpu(ctx) = d {
-                ctx.device
-                    .poll(wgpu::PollType::wait_indefinitely())
-                    .map_err(|e| KilnError::Gpu(e.to_string()))?;
-            }
-            Ok(())
-        };
         let mut host = Vec::new();
         let t = measure(2, REPS, || {
             let start = Instant::now();
             trainer.step(&x, Targets::Classes(&labels))?;
             host.push(start.elapsed().as_secs_f64());
-            wait(device)?;
+            if let Device::Gpu(ctx) = device {
+                ctx.wait_idle()?;
+            }
             Ok(start.elapsed().as_secs_f64())
         })?;
         let shape = format!(

@@ -113,7 +113,7 @@ impl Device {
                 cpu::matmul::matmul(a, b, bias, &mut c, dims, t);
                 Ok(c)
             }
-            Device::Gpu(ctx) => ctx.matmul(a, b, bias, dims, t),
+            Device::Gpu(ctx) => ctx.matmul(a, b, bias, dims, t, None),
         }
     }
 

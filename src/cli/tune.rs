@@ -2,16 +2,13 @@
 //! print the table behind the choice.
 
 use anyhow::Result;
+use kiln::GpuContext;
 use kiln::gpu::matmul_tiles::{self, SizeClass};
-use kiln::{Device, DeviceChoice};
 
 use super::AdapterArgs;
 
 pub fn tune(adapter: &AdapterArgs) -> Result<()> {
-    let (device, _) = Device::select(DeviceChoice::Gpu, &adapter.options())?;
-    let Device::Gpu(ctx) = device else {
-        unreachable!("DeviceChoice::Gpu gives a GPU or an error")
-    };
+    let ctx = GpuContext::new(&adapter.options())?;
     println!("adapter: {}", ctx.name());
     let (tiling, rows) = ctx.retune_matmul()?;
     println!(

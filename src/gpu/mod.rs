@@ -296,6 +296,14 @@ impl GpuContext {
         Ok((chosen, rows))
     }
 
+    /// Blocks until the GPU has finished everything submitted so far.
+    pub fn wait_idle(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| KilnError::Gpu(format!("waiting for the GPU: {e}")))
+    }
+
     /// Copies `len` f32s starting at element `offset` of `buffer` back to the host. This waits
     /// for the GPU: call it when a result is wanted, never inside a step loop.
     pub fn read_back(&self, buffer: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
@@ -313,23 +321,10 @@ impl GpuContext {
         encoder.copy_buffer_to_buffer(buffer, (offset * 4) as u64, &staging, 0, size);
         self.queue.submit([encoder.finish()]);
         let slice = staging.slice(..);
-        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = sender.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| KilnError::Gpu(format!("waiting for the GPU: {e}")))?;
+        let receiver = map_read(&slice);
+        self.wait_idle()?;
         self.check_errors()?;
-        match pollster::block_on(receiver.receive()) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(KilnError::Gpu(format!("mapping a read-back buffer: {e}"))),
-            None => {
-                return Err(KilnError::Gpu(
-                    "read-back was cancelled (device lost?)".into(),
-                ));
-            }
-        }
+        wait_mapped(receiver, "mapping a read-back buffer")?;
         let data = {
             let view = slice
                 .get_mapped_range()
@@ -471,6 +466,33 @@ impl GpuContext {
             layout: &pipeline.layout,
             entries: &entries,
         })
+    }
+}
+
+/// Where a `map_async` callback sends its result.
+pub(crate) type MapReceiver =
+    futures_intrusive::channel::shared::OneshotReceiver<Result<(), wgpu::BufferAsyncError>>;
+
+/// Starts mapping `slice` for reading. Whichever thread next polls the device runs the
+/// callback, so the result comes through the returned receiver (see [`wait_mapped`]) rather
+/// than being assumed after one's own poll.
+pub(crate) fn map_read(slice: &wgpu::BufferSlice<'_>) -> MapReceiver {
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = sender.send(r);
+    });
+    receiver
+}
+
+/// Waits for a mapping [`map_read`] started (the device must be polled past its submission);
+/// `what` names the read in the error if the mapping failed or was dropped.
+pub(crate) fn wait_mapped(receiver: MapReceiver, what: &str) -> Result<()> {
+    match pollster::block_on(receiver.receive()) {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(KilnError::Gpu(format!("{what}: {e}"))),
+        None => Err(KilnError::Gpu(format!(
+            "{what} was cancelled (device lost?)"
+        ))),
     }
 }
 

@@ -7,7 +7,7 @@ use super::matmul_tiles::TileConfig;
 use super::{BufferRange, Dispatch, GpuContext, Recorded};
 use std::time::Instant;
 
-use crate::error::{KilnError, Result};
+use crate::error::Result;
 use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
 use crate::timing::measure;
 
@@ -76,17 +76,11 @@ impl GpuContext {
         warmup: usize,
         reps: usize,
     ) -> Result<(f64, &'static str)> {
-        let wait = || {
-            self.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map(|_| ())
-                .map_err(|e| KilnError::Gpu(format!("waiting for the GPU: {e}")))
-        };
         if !self.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             let t = measure(warmup, reps, || {
                 let start = Instant::now();
                 self.submit([dispatch])?;
-                wait()?;
+                self.wait_idle()?;
                 Ok(start.elapsed().as_secs_f64())
             })?;
             return Ok((t, "wall"));
@@ -134,18 +128,6 @@ impl GpuContext {
         self.limits().max_compute_workgroups_per_dimension
     }
 
-    pub(crate) fn matmul(
-        &self,
-        a: &[f32],
-        b: &[f32],
-        bias: Option<&[f32]>,
-        dims: MatmulDims,
-        t: Transpose,
-    ) -> Result<Vec<f32>> {
-        let tile = self.matmul_tiling()?.pick(dims);
-        self.matmul_tiled(a, b, bias, dims, t, tile)
-    }
-
     /// [`Device::matmul`](crate::Device::matmul) with a chosen tile shape instead of the
     /// tuned one: how tests hold every shape against the CPU, and how a shape is tried out.
     pub fn matmul_with_tile(
@@ -159,18 +141,23 @@ impl GpuContext {
     ) -> Result<Vec<f32>> {
         crate::ops::check_matmul(a.len(), b.len(), bias.map(<[f32]>::len), dims, t)?;
         tile.require_fits(self.limits(), "tile", &self.name())?;
-        self.matmul_tiled(a, b, bias, dims, t, tile)
+        self.matmul(a, b, bias, dims, t, Some(tile))
     }
 
-    fn matmul_tiled(
+    /// The product with `tile`, or the tuned shape for `dims` when `None`.
+    pub(crate) fn matmul(
         &self,
         a: &[f32],
         b: &[f32],
         bias: Option<&[f32]>,
         dims: MatmulDims,
         t: Transpose,
-        tile: TileConfig,
+        tile: Option<TileConfig>,
     ) -> Result<Vec<f32>> {
+        let tile = match tile {
+            Some(tile) => tile,
+            None => self.matmul_tiling()?.pick(dims),
+        };
         let launch = kernels::matmul(t, dims, bias.is_some(), tile, self.max_dim())?;
         let a_buf = self.upload("a", a)?;
         let b_buf = self.upload("b", b)?;

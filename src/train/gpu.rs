@@ -11,7 +11,7 @@ use super::{LOSS_HISTORY, TrainOptions};
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::{self, Launch};
 use crate::gpu::matmul_tiles::MatmulTiling;
-use crate::gpu::{BufferRange, GpuContext, Recorded};
+use crate::gpu::{BufferRange, GpuContext, MapReceiver, Recorded, map_read, wait_mapped};
 use crate::model::Sequential;
 use crate::ops::{Loss, SgdOptions, Targets};
 use kiln_schedule::Needs;
@@ -73,9 +73,6 @@ struct ObservationSlot {
 }
 
 const OBSERVATION_RING: usize = 3;
-
-type MapReceiver =
-    futures_intrusive::channel::shared::OneshotReceiver<Result<(), wgpu::BufferAsyncError>>;
 
 /// Everything a recorded program binds, in one place for `bind`.
 struct Buffers<'a> {
@@ -412,11 +409,7 @@ impl GpuStep {
         })?;
         if let Some(i) = observe {
             let o = &mut self.observations[i];
-            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-            o.buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                let _ = sender.send(r);
-            });
-            o.mapped = Some(receiver);
+            o.mapped = Some(map_read(&o.buffer.slice(..)));
             o.submission = Some(index);
             o.update = self.updates;
         }
@@ -452,15 +445,7 @@ impl GpuStep {
             .mapped
             .take()
             .ok_or_else(|| KilnError::Gpu("observation buffer was not mapped".into()))?;
-        match pollster::block_on(receiver.receive()) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(KilnError::Gpu(format!("reading observations: {e}"))),
-            None => {
-                return Err(KilnError::Gpu(
-                    "observation read-back was cancelled (device lost?)".into(),
-                ));
-            }
-        }
+        wait_mapped(receiver, "reading observations")?;
         let values: [f32; 2] = {
             let view = o
                 .buffer
