@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::kiln;
 use kiln::bench::{self, BenchOp, BenchOptions};
 use kiln::{Device, wgpu};
 
@@ -42,18 +43,6 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
         }
     }
     assert_eq!(rows.iter().filter(|r| r.device == "gpu").count(), 3);
-}
-
-fn kiln(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
-    cmd.args(args)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("KILN_MATMUL_TILES")
-        .env("NODEVICE_SELECT", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("kiln runs")
 }
 
 /// `kiln tune` times every tile shape that fits, marks one choice per timed class, and caches

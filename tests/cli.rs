@@ -1,15 +1,12 @@
 //! The `kiln` binary as a user runs it: `kiln schedule` output, plots and errors.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .env("NODEVICE_SELECT", "1")
-        .output()
-        .expect("kiln runs")
+    common::kiln(args, &[])
 }
 
 fn scratch(name: &str, contents: &str) -> PathBuf {
