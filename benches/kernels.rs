@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the same ops as `kiln bench`, each kernel beside its CPU twin:
 //! `cargo bench`. Throughput is set, so criterion reports FLOP/s ("elements") for matmul and
-//! training steps and bytes/s for the copy and the SGD update. GPU figures are wall time around
+//! training steps and bytes/s for the copy and the optimizer updates. GPU figures are wall time around
 //! submit + wait; on a software adapter (lavapipe) they are meaningless for speed.
 
 use std::sync::Arc;
@@ -10,8 +10,8 @@ use kiln::bench::GpuOp;
 use kiln::schedule::Scheduler;
 use kiln::train::TrainOptions;
 use kiln::{
-    Activation, AdapterOptions, Device, GpuContext, Layer, Loss, MatmulDims, Sequential,
-    SgdOptions, Targets, Trainer, Transpose,
+    Activation, AdapterOptions, Device, GpuContext, Layer, Loss, MatmulDims, Sequential, Targets,
+    Trainer, Transpose,
 };
 
 fn gpu() -> Option<Arc<GpuContext>> {
@@ -46,24 +46,39 @@ fn matmul(c: &mut Criterion) {
     group.finish();
 }
 
-fn sgd_and_copy(c: &mut Criterion) {
+fn updates_and_copy(c: &mut Criterion) {
     let gpu = gpu();
     let n = 1 << 20;
     let mut group = c.benchmark_group("bandwidth");
     group.sample_size(10);
-    let opts = SgdOptions {
-        momentum: 0.9,
-        ..Default::default()
-    };
-    let (mut p, g, mut m) = (vec![1.0f32; n], vec![0.001f32; n], vec![0.0f32; n]);
-    // SGD with momentum reads p, g, buf and writes p, buf: 5 words per parameter.
-    group.throughput(Throughput::Bytes(5 * 4 * n as u64));
-    group.bench_function("sgd/cpu", |bench| {
-        bench.iter(|| kiln::cpu::sgd::sgd(&opts, 0.01, false, &mut p, &g, &mut m))
-    });
-    if let Some(ctx) = &gpu {
-        let op = GpuOp::sgd(ctx, n).unwrap();
-        group.bench_function("sgd/gpu", |bench| bench.iter(|| op.run().unwrap()));
+    for optimizer in kiln::bench::bench_optimizer_set() {
+        let name = optimizer.name();
+        let (mut p, g) = (vec![1.0f32; n], vec![0.001f32; n]);
+        let mut state = optimizer.new_state(n);
+        let uniform = optimizer
+            .one_off_uniform(0.01, n, &mut state.scalars)
+            .unwrap();
+        group.throughput(Throughput::Bytes(
+            kiln::bench::update_bytes(&optimizer, n) as u64
+        ));
+        group.bench_function(format!("{name}/cpu"), |bench| {
+            bench.iter(|| {
+                kiln::optim::update_arena(
+                    optimizer.rule(),
+                    &uniform.scalars,
+                    &[],
+                    &mut p,
+                    &g,
+                    &mut state.blocks,
+                )
+            })
+        });
+        if let Some(ctx) = &gpu {
+            let op = GpuOp::update(ctx, &optimizer, n).unwrap();
+            group.bench_function(format!("{name}/gpu"), |bench| {
+                bench.iter(|| op.run().unwrap())
+            });
+        }
     }
     let (src, mut dst) = (vec![1.0f32; n], vec![0.0f32; n]);
     group.throughput(Throughput::Bytes(2 * 4 * n as u64));
@@ -116,5 +131,5 @@ fn train_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmul, sgd_and_copy, train_step);
+criterion_group!(benches, matmul, updates_and_copy, train_step);
 criterion_main!(benches);

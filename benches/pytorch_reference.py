@@ -1,21 +1,33 @@
 """PyTorch timed on the same ops, shapes and sizes as `kiln bench`, for BENCHMARKS.md.
 
-    python3 benches/pytorch_reference.py [--device cuda|cpu] [--quick] [--json]
+    python3 benches/pytorch_reference.py [--device cuda|cpu] [--quick] [--json] [--ops copy,...]
     python3 benches/pytorch_reference.py --kiln kiln.json [--torch torch.json] [...]
 
 Prints rows in `kiln bench --json`'s format (device "torch-cuda" or "torch-cpu"). With
 `--kiln FILE` (the output of `kiln bench --json`), prints a Markdown table of Kiln's GPU rows
 beside PyTorch's CUDA rows (and Kiln's CPU device beside PyTorch on the CPU) for every op and
-shape both measured, with PyTorch time / Kiln time (above 1:
-Kiln is faster); `--torch FILE` takes PyTorch's rows from an earlier `--json` run instead of
-measuring. Not part of the test suite; needs only torch.
+shape both measured, with PyTorch time / Kiln time (above 1: Kiln is faster). A Kiln row is
+shown beside PyTorch's row of the same op and every variant of it (op "adam" beside "adam",
+"adam-fused" and "adam-single"), and the last column compares Kiln with the fastest of them.
+`--torch FILE` takes PyTorch's rows from an earlier `--json` run instead of measuring. `--ops`
+takes the same groups as `kiln bench --ops`: copy, matmul, optimizers, train_step. Not part of
+the test suite; needs only torch.
 
 How each op is timed, to match Kiln:
 - matmul: float32 with TF32 off (`torch.backends.cuda.matmul.allow_tf32 = False`), the same three
   layouts (A·B, A·Bᵀ, Aᵀ·B through transposed views, which cuBLAS takes without copying); CUDA
   events around one product.
-- sgd: `torch.optim.SGD(momentum=0.9)` on one flat parameter of n floats (PyTorch's default
-  implementation, and `fused=True` as an extra row); CUDA events around `step()`.
+- optimizers: one row per optimizer, op = its name as in Kiln: sgd (momentum 0.9), adam, adamw,
+  rmsprop, adagrad, nadam, radam (PyTorch's defaults otherwise, lr 0.01 as Kiln's row uses), on
+  one flat parameter of n float32 with a .grad of n; the state exists before timing (one
+  warm-up step; radam takes 5 so that every timed step is past its rectification warm-up and
+  on the full adaptive path), as Kiln times its second update. Variants: op "{name}" is what
+  `torch.optim.X(params)` picks (foreach on CUDA, the single-tensor loop on the CPU);
+  "{name}-fused" is `fused=True` where this torch supports it for the optimizer and device (the
+  row is left out where constructing it or its first step raises); "{name}-single" is
+  `foreach=False` (CUDA only: on the CPU it is the default). Each row's "impl" says which. CUDA
+  events around `step()` (wall time on the CPU). GB/s as Kiln counts it: (3 + 2·S)·4·n bytes,
+  S the state tensors kept (sgd, rmsprop, adagrad: 1; adam, adamw, nadam, radam: 2).
 - copy: `dst.copy_(src)`; GB/s counts bytes read plus bytes written, as Kiln's copy row does.
 - train_step: the same MLP (Linear/ReLU, cross-entropy, SGD momentum 0.9), eager; the batch is
   copied from host memory each step, as `Trainer::step` uploads it; wall time around one step
@@ -32,6 +44,19 @@ import torch
 
 REPS = 7
 WARMUP = 2
+# The groups `kiln bench --ops` takes, in its report order.
+OPS = ("copy", "matmul", "optimizers", "train_step")
+# Kiln's optimizer set (`bench_optimizer_set`): name -> (torch class, extra arguments, state
+# tensors kept). Everything else is PyTorch's default.
+OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, {"momentum": 0.9}, 1),
+    "adam": (torch.optim.Adam, {}, 2),
+    "adamw": (torch.optim.AdamW, {}, 2),
+    "rmsprop": (torch.optim.RMSprop, {}, 1),
+    "adagrad": (torch.optim.Adagrad, {}, 1),
+    "nadam": (torch.optim.NAdam, {}, 2),
+    "radam": (torch.optim.RAdam, {}, 2),
+}
 
 
 def timed(device, fn, kernel=True):
@@ -74,7 +99,7 @@ def row(device, op, shape, median_s, timing, **extra):
     return r
 
 
-def bench(device, quick):
+def bench(device, quick, ops=OPS):
     rows = []
     timing = "cuda-event" if device == "cuda" else "wall"
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -83,7 +108,7 @@ def bench(device, quick):
         return (torch.rand(*shape, generator=gen) * 2 - 1).to(device)
 
     sizes = [1 << 20] if quick else [1 << 20, 10_000_000, 100_000_000]
-    for n in sizes:
+    for n in sizes if "copy" in ops else []:
         src, dst = rand(n), torch.empty(n, device=device)
         t = timed(device, lambda: dst.copy_(src))
         rows.append(row(device, "copy", f"{n} floats", t, timing, gbps=8 * n / t / 1e9))
@@ -92,7 +117,7 @@ def bench(device, quick):
     shapes = [((s, s, s), "nn", "square") for s in squares]
     b, i, o = (32, 64, 128) if quick else (256, 784, 1024)
     shapes += [((b, o, i), "nt", "layer forward"), ((o, i, b), "tn", "layer dW"), ((b, i, o), "nn", "layer dX")]
-    for (m, n, k), t_name, what in shapes:
+    for (m, n, k), t_name, what in shapes if "matmul" in ops else []:
         # Stored as Kiln stores them: A [M,K] or [K,M] for tn, B [K,N] or [N,K] for nt.
         a = rand(k, m).t() if t_name == "tn" else rand(m, k)
         bm = rand(n, k).t() if t_name == "nt" else rand(k, n)
@@ -101,20 +126,13 @@ def bench(device, quick):
         rows.append(row(device, "matmul", f"{m}x{n}x{k} {t_name} ({what})", t, timing,
                         gflops=2 * m * n * k / t / 1e9))
 
-    for n in sizes:
-        for fused in ([False, True] if device == "cuda" else [False]):
-            p = torch.nn.Parameter(torch.ones(n, device=device))
-            p.grad = torch.full((n,), 1e-3, device=device)
-            opt = torch.optim.SGD([p], lr=0.01, momentum=0.9, **({"fused": True} if fused else {}))
-            t = timed(device, opt.step)
-            shape = f"{n} params" + (" (fused)" if fused else "")
-            rows.append(row(device, "sgd", shape, t, timing, gbps=5 * 4 * n / t / 1e9))
-            del p, opt
+    if "optimizers" in ops:
+        rows += bench_optimizers(device, sizes, timing)
 
     cases = [(64, [128, 10], 32)]
     if not quick:
         cases += [(784, [1024, 1024, 10], 256), (784, [1024, 1024, 10], 1024)]
-    for inputs, widths, batch in cases:
+    for inputs, widths, batch in cases if "train_step" in ops else []:
         layers, fan_in = [], inputs
         for w in widths:
             layers += [torch.nn.Linear(fan_in, w), torch.nn.ReLU()]
@@ -141,10 +159,47 @@ def bench(device, quick):
     return rows
 
 
+def bench_optimizers(device, sizes, timing):
+    rows = []
+    variants = [("", "default", {}), ("-fused", "fused", {"fused": True})]
+    if device == "cuda":
+        variants.append(("-single", "single", {"foreach": False}))
+    # torch's own choice when neither foreach nor fused is given (foreach on CUDA).
+    default_impl = "foreach" if device == "cuda" else "single"
+    for name, (cls, args, states) in OPTIMIZERS.items():
+        for n in sizes:
+            for suffix, impl, extra in variants:
+                p = torch.nn.Parameter(torch.ones(n, device=device))
+                p.grad = torch.full((n,), 1e-3, device=device)
+                try:
+                    opt = cls([p], lr=0.01, **args, **extra)
+                    # Creates the state; radam's first 5 steps skip the adaptive term.
+                    for _ in range(5 if name == "radam" else 1):
+                        opt.step()
+                except (RuntimeError, TypeError, ValueError):
+                    if impl != "fused":
+                        raise
+                    p = opt = None
+                    continue  # no fused kernel for this optimizer on this device
+                t = timed(device, opt.step)
+                rows.append(row(device, name + suffix, f"{n} params", t, timing,
+                                gbps=(3 + 2 * states) * 4 * n / t / 1e9,
+                                impl=default_impl if impl == "default" else impl))
+                del p, opt
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+    return rows
+
+
 def side_by_side(kiln_rows, torch_rows):
-    """Kiln's GPU rows beside PyTorch's CUDA rows, and Kiln's CPU device beside PyTorch's CPU."""
-    print("| op | shape | Kiln | PyTorch | PyTorch / Kiln |")
-    print("|---|---|---|---|---|")
+    """Kiln's GPU rows beside PyTorch's CUDA rows, and Kiln's CPU device beside PyTorch's CPU.
+
+    Each Kiln row gets one line per PyTorch row of its op or a variant of it ("adam",
+    "adam-fused", "adam-single"), the default first; the last column, on the first line of the
+    group, is the fastest PyTorch variant's time / Kiln's time (at least 1: Kiln is ahead).
+    """
+    print("| op | shape | Kiln | PyTorch | PyTorch / Kiln | fastest PyTorch / Kiln |")
+    print("|---|---|---|---|---|---|")
     pairs = {"gpu": "torch-cuda", "cpu": "torch-cpu"}
 
     def rate(r):
@@ -155,10 +210,19 @@ def side_by_side(kiln_rows, torch_rows):
         return ""
 
     for k in kiln_rows:
-        for t in torch_rows:
-            if pairs.get(k["device"]) == t["device"] and (t["op"], t["shape"]) == (k["op"], k["shape"]):
-                print(f"| {k['op']} | {k['shape']} ({k['device']}) | {k['median_s'] * 1e3:.3f} ms{rate(k)} "
-                      f"| {t['median_s'] * 1e3:.3f} ms{rate(t)} | {t['median_s'] / k['median_s']:.2f} |")
+        group = [t for t in torch_rows
+                 if pairs.get(k["device"]) == t["device"] and t["shape"] == k["shape"]
+                 and (t["op"] == k["op"] or t["op"].startswith(k["op"] + "-"))]
+        group.sort(key=lambda t: t["op"] != k["op"])  # stable: the default first
+        if not group:
+            continue
+        fastest = min(group, key=lambda t: t["median_s"])
+        best = f"**{fastest['median_s'] / k['median_s']:.2f}** ({fastest['op']})"
+        kiln = f"{k['median_s'] * 1e3:.3f} ms{rate(k)}"
+        for i, t in enumerate(group):
+            print(f"| {t['op']} | {k['shape']} ({k['device']}) | {kiln if i == 0 else ''} "
+                  f"| {t['median_s'] * 1e3:.3f} ms{rate(t)} | {t['median_s'] / k['median_s']:.2f} "
+                  f"| {best if i == 0 else ''} |")
 
 
 def main():
@@ -168,14 +232,19 @@ def main():
     ap.add_argument("--json", action="store_true", help="print {\"results\": [...]}")
     ap.add_argument("--kiln", help="kiln bench --json output to compare with")
     ap.add_argument("--torch", help="this script's --json output, instead of measuring")
+    ap.add_argument("--ops", default=",".join(OPS), help="comma-separated: " + ", ".join(OPS))
     args = ap.parse_args()
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in OPS]
+    if unknown:
+        ap.error(f"unknown op(s) {', '.join(unknown)}; ops: {', '.join(OPS)}")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     if args.torch:
         with open(args.torch) as f:
             rows = json.load(f)["results"]
     else:
-        rows = bench(args.device, args.quick)
+        rows = bench(args.device, args.quick, ops)
     if args.kiln:
         with open(args.kiln) as f:
             side_by_side(json.load(f)["results"], rows)

@@ -1,9 +1,9 @@
 //! Kiln inside a Rust program: build a model in code, train it, predict. (XOR, 2 → 8 → 2.)
+use kiln::optim::{Optimizer, Sgd};
 use kiln::schedule::{Kind, Scheduler};
 use kiln::train::TrainOptions;
 use kiln::{
-    Activation, AdapterOptions, Device, DeviceChoice, Layer, Loss, Sequential, SgdOptions, Targets,
-    Trainer,
+    Activation, AdapterOptions, Device, DeviceChoice, Layer, Loss, Sequential, Targets, Trainer,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,12 +17,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Layer::Dense { out: 2 },
     ];
     let model = Sequential::new(2, layers, Loss::CrossEntropy)?;
-    let sgd = SgdOptions {
+    // torch.optim.SGD(momentum=0.9); any optimizer of kiln::optim goes here (Adam::adamw(), …).
+    let sgd = Optimizer::new(Sgd {
         momentum: 0.9,
         ..Default::default()
-    };
+    })?;
     let options = TrainOptions {
-        sgd,
+        optimizer: sgd,
         max_batch: 4,
         seed: 1,
         ..Default::default()

@@ -1,4 +1,4 @@
-//! `kiln bench`: matmul, the SGD update, a plain copy and whole training steps, timed on the
+//! `kiln bench`: matmul, every optimizer's update, a plain copy and whole training steps, timed on the
 //! GPU and the CPU device side by side.
 //!
 //! GPU kernels are timed with timestamp queries around their compute pass when the adapter has
@@ -17,7 +17,8 @@ use std::sync::Arc;
 use crate::gpu::matmul_tiles::TileConfig;
 use crate::gpu::{BufferRange, GpuContext, Recorded};
 use crate::model::{Layer, Sequential};
-use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+use crate::ops::{Activation, Loss, MatmulDims, Targets, Transpose};
+use crate::optim::{self, Optimizer, UpdateRule};
 use crate::schedule::Scheduler;
 use crate::train::{TrainOptions, Trainer};
 
@@ -26,8 +27,9 @@ use crate::train::{TrainOptions, Trainer};
 pub enum BenchOp {
     /// Square products and the three products of an MLP layer.
     Matmul,
-    /// The fused SGD update with momentum.
-    Sgd,
+    /// Every optimizer's fused update (SGD with momentum 0.9, the others at PyTorch's
+    /// defaults); rows are named after the optimizer.
+    Optimizers,
     /// Whole training steps of an MLP.
     TrainStep,
     /// A plain copy kernel: the device's bandwidth.
@@ -39,7 +41,7 @@ impl BenchOp {
     pub const ALL: [BenchOp; 4] = [
         BenchOp::Copy,
         BenchOp::Matmul,
-        BenchOp::Sgd,
+        BenchOp::Optimizers,
         BenchOp::TrainStep,
     ];
 
@@ -47,7 +49,7 @@ impl BenchOp {
     pub fn name(self) -> &'static str {
         match self {
             BenchOp::Matmul => "matmul",
-            BenchOp::Sgd => "sgd",
+            BenchOp::Optimizers => "optimizers",
             BenchOp::TrainStep => "train_step",
             BenchOp::Copy => "copy",
         }
@@ -61,7 +63,7 @@ impl BenchOp {
             .ok_or_else(|| {
                 KilnError::invalid(
                     "ops",
-                    format!("unknown op {name:?}; ops: matmul, sgd, train_step, copy"),
+                    format!("unknown op {name:?}; ops: matmul, optimizers, train_step, copy"),
                 )
             })
     }
@@ -84,7 +86,8 @@ pub struct BenchRow {
     pub gflops: Option<f64>,
     /// Memory throughput, for bandwidth-bound ops.
     pub gbps: Option<f64>,
-    /// Percent of the FP32 peak (known adapters) or of the measured copy bandwidth (SGD).
+    /// Percent of the FP32 peak (known adapters) or of the measured copy bandwidth
+    /// (optimizer updates).
     pub pct_peak: Option<f64>,
     /// CPU time over GPU time for the same op and shape (filled in by [`compare`]).
     pub gpu_speedup: Option<f64>,
@@ -189,14 +192,23 @@ impl GpuOp {
         })
     }
 
-    /// The fused SGD update of `n` parameters, momentum 0.9.
-    pub fn sgd(ctx: &Arc<GpuContext>, n: usize) -> Result<GpuOp> {
-        let opts = SgdOptions {
-            momentum: 0.9,
-            ..Default::default()
-        };
-        let launch = kernels::sgd(&opts, 0.01, false, n, ctx.max_dim());
-        GpuOp::new(ctx, &launch, &[n, n, n], Some(3))
+    /// The fused update of `n` parameters by `optimizer` (its second update, so every
+    /// state tensor is read and written).
+    pub fn update(ctx: &Arc<GpuContext>, optimizer: &Optimizer, n: usize) -> Result<GpuOp> {
+        let mut scalars = optimizer.rule().initial_scalars();
+        optimizer.one_off_uniform(0.01, n, &mut scalars)?;
+        let uniform = optimizer.one_off_uniform(0.01, n, &mut scalars)?;
+        let launch = kernels::update(optimizer.rule().kernel(), &uniform, ctx.max_dim());
+        // parameters, gradients, loss history, no-decay ranges, then the state tensors
+        let mut lens = vec![n, n, 1, 2];
+        lens.extend(
+            optimizer
+                .rule()
+                .state()
+                .iter()
+                .map(|b| if b.used { n } else { 1 }),
+        );
+        GpuOp::new(ctx, &launch, &lens, None)
     }
 
     /// A copy of `n` floats.
@@ -260,17 +272,18 @@ pub fn run(device: &Device, ops: &[BenchOp], options: BenchOptions) -> Result<Ve
         match op {
             BenchOp::Copy => rows.extend(bench_copy(device, options)?),
             BenchOp::Matmul => rows.extend(bench_matmul(device, options)?),
-            BenchOp::Sgd => rows.extend(bench_sgd(device, options)?),
+            BenchOp::Optimizers => rows.extend(bench_optimizers(device, options)?),
             BenchOp::TrainStep => rows.extend(bench_train_step(device, options)?),
         }
     }
-    // SGD moves 5 words per parameter (p, g, buf read; p, buf written): compare with the copy.
+    // An update is bandwidth-bound: compare its bytes per second with the copy's.
     let copy_gbps: Vec<(String, f64)> = rows
         .iter()
         .filter(|r| r.op == "copy")
         .filter_map(|r| r.gbps.map(|g| (r.shape.clone(), g)))
         .collect();
-    for r in rows.iter_mut().filter(|r| r.op == "sgd") {
+    let updates: Vec<&str> = optim::REGISTRY.iter().map(|r| r.name).collect();
+    for r in rows.iter_mut().filter(|r| updates.contains(&r.op.as_str())) {
         let size = r.shape.split(' ').next().unwrap_or_default().to_string();
         if let (Some(g), Some((_, c))) = (
             r.gbps,
@@ -377,31 +390,69 @@ fn bench_matmul(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>>
     Ok(rows)
 }
 
-fn bench_sgd(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
-    let opts = SgdOptions {
-        momentum: 0.9,
-        ..Default::default()
-    };
-    let mut rows = Vec::new();
-    for n in sizes(options, &[1 << 20], &[1 << 20, 10_000_000, 100_000_000]) {
-        if !fits(device, n) {
-            continue;
-        }
-        let (t, timing) = match device {
-            Device::Cpu => {
-                let mut p = vec![1.0f32; n];
-                let g = vec![0.001f32; n];
-                let mut m = vec![0.0f32; n];
-                (
-                    cpu_time(|| crate::cpu::sgd::sgd(&opts, 0.01, false, &mut p, &g, &mut m))?,
-                    "wall",
-                )
+/// The optimizers `kiln bench` measures: SGD with momentum 0.9, the others at PyTorch's
+/// defaults.
+pub fn bench_optimizer_set() -> Vec<Optimizer> {
+    optim::REGISTRY
+        .iter()
+        .map(|r| {
+            let mut table = toml::Table::new();
+            if r.name == "sgd" {
+                table.insert("momentum".into(), toml::Value::Float(0.9));
             }
-            Device::Gpu(ctx) => time_gpu(&GpuOp::sgd(ctx, n)?)?,
-        };
-        let mut r = row(BenchOp::Sgd, device, format!("{n} params"), t, timing);
-        r.gbps = Some(5.0 * 4.0 * n as f64 / t / 1e9);
-        rows.push(r);
+            (r.from_table)(table).expect("defaults are valid")
+        })
+        .collect()
+}
+
+/// Bytes an update of `n` parameters must move: parameters and each used state tensor read
+/// and written, gradients read.
+pub fn update_bytes(optimizer: &Optimizer, n: usize) -> f64 {
+    (3 + 2 * optimizer.used_state().len()) as f64 * 4.0 * n as f64
+}
+
+fn bench_optimizers(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    for optimizer in bench_optimizer_set() {
+        for n in sizes(options, &[1 << 20], &[1 << 20, 10_000_000, 100_000_000]) {
+            if !fits(device, n) {
+                continue;
+            }
+            let (t, timing) = match device {
+                Device::Cpu => {
+                    let mut p = vec![1.0f32; n];
+                    let g = vec![0.001f32; n];
+                    let mut state = optimizer.new_state(n);
+                    let mut scalars = state.scalars.clone();
+                    let uniform = optimizer.one_off_uniform(0.01, n, &mut scalars)?;
+                    let rule: &dyn UpdateRule = optimizer.rule();
+                    (
+                        cpu_time(|| {
+                            optim::update_arena(
+                                rule,
+                                &uniform.scalars,
+                                &[],
+                                &mut p,
+                                &g,
+                                &mut state.blocks,
+                            )
+                        })?,
+                        "wall",
+                    )
+                }
+                Device::Gpu(ctx) => time_gpu(&GpuOp::update(ctx, &optimizer, n)?)?,
+            };
+            let mut r = row(
+                BenchOp::Optimizers,
+                device,
+                format!("{n} params"),
+                t,
+                timing,
+            );
+            r.op = optimizer.name().into();
+            r.gbps = Some(update_bytes(&optimizer, n) / t / 1e9);
+            rows.push(r);
+        }
     }
     Ok(rows)
 }
@@ -434,10 +485,10 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
                 .sum::<f64>()
         };
         let options = TrainOptions {
-            sgd: SgdOptions {
+            optimizer: Optimizer::new(optim::Sgd {
                 momentum: 0.9,
                 ..Default::default()
-            },
+            })?,
             max_batch: batch,
             ..Default::default()
         };

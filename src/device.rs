@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::cpu;
 use crate::error::{KilnError, Result};
 use crate::gpu::{AdapterOptions, GpuContext, adapter};
-use crate::ops::{self, Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+use crate::ops::{self, Activation, Loss, MatmulDims, Targets, Transpose};
+use crate::optim::{self, Optimizer};
 
 /// Where kernels run.
 #[derive(Clone, Debug)]
@@ -210,39 +211,68 @@ impl Device {
         Ok(norm_sq.sqrt())
     }
 
-    /// One torch.optim.SGD update of `param` in place. `momentum_buf` is PyTorch's
-    /// `momentum_buffer`: `None` before the first step, then kept by the caller.
-    pub fn sgd(
+    /// One update of `param` in place by `optimizer` at rate `lr`, as `optimizer.step()` in
+    /// PyTorch. `state` comes from [`Optimizer::new_state`] and is kept by the caller.
+    ///
+    /// ```
+    /// use kiln::optim::{Adam, Optimizer};
+    /// use kiln::Device;
+    /// let adam = Optimizer::new(Adam::default())?;
+    /// let mut p = vec![1.0f32, -2.0];
+    /// let mut state = adam.new_state(p.len());
+    /// Device::Cpu.update(&adam, 0.1, &mut p, &[0.5, -0.25], &mut state)?;
+    /// // Adam's first step moves each parameter by about lr against its gradient's sign.
+    /// assert!((p[0] - 0.9).abs() < 1e-6 && (p[1] + 1.9).abs() < 1e-6);
+    /// # Ok::<(), kiln::KilnError>(())
+    /// ```
+    pub fn update(
         &self,
-        opts: &SgdOptions,
-        lr: f32,
+        optimizer: &Optimizer,
+        lr: f64,
         param: &mut [f32],
         grad: &[f32],
-        momentum_buf: &mut Option<Vec<f32>>,
+        state: &mut optim::State,
     ) -> Result<()> {
-        opts.validate()?;
         if !lr.is_finite() || lr < 0.0 {
             return Err(KilnError::invalid(
                 "lr",
                 format!("must be finite and >= 0, got {lr}"),
             ));
         }
-        ops::check_len("sgd", "grad", grad.len(), param.len(), "same as param")?;
-        let first_step = momentum_buf.is_none();
-        let buf = momentum_buf.get_or_insert_with(|| vec![0.0; param.len()]);
+        let ctx = format!("{} update", optimizer.name());
+        ops::check_len(&ctx, "grad", grad.len(), param.len(), "same as param")?;
+        let blocks = optimizer.rule().state();
         ops::check_len(
-            "sgd",
-            "momentum_buffer",
-            buf.len(),
-            param.len(),
-            "same as param",
+            &ctx,
+            "state",
+            state.blocks.len(),
+            blocks.len(),
+            "one per state tensor",
         )?;
+        for (b, v) in blocks.iter().zip(&state.blocks) {
+            let want = if b.used { param.len() } else { 0 };
+            ops::check_len(
+                &ctx,
+                b.name,
+                v.len(),
+                want,
+                "same as param when used, else empty",
+            )?;
+        }
+        let uniform = optimizer.one_off_uniform(lr, param.len(), &mut state.scalars)?;
         match self {
             Device::Cpu => {
-                cpu::sgd::sgd(opts, lr, first_step, param, grad, buf);
+                optim::update_arena(
+                    optimizer.rule(),
+                    &uniform.scalars,
+                    &[],
+                    param,
+                    grad,
+                    &mut state.blocks,
+                );
                 Ok(())
             }
-            Device::Gpu(ctx) => ctx.sgd(opts, lr, first_step, param, grad, buf),
+            Device::Gpu(ctx) => ctx.update(optimizer, &uniform, param, grad, &mut state.blocks),
         }
     }
 }

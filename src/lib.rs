@@ -9,6 +9,7 @@ pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod plot;
 pub mod run;
 mod timing;
@@ -20,7 +21,8 @@ pub use error::{KilnError, Result};
 pub use gpu::{AdapterOptions, GpuContext};
 pub use kiln_schedule as schedule;
 pub use model::{Layer, Sequential};
-pub use ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+pub use ops::{Activation, Loss, MatmulDims, Targets, Transpose};
+pub use optim::Optimizer;
 pub use train::Trainer;
 /// The wgpu version Kiln is built on, for code that uses [`GpuContext::device`] directly.
 pub use wgpu;

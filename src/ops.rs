@@ -162,59 +162,6 @@ pub enum Targets<'a> {
     Classes(&'a [u32]),
 }
 
-/// torch.optim.SGD's options, with its parameter names and defaults (the learning rate comes
-/// from a schedule each step, so it is not here).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SgdOptions {
-    /// Momentum factor μ (PyTorch default 0).
-    pub momentum: f32,
-    /// Dampening applied to the gradient in the momentum buffer (default 0).
-    pub dampening: f32,
-    /// L2 penalty added to the gradient (default 0).
-    pub weight_decay: f32,
-    /// Nesterov momentum (needs momentum > 0 and dampening 0).
-    pub nesterov: bool,
-    /// Maximize the objective instead of minimizing it.
-    pub maximize: bool,
-}
-
-impl Default for SgdOptions {
-    fn default() -> Self {
-        SgdOptions {
-            momentum: 0.0,
-            dampening: 0.0,
-            weight_decay: 0.0,
-            nesterov: false,
-            maximize: false,
-        }
-    }
-}
-
-impl SgdOptions {
-    /// The checks torch.optim.SGD makes in its constructor, with the same rules.
-    pub fn validate(&self) -> Result<()> {
-        for (field, v) in [
-            ("momentum", self.momentum),
-            ("dampening", self.dampening),
-            ("weight_decay", self.weight_decay),
-        ] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(KilnError::invalid(
-                    format!("optimizer.{field}"),
-                    format!("must be finite and >= 0, got {v}"),
-                ));
-            }
-        }
-        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
-            return Err(KilnError::invalid(
-                "optimizer.nesterov",
-                "Nesterov momentum requires a momentum > 0 and zero dampening",
-            ));
-        }
-        Ok(())
-    }
-}
-
 // ---- input checks shared by both devices ----
 
 /// Errs with the first non-finite value of `values`, naming the tensor.

@@ -161,10 +161,11 @@ pub fn read_into(
     let mut extra: Vec<&str> = st
         .names()
         .into_iter()
-        // A checkpoint keeps momentum buffers beside the weights; they are not "unexpected".
+        // A checkpoint keeps optimizer state (`exp_avg.layers.…`) beside the weights; it is
+        // not "unexpected" in the weights.
         .filter(|n| {
             if prefix.is_empty() {
-                !n.starts_with("momentum.")
+                !n.contains(".layers.")
             } else {
                 n.starts_with(prefix)
             }

@@ -16,14 +16,14 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
     // The small sizes only: the square 512³ product is slow on a software adapter.
     let mut rows = bench::run(
         &gpu,
-        &[BenchOp::Copy, BenchOp::Sgd, BenchOp::TrainStep],
+        &[BenchOp::Copy, BenchOp::Optimizers, BenchOp::TrainStep],
         options,
     )
     .unwrap();
     rows.extend(
         bench::run(
             &Device::Cpu,
-            &[BenchOp::Copy, BenchOp::Sgd, BenchOp::TrainStep],
+            &[BenchOp::Copy, BenchOp::Optimizers, BenchOp::TrainStep],
             options,
         )
         .unwrap(),
@@ -42,7 +42,16 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
             assert!(r.host_s.unwrap() > 0.0, "{r:?}");
         }
     }
-    assert_eq!(rows.iter().filter(|r| r.device == "gpu").count(), 3);
+    // copy, one row per optimizer, the train step
+    let optimizers = kiln::optim::REGISTRY.len();
+    assert_eq!(
+        rows.iter().filter(|r| r.device == "gpu").count(),
+        2 + optimizers
+    );
+    for r in rows.iter().filter(|r| r.op == "adam") {
+        // p, g, exp_avg, exp_avg_sq: 7 words per parameter moved, compared with the copy.
+        assert!(r.gbps.unwrap() > 0.0 && r.pct_peak.unwrap() > 0.0, "{r:?}");
+    }
 }
 
 /// `kiln tune` times every tile shape that fits, marks one choice per timed class, and caches

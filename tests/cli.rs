@@ -410,7 +410,7 @@ fn bench_prints_json_rows_for_the_cpu_device() {
         "--quick",
         "--json",
         "--ops",
-        "copy,sgd,matmul",
+        "copy,optimizers,matmul",
     ]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = v["results"].as_array().unwrap();
@@ -428,11 +428,15 @@ fn bench_prints_json_rows_for_the_cpu_device() {
             "{r}"
         );
     }
-    let sgd = rows.iter().find(|r| r["op"] == "sgd").unwrap();
-    assert!(
-        sgd["pct_peak"].as_f64().unwrap() > 0.0,
-        "SGD is held to the measured copy bandwidth"
-    );
+    for name in [
+        "sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam",
+    ] {
+        let row = rows.iter().find(|r| r["op"] == name).unwrap();
+        assert!(
+            row["pct_peak"].as_f64().unwrap() > 0.0,
+            "{name} is held to the measured copy bandwidth"
+        );
+    }
     let e = stderr_of_failure(&kiln(&["bench", "--device", "cpu", "--ops", "fft"]));
     assert!(e.contains("unknown op \"fft\""), "{e}");
 }

@@ -21,7 +21,7 @@ fn trainer(device: &Device) -> Trainer {
     )
     .unwrap();
     let options = TrainOptions {
-        sgd: Default::default(),
+        optimizer: Default::default(),
         max_batch: 4,
         seed: 0,
         ..Default::default()
@@ -155,7 +155,7 @@ fn buffers_over_the_device_limits_are_errors() {
     let width = (binding / 4).isqrt() + 1;
     let model = Sequential::new(width, vec![Layer::Dense { out: width }], Loss::Mse).unwrap();
     let options = TrainOptions {
-        sgd: Default::default(),
+        optimizer: Default::default(),
         max_batch: 1,
         seed: 0,
         ..Default::default()

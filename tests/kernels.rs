@@ -4,7 +4,7 @@ mod common;
 
 use common::{Tolerance, assert_close, gpu_device, random, random_labels};
 use kiln::gpu::matmul_tiles::{CANDIDATES, TileConfig};
-use kiln::{Activation, Device, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+use kiln::{Activation, Device, Loss, MatmulDims, Targets, Transpose};
 
 /// Sizes around the 64-wide matmul tile and the 16-deep k-step, and around 256-thread
 /// workgroups for the elementwise kernels.
@@ -238,40 +238,6 @@ fn losses_match_cpu() {
                 assert_close(&format!("{what} value"), &[l_gpu], &[l_cpu], common::LOSS);
                 assert_close(&format!("{what} grad"), &g_gpu, &g_cpu, common::LOSS);
             }
-        }
-    }
-}
-
-#[test]
-fn sgd_matches_cpu_for_every_option_combination() {
-    let Some(gpu) = both() else { return };
-    let n = 1000;
-    for bits in 0..32u32 {
-        let opts = SgdOptions {
-            momentum: if bits & 1 != 0 { 0.9 } else { 0.0 },
-            dampening: if bits & 2 != 0 { 0.25 } else { 0.0 },
-            weight_decay: if bits & 4 != 0 { 0.01 } else { 0.0 },
-            nesterov: bits & 8 != 0,
-            maximize: bits & 16 != 0,
-        };
-        if opts.validate().is_err() {
-            continue;
-        }
-        let mut p_cpu = random(n, -1.0, 1.0, bits as u64);
-        let mut p_gpu = p_cpu.clone();
-        let (mut m_cpu, mut m_gpu) = (None, None);
-        for step in 0..3 {
-            let g = random(n, -1.0, 1.0, 100 + step);
-            Device::Cpu
-                .sgd(&opts, 0.05, &mut p_cpu, &g, &mut m_cpu)
-                .unwrap();
-            gpu.sgd(&opts, 0.05, &mut p_gpu, &g, &mut m_gpu).unwrap();
-            assert_close(
-                &format!("sgd {opts:?} step {step}"),
-                &p_gpu,
-                &p_cpu,
-                common::SGD,
-            );
         }
     }
 }

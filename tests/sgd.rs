@@ -8,12 +8,13 @@
 
 mod common;
 
-use kiln::{Device, SgdOptions};
+use kiln::Device;
+use kiln::optim::{Optimizer, Sgd};
 
 const GRADS: [[f32; 2]; 3] = [[0.5, 0.25], [-1.0, 0.75], [0.125, -0.5]];
 
 /// (momentum, dampening, weight_decay, nesterov, maximize, parameters after each step)
-type Case = (f32, f32, f32, bool, bool, [[f64; 2]; 3]);
+type Case = (f64, f64, f64, bool, bool, [[f64; 2]; 3]);
 
 #[rustfmt::skip]
 const CASES: [Case; 16] = [
@@ -37,17 +38,18 @@ const CASES: [Case; 16] = [
 
 fn every_combination(device: &Device) {
     for (momentum, dampening, weight_decay, nesterov, maximize, want) in CASES {
-        let opts = SgdOptions {
+        let opts = Sgd {
             momentum,
             dampening,
             weight_decay,
             nesterov,
             maximize,
         };
+        let sgd = Optimizer::new(opts).unwrap();
         let mut p = vec![1.0f32, -2.0];
-        let mut buf = None;
+        let mut state = sgd.new_state(2);
         for (step, g) in GRADS.iter().enumerate() {
-            device.sgd(&opts, 0.1, &mut p, g, &mut buf).unwrap();
+            device.update(&sgd, 0.1, &mut p, g, &mut state).unwrap();
             let want: Vec<f32> = want[step].iter().map(|&v| v as f32).collect();
             common::assert_close(
                 &format!("{opts:?} after step {step}"),
@@ -62,17 +64,20 @@ test_device!(sgd_matches_pytorch_rule, super::every_combination);
 
 fn momentum_buffer_is_pytorchs(device: &Device) {
     // After the first step the buffer is the (decayed) gradient itself, undamped.
-    let opts = SgdOptions {
+    let sgd = Optimizer::new(Sgd {
         momentum: 0.9,
         dampening: 0.5,
         weight_decay: 0.1,
         ..Default::default()
-    };
+    })
+    .unwrap();
     let mut p = vec![1.0f32, -2.0];
-    let mut buf = None;
-    device.sgd(&opts, 0.1, &mut p, &GRADS[0], &mut buf).unwrap();
+    let mut state = sgd.new_state(2);
+    device
+        .update(&sgd, 0.1, &mut p, &GRADS[0], &mut state)
+        .unwrap();
     // g + wd·p = [0.5 + 0.1, 0.25 − 0.2]
-    common::assert_close("buffer", buf.as_ref().unwrap(), &[0.6, 0.05], common::SGD);
+    common::assert_close("buffer", &state.blocks[0], &[0.6, 0.05], common::SGD);
 }
 test_device!(
     first_momentum_step_copies_gradient,
@@ -82,25 +87,24 @@ test_device!(
 #[test]
 fn nesterov_needs_momentum_and_zero_dampening() {
     for opts in [
-        SgdOptions {
+        Sgd {
             nesterov: true,
             ..Default::default()
         },
-        SgdOptions {
+        Sgd {
             nesterov: true,
             momentum: 0.9,
             dampening: 0.1,
             ..Default::default()
         },
     ] {
-        let err = opts.validate().unwrap_err().to_string();
+        let err = Optimizer::new(opts).unwrap_err().to_string();
         assert!(err.contains("nesterov"), "{err}");
     }
-    let err = SgdOptions {
+    let err = Optimizer::new(Sgd {
         momentum: -0.5,
         ..Default::default()
-    }
-    .validate()
+    })
     .unwrap_err()
     .to_string();
     assert!(err.contains("optimizer.momentum"), "{err}");

@@ -73,3 +73,50 @@ fn every_matmul_tile_shape_compiles_from_rewritten_source() {
         );
     }
 }
+
+/// Each optimizer kernel is `shaders/update.wgsl` followed by its file: the whole validates,
+/// binds exactly the buffers the Rust side binds (group 0, bindings 0..n, the uniform last),
+/// and its uniform block is as large as `UpdateUniform`, which the host writes into it.
+#[test]
+fn every_optimizer_kernel_validates_and_matches_the_host_layout() {
+    use kiln::optim::UpdateUniform;
+    let kernels = kiln::optim::kernels();
+    assert!(kernels.len() >= 6, "one kernel per optimizer family");
+    for kernel in kernels {
+        let module = naga::front::wgsl::parse_str(kernel.source)
+            .unwrap_or_else(|e| panic!("{}: {}", kernel.file, e.emit_to_string(kernel.source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", kernel.file, e.emit_to_string(kernel.source)));
+        assert!(
+            module.entry_points.iter().any(|e| e.name == kernel.entry),
+            "{}: no entry point {}",
+            kernel.file,
+            kernel.entry
+        );
+        let mut bindings: Vec<(u32, naga::AddressSpace, u32)> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, v)| {
+                let b = v.binding.as_ref()?;
+                let size = module.types[v.ty].inner.size(module.to_ctx());
+                Some((b.binding, v.space, size))
+            })
+            .collect();
+        bindings.sort_by_key(|b| b.0);
+        let indices: Vec<u32> = bindings.iter().map(|b| b.0).collect();
+        let want: Vec<u32> = (0..kernel.bindings.len() as u32).collect();
+        assert_eq!(indices, want, "{}: binding indices", kernel.file);
+        let (_, space, size) = *bindings.last().unwrap();
+        assert_eq!(space, naga::AddressSpace::Uniform, "{}", kernel.file);
+        assert_eq!(
+            size as usize,
+            std::mem::size_of::<UpdateUniform>(),
+            "{}: uniform block size",
+            kernel.file
+        );
+    }
+}

@@ -5,7 +5,7 @@ mod common;
 
 use kiln::schedule::{Kind, Scheduler};
 use kiln::train::TrainOptions;
-use kiln::{Activation, Device, Layer, Loss, Sequential, SgdOptions, Targets, Trainer};
+use kiln::{Activation, Device, Layer, Loss, Sequential, Targets, Trainer};
 
 /// 200 points in [−1, 1)⁴, labelled by the largest of three fixed linear scores: a
 /// separable 3-class problem an MLP should nearly solve.
@@ -45,10 +45,11 @@ const BATCH: usize = 32;
 
 fn options() -> TrainOptions {
     TrainOptions {
-        sgd: SgdOptions {
+        optimizer: kiln::Optimizer::new(kiln::optim::Sgd {
             momentum: 0.9,
             ..Default::default()
-        },
+        })
+        .unwrap(),
         max_batch: BATCH,
         seed: 7,
         ..Default::default()
@@ -166,11 +167,12 @@ fn every_activation_and_loss_trains_alike_on_gpu_and_cpu() {
                 _ => Targets::Values(&values),
             };
             let opts = TrainOptions {
-                sgd: SgdOptions {
+                optimizer: kiln::Optimizer::new(kiln::optim::Sgd {
                     momentum: 0.5,
                     weight_decay: 0.01,
                     ..Default::default()
-                },
+                })
+                .unwrap(),
                 max_batch: rows,
                 seed: 11,
                 ..Default::default()
@@ -178,7 +180,8 @@ fn every_activation_and_loss_trains_alike_on_gpu_and_cpu() {
             let mut runs = Vec::new();
             for device in [&Device::Cpu, &gpu] {
                 let schedule = Scheduler::fixed(0.05).unwrap();
-                let mut trainer = Trainer::new(device, model.clone(), opts, schedule).unwrap();
+                let mut trainer =
+                    Trainer::new(device, model.clone(), opts.clone(), schedule).unwrap();
                 for _ in 0..10 {
                     trainer.step(&x, targets).unwrap();
                 }
@@ -272,7 +275,7 @@ fn clipping_bounds_the_update(device: &Device) {
     let (x, labels) = task();
     let opts = TrainOptions {
         clip_grad_norm: Some(0.05),
-        sgd: SgdOptions::default(),
+        optimizer: Default::default(),
         ..options()
     };
     let mut trainer =
@@ -359,10 +362,11 @@ fn non_finite_updates_are_skipped(device: &Device) {
     let model = Sequential::new(2, vec![Layer::Dense { out: 1 }], Loss::Mse).unwrap();
     let opts = TrainOptions {
         max_batch: 2,
-        sgd: SgdOptions {
+        optimizer: kiln::Optimizer::new(kiln::optim::Sgd {
             momentum: 0.9,
             ..Default::default()
-        },
+        })
+        .unwrap(),
         ..Default::default()
     };
     let mut trainer = Trainer::new(device, model, opts, Scheduler::fixed(0.1).unwrap()).unwrap();

@@ -51,11 +51,11 @@ pub struct BenchArgs {
     /// side by side.
     #[arg(long, default_value = "off")]
     pub bounds_checks: String,
-    /// Comma-separated: matmul, sgd, train_step, copy.
+    /// Comma-separated: matmul, optimizers, train_step, copy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "copy,matmul,sgd,train_step"
+        default_value = "copy,matmul,optimizers,train_step"
     )]
     pub ops: Vec<String>,
 }

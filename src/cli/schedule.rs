@@ -62,11 +62,20 @@ pub fn rates(file: &Path, steps: usize, observations: Option<&Path>) -> Result<V
         ),
         None => bail!("{}: no [schedule] table", file.display()),
     };
-    // In a run file the base rate defaults to [optimizer].lr.
-    let default_lr = doc
-        .get("optimizer")
-        .and_then(|o| o.get("lr"))
-        .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
+    // In a run file the base rate defaults to [optimizer].lr (itself defaulting to PyTorch's
+    // rate for the optimizer).
+    let default_lr = match doc.remove("optimizer") {
+        Some(toml::Value::Table(t)) => Some(
+            kiln::optim::OptimizerConfig::from_table(t)
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?
+                .lr,
+        ),
+        Some(_) => bail!(
+            "{}: `optimizer` must be a table ([optimizer])",
+            file.display()
+        ),
+        None => None,
+    };
     let config =
         ScheduleConfig::from_table(table).map_err(|e| anyhow!("{}: {e}", file.display()))?;
     let mut scheduler = config

@@ -7,4 +7,3 @@ pub mod bias;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
-pub mod sgd;

@@ -4,7 +4,8 @@
 use super::BufferRange;
 use super::matmul_tiles::TileConfig;
 use crate::error::{KilnError, Result};
-use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+use crate::ops::{Activation, Loss, MatmulDims, Targets, Transpose};
+use crate::optim::UpdateUniform;
 
 /// How a kernel uses one binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,7 +41,6 @@ const MATMUL_SRC: &str = include_str!("../../shaders/matmul.wgsl");
 const BIAS_SRC: &str = include_str!("../../shaders/bias.wgsl");
 const ACTIVATION_SRC: &str = include_str!("../../shaders/activation.wgsl");
 const LOSS_SRC: &str = include_str!("../../shaders/loss.wgsl");
-const SGD_SRC: &str = include_str!("../../shaders/sgd.wgsl");
 const NORM_SRC: &str = include_str!("../../shaders/norm.wgsl");
 const COPY_SRC: &str = include_str!("../../shaders/copy.wgsl");
 
@@ -60,15 +60,6 @@ pub static BIAS_GRAD: Kernel = Kernel {
     entry: "bias_grad",
     group: 0,
     bindings: &[Read, ReadWrite, Uniform],
-};
-
-/// param, grad, momentum_buf, loss_history, params
-pub static SGD: Kernel = Kernel {
-    file: "sgd.wgsl",
-    source: SGD_SRC,
-    entry: "sgd",
-    group: 0,
-    bindings: &[ReadWrite, Read, ReadWrite, Read, Uniform],
 };
 
 /// values, history, params
@@ -163,15 +154,15 @@ loss_kernels!(
     CROSS_ENTROPY "cross_entropy",
 );
 
-/// Every kernel the engine dispatches (tests/shaders.rs checks each entry point exists).
-pub static ALL: [&Kernel; 28] = [
+/// Every kernel the engine dispatches apart from the optimizers' (`crate::optim::kernels`);
+/// tests/shaders.rs checks each entry point exists.
+pub static ALL: [&Kernel; 27] = [
     &MATMUL,
     &COPY,
     &SUM_SQUARES_PARTIAL,
     &SUM_SQUARES_FINAL,
     &CLIP,
     &BIAS_GRAD,
-    &SGD,
     &LOSS_REDUCE,
     &IDENTITY_FORWARD,
     &IDENTITY_BACKWARD,
@@ -293,24 +284,6 @@ pub(crate) struct ClipParams {
     pub max_norm: f32,
     pub _pad: u32,
 }
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct SgdParams {
-    pub len: u32,
-    pub lr: f32,
-    pub momentum: f32,
-    pub dampening: f32,
-    pub weight_decay: f32,
-    pub nesterov: u32,
-    pub maximize: u32,
-    pub first_step: u32,
-    pub skip_slot: u32,
-    pub _pad: [u32; 3],
-}
-
-/// `SgdParams::skip_slot` when no loss is checked.
-pub(crate) const NO_SKIP: u32 = u32::MAX;
 
 /// Threads per workgroup of the elementwise kernels.
 pub(crate) const ELEMENTWISE_WORKGROUP: u32 = 256;
@@ -563,18 +536,12 @@ pub(crate) fn copy(len: usize, max_per_dim: u32) -> Launch {
     )
 }
 
-/// One SGD update of `len` parameters.
-pub(crate) fn sgd(
-    opts: &SgdOptions,
-    lr: f32,
-    first_step: bool,
-    len: usize,
-    max_per_dim: u32,
-) -> Launch {
+/// One optimizer update of the whole arena with `kernel`, the uniform block the host computed.
+pub(crate) fn update(kernel: &'static Kernel, uniform: &UpdateUniform, max_per_dim: u32) -> Launch {
     Launch::new(
-        &SGD,
-        &sgd_params(opts, lr, first_step, len),
-        elementwise_grid(len, max_per_dim),
+        kernel,
+        uniform,
+        elementwise_grid(uniform.len as usize, max_per_dim),
     )
 }
 
@@ -611,21 +578,6 @@ pub(crate) fn clip(len: usize, slot: u32, max_norm: f32, max_per_dim: u32) -> La
         _pad: 0,
     };
     Launch::new(&CLIP, &params, elementwise_grid(len, max_per_dim))
-}
-
-pub(crate) fn sgd_params(opts: &SgdOptions, lr: f32, first_step: bool, len: usize) -> SgdParams {
-    SgdParams {
-        len: len as u32,
-        lr,
-        momentum: opts.momentum,
-        dampening: opts.dampening,
-        weight_decay: opts.weight_decay,
-        nesterov: opts.nesterov as u32,
-        maximize: opts.maximize as u32,
-        first_step: first_step as u32,
-        skip_slot: NO_SKIP,
-        _pad: [0; 3],
-    }
 }
 
 /// Targets as the loss kernels read them: values as they are, class labels as f32 (exact for

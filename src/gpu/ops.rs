@@ -8,7 +8,8 @@ use super::{BufferRange, Dispatch, GpuContext, Recorded};
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::ops::{Activation, Loss, MatmulDims, SgdOptions, Targets, Transpose};
+use crate::ops::{Activation, Loss, MatmulDims, Targets, Transpose};
+use crate::optim::{Optimizer, UpdateUniform};
 use crate::timing::measure;
 
 impl GpuContext {
@@ -269,25 +270,45 @@ impl GpuContext {
         Ok(self.read_back(&history, 0, 1)?[0])
     }
 
-    pub(crate) fn sgd(
+    /// One optimizer update through the kernel a training step uses.
+    pub(crate) fn update(
         &self,
-        opts: &SgdOptions,
-        lr: f32,
-        first_step: bool,
+        optimizer: &Optimizer,
+        uniform: &UpdateUniform,
         param: &mut [f32],
         grad: &[f32],
-        momentum_buf: &mut [f32],
+        blocks: &mut [Vec<f32>],
     ) -> Result<()> {
         let p = self.upload("param", param)?;
         let g = self.upload("grad", grad)?;
-        let m = self.upload("momentum_buffer", momentum_buf)?;
-        let launch = kernels::sgd(opts, lr, first_step, param.len(), self.max_dim());
-        self.run(
-            &launch,
-            &[(&p).into(), (&g).into(), (&m).into(), self.dummy().into()],
-        )?;
+        let history = self.storage_buffer("loss history", 1)?;
+        let no_decay = self.storage_buffer("no-decay ranges", 2)?;
+        let state = blocks
+            .iter()
+            .map(|b| {
+                if b.is_empty() {
+                    self.storage_buffer("unused state", 1)
+                } else {
+                    self.upload("state", b)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let launch = kernels::update(optimizer.rule().kernel(), uniform, self.max_dim());
+        let mut buffers: Vec<BufferRange<'_>> = vec![
+            (&p).into(),
+            (&g).into(),
+            (&history).into(),
+            (&no_decay).into(),
+        ];
+        buffers.extend(state.iter().map(BufferRange::from));
+        self.run(&launch, &buffers)?;
         param.copy_from_slice(&self.read_back(&p, 0, param.len())?);
-        momentum_buf.copy_from_slice(&self.read_back(&m, 0, momentum_buf.len())?);
+        for (b, buf) in blocks.iter_mut().zip(&state) {
+            if !b.is_empty() {
+                let len = b.len();
+                b.copy_from_slice(&self.read_back(buf, 0, len)?);
+            }
+        }
         Ok(())
     }
 }

@@ -1,8 +1,9 @@
 //! Checkpoints: one safetensors file, `DIR/checkpoint.safetensors`, holding the weights
-//! (`layers.{i}.…`, loadable in PyTorch like a weights file), the momentum buffers
-//! (`momentum.layers.{i}.…`) and, as JSON metadata, the step, the epoch, the schedule's state and
-//! any observations a one-update-late schedule has yet to see. One file, written atomically:
-//! a crash leaves the previous checkpoint whole.
+//! (`layers.{i}.…`, loadable in PyTorch like a weights file), each optimizer state tensor under
+//! PyTorch's state name (`exp_avg.layers.{i}.weight`, `momentum_buffer.layers.{i}.bias`, …)
+//! and, as JSON metadata, the step, the epoch, the optimizer's name and scalar state (`step`,
+//! NAdam's `mu_product`), the schedule's state and any observations a one-update-late schedule
+//! has yet to see. One file, written atomically: a crash leaves the previous checkpoint whole.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,18 +13,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{KilnError, Result};
 use crate::model::ParamLayout;
-use crate::train::TrainerState;
+use crate::train::{OptimizerState, TrainerState};
 use crate::weights;
 
 /// The checkpoint's file name inside its directory.
 pub const FILE: &str = "checkpoint.safetensors";
 const META_KEY: &str = "kiln.checkpoint";
+/// 1: SGD only, momentum as `momentum.…`; 2: optimizer state by name.
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Meta {
     format: u32,
     epoch: u64,
+    /// Format 1 only: whether `momentum.…` tensors are present.
+    #[serde(default, skip_serializing)]
     has_momentum: bool,
+    /// The optimizer state tensors saved, by name.
+    #[serde(default)]
+    state_blocks: Vec<String>,
     trainer: TrainerState,
 }
 
@@ -35,18 +43,24 @@ pub fn path(dir: &Path) -> PathBuf {
 /// Writes a checkpoint into `dir` (created if missing), atomically.
 pub fn save(dir: &Path, layout: &ParamLayout, state: &TrainerState, epoch: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| KilnError::file(dir, e))?;
+    let blocks = &state.optimizer.blocks;
     let meta = Meta {
-        format: 1,
+        format: FORMAT,
         epoch,
-        has_momentum: state.momentum.is_some(),
+        has_momentum: false,
+        state_blocks: blocks.iter().map(|(n, _)| n.clone()).collect(),
         trainer: state.clone(),
     };
     let json = serde_json::to_string(&meta)
         .map_err(|e| KilnError::invalid("checkpoint", e.to_string()))?;
+    let prefixes: Vec<String> = blocks.iter().map(|(n, _)| format!("{n}.")).collect();
     let mut arenas: Vec<(&str, &[f32])> = vec![("", &state.params)];
-    if let Some(m) = &state.momentum {
-        arenas.push(("momentum.", m));
-    }
+    arenas.extend(
+        prefixes
+            .iter()
+            .zip(blocks)
+            .map(|(p, (_, v))| (p.as_str(), &v[..])),
+    );
     let bytes = weights::serialize(
         layout,
         &arenas,
@@ -72,6 +86,15 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64)> {
         })?;
     let meta: Meta = serde_json::from_str(json)
         .map_err(|e| KilnError::file(&file, format!("checkpoint state: {e}")))?;
+    if meta.format > FORMAT {
+        return Err(KilnError::file(
+            &file,
+            format!(
+                "checkpoint format {} is newer than this Kiln reads ({FORMAT})",
+                meta.format
+            ),
+        ));
+    }
     let mut state = meta.trainer;
     let mismatch = |p: Vec<String>| {
         KilnError::file(
@@ -81,12 +104,28 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64)> {
     };
     state.params = vec![0.0; layout.len];
     weights::read_into(&st, layout, "", &mut state.params).map_err(mismatch)?;
-    state.momentum = if meta.has_momentum {
-        let mut m = vec![0.0; layout.len];
-        weights::read_into(&st, layout, "momentum.", &mut m).map_err(mismatch)?;
-        Some(m)
+    let names = if meta.format == 1 {
+        // Kiln's first checkpoints: SGD, with `momentum.…` when momentum had started.
+        state.optimizer = OptimizerState {
+            name: "sgd".into(),
+            scalars: [("step".to_string(), state.steps as f64)].into(),
+            blocks: Vec::new(),
+        };
+        if meta.has_momentum {
+            vec![("momentum_buffer".to_string(), "momentum.".to_string())]
+        } else {
+            Vec::new()
+        }
     } else {
-        None
+        meta.state_blocks
+            .iter()
+            .map(|n| (n.clone(), format!("{n}.")))
+            .collect()
     };
+    for (name, prefix) in names {
+        let mut block = vec![0.0; layout.len];
+        weights::read_into(&st, layout, &prefix, &mut block).map_err(mismatch)?;
+        state.optimizer.blocks.push((name, block));
+    }
     Ok((state, meta.epoch))
 }

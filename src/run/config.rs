@@ -27,7 +27,8 @@ use serde::Deserialize;
 use crate::data::csv::{CsvOptions, Header};
 use crate::error::{KilnError, Result};
 use crate::model::{Layer, Sequential};
-use crate::ops::{Activation, Loss, SgdOptions};
+use crate::ops::{Activation, Loss};
+use crate::optim::OptimizerConfig;
 
 /// The run `kiln train` does without a run file: the digits classifier with warmup + cosine.
 pub const DEFAULT_RUN: &str = r#"
@@ -64,8 +65,9 @@ pub struct RunConfig {
     /// `[data]`.
     pub data: DataConfig,
     #[serde(default)]
-    /// `[optimizer]` (PyTorch's SGD defaults when absent).
-    pub optimizer: OptimizerConfig,
+    /// `[optimizer]`: `kind` (torch.optim's name, default `"sgd"`), `lr`, `decay_biases` and
+    /// the optimizer's arguments with PyTorch's names (see [`RunConfig::optimizer`]).
+    pub optimizer: toml::Table,
     /// `[schedule]`, the learning-rate schedule table (a fixed rate when absent).
     pub schedule: Option<toml::Table>,
     #[serde(default)]
@@ -144,46 +146,6 @@ pub enum HeaderConfig {
     No,
 }
 
-/// torch.optim.SGD's arguments and defaults.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimizerConfig {
-    #[serde(default = "sgd")]
-    /// The optimizer ("sgd").
-    pub kind: String,
-    #[serde(default = "default_lr")]
-    /// The base learning rate (PyTorch's default 1e-3).
-    pub lr: f64,
-    #[serde(default)]
-    /// Momentum factor.
-    pub momentum: f32,
-    #[serde(default)]
-    /// Dampening for momentum.
-    pub dampening: f32,
-    #[serde(default)]
-    /// L2 penalty.
-    pub weight_decay: f32,
-    #[serde(default)]
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    #[serde(default)]
-    /// Maximize instead of minimize.
-    pub maximize: bool,
-}
-
-fn sgd() -> String {
-    "sgd".into()
-}
-fn default_lr() -> f64 {
-    1e-3
-}
-
-impl Default for OptimizerConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("every field has a default")
-    }
-}
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 /// `[train]`: how long and in what batches.
@@ -241,30 +203,9 @@ impl RunConfig {
         Sequential::new(features, layers, loss)
     }
 
-    /// The optimizer options, checked as torch.optim.SGD checks them.
-    pub fn sgd(&self) -> Result<SgdOptions> {
-        let o = &self.optimizer;
-        if o.kind != "sgd" {
-            return Err(KilnError::invalid(
-                "optimizer.kind",
-                format!("unknown optimizer {:?}; Kiln has \"sgd\"", o.kind),
-            ));
-        }
-        if !(o.lr.is_finite() && o.lr >= 0.0) {
-            return Err(KilnError::invalid(
-                "optimizer.lr",
-                format!("must be finite and >= 0, got {}", o.lr),
-            ));
-        }
-        let sgd = SgdOptions {
-            momentum: o.momentum,
-            dampening: o.dampening,
-            weight_decay: o.weight_decay,
-            nesterov: o.nesterov,
-            maximize: o.maximize,
-        };
-        sgd.validate()?;
-        Ok(sgd)
+    /// The optimizer and its base rate, checked as torch.optim's constructor checks them.
+    pub fn optimizer(&self) -> Result<OptimizerConfig> {
+        OptimizerConfig::from_table(self.optimizer.clone())
     }
 
     /// How to read a CSV data file.
@@ -332,7 +273,7 @@ mod tests {
 
     fn error(text: &str) -> String {
         match RunConfig::from_toml(text, "run.toml") {
-            Ok(c) => match c.model(4).and_then(|_| c.sgd()) {
+            Ok(c) => match c.model(4).and_then(|_| c.optimizer()) {
                 Ok(_) => panic!("expected an error:\n{text}"),
                 Err(e) => e.to_string(),
             },
@@ -348,15 +289,20 @@ mod tests {
         let c = RunConfig::default_run();
         let m = c.model(64).unwrap();
         assert_eq!(m.output(), 10);
-        assert_eq!(c.sgd().unwrap().momentum, 0.9);
+        let o = c.optimizer().unwrap();
+        assert_eq!((o.optimizer.name(), o.lr), ("sgd", 0.05));
         assert_eq!(c.total_steps(23).unwrap(), 1000);
     }
 
     #[test]
     fn pytorch_defaults_apply() {
         let c = RunConfig::from_toml(MINIMAL, "run.toml").unwrap();
-        assert_eq!(c.optimizer.lr, 1e-3);
-        assert_eq!(c.sgd().unwrap(), SgdOptions::default());
+        let o = c.optimizer().unwrap();
+        assert_eq!((o.optimizer.name(), o.lr), ("sgd", 1e-3));
+        assert_eq!(
+            format!("{:?}", o.optimizer.rule()),
+            format!("{:?}", crate::optim::Sgd::default())
+        );
         assert!(c.data.shuffle);
         assert_eq!(c.data.validation, 0.0);
         assert_eq!(c.train.batch_size, 64);
@@ -383,9 +329,9 @@ mod tests {
         );
         let e = error(&MINIMAL.replace("\"mse\"", "\"hinge\""));
         assert!(e.contains("model.loss"), "{e}");
-        let e = error(&format!("{MINIMAL}[optimizer]\nkind = \"adam\"\n"));
+        let e = error(&format!("{MINIMAL}[optimizer]\nkind = \"adamax\"\n"));
         assert!(
-            e.contains("optimizer.kind: unknown optimizer \"adam\""),
+            e.contains("optimizer.kind: unknown optimizer \"adamax\""),
             "{e}"
         );
         let e = error(&format!("{MINIMAL}[optimizer]\nnesterov = true\n"));
@@ -412,6 +358,6 @@ mod tests {
             Layer::Activation(Activation::LeakyRelu(0.2))
         );
         let c = RunConfig::from_toml(&format!("{MINIMAL}[optimizer]\nlr = 1\n"), "r").unwrap();
-        assert_eq!(c.optimizer.lr, 1.0);
+        assert_eq!(c.optimizer().unwrap().lr, 1.0);
     }
 }

@@ -17,6 +17,7 @@ use crate::device::Device;
 use crate::error::{KilnError, Result};
 use crate::model::Sequential;
 use crate::ops::{self, Loss};
+use crate::optim::OptimizerConfig;
 use crate::schedule::ScheduleConfig;
 use crate::train::{PARAM_ALIGN, TrainOptions, Trainer};
 use crate::weights;
@@ -26,6 +27,7 @@ type Stats = Option<(Vec<f32>, Vec<f32>)>;
 
 /// Everything a run derives from its run file before a trainer exists.
 struct Prepared {
+    optimizer: OptimizerConfig,
     train: Dataset,
     validation: Option<Dataset>,
     normalization: Stats,
@@ -38,6 +40,7 @@ struct Prepared {
 impl Prepared {
     /// Loads, splits and normalises the data, builds the model and sizes the run.
     fn new(config: &RunConfig, base_dir: &Path, steps: Option<u64>) -> Result<Self> {
+        let optimizer = config.optimizer()?;
         let data = match (&config.data.source, &config.data.path) {
             (Some(name), None) => Dataset::bundled(name)?,
             (None, Some(path)) => Dataset::from_path(&base_dir.join(path), &config.csv_options())?,
@@ -73,6 +76,7 @@ impl Prepared {
             None => config.total_steps(batches_per_epoch)?,
         };
         Ok(Prepared {
+            optimizer,
             train,
             validation,
             normalization,
@@ -85,7 +89,7 @@ impl Prepared {
 
     fn options(&self, config: &RunConfig) -> Result<TrainOptions> {
         Ok(TrainOptions {
-            sgd: config.sgd()?,
+            optimizer: self.optimizer.optimizer.clone(),
             max_batch: self.batch,
             seed: config.data.seed,
             clip_grad_norm: config.train.clip_grad_norm,
@@ -189,9 +193,9 @@ impl Run {
         };
         let schedule = match &config.schedule {
             Some(table) => {
-                ScheduleConfig::from_table(table.clone())?.build(Some(config.optimizer.lr))?
+                ScheduleConfig::from_table(table.clone())?.build(Some(p.optimizer.lr))?
             }
-            None => crate::schedule::Scheduler::fixed(config.optimizer.lr)?,
+            None => crate::schedule::Scheduler::fixed(p.optimizer.lr)?,
         };
         let trainer = Trainer::with_params(
             device,

@@ -1,11 +1,13 @@
 //! The training step on the CPU device: the step's program interpreted over host vectors with
 //! the CPU twins of the kernels.
 
-use super::TrainOptions;
 use super::program::{Instr, Program, Slot};
+use super::{OptimizerSnapshot, TrainOptions};
 use crate::cpu;
-use crate::model::Sequential;
-use crate::ops::{Loss, SgdOptions, Targets};
+use crate::error::Result;
+use crate::model::{ParamLayout, Sequential};
+use crate::ops::{Loss, Targets};
+use crate::optim::{self, Optimizer, Scalars};
 use kiln_schedule::{Needs, Observation};
 
 pub struct CpuStep {
@@ -14,11 +16,13 @@ pub struct CpuStep {
     /// Width of each layer's output.
     widths: Vec<usize>,
     loss: Loss,
-    sgd: SgdOptions,
+    optimizer: Optimizer,
+    no_decay: Vec<[u32; 2]>,
     params: Vec<f32>,
     grads: Vec<f32>,
-    momentum: Vec<f32>,
-    momentum_started: bool,
+    /// The optimizer's state blocks in its binding order; unused ones are empty.
+    state: Vec<Vec<f32>>,
+    scalars: Scalars,
     acts: Vec<Vec<f32>>,
     act_grads: Vec<Vec<f32>>,
     losses: Vec<f32>,
@@ -26,21 +30,42 @@ pub struct CpuStep {
     pub skip_non_finite: bool,
     /// The update number of `losses[0]` (non-zero after a resume).
     first_update: u64,
-    clip_grad_norm: Option<f32>,
     /// ‖g‖² of every update, when clipping or a schedule needs it.
     grad_norms: Option<Vec<f32>>,
+}
+
+/// What one step is given: its batch and its rate.
+struct Batch<'a> {
+    x: &'a [f32],
+    targets: Targets<'a>,
+    rows: usize,
+    lr: f64,
 }
 
 impl CpuStep {
     pub fn new(
         model: &Sequential,
+        layout: &ParamLayout,
         program: Program,
-        options: TrainOptions,
+        options: &TrainOptions,
         params: Vec<f32>,
         needs: Needs,
     ) -> Self {
         let widths = model.widths();
         let sized = |w: &usize| vec![0.0; options.max_batch * w];
+        let optimizer = options.optimizer.clone();
+        let state = optimizer
+            .rule()
+            .state()
+            .iter()
+            .map(|b| {
+                if b.used {
+                    vec![b.init; params.len()]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
         CpuStep {
             program,
             input_width: model.input(),
@@ -48,63 +73,48 @@ impl CpuStep {
             act_grads: widths.iter().map(sized).collect(),
             widths,
             loss: model.loss(),
-            sgd: options.sgd,
+            no_decay: optimizer.no_decay_ranges(layout),
+            scalars: optimizer.rule().initial_scalars(),
+            optimizer,
             grads: vec![0.0; params.len()],
-            momentum: vec![0.0; params.len()],
-            momentum_started: false,
+            state,
             params,
             losses: Vec::new(),
             first_update: 0,
             skip_non_finite: false,
-            clip_grad_norm: options.clip_grad_norm,
             grad_norms: (options.clip_grad_norm.is_some() || needs.grad_norm).then(Vec::new),
         }
     }
 
-    pub fn step(&mut self, x: &[f32], targets: Targets, batch: usize, lr: f32) {
-        self.forward(x, batch);
-        let last = self.widths.len() - 1;
-        let cols = self.widths[last];
-        let n = batch * cols;
-        let mut grad = std::mem::take(&mut self.act_grads[last]);
-        let value = cpu::loss::loss(
-            self.loss,
-            &self.acts[last][..n],
+    pub fn step(&mut self, x: &[f32], targets: Targets, rows: usize, lr: f64) -> Result<()> {
+        let batch = Batch {
+            x,
             targets,
-            cols,
-            &mut grad[..n],
-        );
-        self.act_grads[last] = grad;
-        self.losses.push(value);
-        for i in 0..self.program.backward.len() {
-            let instr = self.program.backward[i];
-            self.exec(&instr, batch, x);
-        }
-        if let Some(norms) = &mut self.grad_norms {
-            let norm_sq = cpu::norm::sum_squares(&self.grads);
-            norms.push(norm_sq);
-            if let Some(max_norm) = self.clip_grad_norm {
-                cpu::norm::clip(&mut self.grads, norm_sq, max_norm);
-            }
-        }
-        if self.skip_non_finite && !value.is_finite() {
-            return;
-        }
-        cpu::sgd::sgd(
-            &self.sgd,
+            rows,
             lr,
-            !self.momentum_started,
-            &mut self.params,
-            &self.grads,
-            &mut self.momentum,
-        );
-        self.momentum_started = true;
+        };
+        // Indexed: `Instr` is Copy, and iterating `self.program` would hold a borrow `exec`
+        // needs mutably.
+        for i in 0..self.program.step.len() {
+            let instr = self.program.step[i];
+            self.exec(&instr, &batch)?;
+        }
+        Ok(())
     }
 
-    pub fn predict(&mut self, x: &[f32], batch: usize) -> Vec<f32> {
-        self.forward(x, batch);
+    pub fn predict(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let batch = Batch {
+            x,
+            targets: Targets::Values(&[]),
+            rows,
+            lr: 0.0,
+        };
+        for i in 0..self.program.forward.len() {
+            let instr = self.program.forward[i];
+            self.exec(&instr, &batch)?;
+        }
         let last = self.widths.len() - 1;
-        self.acts[last][..batch * self.widths[last]].to_vec()
+        Ok(self.acts[last][..rows * self.widths[last]].to_vec())
     }
 
     /// The loss (and ‖g‖², when computed) of update `update`.
@@ -116,17 +126,30 @@ impl CpuStep {
         }
     }
 
-    pub fn momentum(&self) -> Option<&[f32]> {
-        self.momentum_started.then_some(&self.momentum[..])
+    /// The optimizer's scalars and used state blocks by name.
+    pub fn optimizer_state(&self) -> OptimizerSnapshot {
+        let blocks = self
+            .optimizer
+            .rule()
+            .state()
+            .iter()
+            .zip(&self.state)
+            .filter(|(b, _)| b.used)
+            .map(|(b, v)| (b.name, v.clone()))
+            .collect();
+        (self.scalars.clone(), blocks)
     }
 
-    /// Continues after `steps` updates of an earlier run (losses are kept from here on, at
+    /// Continues after `steps` updates of an earlier run with the optimizer state it had
+    /// (blocks checked against the optimizer by the caller; losses are kept from here on, at
     /// their update numbers).
-    pub fn restore(&mut self, momentum: Option<Vec<f32>>, steps: u64) {
-        if let Some(m) = momentum {
-            self.momentum = m;
-            self.momentum_started = true;
+    pub fn restore(&mut self, scalars: Scalars, blocks: &[(String, Vec<f32>)], steps: u64) {
+        for (b, slot) in self.optimizer.rule().state().iter().zip(&mut self.state) {
+            if let Some((_, v)) = blocks.iter().find(|(n, _)| n == b.name) {
+                slot.clone_from(v);
+            }
         }
+        self.scalars = scalars;
         self.first_update = steps;
     }
 
@@ -138,40 +161,75 @@ impl CpuStep {
         &self.params
     }
 
-    fn forward(&mut self, x: &[f32], batch: usize) {
-        // Indexed: `Instr` is Copy, and iterating `self.program` would hold a borrow `exec`
-        // needs mutably.
-        for i in 0..self.program.forward.len() {
-            let instr = self.program.forward[i];
-            self.exec(&instr, batch, x);
-        }
-    }
-
-    /// The elements of `slot` for a batch of `batch` rows whose input is `x`.
-    fn get<'a>(&'a self, slot: Slot, batch: usize, x: &'a [f32]) -> &'a [f32] {
+    /// The elements of `slot` for a batch of `rows` rows whose input is `x`.
+    fn get<'a>(&'a self, slot: Slot, rows: usize, x: &'a [f32]) -> &'a [f32] {
         match slot {
-            Slot::Input => &x[..batch * self.input_width],
-            Slot::Act(i) => &self.acts[i][..batch * self.widths[i]],
-            Slot::ActGrad(i) => &self.act_grads[i][..batch * self.widths[i]],
+            Slot::Input => &x[..rows * self.input_width],
+            Slot::Act(i) => &self.acts[i][..rows * self.widths[i]],
+            Slot::ActGrad(i) => &self.act_grads[i][..rows * self.widths[i]],
             Slot::Param { offset, len } => &self.params[offset..offset + len],
             Slot::Grad { offset, len } => &self.grads[offset..offset + len],
         }
     }
 
-    /// Runs one instruction. Its output vector is taken out while the inputs are borrowed;
-    /// no instruction reads the vector it writes.
-    fn exec(&mut self, instr: &Instr, batch: usize, x: &[f32]) {
+    /// Runs one instruction. A kernel's output vector is taken out while its inputs are
+    /// borrowed; no kernel reads the vector it writes.
+    fn exec(&mut self, instr: &Instr, b: &Batch<'_>) -> Result<()> {
+        let rows = b.rows;
         let out_slot = match *instr {
             Instr::Matmul { c, .. } => c,
             Instr::BiasGrad { db, .. } => db,
             Instr::ActForward { y, .. } => y,
             Instr::ActBackward { dx, .. } => dx,
+            Instr::Loss { last, cols } => {
+                let n = rows * cols;
+                let value = cpu::loss::loss(
+                    self.loss,
+                    &self.acts[last][..n],
+                    b.targets,
+                    cols,
+                    &mut self.act_grads[last][..n],
+                );
+                self.losses.push(value);
+                return Ok(());
+            }
+            Instr::GradNorm => {
+                let norm_sq = cpu::norm::sum_squares(&self.grads);
+                if let Some(norms) = &mut self.grad_norms {
+                    norms.push(norm_sq);
+                }
+                return Ok(());
+            }
+            Instr::Clip { max_norm } => {
+                let norms = self.grad_norms.as_ref();
+                let norm_sq = *norms.and_then(|n| n.last()).expect("GradNorm runs first");
+                cpu::norm::clip(&mut self.grads, norm_sq, max_norm);
+                return Ok(());
+            }
+            Instr::Update => {
+                // The scalars advance whether or not the update is skipped, as on the GPU,
+                // which cannot know without a read-back.
+                let scalars = self.optimizer.rule().scalars(b.lr, &mut self.scalars)?;
+                let loss = *self.losses.last().expect("Loss runs before Update");
+                if self.skip_non_finite && !loss.is_finite() {
+                    return Ok(());
+                }
+                optim::update_arena(
+                    self.optimizer.rule(),
+                    &scalars,
+                    &self.no_decay,
+                    &mut self.params,
+                    &self.grads,
+                    &mut self.state,
+                );
+                return Ok(());
+            }
         };
         let (mut out, range) = match out_slot {
-            Slot::Act(i) => (std::mem::take(&mut self.acts[i]), 0..batch * self.widths[i]),
+            Slot::Act(i) => (std::mem::take(&mut self.acts[i]), 0..rows * self.widths[i]),
             Slot::ActGrad(i) => (
                 std::mem::take(&mut self.act_grads[i]),
-                0..batch * self.widths[i],
+                0..rows * self.widths[i],
             ),
             Slot::Grad { offset, len } => (std::mem::take(&mut self.grads), offset..offset + len),
             Slot::Input | Slot::Param { .. } => {
@@ -179,6 +237,7 @@ impl CpuStep {
             }
         };
         let dst = &mut out[range];
+        let x = b.x;
         match *instr {
             Instr::Matmul {
                 t,
@@ -190,11 +249,11 @@ impl CpuStep {
                 k,
                 ..
             } => {
-                let dims = Instr::matmul_dims(m, n, k, batch);
-                let bias = bias.map(|s| self.get(s, batch, x));
+                let dims = Instr::matmul_dims(m, n, k, rows);
+                let bias = bias.map(|s| self.get(s, rows, x));
                 cpu::matmul::matmul(
-                    self.get(a, batch, x),
-                    self.get(b, batch, x),
+                    self.get(a, rows, x),
+                    self.get(b, rows, x),
                     bias,
                     dst,
                     dims,
@@ -202,11 +261,11 @@ impl CpuStep {
                 );
             }
             Instr::BiasGrad { dy, cols, .. } => {
-                cpu::bias::bias_grad(self.get(dy, batch, x), batch, cols, dst)
+                cpu::bias::bias_grad(self.get(dy, rows, x), rows, cols, dst)
             }
             Instr::ActForward {
                 act, x: src, cols, ..
-            } => cpu::activation::forward(act, self.get(src, batch, x), cols, dst),
+            } => cpu::activation::forward(act, self.get(src, rows, x), cols, dst),
             Instr::ActBackward {
                 act,
                 x: src,
@@ -216,17 +275,21 @@ impl CpuStep {
                 ..
             } => cpu::activation::backward(
                 act,
-                self.get(src, batch, x),
-                self.get(y, batch, x),
-                self.get(dy, batch, x),
+                self.get(src, rows, x),
+                self.get(y, rows, x),
+                self.get(dy, rows, x),
                 cols,
                 dst,
             ),
+            Instr::Loss { .. } | Instr::GradNorm | Instr::Clip { .. } | Instr::Update => {
+                unreachable!("handled above")
+            }
         }
         match out_slot {
             Slot::Act(i) => self.acts[i] = out,
             Slot::ActGrad(i) => self.act_grads[i] = out,
             _ => self.grads = out,
         }
+        Ok(())
     }
 }

@@ -1,19 +1,21 @@
 //! The training step on a GPU. Buffers, bind groups and pipelines are made once; a step writes
-//! the batch, the targets and two small uniforms (the loss slot, the SGD rate), then records
-//! every dispatch into one compute pass of one command encoder and submits it once.
+//! the batch, the targets and the small uniforms that change (loss slot, the optimizer's
+//! scalars), then records every dispatch of the step program into one compute pass of one
+//! command encoder and submits it once.
 
 use std::sync::Arc;
 
 use kiln_schedule::Observation;
 
 use super::program::{Instr, Program, Slot};
-use super::{LOSS_HISTORY, TrainOptions};
+use super::{LOSS_HISTORY, OptimizerSnapshot, TrainOptions};
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::{self, Launch};
 use crate::gpu::matmul_tiles::MatmulTiling;
 use crate::gpu::{BufferRange, GpuContext, MapReceiver, Recorded, map_read, wait_mapped};
-use crate::model::Sequential;
-use crate::ops::{Loss, SgdOptions, Targets};
+use crate::model::{ParamLayout, Sequential};
+use crate::ops::{Loss, Targets};
+use crate::optim::{NO_SKIP, Optimizer, Scalars, UpdateUniform};
 use kiln_schedule::Needs;
 
 pub struct GpuStep {
@@ -21,26 +23,29 @@ pub struct GpuStep {
     input_width: usize,
     widths: Vec<usize>,
     loss: Loss,
-    sgd_options: SgdOptions,
+    optimizer: Optimizer,
+    scalars: Scalars,
+    no_decay_count: u32,
     params: wgpu::Buffer,
-    momentum: wgpu::Buffer,
+    /// The optimizer's state blocks in its binding order (one-element placeholders for
+    /// unused ones).
+    state: Vec<wgpu::Buffer>,
     param_len: usize,
     input: wgpu::Buffer,
     targets: wgpu::Buffer,
     acts: Vec<wgpu::Buffer>,
-    forward: Vec<(Instr, Recorded)>,
+    /// Every instruction of the step program with its recorded launches; the first
+    /// `forward_len` are the forward pass.
+    step: Vec<(Instr, Vec<Recorded>)>,
+    forward_len: usize,
     /// The batch the buffers were sized for, and the matmul tile shapes chosen for it.
     max_batch: usize,
     tiling: MatmulTiling,
-    backward: Vec<(Instr, Recorded)>,
-    loss_terms: Recorded,
-    loss_reduce: Recorded,
-    sgd: Recorded,
     history: wgpu::Buffer,
     /// ‖g‖² of every step, slot for slot with `history`.
     grad_norm_history: wgpu::Buffer,
-    /// The norm passes, when clipping or a schedule needs ‖g‖².
-    grad_norm: Option<GradNormPasses>,
+    /// Whether the program computes ‖g‖².
+    with_norm: bool,
     /// Staging buffers that carry each step's observations back, when a schedule needs them.
     observations: Vec<ObservationSlot>,
     updates: u64,
@@ -48,16 +53,9 @@ pub struct GpuStep {
     pub skip_non_finite: bool,
     /// Batch size the batch-dependent uniforms currently hold.
     batch: usize,
-    momentum_started: bool,
     /// Losses already read back, and how many more wait in `history`.
     losses: Vec<f32>,
     pending: usize,
-}
-
-struct GradNormPasses {
-    partial: Recorded,
-    last: Recorded,
-    clip: Option<(Recorded, f32)>,
 }
 
 /// One staging buffer of the ring that brings (loss, ‖g‖²) of a step back without a blocking
@@ -74,13 +72,20 @@ struct ObservationSlot {
 
 const OBSERVATION_RING: usize = 3;
 
-/// Everything a recorded program binds, in one place for `bind`.
+/// Everything a recorded program binds, in one place.
 struct Buffers<'a> {
     input: &'a wgpu::Buffer,
+    targets: &'a wgpu::Buffer,
+    terms: &'a wgpu::Buffer,
     acts: &'a [wgpu::Buffer],
     act_grads: &'a [wgpu::Buffer],
     params: &'a wgpu::Buffer,
     grads: &'a wgpu::Buffer,
+    state: &'a [wgpu::Buffer],
+    no_decay: &'a wgpu::Buffer,
+    partials: Option<&'a wgpu::Buffer>,
+    history: &'a wgpu::Buffer,
+    grad_norm_history: &'a wgpu::Buffer,
 }
 
 impl Buffers<'_> {
@@ -93,43 +98,81 @@ impl Buffers<'_> {
             Slot::Grad { offset, len } => BufferRange::f32s(self.grads, offset, len),
         }
     }
-}
 
-/// The launch of one program instruction at a batch size. A matmul's tile shape is the one
-/// for `max_batch`, whatever the batch, so a short last batch keeps the recorded pipeline.
-fn launch(
-    instr: &Instr,
-    batch: usize,
-    max_batch: usize,
-    tiling: &MatmulTiling,
-    max_dim: u32,
-) -> Result<Launch> {
-    Ok(match *instr {
-        Instr::Matmul {
-            t, bias, m, n, k, ..
-        } => kernels::matmul(
-            t,
-            Instr::matmul_dims(m, n, k, batch),
-            bias.is_some(),
-            tiling.pick(Instr::matmul_dims(m, n, k, max_batch)),
-            max_dim,
-        )?,
-        Instr::BiasGrad { cols, .. } => kernels::bias_grad(batch, cols, max_dim),
-        Instr::ActForward { act, cols, .. } => {
-            kernels::activation_forward(act, batch * cols, cols, max_dim)
+    /// The buffers of each launch of `instr` recorded at `max_batch`, in the order of
+    /// [`GpuStep::launches`].
+    fn of<'b>(
+        &'b self,
+        ctx: &'b GpuContext,
+        instr: &Instr,
+        launches: &[Launch],
+        max_batch: usize,
+    ) -> Vec<Vec<BufferRange<'b>>> {
+        match *instr {
+            Instr::Matmul {
+                a,
+                b,
+                bias,
+                c,
+                m,
+                n,
+                k,
+                ..
+            } => vec![kernels::matmul_bindings(
+                &launches[0],
+                Instr::matmul_dims(m, n, k, max_batch),
+                self.bind(a),
+                self.bind(b),
+                bias.map(|s| self.bind(s)),
+                self.bind(c),
+                ctx.dummy(),
+            )],
+            Instr::BiasGrad { dy, db, .. } => vec![vec![self.bind(dy), self.bind(db)]],
+            Instr::ActForward { x, y, .. } => vec![vec![self.bind(x), self.bind(y)]],
+            Instr::ActBackward { x, y, dy, dx, .. } => vec![vec![
+                self.bind(x),
+                self.bind(y),
+                self.bind(dy),
+                self.bind(dx),
+            ]],
+            Instr::Loss { last, .. } => vec![
+                vec![
+                    (&self.acts[last]).into(),
+                    self.targets.into(),
+                    self.terms.into(),
+                    (&self.act_grads[last]).into(),
+                ],
+                vec![self.terms.into(), self.history.into()],
+            ],
+            Instr::GradNorm => {
+                let partials = self.partials.expect("partials exist with GradNorm");
+                vec![
+                    vec![self.grads.into(), partials.into()],
+                    vec![partials.into(), self.grad_norm_history.into()],
+                ]
+            }
+            Instr::Clip { .. } => vec![vec![self.grads.into(), self.grad_norm_history.into()]],
+            Instr::Update => {
+                let mut b: Vec<BufferRange<'_>> = vec![
+                    self.params.into(),
+                    self.grads.into(),
+                    self.history.into(),
+                    self.no_decay.into(),
+                ];
+                b.extend(self.state.iter().map(BufferRange::from));
+                vec![b]
+            }
         }
-        Instr::ActBackward { act, cols, .. } => {
-            kernels::activation_backward(act, batch * cols, cols, max_dim)
-        }
-    })
+    }
 }
 
 impl GpuStep {
     pub fn new(
         ctx: Arc<GpuContext>,
         model: &Sequential,
+        layout: &ParamLayout,
         program: Program,
-        options: TrainOptions,
+        options: &TrainOptions,
         params: &[f32],
         needs: Needs,
     ) -> Result<Self> {
@@ -142,15 +185,28 @@ impl GpuStep {
         let widths = model.widths();
         let last = widths.len() - 1;
         let out = widths[last];
+        let optimizer = options.optimizer.clone();
 
         let params_buf = ctx.upload("parameters", params)?;
         let grads = ctx.storage_buffer("gradients", params.len())?;
-        let momentum_len = if options.sgd.momentum != 0.0 {
-            params.len()
+        let state = optimizer
+            .rule()
+            .state()
+            .iter()
+            .map(|b| {
+                if b.used {
+                    ctx.upload(b.name, &vec![b.init; params.len()])
+                } else {
+                    ctx.storage_buffer(b.name, 1)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ranges = optimizer.no_decay_ranges(layout);
+        let no_decay = if ranges.is_empty() {
+            ctx.storage_buffer("no-decay ranges", 2)?
         } else {
-            1
+            ctx.upload("no-decay ranges", &ranges)?
         };
-        let momentum = ctx.storage_buffer("momentum buffers", momentum_len)?;
         let input = ctx.storage_buffer("input batch", max_batch * model.input())?;
         let targets = ctx.storage_buffer("targets", max_batch * out)?;
         let acts = (0..widths.len())
@@ -164,95 +220,69 @@ impl GpuStep {
         let terms = ctx.storage_buffer("loss terms", max_batch * out)?;
         let history = ctx.storage_buffer("loss history", LOSS_HISTORY)?;
         let grad_norm_history = ctx.storage_buffer("gradient norm history", LOSS_HISTORY)?;
-
-        let max_dim = ctx.max_dim();
+        let with_norm = program.step.contains(&Instr::GradNorm);
+        let partials = if with_norm {
+            Some(ctx.storage_buffer("gradient norm partials", kernels::norm_groups(params.len()))?)
+        } else {
+            None
+        };
         let tiling = ctx.matmul_tiling()?;
-        let record = |launch: &Launch, buffers: &[BufferRange<'_>]| ctx.record(launch, buffers);
         let buffers = Buffers {
             input: &input,
+            targets: &targets,
+            terms: &terms,
             acts: &acts,
             act_grads: &act_grads,
             params: &params_buf,
             grads: &grads,
+            state: &state,
+            no_decay: &no_decay,
+            partials: partials.as_ref(),
+            history: &history,
+            grad_norm_history: &grad_norm_history,
         };
-        let record_instr = |instr: &Instr| -> Result<(Instr, Recorded)> {
-            let l = launch(instr, max_batch, max_batch, &tiling, max_dim)?;
-            let bound: Vec<BufferRange<'_>> = match *instr {
-                Instr::Matmul {
-                    a,
-                    b,
-                    bias,
-                    c,
-                    m,
-                    n,
-                    k,
-                    ..
-                } => kernels::matmul_bindings(
-                    &l,
-                    Instr::matmul_dims(m, n, k, max_batch),
-                    buffers.bind(a),
-                    buffers.bind(b),
-                    bias.map(|s| buffers.bind(s)),
-                    buffers.bind(c),
-                    ctx.dummy(),
-                ),
-                Instr::BiasGrad { dy, db, .. } => vec![buffers.bind(dy), buffers.bind(db)],
-                Instr::ActForward { x, y, .. } => vec![buffers.bind(x), buffers.bind(y)],
-                Instr::ActBackward { x, y, dy, dx, .. } => {
-                    vec![
-                        buffers.bind(x),
-                        buffers.bind(y),
-                        buffers.bind(dy),
-                        buffers.bind(dx),
-                    ]
-                }
-            };
-            Ok((*instr, record(&l, &bound)))
+        let mut gpu_step = GpuStep {
+            input_width: model.input(),
+            loss: model.loss(),
+            scalars: optimizer.rule().initial_scalars(),
+            no_decay_count: ranges.len() as u32,
+            optimizer,
+            param_len: params.len(),
+            params: params_buf.clone(),
+            state: state.clone(),
+            input: input.clone(),
+            targets: targets.clone(),
+            acts: acts.clone(),
+            step: Vec::new(),
+            forward_len: program.forward.len(),
+            history: history.clone(),
+            grad_norm_history: grad_norm_history.clone(),
+            with_norm,
+            observations: Vec::new(),
+            updates: 0,
+            skip_non_finite: false,
+            batch: max_batch,
+            max_batch,
+            tiling,
+            losses: Vec::new(),
+            pending: 0,
+            widths,
+            ctx: ctx.clone(),
         };
-        let forward = program
-            .forward
-            .iter()
-            .map(record_instr)
-            .collect::<Result<Vec<_>>>()?;
-        let backward = program
-            .backward
-            .iter()
-            .map(record_instr)
-            .collect::<Result<Vec<_>>>()?;
-
-        let (terms_launch, reduce_launch) =
-            kernels::loss(model.loss(), max_batch * out, out, 0, max_dim);
-        let loss_terms = record(
-            &terms_launch,
-            &[
-                (&acts[last]).into(),
-                (&targets).into(),
-                (&terms).into(),
-                (&act_grads[last]).into(),
-            ],
-        );
-        let loss_reduce = record(&reduce_launch, &[(&terms).into(), (&history).into()]);
-        let grad_norm = if options.clip_grad_norm.is_some() || needs.grad_norm {
-            let (partial, last) = kernels::sum_squares(params.len(), 0);
-            let partials =
-                ctx.storage_buffer("gradient norm partials", kernels::norm_groups(params.len()))?;
-            let clip = options.clip_grad_norm.map(|max_norm| {
-                let launch = kernels::clip(params.len(), 0, max_norm, max_dim);
-                (
-                    record(&launch, &[(&grads).into(), (&grad_norm_history).into()]),
-                    max_norm,
-                )
-            });
-            Some(GradNormPasses {
-                partial: record(&partial, &[(&grads).into(), (&partials).into()]),
-                last: record(&last, &[(&partials).into(), (&grad_norm_history).into()]),
-                clip,
-            })
-        } else {
-            None
-        };
-        let observations = if needs.any() {
-            (0..OBSERVATION_RING)
+        let mut step = Vec::with_capacity(program.step.len());
+        for instr in &program.step {
+            let launches = gpu_step.launches(instr, max_batch, 0, &UpdateUniform::default())?;
+            let recorded = buffers
+                .of(&ctx, instr, &launches, max_batch)
+                .iter()
+                .zip(&launches)
+                .map(|(b, l)| ctx.record(l, b))
+                .collect();
+            step.push((*instr, recorded));
+        }
+        gpu_step.step = step;
+        if needs.any() {
+            gpu_step.observations = (0..OBSERVATION_RING)
                 .map(|_| ObservationSlot {
                     buffer: ctx.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("kiln.observation"),
@@ -264,52 +294,10 @@ impl GpuStep {
                     submission: None,
                     update: 0,
                 })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let sgd_launch = kernels::sgd(&options.sgd, 0.0, true, params.len(), max_dim);
-        let sgd = record(
-            &sgd_launch,
-            &[
-                (&params_buf).into(),
-                (&grads).into(),
-                (&momentum).into(),
-                (&history).into(),
-            ],
-        );
+                .collect();
+        }
         ctx.check_errors()?;
-
-        Ok(GpuStep {
-            input_width: model.input(),
-            loss: model.loss(),
-            sgd_options: options.sgd,
-            param_len: params.len(),
-            params: params_buf,
-            momentum,
-            input,
-            targets,
-            acts,
-            forward,
-            backward,
-            loss_terms,
-            loss_reduce,
-            sgd,
-            history,
-            grad_norm_history,
-            grad_norm,
-            observations,
-            updates: 0,
-            skip_non_finite: false,
-            batch: max_batch,
-            max_batch,
-            tiling,
-            momentum_started: false,
-            losses: Vec::new(),
-            pending: 0,
-            widths,
-            ctx,
-        })
+        Ok(gpu_step)
     }
 
     pub fn device_name(&self) -> String {
@@ -320,32 +308,123 @@ impl GpuStep {
         *self.widths.last().expect("a model has layers")
     }
 
+    /// The launches of one instruction at a batch size, writing into history slot `slot`;
+    /// `update` is the optimizer's uniform block. A matmul's tile shape is the one for
+    /// `max_batch`, whatever the batch, so a short last batch keeps the recorded pipeline.
+    fn launches(
+        &self,
+        instr: &Instr,
+        batch: usize,
+        slot: u32,
+        update: &UpdateUniform,
+    ) -> Result<Vec<Launch>> {
+        let max_dim = self.ctx.max_dim();
+        Ok(match *instr {
+            Instr::Matmul {
+                t, bias, m, n, k, ..
+            } => vec![kernels::matmul(
+                t,
+                Instr::matmul_dims(m, n, k, batch),
+                bias.is_some(),
+                self.tiling
+                    .pick(Instr::matmul_dims(m, n, k, self.max_batch)),
+                max_dim,
+            )?],
+            Instr::BiasGrad { cols, .. } => vec![kernels::bias_grad(batch, cols, max_dim)],
+            Instr::ActForward { act, cols, .. } => {
+                vec![kernels::activation_forward(
+                    act,
+                    batch * cols,
+                    cols,
+                    max_dim,
+                )]
+            }
+            Instr::ActBackward { act, cols, .. } => {
+                vec![kernels::activation_backward(
+                    act,
+                    batch * cols,
+                    cols,
+                    max_dim,
+                )]
+            }
+            Instr::Loss { cols, .. } => {
+                let (terms, reduce) = kernels::loss(self.loss, batch * cols, cols, slot, max_dim);
+                vec![terms, reduce]
+            }
+            Instr::GradNorm => {
+                let (partial, last) = kernels::sum_squares(self.param_len, slot);
+                vec![partial, last]
+            }
+            Instr::Clip { max_norm } => {
+                vec![kernels::clip(self.param_len, slot, max_norm, max_dim)]
+            }
+            Instr::Update => vec![kernels::update(
+                self.optimizer.rule().kernel(),
+                update,
+                max_dim,
+            )],
+        })
+    }
+
+    /// Rewrites the uniforms and grids of `instrs` (indices into the step) for this batch,
+    /// slot and update.
+    fn rewrite(
+        &mut self,
+        which: impl Fn(&Instr) -> bool,
+        batch: usize,
+        slot: u32,
+        update: &UpdateUniform,
+    ) -> Result<()> {
+        for i in 0..self.step.len() {
+            if !which(&self.step[i].0) {
+                continue;
+            }
+            let launches = self.launches(&self.step[i].0, batch, slot, update)?;
+            for (rec, l) in self.step[i].1.iter_mut().zip(launches) {
+                self.ctx.queue.write_buffer(&rec.uniform, 0, &l.uniform);
+                rec.dispatch.grid = l.grid;
+            }
+        }
+        Ok(())
+    }
+
     /// Rewrites the uniforms and grids that depend on the batch size, if it changed.
     fn set_batch(&mut self, batch: usize) -> Result<()> {
         if batch == self.batch {
             return Ok(());
         }
-        let max_dim = self.ctx.max_dim();
-        for (instr, rec) in self.forward.iter_mut().chain(self.backward.iter_mut()) {
-            let l = launch(instr, batch, self.max_batch, &self.tiling, max_dim)?;
-            self.ctx.queue.write_buffer(&rec.uniform, 0, &l.uniform);
-            rec.dispatch.grid = l.grid;
-        }
-        let out = self.output_width();
-        let (terms, _) = kernels::loss(self.loss, batch * out, out, 0, max_dim);
-        self.ctx
-            .queue
-            .write_buffer(&self.loss_terms.uniform, 0, &terms.uniform);
-        self.loss_terms.dispatch.grid = terms.grid;
+        let no_update = UpdateUniform::default();
+        self.rewrite(
+            |i| {
+                matches!(
+                    i,
+                    Instr::Matmul { .. }
+                        | Instr::BiasGrad { .. }
+                        | Instr::ActForward { .. }
+                        | Instr::ActBackward { .. }
+                )
+            },
+            batch,
+            0,
+            &no_update,
+        )?;
         self.batch = batch;
         Ok(())
     }
 
-    pub fn step(&mut self, x: &[f32], targets: Targets, batch: usize, lr: f32) -> Result<()> {
+    pub fn step(&mut self, x: &[f32], targets: Targets, batch: usize, lr: f64) -> Result<()> {
         if self.pending == LOSS_HISTORY {
             self.flush_losses()?;
         }
         self.set_batch(batch)?;
+        let slot = self.pending as u32;
+        let update = UpdateUniform {
+            len: self.param_len as u32,
+            skip_slot: if self.skip_non_finite { slot } else { NO_SKIP },
+            no_decay_count: self.no_decay_count,
+            _pad: 0,
+            scalars: self.optimizer.rule().scalars(lr, &mut self.scalars)?,
+        };
         let queue = &self.ctx.queue;
         queue.write_buffer(&self.input, 0, bytemuck::cast_slice(x));
         queue.write_buffer(
@@ -353,49 +432,26 @@ impl GpuStep {
             0,
             bytemuck::cast_slice(&kernels::targets_as_f32(targets)),
         );
-        let out = self.output_width();
-        let (_, reduce) = kernels::loss(
-            self.loss,
-            batch * out,
-            out,
-            self.pending as u32,
-            self.ctx.max_dim(),
-        );
-        queue.write_buffer(&self.loss_reduce.uniform, 0, &reduce.uniform);
-        let slot = self.pending as u32;
-        let mut sgd = kernels::sgd_params(
-            &self.sgd_options,
-            lr,
-            !self.momentum_started,
-            self.param_len,
-        );
-        if self.skip_non_finite {
-            sgd.skip_slot = slot;
-        }
-        queue.write_buffer(&self.sgd.uniform, 0, bytemuck::bytes_of(&sgd));
-        let mut norm_passes = Vec::new();
-        if let Some(n) = &self.grad_norm {
-            let (_, last) = kernels::sum_squares(self.param_len, slot);
-            queue.write_buffer(&n.last.uniform, 0, &last.uniform);
-            norm_passes.extend([&n.partial.dispatch, &n.last.dispatch]);
-            if let Some((clip, max_norm)) = &n.clip {
-                let launch = kernels::clip(self.param_len, slot, *max_norm, self.ctx.max_dim());
-                queue.write_buffer(&clip.uniform, 0, &launch.uniform);
-                norm_passes.push(&clip.dispatch);
-            }
-        }
+        // The step's own uniforms: the history slot it writes, the update's scalars.
+        self.rewrite(
+            |i| {
+                matches!(
+                    i,
+                    Instr::Loss { .. } | Instr::GradNorm | Instr::Clip { .. } | Instr::Update
+                )
+            },
+            batch,
+            slot,
+            &update,
+        )?;
 
         let dispatches = self
-            .forward
+            .step
             .iter()
-            .map(|(_, r)| &r.dispatch)
-            .chain([&self.loss_terms.dispatch, &self.loss_reduce.dispatch])
-            .chain(self.backward.iter().map(|(_, r)| &r.dispatch))
-            .chain(norm_passes)
-            .chain([&self.sgd.dispatch]);
+            .flat_map(|(_, r)| r.iter().map(|r| &r.dispatch));
         let ring = self.observations.len();
         let observe = (ring > 0).then(|| self.updates as usize % ring);
-        let with_norm = self.grad_norm.is_some();
+        let with_norm = self.with_norm;
         let (history, norms) = (&self.history, &self.grad_norm_history);
         let target = observe.map(|i| &self.observations[i].buffer);
         let index = self.ctx.submit_then(dispatches, |encoder| {
@@ -413,7 +469,6 @@ impl GpuStep {
             o.submission = Some(index);
             o.update = self.updates;
         }
-        self.momentum_started = true;
         self.pending += 1;
         self.updates += 1;
         Ok(())
@@ -457,7 +512,7 @@ impl GpuStep {
         o.buffer.unmap();
         Ok(Observation {
             loss: Some(values[0] as f64),
-            grad_norm_sq: self.grad_norm.is_some().then_some(values[1] as f64),
+            grad_norm_sq: self.with_norm.then_some(values[1] as f64),
         })
     }
 
@@ -480,30 +535,35 @@ impl GpuStep {
         self.ctx
             .queue
             .write_buffer(&self.input, 0, bytemuck::cast_slice(x));
-        self.ctx
-            .submit(self.forward.iter().map(|(_, r)| &r.dispatch))?;
+        self.ctx.submit(
+            self.step[..self.forward_len]
+                .iter()
+                .flat_map(|(_, r)| r.iter().map(|r| &r.dispatch)),
+        )?;
         let last = self.acts.len() - 1;
         self.ctx
             .read_back(&self.acts[last], 0, batch * self.output_width())
     }
 
-    pub fn momentum(&self) -> Result<Option<Vec<f32>>> {
-        if !self.momentum_started || self.sgd_options.momentum == 0.0 {
-            return Ok(None);
+    /// The optimizer's scalars and used state blocks by name (read back from the GPU).
+    pub fn optimizer_state(&self) -> Result<OptimizerSnapshot> {
+        let mut blocks = Vec::new();
+        for (b, buf) in self.optimizer.rule().state().iter().zip(&self.state) {
+            if b.used {
+                blocks.push((b.name, self.ctx.read_back(buf, 0, self.param_len)?));
+            }
         }
-        self.ctx
-            .read_back(&self.momentum, 0, self.param_len)
-            .map(Some)
+        Ok((self.scalars.clone(), blocks))
     }
 
-    /// Continues after `steps` updates of an earlier run.
-    pub fn restore(&mut self, momentum: Option<&[f32]>, steps: u64) {
-        if let Some(m) = momentum {
-            self.ctx
-                .queue
-                .write_buffer(&self.momentum, 0, bytemuck::cast_slice(m));
-            self.momentum_started = true;
+    /// Continues after `steps` updates of an earlier run with the optimizer state it had.
+    pub fn restore(&mut self, scalars: Scalars, blocks: &[(String, Vec<f32>)], steps: u64) {
+        for (b, buf) in self.optimizer.rule().state().iter().zip(&self.state) {
+            if let Some((_, v)) = blocks.iter().find(|(n, _)| n == b.name) {
+                self.ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(v));
+            }
         }
+        self.scalars = scalars;
         self.updates = steps;
     }
 

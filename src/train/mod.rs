@@ -1,4 +1,4 @@
-//! Training: one step is forward → loss → backward → SGD update, on either device.
+//! Training: one step is forward → loss → backward → optimizer update, on either device.
 //!
 //! On the GPU a step is recorded into one command encoder and submitted once; the loss of each
 //! step is written into a GPU-resident history and read back in bulk only when asked for (or
@@ -13,7 +13,8 @@ use kiln_schedule::{Observation, Scheduler};
 use crate::device::Device;
 use crate::error::{KilnError, Result};
 use crate::model::{ParamLayout, Sequential};
-use crate::ops::{self, SgdOptions, Targets};
+use crate::ops::{self, Targets};
+use crate::optim::{Optimizer, Scalars};
 use program::Program;
 
 /// Losses kept on the GPU before a bulk read-back.
@@ -25,10 +26,10 @@ pub const LOSS_HISTORY: usize = 1024;
 pub const PARAM_ALIGN: usize = 64;
 
 /// How to train, apart from the model and the schedule.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct TrainOptions {
-    /// torch.optim.SGD's options.
-    pub sgd: SgdOptions,
+    /// The optimizer (see [`crate::optim`]).
+    pub optimizer: Optimizer,
     /// The largest batch `step` will be given; buffers are sized for it.
     pub max_batch: usize,
     /// Seed of the initial parameters.
@@ -42,7 +43,7 @@ impl Default for TrainOptions {
     /// PyTorch's SGD defaults, batches of up to 64, seed 0, no clipping.
     fn default() -> Self {
         TrainOptions {
-            sgd: SgdOptions::default(),
+            optimizer: Optimizer::default(),
             max_batch: 64,
             seed: 0,
             clip_grad_norm: None,
@@ -73,9 +74,24 @@ pub struct TrainerState {
     /// The parameter arena.
     #[serde(skip)]
     pub params: Vec<f32>,
-    /// PyTorch's momentum buffers (`None` before the first update with momentum).
+    /// The optimizer's state.
+    #[serde(default)]
+    pub optimizer: OptimizerState,
+}
+
+/// An optimizer's scalar state and its used state tensors, as a backend reports them.
+type OptimizerSnapshot = (Scalars, Vec<(&'static str, Vec<f32>)>);
+
+/// An optimizer's state, by PyTorch's names.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct OptimizerState {
+    /// torch.optim's name of the optimizer that made it.
+    pub name: String,
+    /// Scalar state (`step`, NAdam's `mu_product`).
+    pub scalars: Scalars,
+    /// Each used state tensor (`exp_avg`, …), laid out like the parameter arena.
     #[serde(skip)]
-    pub momentum: Option<Vec<f32>>,
+    pub blocks: Vec<(String, Vec<f32>)>,
 }
 
 /// A model being trained on a device.
@@ -131,7 +147,6 @@ impl Trainer {
         schedule: Scheduler,
         params: Vec<f32>,
     ) -> Result<Self> {
-        options.sgd.validate()?;
         if options.max_batch == 0 {
             return Err(KilnError::invalid("max_batch", "must be at least 1"));
         }
@@ -147,15 +162,18 @@ impl Trainer {
         if let Some(max_norm) = options.clip_grad_norm {
             crate::device::check_max_norm(max_norm)?;
         }
-        let program = Program::new(&model, &layout);
         let needs = schedule.needs();
+        let program = Program::new(&model, &layout, needs.grad_norm, options.clip_grad_norm);
         let backend = match device {
-            Device::Cpu => Backend::Cpu(cpu::CpuStep::new(&model, program, options, params, needs)),
+            Device::Cpu => Backend::Cpu(cpu::CpuStep::new(
+                &model, &layout, program, &options, params, needs,
+            )),
             Device::Gpu(ctx) => Backend::Gpu(gpu::GpuStep::new(
                 ctx.clone(),
                 &model,
+                &layout,
                 program,
-                options,
+                &options,
                 &params,
                 needs,
             )?),
@@ -225,8 +243,8 @@ impl Trainer {
             ));
         }
         match &mut self.backend {
-            Backend::Cpu(s) => s.step(x, targets, batch, lr as f32),
-            Backend::Gpu(s) => s.step(x, targets, batch, lr as f32)?,
+            Backend::Cpu(s) => s.step(x, targets, batch, lr)?,
+            Backend::Gpu(s) => s.step(x, targets, batch, lr)?,
         }
         if !observed {
             self.schedule.step(&Observation::default())?;
@@ -253,7 +271,7 @@ impl Trainer {
         for chunk in x.chunks(self.options.max_batch * input) {
             let rows = chunk.len() / input;
             out.extend(match &mut self.backend {
-                Backend::Cpu(s) => s.predict(chunk, rows),
+                Backend::Cpu(s) => s.predict(chunk, rows)?,
                 Backend::Gpu(s) => s.predict(chunk, rows)?,
             });
         }
@@ -278,8 +296,11 @@ impl Trainer {
         }
     }
 
-    /// With `true`, an update whose batch loss is NaN or infinite leaves the parameters (and
-    /// momentum buffers) unchanged; the check runs on the device, without a read-back.
+    /// With `true`, an update whose batch loss is NaN or infinite leaves the parameters and
+    /// the optimizer's state tensors unchanged; the check runs on the device, without a
+    /// read-back. The optimizer's `step` still advances (the host cannot know, on a GPU,
+    /// without a read-back), so a later Adam-family update uses the bias corrections of its
+    /// update number.
     /// Observation-driven schedules are then given the last finite observation in place of a
     /// skipped update's: the update did not happen, so it should not steer the rate.
     pub fn skip_non_finite_losses(&mut self, skip: bool) {
@@ -324,9 +345,9 @@ impl Trainer {
                 }
             }
         }
-        let (params, momentum) = match &self.backend {
-            Backend::Cpu(s) => (s.parameters().to_vec(), s.momentum().map(<[f32]>::to_vec)),
-            Backend::Gpu(s) => (s.parameters()?, s.momentum()?),
+        let (params, (scalars, blocks)) = match &self.backend {
+            Backend::Cpu(s) => (s.parameters().to_vec(), s.optimizer_state()),
+            Backend::Gpu(s) => (s.parameters()?, s.optimizer_state()?),
         };
         let schedule = serde_json::to_value(&self.schedule)
             .map_err(|e| KilnError::invalid("schedule", format!("cannot be saved: {e}")))?;
@@ -336,7 +357,14 @@ impl Trainer {
             observations: self.carried.clone(),
             last_finite: self.last_finite,
             params,
-            momentum,
+            optimizer: OptimizerState {
+                name: self.options.optimizer.name().to_string(),
+                scalars,
+                blocks: blocks
+                    .into_iter()
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect(),
+            },
         })
     }
 
@@ -350,18 +378,57 @@ impl Trainer {
         let schedule: Scheduler = serde_json::from_value(state.schedule)
             .map_err(|e| KilnError::invalid("checkpoint.schedule", e.to_string()))?;
         let mut trainer = Self::with_params(device, model, options, schedule, state.params)?;
-        if let Some(m) = &state.momentum {
+        let opt = &state.optimizer;
+        let optimizer = &trainer.options.optimizer;
+        if opt.name != optimizer.name() {
+            return Err(KilnError::invalid(
+                "checkpoint.optimizer",
+                format!(
+                    "the checkpoint was made with {:?}, the run asks for {:?}; a run cannot \
+                     change its optimizer when it resumes",
+                    opt.name,
+                    optimizer.name()
+                ),
+            ));
+        }
+        for block in optimizer.used_state() {
+            let Some((_, v)) = opt.blocks.iter().find(|(n, _)| n == block.name) else {
+                return Err(KilnError::invalid(
+                    "checkpoint.optimizer",
+                    format!(
+                        "no `{}` state for {} (the checkpoint was made with other options?)",
+                        block.name,
+                        optimizer.name()
+                    ),
+                ));
+            };
             ops::check_len(
                 "checkpoint",
-                "momentum buffers",
-                m.len(),
+                block.name,
+                v.len(),
                 trainer.layout.len,
                 "the parameter layout",
             )?;
+            ops::check_finite(&format!("checkpoint optimizer state `{}`", block.name), v)?;
+        }
+        let mut scalars = optimizer.rule().initial_scalars();
+        for (name, value) in scalars.iter_mut() {
+            *value = *opt.scalars.get(name).ok_or_else(|| {
+                KilnError::invalid(
+                    "checkpoint.optimizer.scalars",
+                    format!("no `{name}` for {}", optimizer.name()),
+                )
+            })?;
+            if !value.is_finite() {
+                return Err(KilnError::invalid(
+                    format!("checkpoint.optimizer.scalars.{name}"),
+                    format!("must be finite, got {value}"),
+                ));
+            }
         }
         match &mut trainer.backend {
-            Backend::Cpu(s) => s.restore(state.momentum, state.steps),
-            Backend::Gpu(s) => s.restore(state.momentum.as_deref(), state.steps),
+            Backend::Cpu(s) => s.restore(scalars, &opt.blocks, state.steps),
+            Backend::Gpu(s) => s.restore(scalars, &opt.blocks, state.steps),
         }
         trainer.steps = state.steps;
         trainer.first_step = state.steps;

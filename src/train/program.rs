@@ -1,5 +1,6 @@
-//! A model compiled to the kernel launches of one training step. Both devices execute the same
-//! list, so the CPU and GPU steps cannot drift apart.
+//! A model compiled to the kernel launches of one training step — forward, loss, backward,
+//! gradient norm, clipping and the optimizer's update. Both devices execute the same list, so
+//! the CPU and GPU steps cannot drift apart.
 
 use crate::model::{Layer, ParamLayout, Sequential};
 use crate::ops::{Activation, MatmulDims, Transpose};
@@ -67,6 +68,20 @@ pub enum Instr {
         dx: Slot,
         cols: usize,
     },
+    /// The batch's mean loss into the loss history and dL/d(output) into `ActGrad(last)`.
+    Loss {
+        last: usize,
+        cols: usize,
+    },
+    /// ‖g‖² of the gradient arena into the norm history.
+    GradNorm,
+    /// torch.nn.utils.clip_grad_norm_ on the gradient arena, from the norm just computed.
+    Clip {
+        max_norm: f32,
+    },
+    /// The optimizer's update of the whole parameter arena. With non-finite skipping on, an
+    /// update whose loss is NaN or infinite changes nothing (for every optimizer alike).
+    Update,
 }
 
 impl Instr {
@@ -79,17 +94,24 @@ impl Instr {
     }
 }
 
-/// The forward and backward launches of a model.
+/// The launches of a model: its forward pass (prediction) and its whole training step.
 #[derive(Clone, Debug)]
 pub struct Program {
     pub forward: Vec<Instr>,
-    /// Ends with the gradients of every parameter in the gradient arena. Starts from
-    /// `ActGrad(last)`, which the loss kernel writes.
-    pub backward: Vec<Instr>,
+    /// Forward, loss, backward, then (when asked for) the gradient norm and clipping, then
+    /// the update.
+    pub step: Vec<Instr>,
 }
 
 impl Program {
-    pub fn new(model: &Sequential, layout: &ParamLayout) -> Program {
+    /// `grad_norm`: whether the step computes ‖g‖² (a schedule reads it, or clipping needs
+    /// it; clipping implies it).
+    pub fn new(
+        model: &Sequential,
+        layout: &ParamLayout,
+        grad_norm: bool,
+        clip_grad_norm: Option<f32>,
+    ) -> Program {
         let widths = model.widths();
         let input_of = |i: usize| {
             if i == 0 {
@@ -191,6 +213,20 @@ impl Program {
                 _ => {}
             }
         }
-        Program { forward, backward }
+        let last = widths.len() - 1;
+        let mut step = forward.clone();
+        step.push(Instr::Loss {
+            last,
+            cols: widths[last],
+        });
+        step.extend(backward);
+        if grad_norm || clip_grad_norm.is_some() {
+            step.push(Instr::GradNorm);
+        }
+        if let Some(max_norm) = clip_grad_norm {
+            step.push(Instr::Clip { max_norm });
+        }
+        step.push(Instr::Update);
+        Program { forward, step }
     }
 }

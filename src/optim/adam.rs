@@ -1,0 +1,229 @@
+//! torch.optim.Adam and AdamW (Adam with decoupled weight decay): config, host scalars and the
+//! CPU twin of `shaders/optim/adam.wgsl`, in the kernel's order of operations.
+
+use serde::Deserialize;
+
+use super::{
+    Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
+    check_non_negative, lerp, next_step, parse_args,
+};
+use crate::error::Result;
+use crate::gpu::kernels::Kernel;
+
+/// torch.optim.Adam's arguments (the rate comes from the schedule) with its defaults;
+/// [`Adam::adamw`] gives torch.optim.AdamW's.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Adam {
+    /// Decay rates of the first and second moment estimates (default [0.9, 0.999]).
+    pub betas: [f64; 2],
+    /// Added to the denominator (default 1e-8).
+    pub eps: f64,
+    /// Weight decay (default 0; AdamW's 1e-2).
+    pub weight_decay: f64,
+    /// Keep the running maximum of the second moment (AMSGrad).
+    pub amsgrad: bool,
+    /// Maximize the objective instead of minimizing it.
+    pub maximize: bool,
+    /// Decay the weights directly (AdamW) instead of adding an L2 term to the gradient.
+    pub decoupled_weight_decay: bool,
+}
+
+impl Default for Adam {
+    fn default() -> Self {
+        Adam {
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+            maximize: false,
+            decoupled_weight_decay: false,
+        }
+    }
+}
+
+impl Adam {
+    /// torch.optim.AdamW's defaults: weight decay 1e-2, decoupled.
+    pub fn adamw() -> Self {
+        Adam {
+            weight_decay: 1e-2,
+            decoupled_weight_decay: true,
+            ..Adam::default()
+        }
+    }
+}
+
+/// torch.optim.AdamW's arguments: Adam's without `decoupled_weight_decay`, which AdamW fixes.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct AdamWArgs {
+    betas: [f64; 2],
+    eps: f64,
+    weight_decay: f64,
+    amsgrad: bool,
+    maximize: bool,
+}
+
+impl Default for AdamWArgs {
+    fn default() -> Self {
+        let a = Adam::adamw();
+        AdamWArgs {
+            betas: a.betas,
+            eps: a.eps,
+            weight_decay: a.weight_decay,
+            amsgrad: a.amsgrad,
+            maximize: a.maximize,
+        }
+    }
+}
+
+/// `AdamParams` of the kernel after the header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct AdamScalars {
+    decay_factor: f32,
+    weight_decay: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bias_correction2_sqrt: f32,
+    eps: f32,
+    neg_step_size: f32,
+    maximize: u32,
+    amsgrad: u32,
+    decoupled: u32,
+    _pad: u32,
+}
+
+/// The kernel: parameters, gradients, loss history, no-decay ranges, `exp_avg`,
+/// `exp_avg_sq`, `max_exp_avg_sq`.
+pub static KERNEL: Kernel = super::update_kernel!("adam.wgsl", "adam", 3);
+
+pub(super) const REGISTRATION: Registration = Registration {
+    name: "adam",
+    default_lr: 1e-3,
+    from_table,
+    kernel: &KERNEL,
+};
+
+pub(super) const ADAMW_REGISTRATION: Registration = Registration {
+    name: "adamw",
+    default_lr: 1e-3,
+    from_table: adamw_from_table,
+    kernel: &KERNEL,
+};
+
+fn from_table(table: toml::Table) -> Result<Optimizer> {
+    Optimizer::new(parse_args::<Adam>("adam", table)?)
+}
+
+fn adamw_from_table(table: toml::Table) -> Result<Optimizer> {
+    let a: AdamWArgs = parse_args("adamw", table)?;
+    Optimizer::new(Adam {
+        betas: a.betas,
+        eps: a.eps,
+        weight_decay: a.weight_decay,
+        amsgrad: a.amsgrad,
+        maximize: a.maximize,
+        decoupled_weight_decay: true,
+    })
+}
+
+impl UpdateRule for Adam {
+    /// "adamw" with decoupled weight decay: the same update, whichever name made it.
+    fn name(&self) -> &'static str {
+        if self.decoupled_weight_decay {
+            "adamw"
+        } else {
+            "adam"
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_non_negative("eps", self.eps)?;
+        check_betas(self.betas)?;
+        check_non_negative("weight_decay", self.weight_decay)
+    }
+
+    fn state(&self) -> Vec<StateBlock> {
+        let block = |name, used| StateBlock {
+            name,
+            init: 0.0,
+            used,
+        };
+        vec![
+            block("exp_avg", true),
+            block("exp_avg_sq", true),
+            block("max_exp_avg_sq", self.amsgrad),
+        ]
+    }
+
+    /// PyTorch's host arithmetic in f64: `bias_correction1 = 1 − β1^step`,
+    /// `step_size = lr / bias_correction1`, `bias_correction2_sqrt = (1 − β2^step)^0.5`,
+    /// AdamW's factor `1 − lr·weight_decay`.
+    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
+        let step = next_step(scalars)?;
+        let [beta1, beta2] = self.betas;
+        let bias_correction1 = 1.0 - beta1.powf(step);
+        let bias_correction2 = 1.0 - beta2.powf(step);
+        let step_size = lr / bias_correction1;
+        Ok(bytemuck::cast(AdamScalars {
+            decay_factor: (1.0 - lr * self.weight_decay) as f32,
+            weight_decay: self.weight_decay as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+            eps: self.eps as f32,
+            neg_step_size: (-step_size) as f32,
+            maximize: self.maximize as u32,
+            amsgrad: self.amsgrad as u32,
+            decoupled: self.decoupled_weight_decay as u32,
+            _pad: 0,
+        }))
+    }
+
+    fn weight_decay(&self) -> f64 {
+        self.weight_decay
+    }
+
+    fn kernel(&self) -> &'static Kernel {
+        &KERNEL
+    }
+
+    fn update_cpu(
+        &self,
+        scalars: &[u32; SCALAR_WORDS],
+        decay: bool,
+        param: &mut [f32],
+        grad: &[f32],
+        state: &mut [&mut [f32]],
+    ) {
+        let s: AdamScalars = bytemuck::cast(*scalars);
+        let weight_decay = if decay { s.weight_decay } else { 0.0 };
+        let [exp_avg, exp_avg_sq, max_exp_avg_sq] = state else {
+            unreachable!("Adam has three state blocks")
+        };
+        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+            let mut g = if s.maximize != 0 { -g } else { g };
+            if weight_decay != 0.0 {
+                if s.decoupled != 0 {
+                    *p *= s.decay_factor;
+                } else {
+                    g += weight_decay * *p;
+                }
+            }
+            let m = lerp(exp_avg[i], g, s.one_minus_beta1);
+            exp_avg[i] = m;
+            let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
+            exp_avg_sq[i] = v;
+            let mut v_used = v;
+            if s.amsgrad != 0 {
+                v_used = max_exp_avg_sq[i].max(v);
+                max_exp_avg_sq[i] = v_used;
+            }
+            let denom = v_used.sqrt() / s.bias_correction2_sqrt + s.eps;
+            *p += s.neg_step_size * m / denom;
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! Optimizers: torch.optim's update rules with PyTorch's names, arguments and defaults.
+//!
+//! An optimizer is one [`UpdateRule`]: its config (the struct, PyTorch's argument names), the
+//! state tensors it keeps (PyTorch's state names, laid out like the parameter arena), the
+//! scalars it computes on the host each update (in f64, as PyTorch's Python code does), its
+//! CPU update and its GPU kernel (`shaders/optim/NAME.wgsl`). The trainer, the checkpoints and
+//! the step programs only see this interface; adding an optimizer is its own file, its kernel
+//! and one line in [`REGISTRY`].
+//!
+//! The host turns each update's scalars into a [`UpdateUniform`]: the GPU kernel reads it as
+//! its uniform block and the CPU twin reads the very same words, so the two devices cannot
+//! disagree about a scalar.
+
+pub mod adagrad;
+pub mod adam;
+pub mod nadam;
+pub mod radam;
+pub mod rmsprop;
+pub mod sgd;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::error::{KilnError, Result};
+use crate::gpu::kernels::{Binding, Kernel};
+use crate::model::ParamLayout;
+
+pub use adagrad::Adagrad;
+pub use adam::Adam;
+pub use nadam::NAdam;
+pub use radam::RAdam;
+pub use rmsprop::RmsProp;
+pub use sgd::Sgd;
+
+/// The most state tensors one optimizer keeps (Adam with amsgrad, RMSprop centered with
+/// momentum: three).
+pub const MAX_STATE: usize = 3;
+
+/// Words of optimizer-specific scalars in an [`UpdateUniform`].
+pub const SCALAR_WORDS: usize = 12;
+
+/// One per-parameter state tensor of an optimizer, laid out like the parameter arena.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StateBlock {
+    /// PyTorch's state name (`exp_avg`, `momentum_buffer`, …); checkpoints store the tensor
+    /// as `NAME.layers.{i}.weight`.
+    pub name: &'static str,
+    /// Its value before the first update (PyTorch's: zeros, or Adagrad's
+    /// `initial_accumulator_value`).
+    pub init: f32,
+    /// Whether this configuration uses it (Adam's `max_exp_avg_sq` only with amsgrad); an
+    /// unused block keeps its binding in the kernel but holds nothing.
+    pub used: bool,
+}
+
+/// Scalar state kept on the host by name: PyTorch's `step` (the number of updates so far)
+/// and, for NAdam, `mu_product`. Saved in checkpoints.
+pub type Scalars = BTreeMap<String, f64>;
+
+/// The uniform block of one update: the words every kernel reads, then the optimizer's own
+/// scalars (its `#[repr(C)]` struct cast to words). Laid out as each kernel's WGSL struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct UpdateUniform {
+    /// Parameters updated.
+    pub len: u32,
+    /// Loss-history slot that must hold a finite loss for the update to happen, or
+    /// [`NO_SKIP`].
+    pub skip_slot: u32,
+    /// How many ranges of the no-decay list apply.
+    pub no_decay_count: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// The optimizer's scalars.
+    pub scalars: [u32; SCALAR_WORDS],
+}
+
+/// [`UpdateUniform::skip_slot`] when no loss is checked.
+pub const NO_SKIP: u32 = u32::MAX;
+
+/// One torch.optim rule. See the module docs.
+pub trait UpdateRule: std::fmt::Debug + Send + Sync {
+    /// torch.optim's name, lower case (`"adamw"`).
+    fn name(&self) -> &'static str;
+
+    /// The checks PyTorch's constructor makes, with its rules; errors name `optimizer.FIELD`.
+    fn validate(&self) -> Result<()>;
+
+    /// The state tensors, in the kernel's binding order (at most [`MAX_STATE`]).
+    fn state(&self) -> Vec<StateBlock>;
+
+    /// Scalar state before the first update.
+    fn initial_scalars(&self) -> Scalars {
+        Scalars::from([("step".to_string(), 0.0)])
+    }
+
+    /// The scalars of the next update at rate `lr` (advancing `scalars`, as PyTorch's
+    /// `step += 1` does), as the optimizer's part of the uniform block.
+    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]>;
+
+    /// Whether weight decay is on (a no-decay mask then matters).
+    fn weight_decay(&self) -> f64;
+
+    /// The GPU kernel.
+    fn kernel(&self) -> &'static Kernel;
+
+    /// The CPU twin: updates `param` in place from `grad` with the scalars of
+    /// [`UpdateRule::scalars`]; `decay` is false for elements that take no weight decay.
+    /// `state` holds the used blocks' slices for these elements (empty slices for unused
+    /// ones), in [`UpdateRule::state`] order.
+    fn update_cpu(
+        &self,
+        scalars: &[u32; SCALAR_WORDS],
+        decay: bool,
+        param: &mut [f32],
+        grad: &[f32],
+        state: &mut [&mut [f32]],
+    );
+}
+
+/// PyTorch's `torch.lerp(start, end, weight)` for a scalar weight, as its CPU kernel computes
+/// it: the form that is exact at the end nearer to the weight. (`lerp_pt` in update.wgsl.)
+#[inline(always)]
+pub(crate) fn lerp(start: f32, end: f32, weight: f32) -> f32 {
+    if weight.abs() < 0.5 {
+        start + weight * (end - start)
+    } else {
+        end - (end - start) * (1.0 - weight)
+    }
+}
+
+/// The number PyTorch keeps in `state['step']` after this update: advances `scalars["step"]`.
+pub(crate) fn next_step(scalars: &mut Scalars) -> Result<f64> {
+    let step = scalars
+        .get_mut("step")
+        .ok_or_else(|| KilnError::invalid("optimizer state", "the scalar state has no `step`"))?;
+    *step += 1.0;
+    Ok(*step)
+}
+
+/// A validated optimizer: its rule, and whether biases take weight decay.
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    rule: Arc<dyn UpdateRule>,
+    decay_biases: bool,
+}
+
+impl Default for Optimizer {
+    /// torch.optim.SGD's defaults.
+    fn default() -> Self {
+        Optimizer {
+            rule: Arc::new(Sgd::default()),
+            decay_biases: true,
+        }
+    }
+}
+
+impl Optimizer {
+    /// Checks `rule` as PyTorch's constructor would.
+    ///
+    /// ```
+    /// use kiln::optim::{Adam, Optimizer};
+    /// let adamw = Optimizer::new(Adam::adamw())?.decay_biases(false);
+    /// assert_eq!(adamw.name(), "adamw");
+    /// assert!(Optimizer::new(Adam { betas: [1.5, 0.999], ..Adam::default() }).is_err());
+    /// # Ok::<(), kiln::KilnError>(())
+    /// ```
+    pub fn new(rule: impl UpdateRule + 'static) -> Result<Self> {
+        rule.validate()?;
+        Ok(Optimizer {
+            rule: Arc::new(rule),
+            decay_biases: true,
+        })
+    }
+
+    /// With `false`, biases take no weight decay (what PyTorch users do with a second
+    /// parameter group whose `weight_decay` is 0).
+    pub fn decay_biases(mut self, decay: bool) -> Self {
+        self.decay_biases = decay;
+        self
+    }
+
+    /// The rule.
+    pub fn rule(&self) -> &dyn UpdateRule {
+        &*self.rule
+    }
+
+    /// torch.optim's name.
+    pub fn name(&self) -> &'static str {
+        self.rule.name()
+    }
+
+    /// The state tensors this configuration keeps.
+    pub fn used_state(&self) -> Vec<StateBlock> {
+        self.rule.state().into_iter().filter(|b| b.used).collect()
+    }
+
+    /// Element ranges of `layout` that take no weight decay: the biases, when they are
+    /// excluded and weight decay is on.
+    pub fn no_decay_ranges(&self, layout: &ParamLayout) -> Vec<[u32; 2]> {
+        if self.decay_biases || self.rule.weight_decay() == 0.0 {
+            return Vec::new();
+        }
+        layout
+            .dense
+            .iter()
+            .map(|d| [d.bias as u32, (d.bias + d.fan_out) as u32])
+            .collect()
+    }
+}
+
+/// An optimizer's state outside a trainer, for one-off updates ([`crate::Device::update`]).
+#[derive(Clone, Debug)]
+pub struct State {
+    /// Scalar state (`step`, …).
+    pub scalars: Scalars,
+    /// The state tensors in [`UpdateRule::state`] order; unused ones are empty.
+    pub blocks: Vec<Vec<f32>>,
+}
+
+impl Optimizer {
+    /// The state before the first update of `len` parameters.
+    pub fn new_state(&self, len: usize) -> State {
+        State {
+            scalars: self.rule.initial_scalars(),
+            blocks: self
+                .rule
+                .state()
+                .iter()
+                .map(|b| {
+                    if b.used {
+                        vec![b.init; len]
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The uniform block of the next update of `len` parameters at rate `lr` (advancing
+    /// `scalars`), with no non-finite check and weight decay everywhere.
+    pub fn one_off_uniform(
+        &self,
+        lr: f64,
+        len: usize,
+        scalars: &mut Scalars,
+    ) -> Result<UpdateUniform> {
+        Ok(UpdateUniform {
+            len: len as u32,
+            skip_slot: NO_SKIP,
+            no_decay_count: 0,
+            _pad: 0,
+            scalars: self.rule.scalars(lr, scalars)?,
+        })
+    }
+}
+
+/// One optimizer's entry: its run-file name, PyTorch's default learning rate, and how to read
+/// its `[optimizer]` table.
+pub struct Registration {
+    /// The `kind` in a run file: torch.optim's class name in lower case.
+    pub name: &'static str,
+    /// PyTorch's default `lr` for it.
+    pub default_lr: f64,
+    /// Reads the table's other keys (PyTorch's argument names) into the rule.
+    pub from_table: fn(toml::Table) -> Result<Optimizer>,
+    /// Its GPU kernel.
+    pub kernel: &'static Kernel,
+}
+
+/// Every optimizer Kiln has.
+pub static REGISTRY: [Registration; 7] = [
+    sgd::REGISTRATION,
+    adam::REGISTRATION,
+    adam::ADAMW_REGISTRATION,
+    rmsprop::REGISTRATION,
+    adagrad::REGISTRATION,
+    nadam::REGISTRATION,
+    radam::REGISTRATION,
+];
+
+/// Every optimizer kernel, once each (Adam and AdamW share one), for the shader tests.
+pub fn kernels() -> Vec<&'static Kernel> {
+    let mut all: Vec<&'static Kernel> = Vec::new();
+    for r in &REGISTRY {
+        if !all.iter().any(|k| std::ptr::eq(*k, r.kernel)) {
+            all.push(r.kernel);
+        }
+    }
+    all
+}
+
+/// A run file's `[optimizer]` table, read: the optimizer and its base learning rate.
+#[derive(Clone, Debug)]
+pub struct OptimizerConfig {
+    /// The optimizer.
+    pub optimizer: Optimizer,
+    /// The base learning rate (`lr`; PyTorch's default for the optimizer when absent).
+    pub lr: f64,
+}
+
+impl OptimizerConfig {
+    /// Reads `[optimizer]`: `kind` (default `"sgd"`), `lr`, `decay_biases` (default true) and
+    /// the optimizer's own arguments with PyTorch's names. Errors name `optimizer.FIELD`.
+    pub fn from_table(mut table: toml::Table) -> Result<Self> {
+        let kind = match table.remove("kind") {
+            None => "sgd".to_string(),
+            Some(toml::Value::String(s)) => s,
+            Some(v) => {
+                return Err(KilnError::invalid(
+                    "optimizer.kind",
+                    format!("expected a name such as \"adamw\", got {v}"),
+                ));
+            }
+        };
+        let registration = REGISTRY.iter().find(|r| r.name == kind).ok_or_else(|| {
+            let names: Vec<_> = REGISTRY.iter().map(|r| r.name).collect();
+            KilnError::invalid(
+                "optimizer.kind",
+                format!("unknown optimizer {kind:?}; Kiln has {}", names.join(", ")),
+            )
+        })?;
+        let lr = match table.remove("lr") {
+            None => registration.default_lr,
+            Some(v) => number("optimizer.lr", &v)?,
+        };
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(KilnError::invalid(
+                "optimizer.lr",
+                format!("must be finite and >= 0, got {lr}"),
+            ));
+        }
+        let decay_biases = match table.remove("decay_biases") {
+            None => true,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(v) => {
+                return Err(KilnError::invalid(
+                    "optimizer.decay_biases",
+                    format!("expected true or false, got {v}"),
+                ));
+            }
+        };
+        let optimizer = (registration.from_table)(table)?.decay_biases(decay_biases);
+        Ok(OptimizerConfig { optimizer, lr })
+    }
+}
+
+impl Default for OptimizerConfig {
+    /// An absent `[optimizer]` table: torch.optim.SGD's defaults.
+    fn default() -> Self {
+        Self::from_table(toml::Table::new()).expect("the defaults are valid")
+    }
+}
+
+fn number(field: &str, v: &toml::Value) -> Result<f64> {
+    v.as_float()
+        .or_else(|| v.as_integer().map(|i| i as f64))
+        .ok_or_else(|| KilnError::invalid(field, format!("expected a number, got {v}")))
+}
+
+/// Deserialises an optimizer's arguments from the rest of its table, naming the table in
+/// errors (unknown keys included).
+pub(crate) fn parse_args<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    table: toml::Table,
+) -> Result<T> {
+    T::deserialize(toml::Value::Table(table)).map_err(|e| {
+        KilnError::invalid("optimizer", format!("{kind}: {}", e.to_string().trim_end()))
+    })
+}
+
+/// PyTorch's constructor check for a value that must be finite and ≥ 0.
+pub(crate) fn check_non_negative(field: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(KilnError::invalid(
+            format!("optimizer.{field}"),
+            format!("must be finite and >= 0, got {v}"),
+        ))
+    }
+}
+
+/// PyTorch's check of `betas`: each in [0, 1).
+pub(crate) fn check_betas(betas: [f64; 2]) -> Result<()> {
+    for (i, b) in betas.iter().enumerate() {
+        if !(0.0..1.0).contains(b) {
+            return Err(KilnError::invalid(
+                "optimizer.betas",
+                format!("betas[{i}] must be in [0, 1), got {b}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parameters per thread below which the CPU update runs on one thread: starting a thread
+/// costs about as much as updating this many on one.
+const PER_THREAD: usize = 1 << 17;
+
+/// One contiguous piece of the arena with one decay flag: the parameters, their gradients and
+/// the state blocks' matching slices (empty for unused blocks).
+type Piece<'a> = (bool, &'a mut [f32], &'a [f32], Vec<&'a mut [f32]>);
+
+/// The CPU update over the whole arena: split at the no-decay ranges, and over all cores
+/// for large arenas. Every element gets the same arithmetic either way (bit-identical).
+pub fn update_arena(
+    rule: &dyn UpdateRule,
+    scalars: &[u32; SCALAR_WORDS],
+    no_decay: &[[u32; 2]],
+    param: &mut [f32],
+    grad: &[f32],
+    state: &mut [Vec<f32>],
+) {
+    let len = param.len();
+    // Boundaries where the decay flag changes, in order.
+    let mut spans = Vec::with_capacity(2 * no_decay.len() + 1);
+    let mut at = 0;
+    for &[s, e] in no_decay {
+        let (s, e) = (s as usize, e as usize);
+        if s > at {
+            spans.push((at, s, true));
+        }
+        spans.push((s, e, false));
+        at = e;
+    }
+    if at < len {
+        spans.push((at, len, true));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.min(len / PER_THREAD).max(1);
+    let chunk = len.div_ceil(threads).max(1);
+    let mut work: Vec<Vec<Piece<'_>>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut param_rest = param;
+    let mut state_rest: Vec<&mut [f32]> = state.iter_mut().map(|s| &mut s[..]).collect();
+    for (s, e, decay) in spans {
+        let mut from = s;
+        while from < e {
+            // Pieces never straddle two threads' chunks.
+            let to = e.min((from / chunk + 1) * chunk);
+            let (p, rest) = std::mem::take(&mut param_rest).split_at_mut(to - from);
+            param_rest = rest;
+            let st = state_rest
+                .iter_mut()
+                .map(|block| {
+                    if block.is_empty() {
+                        Default::default()
+                    } else {
+                        let (mine, rest) = std::mem::take(block).split_at_mut(to - from);
+                        *block = rest;
+                        mine
+                    }
+                })
+                .collect();
+            work[from / chunk].push((decay, p, &grad[from..to], st));
+            from = to;
+        }
+    }
+    let run = |pieces: Vec<Piece<'_>>| {
+        for (decay, p, g, mut st) in pieces {
+            rule.update_cpu(scalars, decay, p, g, &mut st);
+        }
+    };
+    if threads == 1 {
+        work.into_iter().for_each(run);
+        return;
+    }
+    std::thread::scope(|scope| {
+        for pieces in work {
+            scope.spawn(|| run(pieces));
+        }
+    });
+}
+
+/// The bindings of an optimizer kernel with `states` state tensors: parameters, gradients,
+/// loss history, no-decay ranges, the states, the uniform block.
+pub(crate) const fn update_bindings(states: usize) -> &'static [Binding] {
+    use Binding::{Read, ReadWrite, Uniform};
+    match states {
+        1 => &[ReadWrite, Read, Read, Read, ReadWrite, Uniform],
+        2 => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite, Uniform],
+        _ => &[
+            ReadWrite, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, Uniform,
+        ],
+    }
+}
+
+/// The kernel of `shaders/optim/FILE` with `shaders/update.wgsl` in front of it.
+macro_rules! update_kernel {
+    ($file:literal, $entry:literal, $states:literal) => {
+        $crate::gpu::kernels::Kernel {
+            file: concat!("optim/", $file),
+            source: concat!(
+                include_str!("../../shaders/update.wgsl"),
+                include_str!(concat!("../../shaders/optim/", $file))
+            ),
+            entry: $entry,
+            group: 0,
+            bindings: $crate::optim::update_bindings($states),
+        }
+    };
+}
+pub(crate) use update_kernel;

@@ -1,0 +1,173 @@
+//! torch.optim.NAdam: config, host scalars and the CPU twin of `shaders/optim/nadam.wgsl`, in
+//! the kernel's order of operations.
+
+use serde::Deserialize;
+
+use super::{
+    Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
+    check_non_negative, lerp, next_step, parse_args,
+};
+use crate::error::{KilnError, Result};
+use crate::gpu::kernels::Kernel;
+
+/// torch.optim.NAdam's arguments (the rate comes from the schedule) with its defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NAdam {
+    /// Decay rates of the first and second moment estimates (default [0.9, 0.999]).
+    pub betas: [f64; 2],
+    /// Added to the denominator (default 1e-8).
+    pub eps: f64,
+    /// Weight decay (default 0).
+    pub weight_decay: f64,
+    /// Momentum decay ψ of the μ schedule (default 4e-3).
+    pub momentum_decay: f64,
+    /// Decay the weights directly (as AdamW) instead of adding an L2 term to the gradient.
+    pub decoupled_weight_decay: bool,
+    /// Maximize the objective instead of minimizing it.
+    pub maximize: bool,
+}
+
+impl Default for NAdam {
+    fn default() -> Self {
+        NAdam {
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum_decay: 4e-3,
+            decoupled_weight_decay: false,
+            maximize: false,
+        }
+    }
+}
+
+/// `NAdamParams` of the kernel after the header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct NAdamScalars {
+    decay_factor: f32,
+    weight_decay: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bias_correction2: f32,
+    eps: f32,
+    grad_coef: f32,
+    avg_coef: f32,
+    maximize: u32,
+    decoupled: u32,
+    _pad: u32,
+}
+
+/// The kernel: parameters, gradients, loss history, no-decay ranges, `exp_avg`, `exp_avg_sq`.
+pub static KERNEL: Kernel = super::update_kernel!("nadam.wgsl", "nadam", 2);
+
+pub(super) const REGISTRATION: Registration = Registration {
+    name: "nadam",
+    default_lr: 2e-3,
+    from_table,
+    kernel: &KERNEL,
+};
+
+fn from_table(table: toml::Table) -> Result<Optimizer> {
+    Optimizer::new(parse_args::<NAdam>("nadam", table)?)
+}
+
+impl UpdateRule for NAdam {
+    fn name(&self) -> &'static str {
+        "nadam"
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_non_negative("eps", self.eps)?;
+        check_betas(self.betas)?;
+        check_non_negative("weight_decay", self.weight_decay)?;
+        check_non_negative("momentum_decay", self.momentum_decay)
+    }
+
+    fn state(&self) -> Vec<StateBlock> {
+        let block = |name| StateBlock {
+            name,
+            init: 0.0,
+            used: true,
+        };
+        vec![block("exp_avg"), block("exp_avg_sq")]
+    }
+
+    /// PyTorch keeps `mu_product` as a float32 tensor: each step multiplies it by μ_t in
+    /// float32, and reads it back into float64 for the coefficients.
+    fn initial_scalars(&self) -> Scalars {
+        Scalars::from([("step".to_string(), 0.0), ("mu_product".to_string(), 1.0)])
+    }
+
+    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
+        let step = next_step(scalars)?;
+        let [beta1, beta2] = self.betas;
+        let bias_correction2 = 1.0 - beta2.powf(step);
+        let mu = beta1 * (1.0 - 0.5 * 0.96f64.powf(step * self.momentum_decay));
+        let mu_next = beta1 * (1.0 - 0.5 * 0.96f64.powf((step + 1.0) * self.momentum_decay));
+        let product = scalars.get_mut("mu_product").ok_or_else(|| {
+            KilnError::invalid(
+                "optimizer state",
+                "NAdam's scalar state has no `mu_product`",
+            )
+        })?;
+        *product = ((*product as f32) * (mu as f32)) as f64;
+        let mu_product = *product;
+        let mu_product_next = mu_product * mu_next;
+        Ok(bytemuck::cast(NAdamScalars {
+            decay_factor: (1.0 - lr * self.weight_decay) as f32,
+            weight_decay: self.weight_decay as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction2: bias_correction2 as f32,
+            eps: self.eps as f32,
+            grad_coef: (-lr * (1.0 - mu) / (1.0 - mu_product)) as f32,
+            avg_coef: ((-lr * mu_next) / (1.0 - mu_product_next)) as f32,
+            maximize: self.maximize as u32,
+            decoupled: self.decoupled_weight_decay as u32,
+            _pad: 0,
+        }))
+    }
+
+    fn weight_decay(&self) -> f64 {
+        self.weight_decay
+    }
+
+    fn kernel(&self) -> &'static Kernel {
+        &KERNEL
+    }
+
+    fn update_cpu(
+        &self,
+        scalars: &[u32; SCALAR_WORDS],
+        decay: bool,
+        param: &mut [f32],
+        grad: &[f32],
+        state: &mut [&mut [f32]],
+    ) {
+        let s: NAdamScalars = bytemuck::cast(*scalars);
+        let weight_decay = if decay { s.weight_decay } else { 0.0 };
+        let [exp_avg, exp_avg_sq] = state else {
+            unreachable!("NAdam has two state blocks")
+        };
+        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+            let mut g = if s.maximize != 0 { -g } else { g };
+            if weight_decay != 0.0 {
+                if s.decoupled != 0 {
+                    *p *= s.decay_factor;
+                } else {
+                    g += weight_decay * *p;
+                }
+            }
+            let m = lerp(exp_avg[i], g, s.one_minus_beta1);
+            exp_avg[i] = m;
+            let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
+            exp_avg_sq[i] = v;
+            let denom = (v / s.bias_correction2).sqrt() + s.eps;
+            *p += s.grad_coef * g / denom;
+            *p += s.avg_coef * m / denom;
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! torch.optim.RMSprop: config, host scalars and the CPU twin of `shaders/optim/rmsprop.wgsl`,
+//! in the kernel's order of operations.
+
+use serde::Deserialize;
+
+use super::{
+    Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative,
+    lerp, next_step, parse_args,
+};
+use crate::error::Result;
+use crate::gpu::kernels::Kernel;
+
+/// torch.optim.RMSprop's arguments (the rate comes from the schedule) with its defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RmsProp {
+    /// Smoothing constant of the squared-gradient average (default 0.99).
+    pub alpha: f64,
+    /// Added to the denominator (default 1e-8).
+    pub eps: f64,
+    /// L2 penalty added to the gradient (default 0).
+    pub weight_decay: f64,
+    /// Momentum factor (default 0).
+    pub momentum: f64,
+    /// Normalise by the estimated variance instead of the raw second moment.
+    pub centered: bool,
+    /// Maximize the objective instead of minimizing it.
+    pub maximize: bool,
+}
+
+impl Default for RmsProp {
+    fn default() -> Self {
+        RmsProp {
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+            maximize: false,
+        }
+    }
+}
+
+/// `RmsPropParams` of the kernel after the header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct RmsPropScalars {
+    neg_lr: f32,
+    alpha: f32,
+    one_minus_alpha: f32,
+    eps: f32,
+    weight_decay: f32,
+    momentum: f32,
+    maximize: u32,
+    centered: u32,
+    _pad: [u32; 4],
+}
+
+/// The kernel: parameters, gradients, loss history, no-decay ranges, `square_avg`,
+/// `momentum_buffer`, `grad_avg`.
+pub static KERNEL: Kernel = super::update_kernel!("rmsprop.wgsl", "rmsprop", 3);
+
+pub(super) const REGISTRATION: Registration = Registration {
+    name: "rmsprop",
+    default_lr: 1e-2,
+    from_table,
+    kernel: &KERNEL,
+};
+
+fn from_table(table: toml::Table) -> Result<Optimizer> {
+    Optimizer::new(parse_args::<RmsProp>("rmsprop", table)?)
+}
+
+impl UpdateRule for RmsProp {
+    fn name(&self) -> &'static str {
+        "rmsprop"
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_non_negative("eps", self.eps)?;
+        check_non_negative("momentum", self.momentum)?;
+        check_non_negative("weight_decay", self.weight_decay)?;
+        check_non_negative("alpha", self.alpha)
+    }
+
+    fn state(&self) -> Vec<StateBlock> {
+        let block = |name, used| StateBlock {
+            name,
+            init: 0.0,
+            used,
+        };
+        vec![
+            block("square_avg", true),
+            block("momentum_buffer", self.momentum > 0.0),
+            block("grad_avg", self.centered),
+        ]
+    }
+
+    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
+        next_step(scalars)?;
+        Ok(bytemuck::cast(RmsPropScalars {
+            neg_lr: (-lr) as f32,
+            alpha: self.alpha as f32,
+            one_minus_alpha: (1.0 - self.alpha) as f32,
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+            momentum: self.momentum as f32,
+            maximize: self.maximize as u32,
+            centered: self.centered as u32,
+            _pad: [0; 4],
+        }))
+    }
+
+    fn weight_decay(&self) -> f64 {
+        self.weight_decay
+    }
+
+    fn kernel(&self) -> &'static Kernel {
+        &KERNEL
+    }
+
+    fn update_cpu(
+        &self,
+        scalars: &[u32; SCALAR_WORDS],
+        decay: bool,
+        param: &mut [f32],
+        grad: &[f32],
+        state: &mut [&mut [f32]],
+    ) {
+        let s: RmsPropScalars = bytemuck::cast(*scalars);
+        let weight_decay = if decay { s.weight_decay } else { 0.0 };
+        let [square_avg, momentum_buffer, grad_avg] = state else {
+            unreachable!("RMSprop has three state blocks")
+        };
+        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+            let mut g = if s.maximize != 0 { -g } else { g };
+            if weight_decay != 0.0 {
+                g += weight_decay * *p;
+            }
+            let sq = square_avg[i] * s.alpha + s.one_minus_alpha * g * g;
+            square_avg[i] = sq;
+            let mut avg = if s.centered != 0 {
+                let ga = lerp(grad_avg[i], g, s.one_minus_alpha);
+                grad_avg[i] = ga;
+                (sq + -ga * ga).sqrt()
+            } else {
+                sq.sqrt()
+            };
+            avg += s.eps;
+            if s.momentum > 0.0 {
+                let buf = momentum_buffer[i] * s.momentum + g / avg;
+                momentum_buffer[i] = buf;
+                *p += s.neg_lr * buf;
+            } else {
+                *p += s.neg_lr * g / avg;
+            }
+        }
+    }
+}
