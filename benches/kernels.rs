@@ -55,9 +55,7 @@ fn updates_and_copy(c: &mut Criterion) {
         let name = optimizer.name();
         let (mut p, g) = (vec![1.0f32; n], vec![0.001f32; n]);
         let mut state = optimizer.new_state(n);
-        let uniform = optimizer
-            .one_off_uniform(0.01, n, &mut state.scalars)
-            .unwrap();
+        let uniform = kiln::bench::steady_update(&optimizer, n).unwrap();
         group.throughput(Throughput::Bytes(
             kiln::bench::update_bytes(&optimizer, n) as u64
         ));

@@ -19,9 +19,9 @@ How each op is timed, to match Kiln:
   events around one product.
 - optimizers: one row per optimizer, op = its name as in Kiln: sgd (momentum 0.9), adam, adamw,
   rmsprop, adagrad, nadam, radam (PyTorch's defaults otherwise, lr 0.01 as Kiln's row uses), on
-  one flat parameter of n float32 with a .grad of n; the state exists before timing (one
-  warm-up step; radam takes 5 so that every timed step is past its rectification warm-up and
-  on the full adaptive path), as Kiln times its second update. Variants: op "{name}" is what
+  one flat parameter of n float32 with a .grad of n; the state exists before timing (five
+  steps first, so every timed step is past radam's rectification warm-up and on the full
+  adaptive path), as Kiln times update 6 (`kiln::bench::steady_update`). Variants: op "{name}" is what
   `torch.optim.X(params)` picks (foreach on CUDA, the single-tensor loop on the CPU);
   "{name}-fused" is `fused=True` where this torch supports it for the optimizer and device (the
   row is left out where constructing it or its first step raises); "{name}-single" is
@@ -174,7 +174,7 @@ def bench_optimizers(device, sizes, timing):
                 try:
                     opt = cls([p], lr=0.01, **args, **extra)
                     # Creates the state; radam's first 5 steps skip the adaptive term.
-                    for _ in range(5 if name == "radam" else 1):
+                    for _ in range(5):
                         opt.step()
                 except (RuntimeError, TypeError, ValueError):
                     if impl != "fused":

@@ -69,17 +69,149 @@ impl BenchOp {
     }
 }
 
+/// What one row measured, with its sizes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Measured {
+    /// dst ← src over `floats` floats.
+    Copy {
+        /// Floats copied.
+        floats: usize,
+    },
+    /// One product `C[M,N] = op(A)·op(B)`.
+    Matmul {
+        /// Its sizes.
+        dims: MatmulDims,
+        /// Which product.
+        t: Transpose,
+        /// "square", or which product of a dense layer ("layer forward", "layer dW", "layer dX").
+        case: &'static str,
+    },
+    /// One fused optimizer update.
+    Update {
+        /// torch.optim's name of the optimizer.
+        optimizer: &'static str,
+        /// Parameters updated.
+        params: usize,
+    },
+    /// One training step of an MLP (`Trainer::step` and a wait for the device).
+    TrainStep {
+        /// Input width.
+        input: usize,
+        /// Width of each dense layer (ReLU between them).
+        widths: Vec<usize>,
+        /// Rows per step.
+        batch: usize,
+    },
+}
+
+impl Measured {
+    /// The op's name in reports: "copy", "matmul", the optimizer's name, "train_step".
+    pub fn op(&self) -> &'static str {
+        match self {
+            Measured::Copy { .. } => "copy",
+            Measured::Matmul { .. } => "matmul",
+            Measured::Update { optimizer, .. } => optimizer,
+            Measured::TrainStep { .. } => "train_step",
+        }
+    }
+
+    /// The sizes as reports (and `benches/pytorch_reference.py`) write them, e.g.
+    /// "1024x1024x1024 nn (square)", "1000000 params", "784->1024->10 batch 256".
+    pub fn shape(&self) -> String {
+        match self {
+            Measured::Copy { floats } => format!("{floats} floats"),
+            Measured::Matmul { dims, t, case } => format!(
+                "{}x{}x{} {} ({case})",
+                dims.m,
+                dims.n,
+                dims.k,
+                format!("{t:?}").to_lowercase()
+            ),
+            Measured::Update { params, .. } => format!("{params} params"),
+            Measured::TrainStep {
+                input,
+                widths,
+                batch,
+            } => {
+                let widths: Vec<String> = widths.iter().map(|w| w.to_string()).collect();
+                format!("{input}->{} batch {batch}", widths.join("->"))
+            }
+        }
+    }
+}
+
+/// The device a row ran on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BenchDevice {
+    /// The CPU device.
+    Cpu,
+    /// A GPU adapter.
+    Gpu {
+        /// The adapter's name.
+        adapter: String,
+        /// Whether kernels kept wgpu's runtime bounds checks.
+        bounds_checks: bool,
+    },
+}
+
+impl BenchDevice {
+    fn of(device: &Device) -> Self {
+        match device {
+            Device::Cpu => BenchDevice::Cpu,
+            Device::Gpu(ctx) => BenchDevice::Gpu {
+                adapter: ctx.info().name.clone(),
+                bounds_checks: ctx.bounds_checks(),
+            },
+        }
+    }
+
+    /// "cpu", "gpu", or "gpu+checks" (kernels with runtime bounds checks).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BenchDevice::Cpu => "cpu",
+            BenchDevice::Gpu {
+                bounds_checks: true,
+                ..
+            } => "gpu+checks",
+            BenchDevice::Gpu { .. } => "gpu",
+        }
+    }
+
+    /// The adapter's name ("cpu" for the CPU device).
+    pub fn adapter(&self) -> &str {
+        match self {
+            BenchDevice::Cpu => "cpu",
+            BenchDevice::Gpu { adapter, .. } => adapter,
+        }
+    }
+}
+
+/// How a time was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// GPU timestamp queries around the compute pass.
+    Timestamp,
+    /// Wall time (around submit + wait on a GPU).
+    Wall,
+}
+
+impl Timing {
+    /// "timestamp" or "wall".
+    pub fn name(self) -> &'static str {
+        match self {
+            Timing::Timestamp => "timestamp",
+            Timing::Wall => "wall",
+        }
+    }
+}
+
 /// One measurement.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchRow {
-    /// The op's name.
-    pub op: String,
-    /// "gpu", "gpu+checks" (kernels with runtime bounds checks) or "cpu".
-    pub device: String,
-    /// The adapter's name ("cpu" for the CPU device).
-    pub adapter: String,
-    /// The shape measured, e.g. "1024x1024x1024 nn" or "1000000 params".
-    pub shape: String,
+    /// What was measured.
+    pub measured: Measured,
+    /// Where.
+    pub device: BenchDevice,
     /// Median seconds per run.
     pub median_s: f64,
     /// Floating-point throughput, for compute-bound ops.
@@ -93,10 +225,32 @@ pub struct BenchRow {
     pub gpu_speedup: Option<f64>,
     /// Host seconds spent recording and submitting one GPU training step.
     pub host_s: Option<f64>,
-    /// "timestamp" (GPU timestamp queries) or "wall".
-    pub timing: &'static str,
+    /// How the time was taken.
+    pub timing: Timing,
     /// The matmul tile shape the GPU used (see [`crate::gpu::matmul_tiles`]).
-    pub tiles: Option<String>,
+    pub tiles: Option<TileConfig>,
+}
+
+/// The JSON row of `kiln bench --json`: every field as text or number, the op and shape as
+/// [`Measured::op`] and [`Measured::shape`] write them.
+impl serde::Serialize for BenchRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut r = s.serialize_struct("BenchRow", 12)?;
+        r.serialize_field("op", self.measured.op())?;
+        r.serialize_field("device", self.device.kind())?;
+        r.serialize_field("adapter", self.device.adapter())?;
+        r.serialize_field("shape", &self.measured.shape())?;
+        r.serialize_field("median_s", &self.median_s)?;
+        r.serialize_field("gflops", &self.gflops)?;
+        r.serialize_field("gbps", &self.gbps)?;
+        r.serialize_field("pct_peak", &self.pct_peak)?;
+        r.serialize_field("gpu_speedup", &self.gpu_speedup)?;
+        r.serialize_field("host_s", &self.host_s)?;
+        r.serialize_field("timing", self.timing.name())?;
+        r.serialize_field("tiles", &self.tiles.map(|t| t.to_string()))?;
+        r.end()
+    }
 }
 
 /// Sizes to measure.
@@ -192,12 +346,10 @@ impl GpuOp {
         })
     }
 
-    /// The fused update of `n` parameters by `optimizer` (its second update, so every
-    /// state tensor is read and written).
+    /// The fused update of `n` parameters by `optimizer`, a steady-state one (see
+    /// [`steady_update`]).
     pub fn update(ctx: &Arc<GpuContext>, optimizer: &Optimizer, n: usize) -> Result<GpuOp> {
-        let mut scalars = optimizer.rule().initial_scalars();
-        optimizer.one_off_uniform(0.01, n, &mut scalars)?;
-        let uniform = optimizer.one_off_uniform(0.01, n, &mut scalars)?;
+        let uniform = steady_update(optimizer, n)?;
         let launch = kernels::update(optimizer.rule().kernel(), &uniform, ctx.max_dim());
         // parameters, gradients, loss history, no-decay ranges, then the state tensors
         let mut lens = vec![n, n, 1, 2];
@@ -225,7 +377,7 @@ impl GpuOp {
 }
 
 /// Seconds of GPU time one run of `op` takes (see [`GpuContext::time_dispatch`]).
-fn time_gpu(op: &GpuOp) -> Result<(f64, &'static str)> {
+fn time_gpu(op: &GpuOp) -> Result<(f64, Timing)> {
     op.ctx.time_dispatch(&op.rec.dispatch, 2, REPS)
 }
 
@@ -237,23 +389,10 @@ fn cpu_time(mut f: impl FnMut()) -> Result<f64> {
     })
 }
 
-fn row(
-    op: BenchOp,
-    device: &Device,
-    shape: String,
-    median_s: f64,
-    timing: &'static str,
-) -> BenchRow {
-    let (kind, adapter) = match device {
-        Device::Cpu => ("cpu", "cpu".to_string()),
-        Device::Gpu(ctx) if ctx.bounds_checks() => ("gpu+checks", ctx.info().name.clone()),
-        Device::Gpu(ctx) => ("gpu", ctx.info().name.clone()),
-    };
+fn row(measured: Measured, device: &Device, median_s: f64, timing: Timing) -> BenchRow {
     BenchRow {
-        op: op.name().into(),
-        device: kind.into(),
-        adapter,
-        shape,
+        measured,
+        device: BenchDevice::of(device),
         median_s,
         gflops: None,
         gbps: None,
@@ -276,21 +415,19 @@ pub fn run(device: &Device, ops: &[BenchOp], options: BenchOptions) -> Result<Ve
             BenchOp::TrainStep => rows.extend(bench_train_step(device, options)?),
         }
     }
-    // An update is bandwidth-bound: compare its bytes per second with the copy's.
-    let copy_gbps: Vec<(String, f64)> = rows
+    // An update is bandwidth-bound: compare its bytes per second with the copy's of as many
+    // floats.
+    let copy_gbps: Vec<(usize, f64)> = rows
         .iter()
-        .filter(|r| r.op == "copy")
-        .filter_map(|r| r.gbps.map(|g| (r.shape.clone(), g)))
+        .filter_map(|r| match (&r.measured, r.gbps) {
+            (Measured::Copy { floats }, Some(g)) => Some((*floats, g)),
+            _ => None,
+        })
         .collect();
-    let updates: Vec<&str> = optim::REGISTRY.iter().map(|r| r.name).collect();
-    for r in rows.iter_mut().filter(|r| updates.contains(&r.op.as_str())) {
-        let size = r.shape.split(' ').next().unwrap_or_default().to_string();
-        if let (Some(g), Some((_, c))) = (
-            r.gbps,
-            copy_gbps
-                .iter()
-                .find(|(s, _)| s.split(' ').next() == Some(&size)),
-        ) {
+    for r in rows.iter_mut() {
+        if let (Measured::Update { params, .. }, Some(g)) = (&r.measured, r.gbps)
+            && let Some((_, c)) = copy_gbps.iter().find(|(n, _)| n == params)
+        {
             r.pct_peak = Some(100.0 * g / c);
         }
     }
@@ -325,12 +462,12 @@ fn bench_copy(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
                 let mut dst = vec![0.0f32; n];
                 (
                     cpu_time(|| dst.copy_from_slice(std::hint::black_box(&src)))?,
-                    "wall",
+                    Timing::Wall,
                 )
             }
             Device::Gpu(ctx) => time_gpu(&GpuOp::copy(ctx, n)?)?,
         };
-        let mut r = row(BenchOp::Copy, device, format!("{n} floats"), t, timing);
+        let mut r = row(Measured::Copy { floats: n }, device, t, timing);
         r.gbps = Some(2.0 * 4.0 * n as f64 / t / 1e9);
         rows.push(r);
     }
@@ -338,7 +475,7 @@ fn bench_copy(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
 }
 
 fn bench_matmul(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
-    let mut shapes: Vec<(MatmulDims, Transpose, &str)> =
+    let mut shapes: Vec<(MatmulDims, Transpose, &'static str)> =
         sizes(options, &[256, 512], &[256, 512, 1024, 2048, 4096])
             .into_iter()
             .map(|s| (MatmulDims { m: s, n: s, k: s }, Transpose::Nn, "square"))
@@ -357,7 +494,7 @@ fn bench_matmul(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>>
     shapes.push((MatmulDims { m: o, n: i, k: b }, Transpose::Tn, "layer dW"));
     shapes.push((MatmulDims { m: b, n: i, k: o }, Transpose::Nn, "layer dX"));
     let mut rows = Vec::new();
-    for (dims, t, what) in shapes {
+    for (dims, t, case) in shapes {
         let MatmulDims { m, n, k } = dims;
         let (ta, tb) = (m * k, k * n);
         let (time, timing, tiles) = match device {
@@ -366,25 +503,20 @@ fn bench_matmul(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>>
                 let bm = vec![0.25f32; tb];
                 let mut c = vec![0.0f32; m * n];
                 let t = cpu_time(|| crate::cpu::matmul::matmul(&a, &bm, None, &mut c, dims, t))?;
-                (t, "wall", None)
+                (t, Timing::Wall, None)
             }
             Device::Gpu(ctx) => {
                 let tile = ctx.matmul_tiling()?.pick(dims);
                 let (time, timing) = time_gpu(&GpuOp::matmul_with(ctx, dims, t, tile)?)?;
-                (time, timing, Some(tile.to_string()))
+                (time, timing, Some(tile))
             }
         };
-        let mut r = row(
-            BenchOp::Matmul,
-            device,
-            format!("{m}x{n}x{k} {} ({what})", format!("{t:?}").to_lowercase()),
-            time,
-            timing,
-        );
+        let measured = Measured::Matmul { dims, t, case };
+        let mut r = row(measured, device, time, timing);
         r.tiles = tiles;
         let gflops = 2.0 * (m * n * k) as f64 / time / 1e9;
         r.gflops = Some(gflops);
-        r.pct_peak = fp32_peak_gflops(&r.adapter).map(|p| 100.0 * gflops / p);
+        r.pct_peak = fp32_peak_gflops(r.device.adapter()).map(|p| 100.0 * gflops / p);
         rows.push(r);
     }
     Ok(rows)
@@ -405,6 +537,17 @@ pub fn bench_optimizer_set() -> Vec<Optimizer> {
         .collect()
 }
 
+/// The uniform block of update 6 of `n` parameters at rate 0.01: past every optimizer's
+/// first-step special case (SGD's buffer copy, RAdam's unrectified warm-up up to update 5), so
+/// every state tensor is read and written and every branch is the one a long run takes.
+pub fn steady_update(optimizer: &Optimizer, n: usize) -> Result<optim::UpdateUniform> {
+    let mut scalars = optimizer.rule().initial_scalars();
+    for _ in 0..5 {
+        optimizer.one_off_uniform(0.01, n, &mut scalars)?;
+    }
+    optimizer.one_off_uniform(0.01, n, &mut scalars)
+}
+
 /// Bytes an update of `n` parameters must move: parameters and each used state tensor read
 /// and written, gradients read.
 pub fn update_bytes(optimizer: &Optimizer, n: usize) -> f64 {
@@ -423,8 +566,7 @@ fn bench_optimizers(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
                     let mut p = vec![1.0f32; n];
                     let g = vec![0.001f32; n];
                     let mut state = optimizer.new_state(n);
-                    let mut scalars = state.scalars.clone();
-                    let uniform = optimizer.one_off_uniform(0.01, n, &mut scalars)?;
+                    let uniform = steady_update(&optimizer, n)?;
                     let rule: &dyn UpdateRule = optimizer.rule();
                     (
                         cpu_time(|| {
@@ -437,19 +579,16 @@ fn bench_optimizers(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
                                 &mut state.blocks,
                             )
                         })?,
-                        "wall",
+                        Timing::Wall,
                     )
                 }
                 Device::Gpu(ctx) => time_gpu(&GpuOp::update(ctx, &optimizer, n)?)?,
             };
-            let mut r = row(
-                BenchOp::Optimizers,
-                device,
-                format!("{n} params"),
-                t,
-                timing,
-            );
-            r.op = optimizer.name().into();
+            let measured = Measured::Update {
+                optimizer: optimizer.name(),
+                params: n,
+            };
+            let mut r = row(measured, device, t, timing);
             r.gbps = Some(update_bytes(&optimizer, n) / t / 1e9);
             rows.push(r);
         }
@@ -509,15 +648,12 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
             }
             Ok(start.elapsed().as_secs_f64())
         })?;
-        let shape = format!(
-            "{input}->{} batch {batch}",
-            widths
-                .iter()
-                .map(|w| w.to_string())
-                .collect::<Vec<_>>()
-                .join("->")
-        );
-        let mut r = row(BenchOp::TrainStep, device, shape, t, "wall");
+        let measured = Measured::TrainStep {
+            input,
+            widths,
+            batch,
+        };
+        let mut r = row(measured, device, t, Timing::Wall);
         r.gflops = Some(flops_per_step / t / 1e9);
         // A CPU step is synchronous: its host time is the step itself.
         if matches!(device, Device::Gpu(_)) {
@@ -530,16 +666,13 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
 
 /// Fills `gpu_speedup` of the GPU rows with CPU time / GPU time for the same op and shape.
 pub fn compare(rows: &mut [BenchRow]) {
-    let cpu: Vec<(String, String, f64)> = rows
+    let cpu: Vec<(Measured, f64)> = rows
         .iter()
-        .filter(|r| r.device == "cpu")
-        .map(|r| (r.op.clone(), r.shape.clone(), r.median_s))
+        .filter(|r| r.device == BenchDevice::Cpu)
+        .map(|r| (r.measured.clone(), r.median_s))
         .collect();
-    for r in rows.iter_mut().filter(|r| r.device.starts_with("gpu")) {
-        if let Some((_, _, c)) = cpu
-            .iter()
-            .find(|(op, shape, _)| *op == r.op && *shape == r.shape)
-        {
+    for r in rows.iter_mut().filter(|r| r.device != BenchDevice::Cpu) {
+        if let Some((_, c)) = cpu.iter().find(|(m, _)| *m == r.measured) {
             r.gpu_speedup = Some(c / r.median_s);
         }
     }

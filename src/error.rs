@@ -101,21 +101,24 @@ pub enum KilnError {
 pub type Result<T, E = KilnError> = std::result::Result<T, E>;
 
 impl KilnError {
-    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// A bad value of `field` (a config key such as `optimizer.betas`), and why.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         KilnError::InvalidValue {
             field: field.into(),
             reason: reason.into(),
         }
     }
 
-    pub(crate) fn file(path: impl AsRef<std::path::Path>, reason: impl std::fmt::Display) -> Self {
+    /// A problem with the file at `path`.
+    pub fn file(path: impl AsRef<std::path::Path>, reason: impl std::fmt::Display) -> Self {
         KilnError::File {
             path: path.as_ref().display().to_string(),
             reason: reason.to_string(),
         }
     }
 
-    pub(crate) fn shape(context: impl Into<String>, detail: impl Into<String>) -> Self {
+    /// Tensors (or a tensor and a model) that do not fit in `context`.
+    pub fn shape(context: impl Into<String>, detail: impl Into<String>) -> Self {
         KilnError::Shape {
             context: context.into(),
             detail: detail.into(),

@@ -10,7 +10,6 @@ pub mod gpu;
 pub mod model;
 pub mod ops;
 pub mod optim;
-pub mod plot;
 pub mod run;
 mod timing;
 pub mod train;

@@ -7,6 +7,7 @@ use super::matmul_tiles::TileConfig;
 use super::{BufferRange, Dispatch, GpuContext, Recorded};
 use std::time::Instant;
 
+use crate::bench::Timing;
 use crate::error::Result;
 use crate::ops::{Activation, Loss, MatmulDims, Targets, Transpose};
 use crate::optim::{Optimizer, UpdateUniform};
@@ -69,14 +70,14 @@ impl GpuContext {
     }
 
     /// Median seconds one run of `dispatch` takes over `reps` runs after `warmup`: GPU time
-    /// from timestamp queries around its compute pass when the adapter has them ("timestamp"),
-    /// else wall time around submit and wait ("wall").
+    /// from timestamp queries around its compute pass when the adapter has them,
+    /// else wall time around submit and wait.
     pub fn time_dispatch(
         &self,
         dispatch: &Dispatch,
         warmup: usize,
         reps: usize,
-    ) -> Result<(f64, &'static str)> {
+    ) -> Result<(f64, Timing)> {
         if !self.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             let t = measure(warmup, reps, || {
                 let start = Instant::now();
@@ -84,7 +85,7 @@ impl GpuContext {
                 self.wait_idle()?;
                 Ok(start.elapsed().as_secs_f64())
             })?;
-            return Ok((t, "wall"));
+            return Ok((t, Timing::Wall));
         }
         let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("kiln.timing"),
@@ -122,7 +123,7 @@ impl GpuContext {
                 |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
             Ok(tick(1).saturating_sub(tick(0)) as f64 * period * 1e-9)
         })?;
-        Ok((t, "timestamp"))
+        Ok((t, Timing::Timestamp))
     }
 
     pub(crate) fn max_dim(&self) -> u32 {

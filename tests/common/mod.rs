@@ -29,20 +29,6 @@ pub fn gpu() -> Option<Arc<GpuContext>> {
     }
 }
 
-/// Runs the `kiln` binary as a user would, with `env` set on top of a clean slate for the
-/// variables that would change its behaviour (backtraces, a forced matmul tile shape).
-pub fn kiln(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
-    cmd.args(args)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("KILN_MATMUL_TILES")
-        .env("NODEVICE_SELECT", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("kiln runs")
-}
-
 /// The GPU as a `Device`, or `None` (skipped) as [`gpu`] says.
 pub fn gpu_device() -> Option<Device> {
     gpu().map(Device::Gpu)

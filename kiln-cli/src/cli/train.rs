@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln::Device;
 use kiln::run::{Evaluation, Run, RunConfig};
 
+use super::log::LogLine;
 use super::{OnNan, TrainArgs};
 
 /// Losses are read back from the device in bulk, this many updates at a time.
@@ -189,15 +190,13 @@ fn report(
             );
         }
         if let Some(log) = log.as_deref_mut() {
-            let loss_json = if loss.is_finite() {
-                format!("{loss:?}")
-            } else {
-                "null".into()
+            let line = LogLine::Update {
+                step,
+                epoch,
+                lr,
+                loss: loss.is_finite().then_some(loss),
             };
-            writeln!(
-                log,
-                "{{\"step\": {step}, \"epoch\": {epoch}, \"lr\": {lr:?}, \"loss\": {loss_json}}}"
-            )?;
+            writeln!(log, "{}", line.to_json())?;
         }
         if loss.is_finite() {
             last = loss;
@@ -214,14 +213,13 @@ fn write_evaluation(
     e: &Evaluation,
 ) -> Result<()> {
     if let Some(log) = log {
-        let accuracy = e
-            .accuracy
-            .map_or(String::new(), |a| format!(", \"val_accuracy\": {a:?}"));
-        writeln!(
-            log,
-            "{{\"step\": {step}, \"epoch\": {epoch}, \"val_loss\": {:?}{accuracy}}}",
-            e.loss
-        )?;
+        let line = LogLine::Evaluation {
+            step,
+            epoch,
+            val_loss: e.loss,
+            val_accuracy: e.accuracy,
+        };
+        writeln!(log, "{}", line.to_json())?;
     }
     Ok(())
 }

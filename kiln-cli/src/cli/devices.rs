@@ -49,9 +49,9 @@ pub fn devices(opts: &AdapterOptions) -> Result<()> {
         );
         println!(
             "    subgroups {}, f16 {}, timestamp queries {}",
-            yes(wgpu::Features::SUBGROUP),
-            yes(wgpu::Features::SHADER_F16),
-            yes(wgpu::Features::TIMESTAMP_QUERY)
+            yes(kiln::wgpu::Features::SUBGROUP),
+            yes(kiln::wgpu::Features::SHADER_F16),
+            yes(kiln::wgpu::Features::TIMESTAMP_QUERY)
         );
         let cached = matmul_tiles::cache_dir().and_then(|dir| {
             let key = matmul_tiles::cache_key(

@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
-use kiln::plot::{Panel, Series, plot};
 use kiln::run::{Run, RunConfig};
 use kiln::{AdapterOptions, Device, DeviceChoice};
+use kiln_cli::plot::{Panel, Series, plot};
 
 /// One dense layer with no activation is linear regression; full-batch updates (the batch is
 /// larger than the data) make it plain gradient descent. The target is in the hundreds, so

@@ -3,9 +3,10 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use kiln::plot::{Panel, Series, plot as draw};
+use kiln_cli::plot::{Panel, Series, plot as draw};
 
 use super::PlotArgs;
+use super::log::LogLine;
 
 pub fn plot(args: &PlotArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.metrics)
@@ -48,18 +49,24 @@ fn parse(path: &Path, text: &str) -> Result<(Points, Points, Points)> {
         .filter(|(_, l)| !l.trim().is_empty())
     {
         let at = || format!("{}, line {}", path.display(), i + 1);
-        let v: serde_json::Value =
+        let value: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
-        let Some(step) = v.get("step").and_then(|s| s.as_f64()) else {
-            bail!("{}: no \"step\"", at());
-        };
-        for (key, series) in [
-            ("loss", &mut train),
-            ("val_loss", &mut validation),
-            ("lr", &mut lr),
-        ] {
-            if let Some(x) = v.get(key).and_then(|x| x.as_f64()) {
-                series.push((step, x));
+        let line: LogLine = serde_json::from_value(value)
+            .with_context(|| format!("{}: not a line of a kiln --log file", at()))?;
+        match line {
+            LogLine::Update {
+                step,
+                lr: rate,
+                loss,
+                ..
+            } => {
+                if let Some(loss) = loss {
+                    train.push((step as f64, loss as f64));
+                }
+                lr.push((step as f64, rate));
+            }
+            LogLine::Evaluation { step, val_loss, .. } => {
+                validation.push((step as f64, val_loss as f64))
             }
         }
     }

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use kiln::plot::{Panel, Series, plot};
 use kiln::schedule::{Observation, ScheduleConfig};
+use kiln_cli::plot::{Panel, Series, plot};
 
 use super::{ScheduleArgs, ScheduleFormat};
 

@@ -277,6 +277,13 @@ fn train_logs_every_update_and_evaluation_and_plots_them() {
         arg(&png),
     ]));
     assert!(e.contains("run.toml, line 2: not JSON"), "{e}");
+    let other = dir.join("other.jsonl");
+    std::fs::write(&other, "{\"step\": 1, \"loss\": 0.5}\n").unwrap();
+    let e = stderr_of_failure(&kiln(&["plot", arg(&other), "-o", arg(&png)]));
+    assert!(
+        e.contains("other.jsonl, line 1: not a line of a kiln --log file"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

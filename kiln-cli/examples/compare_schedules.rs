@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
-use kiln::plot::{Panel, Series, plot};
 use kiln::run::{Run, RunConfig};
 use kiln::{AdapterOptions, Device, DeviceChoice};
+use kiln_cli::plot::{Panel, Series, plot};
 
 const RUN: &str = r#"
 [model]

@@ -41,45 +41,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     bench::compare(&mut rows);
     if args.json {
-        println!(
-            "{{\"results\": [{}]}}",
-            rows.iter().map(json).collect::<Vec<_>>().join(", ")
-        );
+        println!("{}", serde_json::json!({ "results": rows }));
     } else {
         print_table(&rows);
     }
     Ok(())
 }
 
-fn opt(v: Option<f64>) -> String {
-    v.map_or("null".into(), |x| format!("{x:?}"))
-}
-
-fn json(r: &BenchRow) -> String {
-    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    format!(
-        "{{\"op\": \"{}\", \"device\": \"{}\", \"adapter\": \"{}\", \"shape\": \"{}\", \"median_s\": {:?}, \"gflops\": {}, \"gbps\": {}, \"pct_peak\": {}, \"gpu_speedup\": {}, \"host_s\": {}, \"timing\": \"{}\", \"tiles\": {}}}",
-        r.op,
-        r.device,
-        esc(&r.adapter),
-        esc(&r.shape),
-        r.median_s,
-        opt(r.gflops),
-        opt(r.gbps),
-        opt(r.pct_peak),
-        opt(r.gpu_speedup),
-        opt(r.host_s),
-        r.timing,
-        r.tiles
-            .as_ref()
-            .map_or("null".into(), |t| format!("\"{t}\""))
-    )
-}
-
 fn print_table(rows: &[BenchRow]) {
     for adapter in rows
         .iter()
-        .map(|r| (&r.device, &r.adapter))
+        .map(|r| (r.device.kind(), r.device.adapter()))
         .collect::<std::collections::BTreeSet<_>>()
     {
         println!("{}: {}", adapter.0, adapter.1);
@@ -92,9 +64,9 @@ fn print_table(rows: &[BenchRow]) {
     for r in rows {
         println!(
             "{:<11} {:<10} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  {}",
-            r.op,
-            r.device,
-            r.shape,
+            r.measured.op(),
+            r.device.kind(),
+            r.measured.shape(),
             format!("{:.3} ms", r.median_s * 1e3),
             f(r.gflops, 1),
             f(r.gbps, 1),
@@ -102,8 +74,8 @@ fn print_table(rows: &[BenchRow]) {
             r.gpu_speedup.map_or("-".into(), |s| format!("{s:.3}x")),
             r.host_s
                 .map_or("-".into(), |h| format!("{:.1} µs", h * 1e6)),
-            r.timing,
-            r.tiles.as_deref().unwrap_or("")
+            r.timing.name(),
+            r.tiles.map_or(String::new(), |t| t.to_string())
         );
     }
 }

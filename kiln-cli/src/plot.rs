@@ -7,7 +7,7 @@ use std::sync::Once;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::error::{KilnError, Result};
+use kiln::{KilnError, Result};
 
 /// One named curve.
 #[derive(Clone, Debug)]

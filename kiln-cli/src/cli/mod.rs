@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod devices;
+pub mod log;
 pub mod plot;
 pub mod schedule;
 pub mod train;

@@ -1,0 +1,21 @@
+//! The engine's test helpers (devices, tolerances), and the `kiln` binary run as a user would.
+#![allow(dead_code)]
+
+#[path = "../../../tests/common/mod.rs"]
+mod engine;
+#[allow(unused_imports)]
+pub use engine::*;
+
+/// Runs the `kiln` binary as a user would, with `env` set on top of a clean slate for the
+/// variables that would change its behaviour (backtraces, a forced matmul tile shape).
+pub fn kiln(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("KILN_MATMUL_TILES")
+        .env("NODEVICE_SELECT", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("kiln runs")
+}
