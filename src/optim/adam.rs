@@ -204,7 +204,9 @@ impl UpdateRule for Adam {
         let [exp_avg, exp_avg_sq, max_exp_avg_sq] = state else {
             unreachable!("Adam has three state blocks")
         };
-        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+        // Zipped slices, no indexing, so the compiler can vectorise; the flags are the same
+        // for every element, so the branches cost nothing per element once unswitched.
+        let moments = |p: &mut f32, g: f32, m: &mut f32, v: &mut f32| {
             let mut g = if s.maximize != 0 { -g } else { g };
             if weight_decay != 0.0 {
                 if s.decoupled != 0 {
@@ -213,17 +215,29 @@ impl UpdateRule for Adam {
                     g += weight_decay * *p;
                 }
             }
-            let m = lerp(exp_avg[i], g, s.one_minus_beta1);
-            exp_avg[i] = m;
-            let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
-            exp_avg_sq[i] = v;
-            let mut v_used = v;
-            if s.amsgrad != 0 {
-                v_used = max_exp_avg_sq[i].max(v);
-                max_exp_avg_sq[i] = v_used;
-            }
+            *m = lerp(*m, g, s.one_minus_beta1);
+            *v = *v * s.beta2 + s.one_minus_beta2 * g * g;
+        };
+        let step = |p: &mut f32, m: f32, v_used: f32| {
             let denom = v_used.sqrt() / s.bias_correction2_sqrt + s.eps;
             *p += s.neg_step_size * m / denom;
+        };
+        let pgmv = param
+            .iter_mut()
+            .zip(grad)
+            .zip(exp_avg.iter_mut())
+            .zip(exp_avg_sq.iter_mut());
+        if s.amsgrad != 0 {
+            for ((((p, &g), m), v), max_v) in pgmv.zip(max_exp_avg_sq.iter_mut()) {
+                moments(p, g, m, v);
+                *max_v = max_v.max(*v);
+                step(p, *m, *max_v);
+            }
+        } else {
+            for (((p, &g), m), v) in pgmv {
+                moments(p, g, m, v);
+                step(p, *m, *v);
+            }
         }
     }
 }

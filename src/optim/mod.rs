@@ -502,3 +502,60 @@ macro_rules! update_kernel {
     };
 }
 pub(crate) use update_kernel;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Split over threads and at no-decay ranges (one straddling the threads' boundary) or
+    /// not, every element gets the same arithmetic: bit-identical, for every optimizer with
+    /// weight decay on, and a length that does not divide evenly.
+    #[test]
+    fn the_split_update_equals_one_pass_per_span() {
+        let n = 3 * PER_THREAD + 5;
+        let grad: Vec<f32> = (0..n).map(|i| ((i % 101) as f32 - 50.0) * 1e-3).collect();
+        let start: Vec<f32> = (0..n).map(|i| ((i % 37) as f32 - 18.0) * 1e-2).collect();
+        let mid = n.div_ceil(2) as u32;
+        let no_decay = [[5u32, 9], [mid - 3, mid + 4], [n as u32 - 2, n as u32]];
+        for r in &REGISTRY {
+            let mut table = toml::Table::new();
+            table.insert("weight_decay".into(), toml::Value::Float(0.01));
+            let optimizer = (r.from_table)(table).unwrap();
+            let rule = optimizer.rule();
+            let mut scalars = rule.initial_scalars();
+            let mut state_a = optimizer.new_state(n).blocks;
+            let mut state_b = state_a.clone();
+            let (mut pa, mut pb) = (start.clone(), start.clone());
+            for _ in 0..2 {
+                let words = rule.scalars(0.1, &mut scalars).unwrap();
+                update_arena(rule, &words, &no_decay, &mut pa, &grad, &mut state_a);
+                // The reference: one call per span of equal decay, on one thread.
+                let mut bounds = vec![(0, true)];
+                for [s, e] in no_decay {
+                    bounds.push((s as usize, false));
+                    bounds.push((e as usize, true));
+                }
+                bounds.push((n, true));
+                for w in bounds.windows(2) {
+                    let ((from, decay), (to, _)) = (w[0], w[1]);
+                    let mut st: Vec<&mut [f32]> = state_b
+                        .iter_mut()
+                        .map(|b| {
+                            if b.is_empty() {
+                                Default::default()
+                            } else {
+                                &mut b[from..to]
+                            }
+                        })
+                        .collect();
+                    rule.update_cpu(&words, decay, &mut pb[from..to], &grad[from..to], &mut st);
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&pa), bits(&pb), "{}", r.name);
+            for (a, b) in state_a.iter().zip(&state_b) {
+                assert_eq!(bits(a), bits(b), "{}", r.name);
+            }
+        }
+    }
+}

@@ -152,7 +152,13 @@ impl UpdateRule for NAdam {
         let [exp_avg, exp_avg_sq] = state else {
             unreachable!("NAdam has two state blocks")
         };
-        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+        // Zipped slices, no indexing, so the compiler can vectorise.
+        let pgmv = param
+            .iter_mut()
+            .zip(grad)
+            .zip(exp_avg.iter_mut())
+            .zip(exp_avg_sq.iter_mut());
+        for (((p, &g), m), v) in pgmv {
             let mut g = if s.maximize != 0 { -g } else { g };
             if weight_decay != 0.0 {
                 if s.decoupled != 0 {
@@ -161,13 +167,11 @@ impl UpdateRule for NAdam {
                     g += weight_decay * *p;
                 }
             }
-            let m = lerp(exp_avg[i], g, s.one_minus_beta1);
-            exp_avg[i] = m;
-            let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
-            exp_avg_sq[i] = v;
-            let denom = (v / s.bias_correction2).sqrt() + s.eps;
+            *m = lerp(*m, g, s.one_minus_beta1);
+            *v = *v * s.beta2 + s.one_minus_beta2 * g * g;
+            let denom = (*v / s.bias_correction2).sqrt() + s.eps;
             *p += s.grad_coef * g / denom;
-            *p += s.avg_coef * m / denom;
+            *p += s.avg_coef * *m / denom;
         }
     }
 }

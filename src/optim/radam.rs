@@ -151,7 +151,13 @@ impl UpdateRule for RAdam {
         let [exp_avg, exp_avg_sq] = state else {
             unreachable!("RAdam has two state blocks")
         };
-        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+        // Zipped slices, no indexing, so the compiler can vectorise.
+        let pgmv = param
+            .iter_mut()
+            .zip(grad)
+            .zip(exp_avg.iter_mut())
+            .zip(exp_avg_sq.iter_mut());
+        for (((p, &g), m), v) in pgmv {
             let mut g = if s.flags & MAXIMIZE != 0 { -g } else { g };
             if weight_decay != 0.0 {
                 if s.flags & DECOUPLED != 0 {
@@ -160,11 +166,9 @@ impl UpdateRule for RAdam {
                     g += weight_decay * *p;
                 }
             }
-            let m = lerp(exp_avg[i], g, s.one_minus_beta1);
-            exp_avg[i] = m;
-            let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
-            exp_avg_sq[i] = v;
-            let mut u = m / s.bias_correction1 * s.lr;
+            *m = lerp(*m, g, s.one_minus_beta1);
+            *v = *v * s.beta2 + s.one_minus_beta2 * g * g;
+            let mut u = *m / s.bias_correction1 * s.lr;
             if s.flags & RECTIFIED != 0 {
                 let adaptive = 1.0 / (v.sqrt() + s.eps) * s.bias_correction2_sqrt;
                 u = u * adaptive * s.rect;

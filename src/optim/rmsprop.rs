@@ -132,27 +132,55 @@ impl UpdateRule for RmsProp {
         let [square_avg, momentum_buffer, grad_avg] = state else {
             unreachable!("RMSprop has three state blocks")
         };
-        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+        // Zipped slices, no indexing, so the compiler can vectorise; unused state blocks are
+        // empty, so each combination has its own loop.
+        let square = |p: f32, g: f32, sq: &mut f32| {
             let mut g = if s.maximize != 0 { -g } else { g };
             if weight_decay != 0.0 {
-                g += weight_decay * *p;
+                g += weight_decay * p;
             }
-            let sq = square_avg[i] * s.alpha + s.one_minus_alpha * g * g;
-            square_avg[i] = sq;
-            let mut avg = if s.centered != 0 {
-                let ga = lerp(grad_avg[i], g, s.one_minus_alpha);
-                grad_avg[i] = ga;
-                (sq + -ga * ga).sqrt()
-            } else {
-                sq.sqrt()
-            };
-            avg += s.eps;
-            if s.momentum > 0.0 {
-                let buf = momentum_buffer[i] * s.momentum + g / avg;
-                momentum_buffer[i] = buf;
-                *p += s.neg_lr * buf;
-            } else {
-                *p += s.neg_lr * g / avg;
+            *sq = *sq * s.alpha + s.one_minus_alpha * g * g;
+            g
+        };
+        let centered = |sq: f32, g: f32, ga: &mut f32| {
+            *ga = lerp(*ga, g, s.one_minus_alpha);
+            (sq + -*ga * *ga).sqrt() + s.eps
+        };
+        let apply = |p: &mut f32, g: f32, avg: f32, buf: Option<&mut f32>| match buf {
+            Some(buf) => {
+                *buf = *buf * s.momentum + g / avg;
+                *p += s.neg_lr * *buf;
+            }
+            None => *p += s.neg_lr * g / avg,
+        };
+        let pgs = param.iter_mut().zip(grad).zip(square_avg.iter_mut());
+        match (s.centered != 0, s.momentum > 0.0) {
+            (false, false) => {
+                for ((p, &g), sq) in pgs {
+                    let g = square(*p, g, sq);
+                    apply(p, g, sq.sqrt() + s.eps, None);
+                }
+            }
+            (false, true) => {
+                for (((p, &g), sq), buf) in pgs.zip(momentum_buffer.iter_mut()) {
+                    let g = square(*p, g, sq);
+                    apply(p, g, sq.sqrt() + s.eps, Some(buf));
+                }
+            }
+            (true, false) => {
+                for (((p, &g), sq), ga) in pgs.zip(grad_avg.iter_mut()) {
+                    let g = square(*p, g, sq);
+                    let avg = centered(*sq, g, ga);
+                    apply(p, g, avg, None);
+                }
+            }
+            (true, true) => {
+                let rest = momentum_buffer.iter_mut().zip(grad_avg.iter_mut());
+                for (((p, &g), sq), (buf, ga)) in pgs.zip(rest) {
+                    let g = square(*p, g, sq);
+                    let avg = centered(*sq, g, ga);
+                    apply(p, g, avg, Some(buf));
+                }
             }
         }
     }
