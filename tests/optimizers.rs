@@ -308,6 +308,7 @@ fn resume_is_bit_exact(device: &Device) {
             max_batch: 4,
             seed: 3,
             clip_grad_norm: Some(0.5),
+            ..Default::default()
         };
         let schedule = || Scheduler::fixed(0.02).unwrap();
         let batch = |t: usize| {
@@ -328,8 +329,9 @@ fn resume_is_bit_exact(device: &Device) {
             first.step(x, y).unwrap();
         }
         let layout = first.layout().clone();
-        checkpoint::save(&dir, &layout, &first.state().unwrap(), 0).unwrap();
-        let (state, _) = checkpoint::load(&dir, &layout).unwrap();
+        let run_state = Default::default();
+        checkpoint::save(&dir, &layout, &first.state().unwrap(), 0, &run_state).unwrap();
+        let (state, _, _) = checkpoint::load(&dir, &layout).unwrap();
         let mut second = Trainer::resume(device, model(), options.clone(), state).unwrap();
         for t in 5..10 {
             let (x, y) = batch(t);
@@ -549,7 +551,7 @@ fn format_one_checkpoints_still_load() {
     let dir = std::env::temp_dir().join(format!("kiln-format1-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(checkpoint::path(&dir), bytes).unwrap();
-    let (state, epoch) = checkpoint::load(&dir, &layout).unwrap();
+    let (state, epoch, _) = checkpoint::load(&dir, &layout).unwrap();
     assert_eq!((state.steps, epoch), (7, 2));
     assert_eq!(state.optimizer.name, "sgd");
     assert_eq!(state.optimizer.scalars["step"], 7.0);

@@ -27,7 +27,7 @@ use crate::polynomial::PolynomialLr;
 use crate::reduce_on_plateau::{PlateauMode, ReduceLrOnPlateau, ThresholdMode};
 use crate::sequential::SequentialLr;
 use crate::step::StepLr;
-use crate::{Result, Schedule, ScheduleError, Scheduler, non_negative};
+use crate::{LrSchedule, Result, Schedule, ScheduleError, Scheduler, non_negative};
 
 fn third() -> f64 {
     1.0 / 3.0
@@ -330,11 +330,76 @@ fn default_increase() -> f64 {
     1.05
 }
 
-/// A `[schedule]` table: the base rate (optional) and the schedule.
+/// When a schedule steps: its counters count updates or epochs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interval {
+    /// After every update (`scheduler.step()` inside the batch loop).
+    #[default]
+    Update,
+    /// Once per epoch, after its last update and its evaluation (`scheduler.step()` at the end
+    /// of PyTorch's epoch loop): the rate holds for a whole epoch.
+    Epoch,
+}
+
+impl Interval {
+    /// The run-file name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Interval::Update => "update",
+            Interval::Epoch => "epoch",
+        }
+    }
+}
+
+/// What an observation-driven schedule watches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    /// Each update's batch loss (interval "update").
+    #[default]
+    Loss,
+    /// The epoch's mean batch loss.
+    TrainLoss,
+    /// The loss over the validation rows after the epoch's last update.
+    ValLoss,
+    /// The fraction of validation rows classified right after the epoch's last update.
+    ValAccuracy,
+}
+
+impl Monitor {
+    /// The run-file name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Monitor::Loss => "loss",
+            Monitor::TrainLoss => "train_loss",
+            Monitor::ValLoss => "val_loss",
+            Monitor::ValAccuracy => "val_accuracy",
+        }
+    }
+
+    /// Whether it is measured once per epoch (all but `loss`).
+    pub fn per_epoch(self) -> bool {
+        self != Monitor::Loss
+    }
+
+    /// Whether it needs a validation set.
+    pub fn needs_validation(self) -> bool {
+        matches!(self, Monitor::ValLoss | Monitor::ValAccuracy)
+    }
+}
+
+/// A `[schedule]` table: the base rate (optional), when the schedule steps, what an
+/// observation-driven schedule watches, and the schedule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduleConfig {
     /// The base rate, if the table gives one.
     pub lr: Option<f64>,
+    /// `interval`: per update (default) or per epoch.
+    pub interval: Interval,
+    /// `monitor`: the metric an observation-driven schedule watches (default: each update's
+    /// loss with interval "update"; must be given with interval "epoch").
+    pub monitor: Option<Monitor>,
     /// The schedule.
     pub kind: Kind,
 }
@@ -361,6 +426,26 @@ impl ScheduleConfig {
                 ));
             }
         };
+        let interval = match table.remove("interval") {
+            None => Interval::default(),
+            Some(v) => Interval::deserialize(v.clone()).map_err(|_| {
+                ScheduleError::new(
+                    "interval",
+                    format!("expected \"update\" or \"epoch\", got {v}"),
+                )
+            })?,
+        };
+        let monitor = match table.remove("monitor") {
+            None => None,
+            Some(v) => Some(Monitor::deserialize(v.clone()).map_err(|_| {
+                ScheduleError::new(
+                    "monitor",
+                    format!(
+                        "expected \"loss\", \"train_loss\", \"val_loss\" or \"val_accuracy\", got {v}"
+                    ),
+                )
+            })?),
+        };
         if !table.contains_key("kind") {
             return Err(ScheduleError::new(
                 "kind",
@@ -369,7 +454,87 @@ impl ScheduleConfig {
         }
         let kind = Kind::deserialize(toml::Value::Table(table))
             .map_err(|e| ScheduleError::new("kind", e.to_string().trim_end().to_string()))?;
-        Ok(ScheduleConfig { lr, kind })
+        let config = ScheduleConfig {
+            lr,
+            interval,
+            monitor,
+            kind,
+        };
+        config.check_monitor()?;
+        Ok(config)
+    }
+
+    /// The metric the schedule watches, if it watches one.
+    pub fn watched(&self) -> Option<Monitor> {
+        let needs = self.kind.build().ok()?.needs();
+        needs.loss.then(|| self.monitor.unwrap_or_default())
+    }
+
+    /// `interval` and `monitor` fit each other and the schedule.
+    fn check_monitor(&self) -> Result<()> {
+        let needs = self.kind.build()?.needs();
+        let name = self.kind.name();
+        if let Some(m) = self.monitor
+            && !needs.loss
+        {
+            return Err(ScheduleError::new(
+                "monitor",
+                format!(
+                    "{name} does not watch a metric, so monitor = \"{}\" has nothing to steer",
+                    m.name()
+                ),
+            ));
+        }
+        if self.interval == Interval::Epoch && needs.grad_norm {
+            return Err(ScheduleError::new(
+                "interval",
+                format!("{name} reads each update's gradient norm: it needs interval = \"update\""),
+            ));
+        }
+        let monitor = self.monitor.unwrap_or_default();
+        match (self.interval, monitor.per_epoch()) {
+            (Interval::Update, true) => {
+                return Err(ScheduleError::new(
+                    "monitor",
+                    format!(
+                        "\"{}\" is measured once per epoch: it needs interval = \"epoch\"",
+                        monitor.name()
+                    ),
+                ));
+            }
+            (Interval::Epoch, false) if needs.loss => {
+                return Err(ScheduleError::new(
+                    "monitor",
+                    format!(
+                        "with interval = \"epoch\", {name} watches an epoch's metric: give monitor = \"train_loss\", \"val_loss\" or \"val_accuracy\""
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if needs.loss && monitor == Monitor::ValAccuracy {
+            match &self.kind {
+                Kind::ReduceOnPlateau {
+                    mode: PlateauMode::Max,
+                    ..
+                } => {}
+                Kind::ReduceOnPlateau { .. } => {
+                    return Err(ScheduleError::new(
+                        "mode",
+                        "val_accuracy rises as the model improves: use mode = \"max\"",
+                    ));
+                }
+                _ => {
+                    return Err(ScheduleError::new(
+                        "monitor",
+                        format!(
+                            "{name} treats what it watches as a loss (lower is better): monitor train_loss or val_loss, or use reduce_on_plateau with mode = \"max\""
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Builds the scheduler. `default_lr` is used when the table has no `lr` (a run file's

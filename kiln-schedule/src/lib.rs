@@ -63,7 +63,7 @@ mod schedule;
 pub mod sequential;
 pub mod step;
 
-pub use config::{Kind, ScheduleConfig};
+pub use config::{Interval, Kind, Monitor, ScheduleConfig};
 pub use lambda::LambdaLr;
 pub use schedule::Schedule;
 

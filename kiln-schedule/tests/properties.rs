@@ -168,7 +168,12 @@ proptest! {
         obs in observations(),
         save_at in 0usize..STEPS,
     ) {
-        let config = ScheduleConfig { lr: Some(lr), kind };
+        let config = ScheduleConfig {
+            lr: Some(lr),
+            interval: Default::default(),
+            monitor: None,
+            kind,
+        };
         // Composites may reject some combinations (e.g. a composite after a milestone).
         let Ok(mut s) = config.build(None) else { return Ok(()) };
         let mut rates = Vec::new();

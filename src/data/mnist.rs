@@ -1,6 +1,9 @@
 //! MNIST in its IDX files (raw or gzipped), for users who have them:
 //! `train-images-idx3-ubyte` (magic 0x803, u8 [N, 28, 28]) and `train-labels-idx1-ubyte`
-//! (magic 0x801, u8 `[N]`). Pixels stay 0..255; `normalize = "standard"` scales them.
+//! (magic 0x801, u8 `[N]`), and the test split's `t10k-images-idx3-ubyte` and
+//! `t10k-labels-idx1-ubyte`; the names with a dot before `idx` (`train-images.idx3-ubyte`, as
+//! some downloads spell them) are found too. Pixels stay 0..255; `normalize = "standard"`
+//! scales them.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -8,10 +11,23 @@ use std::path::{Path, PathBuf};
 use super::Dataset;
 use crate::error::{KilnError, Result};
 
-/// Reads the training images and labels from a directory.
-pub fn read_dir(dir: &Path) -> Result<Dataset> {
-    let images = find(dir, "train-images-idx3-ubyte")?;
-    let labels = find(dir, "train-labels-idx1-ubyte")?;
+/// Which files of an MNIST directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// `train-*`: 60,000 rows.
+    Train,
+    /// `t10k-*`: the 10,000 rows every MNIST result is reported on.
+    Test,
+}
+
+/// Reads the images and labels of one split from a directory.
+pub fn read_dir(dir: &Path, split: Split) -> Result<Dataset> {
+    let prefix = match split {
+        Split::Train => "train",
+        Split::Test => "t10k",
+    };
+    let images = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
+    let labels = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
     let (dims, pixels) = read_idx(&images, 0x803)?;
     let (ldims, labels_raw) = read_idx(&labels, 0x801)?;
     if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
@@ -29,11 +45,22 @@ pub fn read_dir(dir: &Path) -> Result<Dataset> {
 }
 
 fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
-    [stem.to_string(), format!("{stem}.gz")]
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
-        .ok_or_else(|| KilnError::file(dir, format!("no {stem} (or {stem}.gz) in this directory")))
+    let dotted = stem.replacen("-idx", ".idx", 1);
+    [
+        stem.to_string(),
+        format!("{stem}.gz"),
+        dotted.clone(),
+        format!("{dotted}.gz"),
+    ]
+    .iter()
+    .map(|n| dir.join(n))
+    .find(|p| p.is_file())
+    .ok_or_else(|| {
+        KilnError::file(
+            dir,
+            format!("no {stem} (or {stem}.gz, or {dotted}) in this directory"),
+        )
+    })
 }
 
 /// An IDX file of u8 data: its dimensions and its bytes.
@@ -112,9 +139,21 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         std::io::Write::write_all(&mut gz, &idx(0x801, &[2], &[5, 9])).unwrap();
         std::fs::write(dir.join("train-labels-idx1-ubyte.gz"), gz.finish().unwrap()).unwrap();
-        let d = read_dir(&dir).unwrap();
+        let d = read_dir(&dir, Split::Train).unwrap();
         assert_eq!((d.features, d.rows(), d.y.clone()), (4, 2, vec![5.0, 9.0]));
         assert_eq!(d.x[7], 7.0);
+        // The test split, under the dotted names some downloads use.
+        std::fs::write(
+            dir.join("t10k-images.idx3-ubyte"),
+            idx(0x803, &[1, 2, 2], &[9, 8, 7, 6]),
+        )
+        .unwrap();
+        std::fs::write(dir.join("t10k-labels.idx1-ubyte"), idx(0x801, &[1], &[3])).unwrap();
+        let t = read_dir(&dir, Split::Test).unwrap();
+        assert_eq!((t.features, t.rows(), t.y.clone()), (4, 1, vec![3.0]));
+        std::fs::remove_file(dir.join("t10k-labels.idx1-ubyte")).unwrap();
+        let e = read_dir(&dir, Split::Test).unwrap_err().to_string();
+        assert!(e.contains("no t10k-labels-idx1-ubyte"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

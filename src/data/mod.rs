@@ -102,8 +102,17 @@ impl Dataset {
 
     /// Reads a data file by its form: a directory of MNIST IDX files, `.safetensors`, or CSV.
     pub fn from_path(path: &Path, csv_options: &csv::CsvOptions) -> Result<Dataset> {
+        Self::from_path_split(path, csv_options, mnist::Split::Train)
+    }
+
+    /// As [`Dataset::from_path`]; an MNIST directory gives the files of `split`.
+    pub fn from_path_split(
+        path: &Path,
+        csv_options: &csv::CsvOptions,
+        split: mnist::Split,
+    ) -> Result<Dataset> {
         if path.is_dir() {
-            mnist::read_dir(path)
+            mnist::read_dir(path, split)
         } else if path.extension().is_some_and(|e| e == "safetensors") {
             safetensors::read(path)
         } else {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{KilnError, Result};
 use crate::model::ParamLayout;
+use crate::run::RunState;
 use crate::train::{OptimizerState, TrainerState};
 use crate::weights;
 
@@ -33,7 +34,13 @@ struct Meta {
     #[serde(default)]
     state_blocks: Vec<String>,
     trainer: TrainerState,
+    /// Per-epoch metrics, early stopping and the best value so far.
+    #[serde(default)]
+    run: RunState,
 }
+
+/// Prefix of the parameters early stopping's `restore_best` keeps.
+const BEST: &str = "best.";
 
 /// The checkpoint file in `dir`.
 pub fn path(dir: &Path) -> PathBuf {
@@ -41,7 +48,13 @@ pub fn path(dir: &Path) -> PathBuf {
 }
 
 /// Writes a checkpoint into `dir` (created if missing), atomically.
-pub fn save(dir: &Path, layout: &ParamLayout, state: &TrainerState, epoch: u64) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    layout: &ParamLayout,
+    state: &TrainerState,
+    epoch: u64,
+    run: &RunState,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| KilnError::file(dir, e))?;
     let blocks = &state.optimizer.blocks;
     let meta = Meta {
@@ -50,6 +63,7 @@ pub fn save(dir: &Path, layout: &ParamLayout, state: &TrainerState, epoch: u64) 
         has_momentum: false,
         state_blocks: blocks.iter().map(|(n, _)| n.clone()).collect(),
         trainer: state.clone(),
+        run: run.clone(),
     };
     let json = serde_json::to_string(&meta)
         .map_err(|e| KilnError::invalid("checkpoint", e.to_string()))?;
@@ -61,6 +75,9 @@ pub fn save(dir: &Path, layout: &ParamLayout, state: &TrainerState, epoch: u64) 
             .zip(blocks)
             .map(|(p, (_, v))| (p.as_str(), &v[..])),
     );
+    if let Some(best) = &run.best_params {
+        arenas.push((BEST, best));
+    }
     let bytes = weights::serialize(
         layout,
         &arenas,
@@ -70,7 +87,7 @@ pub fn save(dir: &Path, layout: &ParamLayout, state: &TrainerState, epoch: u64) 
 }
 
 /// The trainer state and epoch saved in `dir`.
-pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64)> {
+pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunState)> {
     let file = path(dir);
     let bytes = std::fs::read(&file).map_err(|e| KilnError::file(&file, e))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
@@ -127,5 +144,11 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64)> {
         weights::read_into(&st, layout, &prefix, &mut block).map_err(mismatch)?;
         state.optimizer.blocks.push((name, block));
     }
-    Ok((state, meta.epoch))
+    let mut run = meta.run;
+    if st.names().iter().any(|n| n.starts_with(BEST)) {
+        let mut best = vec![0.0; layout.len];
+        weights::read_into(&st, layout, BEST, &mut best).map_err(mismatch)?;
+        run.best_params = Some(best);
+    }
+    Ok((state, meta.epoch, run))
 }

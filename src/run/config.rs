@@ -29,6 +29,7 @@ use crate::error::{KilnError, Result};
 use crate::model::{Layer, Sequential};
 use crate::ops::{Activation, Loss};
 use crate::optim::OptimizerConfig;
+use crate::schedule::{Interval, Monitor, ScheduleConfig};
 
 /// The run `kiln train` does without a run file: the digits classifier with warmup + cosine.
 pub const DEFAULT_RUN: &str = r#"
@@ -96,6 +97,9 @@ pub struct DataConfig {
     /// Held-out fraction.
     #[serde(default)]
     pub validation: f64,
+    /// An explicit validation set, in any form `path` takes (an MNIST directory gives its
+    /// `t10k-*` files); exclusive with `validation`. Relative to the run file.
+    pub validation_path: Option<PathBuf>,
     #[serde(default)]
     /// Feature scaling.
     pub normalize: Normalize,
@@ -159,10 +163,75 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Clip gradients to this global L2 norm before each update.
     pub clip_grad_norm: Option<f32>,
+    /// When to evaluate on the validation rows: `"epoch"` (default) or every N updates.
+    #[serde(default)]
+    pub eval_every: Option<toml::Value>,
+    /// Keras's EarlyStopping.
+    pub early_stopping: Option<EarlyStoppingConfig>,
 }
 
 fn default_batch() -> usize {
     64
+}
+
+/// When evaluations run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EvalEvery {
+    /// After each epoch's last update.
+    #[default]
+    Epoch,
+    /// After every N updates.
+    Updates(u64),
+}
+
+/// Whether a larger or a smaller metric is better.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMode {
+    /// "max" for accuracy, "min" otherwise (Keras's "auto").
+    #[default]
+    Auto,
+    /// Smaller is better.
+    Min,
+    /// Larger is better.
+    Max,
+}
+
+/// `[train] early_stopping = { … }`: Keras's `EarlyStopping` callback, its argument names and
+/// defaults (`restore_best` is Keras's `restore_best_weights`).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStoppingConfig {
+    /// The metric watched: `val_loss` (default), `val_accuracy` or `train_loss`.
+    #[serde(default = "val_loss")]
+    pub monitor: Monitor,
+    /// Checks without improvement tolerated before stopping (default 0).
+    #[serde(default)]
+    pub patience: u64,
+    /// The least change that counts as an improvement (default 0).
+    #[serde(default)]
+    pub min_delta: f64,
+    /// "auto" (default), "min" or "max".
+    #[serde(default)]
+    pub mode: StopMode,
+    /// At the end of training, go back to the weights of the best check (default false).
+    #[serde(default)]
+    pub restore_best: bool,
+}
+
+fn val_loss() -> Monitor {
+    Monitor::ValLoss
+}
+
+impl EarlyStoppingConfig {
+    /// Whether smaller values of the monitor are better.
+    pub fn minimizes(&self) -> bool {
+        match self.mode {
+            StopMode::Min => true,
+            StopMode::Max => false,
+            StopMode::Auto => self.monitor != Monitor::ValAccuracy,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -206,6 +275,74 @@ impl RunConfig {
     /// The optimizer and its base rate, checked as torch.optim's constructor checks them.
     pub fn optimizer(&self) -> Result<OptimizerConfig> {
         OptimizerConfig::from_table(self.optimizer.clone())
+    }
+
+    /// The `[schedule]` table read (a fixed rate when absent).
+    pub fn schedule(&self) -> Result<Option<ScheduleConfig>> {
+        self.schedule
+            .as_ref()
+            .map(|t| ScheduleConfig::from_table(t.clone()).map_err(Into::into))
+            .transpose()
+    }
+
+    /// `[train] eval_every`, checked.
+    pub fn eval_every(&self) -> Result<EvalEvery> {
+        match &self.train.eval_every {
+            None => Ok(EvalEvery::Epoch),
+            Some(toml::Value::String(s)) if s == "epoch" => Ok(EvalEvery::Epoch),
+            Some(toml::Value::Integer(n)) if *n >= 1 => Ok(EvalEvery::Updates(*n as u64)),
+            Some(v) => Err(KilnError::invalid(
+                "train.eval_every",
+                format!("expected \"epoch\" or a number of updates ≥ 1, got {v}"),
+            )),
+        }
+    }
+
+    /// The checks that tie `[schedule]`, `[train]` and `[data]` together: metrics measured
+    /// per epoch need a per-epoch schedule, metrics on the validation rows need validation
+    /// rows, early stopping watches an epoch's metric and its numbers are sane.
+    pub fn check_monitors(&self) -> Result<()> {
+        let has_validation = self.data.validation > 0.0 || self.data.validation_path.is_some();
+        let needs_rows = |field: &str, m: Monitor| {
+            if m.needs_validation() && !has_validation {
+                Err(KilnError::invalid(
+                    field,
+                    format!(
+                        "monitor \"{}\" needs validation rows: give [data] validation = FRACTION or validation_path",
+                        m.name()
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(schedule) = self.schedule()?
+            && let Some(m) = schedule.watched()
+        {
+            needs_rows("schedule.monitor", m)?;
+        }
+        if let Some(es) = &self.train.early_stopping {
+            if es.monitor == Monitor::Loss {
+                return Err(KilnError::invalid(
+                    "train.early_stopping.monitor",
+                    "early stopping watches an epoch's metric: val_loss, val_accuracy or train_loss",
+                ));
+            }
+            needs_rows("train.early_stopping.monitor", es.monitor)?;
+            if !(es.min_delta.is_finite() && es.min_delta >= 0.0) {
+                return Err(KilnError::invalid(
+                    "train.early_stopping.min_delta",
+                    format!("must be finite and >= 0, got {}", es.min_delta),
+                ));
+            }
+        }
+        self.eval_every()?;
+        Ok(())
+    }
+
+    /// When the schedule steps.
+    pub fn schedule_interval(&self) -> Result<Interval> {
+        Ok(self.schedule()?.map_or(Interval::Update, |s| s.interval))
     }
 
     /// How to read a CSV data file.

@@ -10,15 +10,15 @@ use std::path::Path;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
-pub use config::{DEFAULT_RUN, Normalize, RunConfig};
+pub use config::{DEFAULT_RUN, EarlyStoppingConfig, EvalEvery, Normalize, RunConfig, StopMode};
 
-use crate::data::{Dataset, TargetData};
+use crate::data::{Dataset, TargetData, mnist};
 use crate::device::Device;
 use crate::error::{KilnError, Result};
 use crate::model::Sequential;
 use crate::ops::{self, Loss};
 use crate::optim::OptimizerConfig;
-use crate::schedule::ScheduleConfig;
+use crate::schedule::{Interval, Monitor, Observation};
 use crate::train::{PARAM_ALIGN, TrainOptions, Trainer};
 use crate::weights;
 
@@ -41,6 +41,20 @@ impl Prepared {
     /// Loads, splits and normalises the data, builds the model and sizes the run.
     fn new(config: &RunConfig, base_dir: &Path, steps: Option<u64>) -> Result<Self> {
         let optimizer = config.optimizer()?;
+        config.check_monitors()?;
+        let fraction = config.data.validation;
+        if !(fraction.is_finite() && (0.0..1.0).contains(&fraction)) {
+            return Err(KilnError::invalid(
+                "data.validation",
+                format!("the held-out fraction must be in [0, 1), got {fraction}"),
+            ));
+        }
+        if fraction > 0.0 && config.data.validation_path.is_some() {
+            return Err(KilnError::invalid(
+                "data",
+                "give validation (a held-out fraction) or validation_path (a file), not both",
+            ));
+        }
         let data = match (&config.data.source, &config.data.path) {
             (Some(name), None) => Dataset::bundled(name)?,
             (None, Some(path)) => Dataset::from_path(&base_dir.join(path), &config.csv_options())?,
@@ -51,8 +65,21 @@ impl Prepared {
                 ));
             }
         };
-        let (mut train, mut validation) = if config.data.validation > 0.0 {
-            let (t, v) = data.split(config.data.validation, config.data.seed)?;
+        let (mut train, mut validation) = if let Some(path) = &config.data.validation_path {
+            let path = base_dir.join(path);
+            let v = Dataset::from_path_split(&path, &config.csv_options(), mnist::Split::Test)?;
+            if v.features != data.features || v.targets != data.targets {
+                return Err(KilnError::file(
+                    &path,
+                    format!(
+                        "validation rows have {} features and {} target columns, the training rows {} and {}",
+                        v.features, v.targets, data.features, data.targets
+                    ),
+                ));
+            }
+            (data, Some(v))
+        } else if fraction > 0.0 {
+            let (t, v) = data.split(fraction, config.data.seed)?;
             (t, Some(v))
         } else {
             (data, None)
@@ -89,6 +116,7 @@ impl Prepared {
 
     fn options(&self, config: &RunConfig) -> Result<TrainOptions> {
         Ok(TrainOptions {
+            schedule_interval: config.schedule_interval()?,
             optimizer: self.optimizer.optimizer.clone(),
             max_batch: self.batch,
             seed: config.data.seed,
@@ -96,7 +124,7 @@ impl Prepared {
         })
     }
 
-    fn into_run(self, config: RunConfig, trainer: Trainer) -> Result<Run> {
+    fn into_run(self, config: RunConfig, trainer: Trainer, state: RunState) -> Result<Run> {
         let outputs = self.model.output();
         let loss = self.model.loss();
         let train_targets = self.train.targets_for(loss, outputs)?;
@@ -108,8 +136,17 @@ impl Prepared {
             TargetData::Classes(_) => TargetData::Classes(Vec::new()),
             TargetData::Values(_) => TargetData::Values(Vec::new()),
         };
+        let schedule = config.schedule()?;
+        let epoch_monitor = schedule
+            .as_ref()
+            .filter(|s| s.interval == Interval::Epoch)
+            .and_then(|s| s.watched());
         Ok(Run {
-            config,
+            eval_every: config.eval_every()?,
+            early_stopping: config.train.early_stopping,
+            interval: schedule.as_ref().map_or(Interval::Update, |s| s.interval),
+            epoch_monitor,
+            state,
             model: self.model,
             trainer,
             train: self.train,
@@ -123,6 +160,7 @@ impl Prepared {
             order_epoch: None,
             xb: Vec::new(),
             tb,
+            config,
         })
     }
 }
@@ -134,6 +172,73 @@ pub struct Evaluation {
     pub loss: f32,
     /// Fraction classified correctly (classification losses only).
     pub accuracy: Option<f64>,
+}
+
+/// What happened after an update besides the update itself (see [`Run::step`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// The rate the update used.
+    pub lr: f64,
+    /// An evaluation on the validation rows after this update (every `eval_every`, and at
+    /// the end of each epoch whose schedule or early stopping watches a validation metric).
+    pub evaluation: Option<Evaluation>,
+    /// The epoch's mean batch loss, when this update ended an epoch and something watches it.
+    pub train_loss: Option<f64>,
+    /// Whether the metric that decides "best" (early stopping's monitor, else `val_loss`)
+    /// improved on every earlier value here: what `--save-best` saves on.
+    pub improved: bool,
+    /// Early stopping ended the run after this update.
+    pub stopped: Option<EarlyStop>,
+}
+
+/// Why early stopping ended a run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EarlyStop {
+    /// Updates done when it stopped.
+    pub step: u64,
+    /// The epoch of the last update.
+    pub epoch: u64,
+    /// The watched metric's name.
+    pub monitor: String,
+    /// Its best value, and the update after which it was measured.
+    pub best: f64,
+    /// The update (count) after which the best value was measured.
+    pub best_step: u64,
+    /// Checks without improvement when it stopped.
+    pub wait: u64,
+}
+
+impl EarlyStop {
+    /// One line for people.
+    pub fn reason(&self) -> String {
+        format!(
+            "{} did not improve for {} checks (best {} after update {})",
+            self.monitor, self.wait, self.best, self.best_step
+        )
+    }
+}
+
+/// The state of a run beyond its trainer's, kept in checkpoints: what per-epoch metrics,
+/// early stopping and `--save-best` have seen so far.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunState {
+    /// Batch losses of the current epoch's updates made before the trainer's first step (a run
+    /// resumed mid-epoch), for the epoch's `train_loss`.
+    pub epoch_losses: Vec<f32>,
+    /// The best value of the metric that decides "best", and the update it was measured after.
+    pub best: Option<(f64, u64)>,
+    /// Early stopping: checks since the last improvement (Keras's `wait`), checks made, and
+    /// its best value so far with the update it was measured after.
+    pub wait: u64,
+    /// Checks made.
+    pub checks: u64,
+    /// Early stopping's best value (with its `min_delta` rule) and its update.
+    pub stop_best: Option<(f64, u64)>,
+    /// Set when early stopping ended the run.
+    pub stopped: Option<EarlyStop>,
+    /// With `restore_best`: the parameters at early stopping's best check.
+    #[serde(skip)]
+    pub best_params: Option<Vec<f32>>,
 }
 
 /// A training run: see the module docs.
@@ -160,6 +265,13 @@ pub struct Run {
     order_epoch: Option<u64>,
     xb: Vec<f32>,
     tb: TargetData,
+    eval_every: EvalEvery,
+    early_stopping: Option<EarlyStoppingConfig>,
+    /// When the schedule steps.
+    interval: Interval,
+    /// The metric a per-epoch schedule watches.
+    epoch_monitor: Option<Monitor>,
+    state: RunState,
 }
 
 impl Run {
@@ -191,10 +303,8 @@ impl Run {
             Some(path) => weights::load(path, &layout)?,
             None => p.model.init_params(&layout, config.data.seed),
         };
-        let schedule = match &config.schedule {
-            Some(table) => {
-                ScheduleConfig::from_table(table.clone())?.build(Some(p.optimizer.lr))?
-            }
+        let schedule = match config.schedule()? {
+            Some(s) => s.build(Some(p.optimizer.lr))?,
             None => crate::schedule::Scheduler::fixed(p.optimizer.lr)?,
         };
         let trainer = Trainer::with_params(
@@ -204,7 +314,7 @@ impl Run {
             schedule,
             params,
         )?;
-        p.into_run(config, trainer)
+        p.into_run(config, trainer, RunState::default())
     }
 
     /// Continues the run saved in the checkpoint directory `dir`.
@@ -216,9 +326,9 @@ impl Run {
         steps: Option<u64>,
     ) -> Result<Run> {
         let p = Prepared::new(&config, base_dir, steps)?;
-        let (state, _epoch) = checkpoint::load(dir, &p.model.param_layout(PARAM_ALIGN))?;
+        let (state, _epoch, run_state) = checkpoint::load(dir, &p.model.param_layout(PARAM_ALIGN))?;
         let trainer = Trainer::resume(device, p.model.clone(), p.options(&config)?, state)?;
-        p.into_run(config, trainer)
+        p.into_run(config, trainer, run_state)
     }
 
     /// Updates done.
@@ -231,9 +341,14 @@ impl Run {
         step / self.batches_per_epoch
     }
 
-    /// Whether every update has been made.
+    /// Whether every update has been made, or early stopping ended the run.
     pub fn finished(&self) -> bool {
-        self.steps_done() >= self.total_steps
+        self.steps_done() >= self.total_steps || self.state.stopped.is_some()
+    }
+
+    /// Why early stopping ended the run, if it did.
+    pub fn stopped(&self) -> Option<&EarlyStop> {
+        self.state.stopped.as_ref()
     }
 
     /// The rows of `epoch` in the order its batches take them: shuffled from (seed, epoch) —
@@ -263,8 +378,158 @@ impl Run {
         order[index * batch..((index + 1) * batch).min(order.len())].to_vec()
     }
 
-    /// Runs the next update (see [`Run::batch_rows`]). Returns the rate it used.
-    pub fn step(&mut self) -> Result<f64> {
+    /// Runs the next update (see [`Run::batch_rows`]), then what is due after it: an
+    /// evaluation, and at an epoch's end the per-epoch schedule's step and early stopping's
+    /// check, in the order of PyTorch's epoch loop (evaluate, then `scheduler.step(metric)`).
+    pub fn step(&mut self) -> Result<StepOutcome> {
+        let lr = self.update()?;
+        let done = self.steps_done();
+        let epoch_end = done.is_multiple_of(self.batches_per_epoch);
+        let (epoch_monitor, stop_monitor) =
+            (self.epoch_monitor, self.early_stopping.map(|e| e.monitor));
+        let watched = |m: Monitor| epoch_monitor == Some(m) || stop_monitor == Some(m);
+        let epoch_eval = epoch_end && (watched(Monitor::ValLoss) || watched(Monitor::ValAccuracy));
+        let eval_due = match self.eval_every {
+            EvalEvery::Epoch => epoch_end,
+            EvalEvery::Updates(n) => done.is_multiple_of(n),
+        };
+        let evaluation = if eval_due || epoch_eval {
+            self.evaluate()?
+        } else {
+            None
+        };
+        let train_loss = if epoch_end && watched(Monitor::TrainLoss) {
+            Some(self.epoch_train_loss(done)?)
+        } else {
+            None
+        };
+        if epoch_end {
+            self.state.epoch_losses.clear();
+        }
+        let value = |m: Monitor| match m {
+            Monitor::ValLoss => evaluation.map(|e| e.loss as f64),
+            Monitor::ValAccuracy => evaluation.and_then(|e| e.accuracy),
+            Monitor::TrainLoss => train_loss,
+            Monitor::Loss => None,
+        };
+        if epoch_end && self.interval == Interval::Epoch {
+            let observation = Observation {
+                loss: self.epoch_monitor.and_then(value),
+                grad_norm_sq: None,
+            };
+            self.trainer.end_epoch(&observation)?;
+        }
+        // "Best": early stopping's metric, else the validation loss.
+        let (best_monitor, minimize) = match &self.early_stopping {
+            Some(es) => (es.monitor, es.minimizes()),
+            None => (Monitor::ValLoss, true),
+        };
+        let mut improved = false;
+        if let Some(v) = value(best_monitor) {
+            improved = match self.state.best {
+                None => true,
+                Some((b, _)) if minimize => v < b,
+                Some((b, _)) => v > b,
+            };
+            if improved {
+                self.state.best = Some((v, done));
+            }
+        }
+        let mut stopped = None;
+        if let Some(es) = self.early_stopping
+            && let Some(v) = value(es.monitor)
+        {
+            stopped = self.check_early_stop(&es, v, done)?;
+        }
+        Ok(StepOutcome {
+            lr,
+            evaluation,
+            train_loss,
+            improved,
+            stopped,
+        })
+    }
+
+    /// The mean batch loss of the epoch that update `done` ended, summed in f64 in update
+    /// order (as `sum(losses) / len(losses)` over Python floats).
+    fn epoch_train_loss(&mut self, done: u64) -> Result<f64> {
+        let start = done - self.batches_per_epoch;
+        let first = self.trainer.first_step();
+        let from = start.max(first);
+        let losses = self.trainer.losses()?;
+        let mut sum = 0.0f64;
+        let mut count = 0usize;
+        for &l in self
+            .state
+            .epoch_losses
+            .iter()
+            .chain(&losses[(from - first) as usize..(done - first) as usize])
+        {
+            sum += l as f64;
+            count += 1;
+        }
+        Ok(sum / count as f64)
+    }
+
+    /// Keras's `EarlyStopping.on_epoch_end` for one check of value `v` after update `done`.
+    fn check_early_stop(
+        &mut self,
+        es: &EarlyStoppingConfig,
+        v: f64,
+        done: u64,
+    ) -> Result<Option<EarlyStop>> {
+        let improved = match self.state.stop_best {
+            None => true,
+            Some((best, _)) if es.minimizes() => v + es.min_delta < best,
+            Some((best, _)) => v - es.min_delta > best,
+        };
+        self.state.wait += 1;
+        let check = self.state.checks;
+        self.state.checks += 1;
+        if improved {
+            self.state.stop_best = Some((v, done));
+            if es.restore_best {
+                self.state.best_params = Some(self.trainer.parameters()?);
+            }
+            self.state.wait = 0;
+            return Ok(None);
+        }
+        if self.state.wait >= es.patience && check > 0 {
+            let (best, best_step) = self.state.stop_best.expect("the first check improves");
+            let stop = EarlyStop {
+                step: done,
+                epoch: self.epoch_of(done - 1),
+                monitor: es.monitor.name().to_string(),
+                best,
+                best_step,
+                wait: self.state.wait,
+            };
+            self.state.stopped = Some(stop.clone());
+            return Ok(Some(stop));
+        }
+        Ok(None)
+    }
+
+    /// With early stopping's `restore_best`: puts back the weights of its best check (Keras
+    /// restores them at the end of training, stopped early or not). Returns the update they
+    /// were measured after, if it restored any.
+    pub fn finish(&mut self) -> Result<Option<u64>> {
+        match (
+            &self.early_stopping,
+            &self.state.best_params,
+            self.state.stop_best,
+        ) {
+            (Some(es), Some(params), Some((_, step))) if es.restore_best => {
+                let params = params.clone();
+                self.trainer.set_parameters(&params)?;
+                Ok(Some(step))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The update itself: the batch gathered in DataLoader order, one trainer step.
+    fn update(&mut self) -> Result<f64> {
         let rows = self.batch_rows(self.steps_done());
         let f = self.train.features;
         self.xb.clear();
@@ -306,7 +571,20 @@ impl Run {
     pub fn checkpoint(&mut self, dir: &Path) -> Result<()> {
         let state = self.trainer.state()?;
         let epoch = self.epoch_of(state.steps);
-        checkpoint::save(dir, self.trainer.layout(), &state, epoch)
+        // The losses of this epoch so far, for its train_loss after a resume.
+        let done = state.steps;
+        let start = done - done % self.batches_per_epoch;
+        let first = self.trainer.first_step();
+        let mut run = self.state.clone();
+        if start >= first {
+            run.epoch_losses =
+                self.trainer.losses()?[(start - first) as usize..(done - first) as usize].to_vec();
+        } else {
+            let losses = self.trainer.losses()?;
+            run.epoch_losses
+                .extend_from_slice(&losses[..(done - first) as usize]);
+        }
+        checkpoint::save(dir, self.trainer.layout(), &state, epoch, &run)
     }
 
     /// Saves the weights in nn.Sequential layout. With `normalize = "standard"` the file's

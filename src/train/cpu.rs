@@ -161,6 +161,10 @@ impl CpuStep {
         &self.params
     }
 
+    pub fn set_parameters(&mut self, params: &[f32]) {
+        self.params.copy_from_slice(params);
+    }
+
     /// The elements of `slot` for a batch of `rows` rows whose input is `x`.
     fn get<'a>(&'a self, slot: Slot, rows: usize, x: &'a [f32]) -> &'a [f32] {
         match slot {

@@ -570,4 +570,10 @@ impl GpuStep {
     pub fn parameters(&self) -> Result<Vec<f32>> {
         self.ctx.read_back(&self.params, 0, self.param_len)
     }
+
+    pub fn set_parameters(&mut self, params: &[f32]) {
+        self.ctx
+            .queue
+            .write_buffer(&self.params, 0, bytemuck::cast_slice(params));
+    }
 }

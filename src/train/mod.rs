@@ -8,7 +8,7 @@ mod cpu;
 mod gpu;
 pub(crate) mod program;
 
-use kiln_schedule::{Observation, Scheduler};
+use kiln_schedule::{Interval, Needs, Observation, Scheduler};
 
 use crate::device::Device;
 use crate::error::{KilnError, Result};
@@ -37,6 +37,9 @@ pub struct TrainOptions {
     /// Clip the gradient to this global L2 norm before each update
     /// (torch.nn.utils.clip_grad_norm_).
     pub clip_grad_norm: Option<f32>,
+    /// When the schedule steps: after every update ([`Trainer::step`] does it), or once per
+    /// epoch ([`Trainer::end_epoch`], called by the training loop).
+    pub schedule_interval: Interval,
 }
 
 impl Default for TrainOptions {
@@ -47,6 +50,7 @@ impl Default for TrainOptions {
             max_batch: 64,
             seed: 0,
             clip_grad_norm: None,
+            schedule_interval: Interval::Update,
         }
     }
 }
@@ -56,6 +60,14 @@ impl Default for TrainOptions {
 enum Backend {
     Cpu(cpu::CpuStep),
     Gpu(gpu::GpuStep),
+}
+
+/// What a schedule stepped every `interval` needs after each update.
+fn per_update_needs(schedule: &Scheduler, interval: Interval) -> Needs {
+    match interval {
+        Interval::Update => schedule.needs(),
+        Interval::Epoch => Needs::default(),
+    }
 }
 
 /// Everything needed to continue a training run exactly where it stopped.
@@ -162,7 +174,7 @@ impl Trainer {
         if let Some(max_norm) = options.clip_grad_norm {
             crate::device::check_max_norm(max_norm)?;
         }
-        let needs = schedule.needs();
+        let needs = per_update_needs(&schedule, options.schedule_interval);
         let program = Program::new(&model, &layout, needs.grad_norm, options.clip_grad_norm);
         let backend = match device {
             Device::Cpu => Backend::Cpu(cpu::CpuStep::new(
@@ -222,7 +234,8 @@ impl Trainer {
     /// on the GPU, reading it here would stall the pipeline (see [`Trainer::losses`]).
     pub fn step(&mut self, x: &[f32], targets: Targets) -> Result<f64> {
         let batch = self.check_batch(x, Some(targets))?;
-        let observed = self.schedule.needs().any();
+        let per_update = self.options.schedule_interval == Interval::Update;
+        let observed = self.per_update_needs().any();
         if observed && self.steps >= 2 {
             // Observation-driven schedules see each update's loss and gradient norm one update
             // late, on every device: the GPU has update t+1 queued before update t's numbers
@@ -241,11 +254,48 @@ impl Trainer {
             Backend::Cpu(s) => s.step(x, targets, batch, lr)?,
             Backend::Gpu(s) => s.step(x, targets, batch, lr)?,
         }
-        if !observed {
+        if per_update && !observed {
             self.schedule.step(&Observation::default())?;
         }
         self.steps += 1;
         Ok(lr)
+    }
+
+    /// With `schedule_interval` "epoch": `scheduler.step()` at the end of an epoch, given the
+    /// metric the schedule watches (its `loss`), if it watches one. The rate it sets holds for
+    /// every update of the next epoch.
+    pub fn end_epoch(&mut self, observation: &Observation) -> Result<()> {
+        if self.options.schedule_interval != Interval::Epoch {
+            return Err(KilnError::invalid(
+                "schedule.interval",
+                "end_epoch steps a schedule whose interval is \"epoch\"; this one steps per update",
+            ));
+        }
+        self.schedule.step(observation)?;
+        Ok(())
+    }
+
+    /// Replaces the parameters (layout: [`Trainer::layout`]); the optimizer state is kept.
+    /// Used to restore the best weights an early stop kept.
+    pub fn set_parameters(&mut self, params: &[f32]) -> Result<()> {
+        ops::check_len(
+            "parameters",
+            "params",
+            params.len(),
+            self.layout.len,
+            "the model's parameter layout",
+        )?;
+        ops::check_finite("parameters", params)?;
+        match &mut self.backend {
+            Backend::Cpu(s) => s.set_parameters(params),
+            Backend::Gpu(s) => s.set_parameters(params),
+        }
+        Ok(())
+    }
+
+    /// The observations the schedule reads after each update (none when it steps per epoch).
+    fn per_update_needs(&self) -> Needs {
+        per_update_needs(&self.schedule, self.options.schedule_interval)
     }
 
     /// The loss of every update this trainer ran: `losses()[i]` is the batch loss of update
@@ -331,7 +381,7 @@ impl Trainer {
                 "a closure or user-type schedule cannot be saved in a checkpoint",
             ));
         }
-        if self.schedule.needs().any() {
+        if self.per_update_needs().any() {
             // The schedule has yet to see the last two updates: read them now, keep them.
             for update in self.steps.saturating_sub(2)..self.steps {
                 if !self.carried.iter().any(|(u, _)| *u == update) {

@@ -23,6 +23,18 @@ pub enum LogLine {
         #[serde(skip_serializing_if = "Option::is_none")]
         val_accuracy: Option<f64>,
     },
+    /// The epoch's mean batch loss, logged when something watches it.
+    TrainLoss {
+        step: u64,
+        epoch: u64,
+        train_loss: f64,
+    },
+    /// Early stopping ended the run after update `step`, for the reason given.
+    EarlyStop {
+        step: u64,
+        epoch: u64,
+        early_stop: String,
+    },
 }
 
 impl LogLine {

@@ -105,6 +105,10 @@ pub struct TrainArgs {
     /// Write the final weights here (safetensors, nn.Sequential layout).
     #[arg(long)]
     pub save: Option<PathBuf>,
+    /// Keep the weights of the best evaluation here (nn.Sequential layout), rewritten each
+    /// time it improves: the best by early stopping's monitor, else by validation loss.
+    #[arg(long)]
+    pub save_best: Option<PathBuf>,
     /// Write one JSON line per update and per evaluation.
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -146,11 +150,16 @@ pub enum ScheduleFormat {
 pub struct ScheduleArgs {
     /// A TOML file with a [schedule] table (a run file works; lr defaults to [optimizer].lr).
     pub file: PathBuf,
-    /// Updates to list (t = 0 .. N−1).
+    /// Updates to list (t = 0 .. N−1); epochs, for a schedule with interval = "epoch".
     #[arg(long)]
     pub steps: usize,
-    /// One number per line, line t observed after update t: the metric for reduce_on_plateau
-    /// and the loss-driven kinds, the squared gradient norm for grad_norm_adaptive.
+    /// For a schedule with interval = "epoch": list each update's rate, this many updates an
+    /// epoch (`--steps` still counts epochs).
+    #[arg(long)]
+    pub batches_per_epoch: Option<usize>,
+    /// One number per line, line t observed after update t (after epoch t with interval =
+    /// "epoch"): the metric for reduce_on_plateau and the loss-driven kinds, the squared
+    /// gradient norm for grad_norm_adaptive.
     #[arg(long)]
     pub observations: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "csv")]

@@ -4,16 +4,33 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use kiln::schedule::{Observation, ScheduleConfig};
+use kiln::schedule::{Interval, Observation, ScheduleConfig};
 use kiln_cli::plot::{Panel, Series, plot};
 
 use super::{ScheduleArgs, ScheduleFormat};
 
 pub fn schedule(args: &ScheduleArgs) -> Result<()> {
-    let rates = rates(&args.file, args.steps, args.observations.as_deref())?;
+    let (mut rates, interval) = rates(&args.file, args.steps, args.observations.as_deref())?;
+    let mut unit = "step";
+    match (interval, args.batches_per_epoch) {
+        (Interval::Epoch, Some(0)) => bail!("--batches-per-epoch must be at least 1"),
+        (Interval::Epoch, Some(n)) => {
+            // Each epoch's rate holds for every update of the epoch.
+            rates = rates
+                .iter()
+                .flat_map(|&lr| std::iter::repeat_n(lr, n))
+                .collect();
+        }
+        (Interval::Epoch, None) => unit = "epoch",
+        (Interval::Update, Some(_)) => bail!(
+            "{}: --batches-per-epoch is for a schedule with interval = \"epoch\"; this one steps every update",
+            args.file.display()
+        ),
+        (Interval::Update, None) => {}
+    }
     match args.format {
         ScheduleFormat::Csv => {
-            println!("step,lr");
+            println!("{unit},lr");
             for (t, lr) in rates.iter().enumerate() {
                 println!("{t},{lr:?}");
             }
@@ -46,9 +63,14 @@ pub fn schedule(args: &ScheduleArgs) -> Result<()> {
     Ok(())
 }
 
-/// The rates for updates 0..steps of the `[schedule]` table in `file`, fed the observations
-/// in `observations` (line t is observed after update t).
-pub fn rates(file: &Path, steps: usize, observations: Option<&Path>) -> Result<Vec<f64>> {
+/// The rates for updates (or epochs, by the table's interval) 0..steps of the `[schedule]`
+/// table in `file`, fed the observations in `observations` (line t is observed after update,
+/// or epoch, t), and the interval.
+pub fn rates(
+    file: &Path,
+    steps: usize,
+    observations: Option<&Path>,
+) -> Result<(Vec<f64>, Interval)> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut doc: toml::Table = text
@@ -100,6 +122,7 @@ pub fn rates(file: &Path, steps: usize, observations: Option<&Path>) -> Result<V
             ),
         }
     }
+    let interval = config.interval;
     let mut rates = Vec::with_capacity(steps);
     for t in 0..steps {
         rates.push(scheduler.lr());
@@ -112,7 +135,7 @@ pub fn rates(file: &Path, steps: usize, observations: Option<&Path>) -> Result<V
                 .map_err(|e| anyhow!("{}: {e}", file.display()))?;
         }
     }
-    Ok(rates)
+    Ok((rates, interval))
 }
 
 /// One finite number per line; blank lines are skipped.

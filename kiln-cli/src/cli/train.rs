@@ -94,14 +94,17 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let started = Instant::now();
     let mut pending: Vec<(u64, f64)> = Vec::new();
     let mut last_loss = f32::NAN;
+    let mut last_evaluation = None;
     while !run.finished() {
         let step = run.steps_done();
-        let lr = run.step()?;
+        let outcome = run.step()?;
+        let lr = outcome.lr;
         pending.push((step, lr));
         let done = run.steps_done();
         let epoch_end = done % run.batches_per_epoch == 0;
         let checkpoint_due = checkpoint_dir.is_some() && done % args.checkpoint_every.max(1) == 0;
-        if done % REPORT_EVERY == 0 || epoch_end || checkpoint_due || run.finished() {
+        let noted = outcome.evaluation.is_some() || outcome.train_loss.is_some();
+        if done % REPORT_EVERY == 0 || epoch_end || checkpoint_due || noted || run.finished() {
             last_loss = report(&mut run, &mut pending, log.as_mut(), args.on_nan)?;
             match &progress {
                 Some(bar) => {
@@ -122,14 +125,50 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 None => {}
             }
         }
-        if epoch_end && !run.finished() {
-            if let Some(e) = run.evaluate()? {
-                write_evaluation(log.as_mut(), done - 1, run.epoch_of(done - 1), &e)?;
-            }
+        let (at, epoch) = (done - 1, run.epoch_of(done - 1));
+        if let Some(train_loss) = outcome.train_loss {
+            write_line(
+                log.as_mut(),
+                &LogLine::TrainLoss {
+                    step: at,
+                    epoch,
+                    train_loss,
+                },
+            )?;
+        }
+        if let Some(e) = &outcome.evaluation {
+            write_evaluation(log.as_mut(), at, epoch, e)?;
+            last_evaluation = Some((done, *e));
+        }
+        if outcome.improved
+            && let Some(path) = &args.save_best
+        {
+            run.save_weights(path)?;
+        }
+        if let Some(stop) = &outcome.stopped {
+            write_line(
+                log.as_mut(),
+                &LogLine::EarlyStop {
+                    step: at,
+                    epoch,
+                    early_stop: stop.reason(),
+                },
+            )?;
+            say(&format!(
+                "early stop after update {done}: {}",
+                stop.reason()
+            ));
         }
         if checkpoint_due && !run.finished() {
             run.checkpoint(checkpoint_dir.expect("checked"))?;
         }
+    }
+    // Keras's restore_best_weights: back to the best check's weights, stopped early or not.
+    if let Some(step) = run.finish()? {
+        say(&format!(
+            "restored the weights of the best check (after update {step})"
+        ));
+        last_evaluation = None;
     }
     if let Some(bar) = &progress {
         bar.finish_and_clear();
@@ -148,13 +187,19 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         (done - start) as f64 / elapsed.max(1e-9),
         device.name()
     ));
-    if let Some(e) = run.evaluate()? {
-        write_evaluation(
-            log.as_mut(),
-            done.saturating_sub(1),
-            run.epoch_of(done.saturating_sub(1)),
-            &e,
-        )?;
+    // The last update's evaluation, if the loop made one; otherwise one now.
+    let evaluation = match last_evaluation {
+        Some((at, e)) if at == done => Some(e),
+        _ => {
+            let e = run.evaluate()?;
+            if let Some(e) = &e {
+                let at = done.saturating_sub(1);
+                write_evaluation(log.as_mut(), at, run.epoch_of(at), e)?;
+            }
+            e
+        }
+    };
+    if let Some(e) = evaluation {
         let accuracy = e
             .accuracy
             .map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));
@@ -212,13 +257,17 @@ fn write_evaluation(
     epoch: u64,
     e: &Evaluation,
 ) -> Result<()> {
+    let line = LogLine::Evaluation {
+        step,
+        epoch,
+        val_loss: e.loss,
+        val_accuracy: e.accuracy,
+    };
+    write_line(log, &line)
+}
+
+fn write_line(log: Option<&mut BufWriter<File>>, line: &LogLine) -> Result<()> {
     if let Some(log) = log {
-        let line = LogLine::Evaluation {
-            step,
-            epoch,
-            val_loss: e.loss,
-            val_accuracy: e.accuracy,
-        };
         writeln!(log, "{}", line.to_json())?;
     }
     Ok(())
