@@ -476,3 +476,29 @@ fn mismatched_intervals_monitors_and_data_are_refused() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The README's `[schedule]` tables and `early_stopping` settings parse and pass their checks.
+#[test]
+fn the_readmes_epoch_examples_parse() {
+    use serde::Deserialize;
+    let readme = include_str!("../README.md");
+    let (mut schedules, mut stops) = (0, 0);
+    for block in readme.split("```toml\n").skip(1) {
+        let block = &block[..block.find("```").unwrap()];
+        let doc: toml::Table = toml::from_str(block).unwrap_or_else(|e| panic!("{block}: {e}"));
+        if let Some(table) = doc.get("schedule").and_then(|t| t.as_table()) {
+            kiln::schedule::ScheduleConfig::from_table(table.clone())
+                .unwrap_or_else(|e| panic!("{block}: {e}"));
+            schedules += 1;
+        }
+        if let Some(es) = doc.get("train").and_then(|t| t.get("early_stopping")) {
+            kiln::run::EarlyStoppingConfig::deserialize(es.clone())
+                .unwrap_or_else(|e| panic!("{block}: {e}"));
+            stops += 1;
+        }
+    }
+    assert!(
+        schedules >= 3 && stops >= 2,
+        "{schedules} schedules, {stops} early stops"
+    );
+}

@@ -473,3 +473,112 @@ fn bench_prints_json_rows_for_the_cpu_device() {
     let e = stderr_of_failure(&kiln(&["bench", "--device", "cpu", "--ops", "fft"]));
     assert!(e.contains("unknown op \"fft\""), "{e}");
 }
+
+/// A per-epoch plateau on validation accuracy with Keras-style early stopping: the log has an
+/// evaluation per epoch and the early stop with its reason, `--save-best` keeps the best
+/// check's weights, and with `restore_best` the saved final weights are those same weights.
+#[test]
+fn early_stopping_logs_its_reason_and_keeps_the_best_weights() {
+    let run = r#"
+[model]
+layers = [{ dense = 16 }, "relu", { dense = 10 }]
+loss = "cross_entropy"
+[data]
+source = "digits"
+validation = 0.2
+normalize = "standard"
+[optimizer]
+lr = 0.05
+momentum = 0.9
+[schedule]
+interval = "epoch"
+kind = "reduce_on_plateau"
+monitor = "val_accuracy"
+mode = "max"
+patience = 0
+[train]
+epochs = 6
+batch_size = 128
+early_stopping = { monitor = "val_loss", min_delta = 100.0, patience = 1, restore_best = true }
+"#;
+    let dir = run_dir("early", "x,y\n0,0\n", run);
+    let (log, best, last) = (
+        dir.join("m.jsonl"),
+        dir.join("best.safetensors"),
+        dir.join("last.safetensors"),
+    );
+    let out = stdout(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+        "--log",
+        arg(&log),
+        "--save-best",
+        arg(&best),
+        "--save",
+        arg(&last),
+    ]));
+    assert!(out.contains("early stop after update 24"), "{out}");
+    assert!(
+        out.contains("restored the weights of the best check (after update 12)"),
+        "{out}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let evals = lines.iter().filter(|l| l.get("val_loss").is_some()).count();
+    let stops: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("early_stop").is_some())
+        .collect();
+    // 12 updates an epoch (1437 rows in batches of 128); two epochs, and the final evaluation
+    // of the restored weights.
+    assert_eq!(lines.iter().filter(|l| l.get("lr").is_some()).count(), 24);
+    assert_eq!(evals, 3);
+    assert_eq!(stops.len(), 1);
+    assert_eq!(stops[0]["step"], 23);
+    let reason = stops[0]["early_stop"].as_str().unwrap();
+    assert!(
+        reason.starts_with("val_loss did not improve for 1 checks"),
+        "{reason}"
+    );
+    assert_same_file(&best, &last, "restored weights differ from the best kept");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `kiln schedule` with interval = "epoch": one rate per epoch, or each update's rate with
+/// --batches-per-epoch (a composite's children counting epochs too).
+#[test]
+fn schedule_lists_epoch_rates_or_each_updates_rate() {
+    let f = scratch(
+        "epochs.toml",
+        "[schedule]\nlr = 1.0\ninterval = \"epoch\"\nkind = \"warmup\"\nsteps = 1\nstart_factor = 0.5\nthen = { kind = \"step\", step_size = 1, gamma = 0.5 }\n",
+    );
+    let out = stdout(&kiln(&["schedule", arg(&f), "--steps", "3"]));
+    assert_eq!(out, "epoch,lr\n0,0.5\n1,1.0\n2,0.5\n");
+    let out = stdout(&kiln(&[
+        "schedule",
+        arg(&f),
+        "--steps",
+        "3",
+        "--batches-per-epoch",
+        "2",
+    ]));
+    assert_eq!(out, "step,lr\n0,0.5\n1,0.5\n2,1.0\n3,1.0\n4,0.5\n5,0.5\n");
+    let g = scratch("updates.toml", "[schedule]\nlr = 1.0\nkind = \"fixed\"\n");
+    let e = stderr_of_failure(&kiln(&[
+        "schedule",
+        arg(&g),
+        "--steps",
+        "3",
+        "--batches-per-epoch",
+        "2",
+    ]));
+    assert!(
+        e.contains("--batches-per-epoch is for a schedule with interval = \"epoch\""),
+        "{e}"
+    );
+}

@@ -184,8 +184,9 @@ pub struct StepOutcome {
     pub evaluation: Option<Evaluation>,
     /// The epoch's mean batch loss, when this update ended an epoch and something watches it.
     pub train_loss: Option<f64>,
-    /// Whether the metric that decides "best" (early stopping's monitor, else `val_loss`)
-    /// improved on every earlier value here: what `--save-best` saves on.
+    /// Whether the metric that decides "best" improved here: early stopping's improvement
+    /// (its monitor, mode and `min_delta`), else a validation loss below every earlier one.
+    /// What `--save-best` saves on.
     pub improved: bool,
     /// Early stopping ended the run after this update.
     pub stopped: Option<EarlyStop>,
@@ -225,7 +226,8 @@ pub struct RunState {
     /// Batch losses of the current epoch's updates made before the trainer's first step (a run
     /// resumed mid-epoch), for the epoch's `train_loss`.
     pub epoch_losses: Vec<f32>,
-    /// The best value of the metric that decides "best", and the update it was measured after.
+    /// Without early stopping: the lowest validation loss, and the update it was measured
+    /// after.
     pub best: Option<(f64, u64)>,
     /// Early stopping: checks since the last improvement (Keras's `wait`), checks made, and
     /// its best value so far with the update it was measured after.
@@ -419,27 +421,20 @@ impl Run {
             };
             self.trainer.end_epoch(&observation)?;
         }
-        // "Best": early stopping's metric, else the validation loss.
-        let (best_monitor, minimize) = match &self.early_stopping {
-            Some(es) => (es.monitor, es.minimizes()),
-            None => (Monitor::ValLoss, true),
-        };
+        // "Best" is early stopping's improvement (its monitor, mode and min_delta), so
+        // --save-best keeps what restore_best would restore; without early stopping, the
+        // lowest validation loss.
         let mut improved = false;
-        if let Some(v) = value(best_monitor) {
-            improved = match self.state.best {
-                None => true,
-                Some((b, _)) if minimize => v < b,
-                Some((b, _)) => v > b,
-            };
+        let mut stopped = None;
+        if let Some(es) = self.early_stopping {
+            if let Some(v) = value(es.monitor) {
+                (improved, stopped) = self.check_early_stop(&es, v, done)?;
+            }
+        } else if let Some(v) = value(Monitor::ValLoss) {
+            improved = self.state.best.is_none_or(|(b, _)| v < b);
             if improved {
                 self.state.best = Some((v, done));
             }
-        }
-        let mut stopped = None;
-        if let Some(es) = self.early_stopping
-            && let Some(v) = value(es.monitor)
-        {
-            stopped = self.check_early_stop(&es, v, done)?;
         }
         Ok(StepOutcome {
             lr,
@@ -477,7 +472,7 @@ impl Run {
         es: &EarlyStoppingConfig,
         v: f64,
         done: u64,
-    ) -> Result<Option<EarlyStop>> {
+    ) -> Result<(bool, Option<EarlyStop>)> {
         let improved = match self.state.stop_best {
             None => true,
             Some((best, _)) if es.minimizes() => v + es.min_delta < best,
@@ -492,7 +487,7 @@ impl Run {
                 self.state.best_params = Some(self.trainer.parameters()?);
             }
             self.state.wait = 0;
-            return Ok(None);
+            return Ok((true, None));
         }
         if self.state.wait >= es.patience && check > 0 {
             let (best, best_step) = self.state.stop_best.expect("the first check improves");
@@ -505,9 +500,9 @@ impl Run {
                 wait: self.state.wait,
             };
             self.state.stopped = Some(stop.clone());
-            return Ok(Some(stop));
+            return Ok((false, Some(stop)));
         }
-        Ok(None)
+        Ok((false, None))
     }
 
     /// With early stopping's `restore_best`: puts back the weights of its best check (Keras
@@ -608,7 +603,7 @@ impl Run {
 }
 
 /// Mean loss of `outputs` against `targets`, and the accuracy of classifiers (argmax for
-/// cross-entropy; p > 0.5 for bce; logit > 0 for bce_with_logits).
+/// cross-entropy; p ≥ 0.5 for bce; logit ≥ 0 for bce_with_logits).
 pub fn evaluate(
     loss: Loss,
     width: usize,
@@ -626,11 +621,12 @@ pub fn evaluate(
             Some(correct as f64 / labels.len() as f64)
         }
         (Loss::Bce | Loss::BceWithLogits, TargetData::Values(t)) => {
+            // Predicted positive at p ≥ 0.5: a probability (bce) or a logit ≥ 0.
             let cut = if loss == Loss::Bce { 0.5 } else { 0.0 };
             let correct = outputs
                 .iter()
                 .zip(t)
-                .filter(|(o, t)| (**o > cut) == (**t > 0.5))
+                .filter(|(o, t)| (**o >= cut) == (**t >= 0.5))
                 .count();
             Some(correct as f64 / t.len() as f64)
         }
