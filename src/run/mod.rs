@@ -507,14 +507,17 @@ impl Run {
 
     /// With early stopping's `restore_best`: puts back the weights of its best check (Keras
     /// restores them at the end of training, stopped early or not). Returns the update they
-    /// were measured after, if it restored any.
+    /// were measured after, if that was not the last one (then it changes nothing).
     pub fn finish(&mut self) -> Result<Option<u64>> {
         match (
             &self.early_stopping,
             &self.state.best_params,
             self.state.stop_best,
         ) {
-            (Some(es), Some(params), Some((_, step))) if es.restore_best => {
+            // The best check was the last update: its weights are the ones there.
+            (Some(es), Some(params), Some((_, step)))
+                if es.restore_best && step != self.steps_done() =>
+            {
                 let params = params.clone();
                 self.trainer.set_parameters(&params)?;
                 Ok(Some(step))
