@@ -302,7 +302,7 @@ impl GpuOp {
             .collect::<Result<Vec<_>>>()?;
         let mut ranges: Vec<BufferRange<'_>> = buffers.iter().map(Into::into).collect();
         if let Some(at) = unused_input {
-            // An optional input the op does not use (matmul's bias, SGD's loss history).
+            // An optional input the op does not use (matmul's bias).
             ranges.insert(at, ctx.dummy().into());
         }
         Ok(GpuOp {
@@ -351,16 +351,25 @@ impl GpuOp {
     pub fn update(ctx: &Arc<GpuContext>, optimizer: &Optimizer, n: usize) -> Result<GpuOp> {
         let uniform = steady_update(optimizer, n)?;
         let launch = kernels::update(optimizer.rule().kernel(), &uniform, ctx.max_dim());
-        // parameters, gradients, loss history, no-decay ranges, then the state tensors
-        let mut lens = vec![n, n, 1, 2];
-        lens.extend(
-            optimizer
-                .rule()
-                .state()
-                .iter()
-                .map(|b| if b.used { n } else { 1 }),
-        );
-        GpuOp::new(ctx, &launch, &lens, None)
+        let mut buffers = vec![
+            ctx.storage_buffer("bench parameters", n)?,
+            ctx.storage_buffer("bench gradients", n)?,
+            ctx.storage_buffer("bench loss history", 1)?,
+            ctx.storage_buffer("bench no-decay ranges", 2)?,
+        ];
+        let state = ctx.state_buffers(&optimizer.rule().state(), n)?;
+        let rec = {
+            let [p, g, h, d] = &buffers[..] else {
+                unreachable!("four buffers")
+            };
+            ctx.record(&launch, &kernels::update_bindings(p, g, h, d, &state))
+        };
+        buffers.extend(state);
+        Ok(GpuOp {
+            rec,
+            ctx: ctx.clone(),
+            _buffers: buffers,
+        })
     }
 
     /// A copy of `n` floats.
@@ -542,10 +551,11 @@ pub fn bench_optimizer_set() -> Vec<Optimizer> {
 /// every state tensor is read and written and every branch is the one a long run takes.
 pub fn steady_update(optimizer: &Optimizer, n: usize) -> Result<optim::UpdateUniform> {
     let mut scalars = optimizer.rule().initial_scalars();
-    for _ in 0..5 {
-        optimizer.one_off_uniform(0.01, n, &mut scalars)?;
+    let mut uniform = optimizer.one_off_uniform(0.01, n, &mut scalars)?;
+    for _ in 1..6 {
+        uniform = optimizer.one_off_uniform(0.01, n, &mut scalars)?;
     }
-    optimizer.one_off_uniform(0.01, n, &mut scalars)
+    Ok(uniform)
 }
 
 /// Bytes an update of `n` parameters must move: parameters and each used state tensor read

@@ -76,6 +76,17 @@ impl Sequential {
                 _ => {}
             }
         }
+        if loss == Loss::Bce
+            && !matches!(
+                layers.last(),
+                Some(Layer::Activation(Activation::Sigmoid | Activation::Softmax))
+            )
+        {
+            return Err(KilnError::invalid(
+                "model.loss",
+                "bce reads probabilities: end the model with \"sigmoid\", or use bce_with_logits on raw outputs",
+            ));
+        }
         if !layers.iter().any(|l| matches!(l, Layer::Dense { .. })) {
             return Err(KilnError::invalid(
                 "model.layers",

@@ -281,7 +281,20 @@ pub fn check_targets(loss: Loss, targets: Targets, rows: usize, cols: usize) -> 
                 rows * cols,
                 &format!("[{rows}, {cols}]"),
             )?;
-            check_finite("targets", t)
+            check_finite("targets", t)?;
+            if loss != Loss::Mse
+                && let Some(i) = t.iter().position(|v| !(0.0..=1.0).contains(v))
+            {
+                return Err(KilnError::invalid(
+                    "targets",
+                    format!(
+                        "{} needs targets in [0, 1], element {i} is {}",
+                        loss.name(),
+                        t[i]
+                    ),
+                ));
+            }
+            Ok(())
         }
         (_, Targets::Classes(_)) => Err(KilnError::invalid(
             "targets",

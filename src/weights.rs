@@ -16,13 +16,7 @@ use crate::model::ParamLayout;
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one whole:
 /// a temporary file beside it, fsync, rename over, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| KilnError::file(path, "not a file name"))?;
+    let (dir, name) = output_target(path)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
@@ -40,6 +34,48 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         KilnError::file(path, format!("writing: {e}"))
     })
+}
+
+/// The directory and file name of an output path, refusing what must not be replaced: a
+/// directory, a device or other special file, a path without a file name or whose directory
+/// does not exist.
+fn output_target(path: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| KilnError::file(path, "not a file name"))?;
+    if !dir.is_dir() {
+        return Err(KilnError::file(
+            path,
+            format!("the directory {} does not exist", dir.display()),
+        ));
+    }
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+    {
+        return Err(KilnError::file(
+            path,
+            "exists and is not a regular file; Kiln replaces only regular files",
+        ));
+    }
+    Ok((dir, name))
+}
+
+/// Checks, before a run starts, that [`write_atomic`] can later write `path`: the target is
+/// allowed and its directory takes a new file (a probe file is created and removed).
+pub fn check_writable(path: &Path) -> Result<()> {
+    let (dir, name) = output_target(path)?;
+    let probe = dir.join(format!(
+        ".{}.probe-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| KilnError::file(path, format!("cannot write there: {e}")))
 }
 
 /// (name, shape, arena offset) of every parameter tensor, with names prefixed by `prefix`.
@@ -88,8 +124,36 @@ pub fn serialize(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| KilnError::invalid("weights", e.to_string()))?;
-    safetensors::serialize(views, metadata)
-        .map_err(|e| KilnError::invalid("weights", e.to_string()))
+    let bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| KilnError::invalid("weights", e.to_string()))?;
+    Ok(canonical_header(bytes))
+}
+
+/// The same file with its JSON header's keys in sorted order. safetensors writes the metadata
+/// from a hash map, in an order that changes from run to run; sorted, the same weights and
+/// metadata always give the same bytes, so a checksum can tell two runs apart or not.
+fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + len) else {
+        return bytes;
+    };
+    // serde_json's map is sorted (no preserve_order), so a round trip sorts every level.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return bytes;
+    };
+    let mut json = serde_json::to_vec(&value).expect("a parsed header serialises");
+    // The format pads the header with spaces to a multiple of 8 bytes.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - len);
+    out.extend((json.len() as u64).to_le_bytes());
+    out.extend(json);
+    out.extend(&bytes[8 + len..]);
+    out
 }
 
 /// Saves the parameter arena as `path` (atomically), with optional string metadata.
@@ -239,6 +303,33 @@ mod tests {
         assert_eq!(st.tensor("layers.2.weight").unwrap().shape(), [2, 4]);
         assert_eq!(load(&path, &layout).unwrap(), params);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// The same weights and metadata give the same bytes, whatever order the metadata map
+    /// iterates in, and the file still reads back.
+    #[test]
+    fn the_same_content_gives_the_same_bytes() {
+        let m = model(&[4, 2]);
+        let layout = m.param_layout(64);
+        let params = m.init_params(&layout, 1);
+        let meta: HashMap<String, String> = (0..20)
+            .map(|i| (format!("kiln.key{i}"), format!("[{i}]")))
+            .collect();
+        let first = serialize(&layout, &[("", &params)], Some(meta.clone())).unwrap();
+        for _ in 0..5 {
+            // A fresh map: another hash seed, another iteration order.
+            let again: HashMap<String, String> = meta.clone().into_iter().collect();
+            assert_eq!(
+                serialize(&layout, &[("", &params)], Some(again)).unwrap(),
+                first
+            );
+        }
+        let st = SafeTensors::deserialize(&first).unwrap();
+        let mut arena = vec![0.0; layout.len];
+        read_into(&st, &layout, "", &mut arena).unwrap();
+        assert_eq!(arena, params);
+        let (_, header) = SafeTensors::read_metadata(&first).unwrap();
+        assert_eq!(header.metadata().as_ref().unwrap()["kiln.key7"], "[7]");
     }
 
     #[test]

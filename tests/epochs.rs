@@ -502,3 +502,44 @@ fn the_readmes_epoch_examples_parse() {
         "{schedules} schedules, {stops} early stops"
     );
 }
+
+/// With non-finite updates skipped, an epoch's `train_loss` is the mean of the updates that
+/// happened, so a per-epoch schedule watching it keeps going.
+#[test]
+fn skipped_updates_are_left_out_of_the_epoch_mean() {
+    let dir = std::env::temp_dir().join(format!("kiln-epochs-skip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Row 5's squared error overflows f32: its batch (rows 4 and 5) has an infinite loss.
+    let csv = "x,y\n0.1,0.2\n0.2,0.4\n0.3,0.6\n0.4,0.8\n0.5,1.0\n1e30,1.2\n0.7,1.4\n0.8,1.6\n";
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    let text = r#"
+[model]
+layers = [{ dense = 1 }]
+loss = "mse"
+[data]
+path = "d.csv"
+shuffle = false
+[optimizer]
+lr = 0.1
+[schedule]
+interval = "epoch"
+kind = "reduce_on_plateau"
+monitor = "train_loss"
+[train]
+epochs = 3
+batch_size = 2
+"#;
+    let config = RunConfig::from_toml(text, "run.toml").unwrap();
+    let mut run = Run::new(config, &dir, &Device::Cpu, None, None).unwrap();
+    run.trainer.skip_non_finite_losses(true);
+    let mut means = Vec::new();
+    while !run.finished() {
+        means.extend(run.step().unwrap().train_loss);
+    }
+    let losses = run.trainer.losses().unwrap().to_vec();
+    assert!(!losses[2].is_finite() && losses.iter().filter(|l| l.is_finite()).count() == 9);
+    assert_eq!(means.len(), 3);
+    let first: f64 = [0, 1, 3].iter().map(|&i| losses[i] as f64).sum::<f64>() / 3.0;
+    assert_eq!(means[0], first);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

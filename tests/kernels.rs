@@ -222,6 +222,10 @@ fn losses_match_cpu() {
                         output = random(n, 0.001, 0.999, seed);
                         targets_v = random(n, 0.0, 1.0, seed + 1);
                     }
+                    Loss::BceWithLogits => {
+                        output = random(n, -3.0, 3.0, seed);
+                        targets_v = random(n, 0.0, 1.0, seed + 1);
+                    }
                     _ => {
                         output = random(n, -3.0, 3.0, seed);
                         targets_v = random(n, -1.0, 1.0, seed + 1);

@@ -389,10 +389,33 @@ fn resuming_under_another_optimizer_is_refused() {
     assert!(e.contains("\"adam\"") && e.contains("\"rmsprop\""), "{e}");
     let ams = OptimizerConfig::from_table(toml::from_str("kind = 'adam'\namsgrad = true").unwrap())
         .unwrap();
-    let e = Trainer::resume(&Device::Cpu, model(), options(ams.optimizer), state)
-        .unwrap_err()
-        .to_string();
+    let e = Trainer::resume(
+        &Device::Cpu,
+        model(),
+        options(ams.optimizer.clone()),
+        state.clone(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("max_exp_avg_sq"), "{e}");
+    // The other way: a checkpoint with amsgrad's state resumed with amsgrad off.
+    let mut t = Trainer::new(
+        &Device::Cpu,
+        model(),
+        options(ams.optimizer),
+        Scheduler::fixed(0.1).unwrap(),
+    )
+    .unwrap();
+    t.step(&[0.5; 20], Targets::Classes(&[0, 1, 2, 0])).unwrap();
+    let e = Trainer::resume(
+        &Device::Cpu,
+        model(),
+        options(adam.optimizer),
+        t.state().unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("holds `max_exp_avg_sq`"), "{e}");
 }
 
 /// With skipping on, an update whose loss is not finite changes no parameter and no state

@@ -163,7 +163,7 @@ fn every_activation_and_loss_trains_alike_on_gpu_and_cpu() {
             let model = Sequential::new(5, layers, loss).unwrap();
             let targets = match loss {
                 Loss::CrossEntropy => Targets::Classes(&labels),
-                Loss::Bce => Targets::Values(&probs),
+                Loss::Bce | Loss::BceWithLogits => Targets::Values(&probs),
                 _ => Targets::Values(&values),
             };
             let opts = TrainOptions {

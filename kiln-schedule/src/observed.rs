@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::factor::RateRule;
-use crate::{Needs, Observation, Result, ScheduleError, non_negative, positive};
+use crate::{Needs, Observation, Result, ScheduleError, non_negative};
 
 const LOSS: Needs = Needs {
     loss: true,
@@ -26,7 +26,12 @@ pub struct LossMilestones {
 impl LossMilestones {
     /// Checks the thresholds and factor.
     pub fn new(thresholds: Vec<f64>, factor: f64) -> Result<Self> {
-        non_negative("factor", factor)?;
+        if !(factor > 0.0 && factor <= 1.0) {
+            return Err(ScheduleError::new(
+                "factor",
+                format!("must be in (0, 1]: the rate decays at each threshold; got {factor}"),
+            ));
+        }
         if let Some(i) = thresholds.iter().position(|t| !t.is_finite()) {
             return Err(ScheduleError::new(
                 format!("thresholds[{i}]"),
@@ -81,8 +86,20 @@ pub struct BoldDriver {
 impl BoldDriver {
     /// Checks the factors and bounds.
     pub fn new(decrease: f64, increase: f64, min_lr: f64, max_lr: f64) -> Result<Self> {
-        positive("decrease", decrease)?;
-        positive("increase", increase)?;
+        if !(decrease > 0.0 && decrease <= 1.0) {
+            return Err(ScheduleError::new(
+                "decrease",
+                format!("must be in (0, 1]: the rate shrinks when the loss rises; got {decrease}"),
+            ));
+        }
+        if !(increase.is_finite() && increase >= 1.0) {
+            return Err(ScheduleError::new(
+                "increase",
+                format!(
+                    "must be finite and >= 1: the rate grows when the loss falls; got {increase}"
+                ),
+            ));
+        }
         non_negative("min_lr", min_lr)?;
         if max_lr.is_nan() || max_lr < min_lr {
             return Err(ScheduleError::new(

@@ -51,6 +51,8 @@ fn fields(line: &str) -> Vec<&str> {
 
 /// Parses CSV text; `source` names it in errors, with the line number.
 pub fn parse(source: &str, text: &str, options: &CsvOptions) -> Result<Dataset> {
+    // Spreadsheet exports often start with a UTF-8 byte-order mark; it is not data.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
         .lines()
         .enumerate()

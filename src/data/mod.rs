@@ -238,6 +238,18 @@ impl Dataset {
                 ),
             ));
         }
+        if matches!(loss, Loss::Bce | Loss::BceWithLogits)
+            && let Some(i) = self.y.iter().position(|v| !(0.0..=1.0).contains(v))
+        {
+            return Err(KilnError::invalid(
+                format!("{}, row {}", self.source, i / self.targets),
+                format!(
+                    "{} needs targets in [0, 1] (probabilities or 0/1 labels), got {}",
+                    loss.name(),
+                    self.y[i]
+                ),
+            ));
+        }
         Ok(TargetData::Values(self.y.clone()))
     }
 }

@@ -536,6 +536,21 @@ pub(crate) fn copy(len: usize, max_per_dim: u32) -> Launch {
     )
 }
 
+/// The buffers of an optimizer kernel in binding order (`crate::optim::update_bindings`):
+/// parameters, gradients, loss history, no-decay ranges, then the state tensors.
+pub(crate) fn update_bindings<'a>(
+    params: &'a wgpu::Buffer,
+    grads: &'a wgpu::Buffer,
+    history: &'a wgpu::Buffer,
+    no_decay: &'a wgpu::Buffer,
+    state: &'a [wgpu::Buffer],
+) -> Vec<BufferRange<'a>> {
+    let mut b: Vec<BufferRange<'a>> =
+        vec![params.into(), grads.into(), history.into(), no_decay.into()];
+    b.extend(state.iter().map(BufferRange::from));
+    b
+}
+
 /// One optimizer update of the whole arena with `kernel`, the uniform block the host computed.
 pub(crate) fn update(kernel: &'static Kernel, uniform: &UpdateUniform, max_per_dim: u32) -> Launch {
     Launch::new(

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::bench::Timing;
 use crate::error::Result;
 use crate::ops::{Activation, Loss, MatmulDims, Targets, Transpose};
-use crate::optim::{Optimizer, UpdateUniform};
+use crate::optim::{Optimizer, StateBlock, UpdateUniform};
 use crate::timing::measure;
 
 impl GpuContext {
@@ -271,6 +271,26 @@ impl GpuContext {
         Ok(self.read_back(&history, 0, 1)?[0])
     }
 
+    /// The buffers of an optimizer's state tensors, in [`UpdateRule::state`] order: used
+    /// ones `len` long at their initial value, unused ones a one-element placeholder (the
+    /// kernel binds every block; each needs its own buffer, as writable bindings may not
+    /// alias).
+    pub(crate) fn state_buffers(
+        &self,
+        blocks: &[StateBlock],
+        len: usize,
+    ) -> Result<Vec<wgpu::Buffer>> {
+        blocks
+            .iter()
+            .map(|b| match (b.used, b.init) {
+                (false, _) => self.storage_buffer(b.name, 1),
+                // Storage buffers start zeroed.
+                (true, 0.0) => self.storage_buffer(b.name, len),
+                (true, init) => self.upload(b.name, &vec![init; len]),
+            })
+            .collect()
+    }
+
     /// One optimizer update through the kernel a training step uses.
     pub(crate) fn update(
         &self,
@@ -284,24 +304,15 @@ impl GpuContext {
         let g = self.upload("grad", grad)?;
         let history = self.storage_buffer("loss history", 1)?;
         let no_decay = self.storage_buffer("no-decay ranges", 2)?;
-        let state = blocks
-            .iter()
-            .map(|b| {
-                if b.is_empty() {
-                    self.storage_buffer("unused state", 1)
-                } else {
-                    self.upload("state", b)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let state = self.state_buffers(&optimizer.rule().state(), param.len())?;
+        for (values, buf) in blocks.iter().zip(&state) {
+            if !values.is_empty() {
+                self.queue
+                    .write_buffer(buf, 0, bytemuck::cast_slice(values));
+            }
+        }
         let launch = kernels::update(optimizer.rule().kernel(), uniform, self.max_dim());
-        let mut buffers: Vec<BufferRange<'_>> = vec![
-            (&p).into(),
-            (&g).into(),
-            (&history).into(),
-            (&no_decay).into(),
-        ];
-        buffers.extend(state.iter().map(BufferRange::from));
+        let buffers = kernels::update_bindings(&p, &g, &history, &no_decay, &state);
         self.run(&launch, &buffers)?;
         param.copy_from_slice(&self.read_back(&p, 0, param.len())?);
         for (b, buf) in blocks.iter_mut().zip(&state) {

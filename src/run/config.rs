@@ -360,8 +360,15 @@ impl RunConfig {
     /// Total updates, from `train.steps` or `train.epochs` with `batches_per_epoch`.
     pub fn total_steps(&self, batches_per_epoch: u64) -> Result<u64> {
         match (self.train.steps, self.train.epochs) {
+            (Some(0), None) => Err(KilnError::invalid("train.steps", "must be at least 1")),
+            (None, Some(0)) => Err(KilnError::invalid("train.epochs", "must be at least 1")),
             (Some(s), None) => Ok(s),
-            (None, Some(e)) => Ok(e * batches_per_epoch),
+            (None, Some(e)) => e.checked_mul(batches_per_epoch).ok_or_else(|| {
+                KilnError::invalid(
+                    "train.epochs",
+                    format!("{e} epochs of {batches_per_epoch} updates is more updates than can be counted"),
+                )
+            }),
             (None, None) => Err(KilnError::invalid("train", "give steps or epochs")),
             (Some(_), Some(_)) => Err(KilnError::invalid(
                 "train",

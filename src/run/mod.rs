@@ -144,7 +144,6 @@ impl Prepared {
         Ok(Run {
             eval_every: config.eval_every()?,
             early_stopping: config.train.early_stopping,
-            interval: schedule.as_ref().map_or(Interval::Update, |s| s.interval),
             epoch_monitor,
             state,
             model: self.model,
@@ -229,11 +228,8 @@ pub struct RunState {
     /// Without early stopping: the lowest validation loss, and the update it was measured
     /// after.
     pub best: Option<(f64, u64)>,
-    /// Early stopping: checks since the last improvement (Keras's `wait`), checks made, and
-    /// its best value so far with the update it was measured after.
+    /// Early stopping: checks since the last improvement (Keras's `wait`).
     pub wait: u64,
-    /// Checks made.
-    pub checks: u64,
     /// Early stopping's best value (with its `min_delta` rule) and its update.
     pub stop_best: Option<(f64, u64)>,
     /// Set when early stopping ended the run.
@@ -269,8 +265,6 @@ pub struct Run {
     tb: TargetData,
     eval_every: EvalEvery,
     early_stopping: Option<EarlyStoppingConfig>,
-    /// When the schedule steps.
-    interval: Interval,
     /// The metric a per-epoch schedule watches.
     epoch_monitor: Option<Monitor>,
     state: RunState,
@@ -390,7 +384,10 @@ impl Run {
         let (epoch_monitor, stop_monitor) =
             (self.epoch_monitor, self.early_stopping.map(|e| e.monitor));
         let watched = |m: Monitor| epoch_monitor == Some(m) || stop_monitor == Some(m);
-        let epoch_eval = epoch_end && (watched(Monitor::ValLoss) || watched(Monitor::ValAccuracy));
+        // A per-epoch schedule watching a validation metric needs it at every epoch's end,
+        // whatever eval_every says (early stopping checks at the evaluations there are).
+        let epoch_eval =
+            epoch_end && matches!(epoch_monitor, Some(Monitor::ValLoss | Monitor::ValAccuracy));
         let eval_due = match self.eval_every {
             EvalEvery::Epoch => epoch_end,
             EvalEvery::Updates(n) => done.is_multiple_of(n),
@@ -414,7 +411,7 @@ impl Run {
             Monitor::TrainLoss => train_loss,
             Monitor::Loss => None,
         };
-        if epoch_end && self.interval == Interval::Epoch {
+        if epoch_end && self.trainer.schedule_interval() == Interval::Epoch {
             let observation = Observation {
                 loss: self.epoch_monitor.and_then(value),
                 grad_norm_sq: None,
@@ -446,24 +443,42 @@ impl Run {
     }
 
     /// The mean batch loss of the epoch that update `done` ended, summed in f64 in update
-    /// order (as `sum(losses) / len(losses)` over Python floats).
+    /// order (as `sum(losses) / len(losses)` over Python floats). Updates whose loss was not
+    /// finite (skipped with `--on-nan skip`) are left out: they changed nothing.
     fn epoch_train_loss(&mut self, done: u64) -> Result<f64> {
-        let start = done - self.batches_per_epoch;
-        let first = self.trainer.first_step();
-        let from = start.max(first);
-        let losses = self.trainer.losses()?;
-        let mut sum = 0.0f64;
-        let mut count = 0usize;
-        for &l in self
-            .state
-            .epoch_losses
+        let losses = self.losses_since(done - self.batches_per_epoch, done)?;
+        let finite: Vec<f64> = losses
             .iter()
-            .chain(&losses[(from - first) as usize..(done - first) as usize])
-        {
-            sum += l as f64;
-            count += 1;
+            .filter(|l| l.is_finite())
+            .map(|&l| l as f64)
+            .collect();
+        if finite.is_empty() {
+            return Err(KilnError::NonFinite {
+                what: format!(
+                    "the mean training loss of epoch {} (every update's loss)",
+                    self.epoch_of(done - 1)
+                ),
+                index: 0,
+                value: losses.first().copied().unwrap_or(f32::NAN),
+            });
         }
-        Ok(sum / count as f64)
+        Ok(finite.iter().sum::<f64>() / finite.len() as f64)
+    }
+
+    /// The batch losses of updates `start..done` of the current epoch: those before the
+    /// trainer's first update (a run resumed mid-epoch) come from the checkpoint.
+    fn losses_since(&mut self, start: u64, done: u64) -> Result<Vec<f32>> {
+        let first = self.trainer.first_step();
+        let losses = self.trainer.losses()?;
+        let mut out = if start < first {
+            self.state.epoch_losses.clone()
+        } else {
+            Vec::new()
+        };
+        out.extend_from_slice(
+            &losses[(start.max(first) - first) as usize..(done - first) as usize],
+        );
+        Ok(out)
     }
 
     /// Keras's `EarlyStopping.on_epoch_end` for one check of value `v` after update `done`.
@@ -479,8 +494,6 @@ impl Run {
             Some((best, _)) => v - es.min_delta > best,
         };
         self.state.wait += 1;
-        let check = self.state.checks;
-        self.state.checks += 1;
         if improved {
             self.state.stop_best = Some((v, done));
             if es.restore_best {
@@ -489,7 +502,8 @@ impl Run {
             self.state.wait = 0;
             return Ok((true, None));
         }
-        if self.state.wait >= es.patience && check > 0 {
+        // (Keras also requires epoch > 0: always so here, since the first check improves.)
+        if self.state.wait >= es.patience {
             let (best, best_step) = self.state.stop_best.expect("the first check improves");
             let stop = EarlyStop {
                 step: done,
@@ -571,17 +585,8 @@ impl Run {
         let epoch = self.epoch_of(state.steps);
         // The losses of this epoch so far, for its train_loss after a resume.
         let done = state.steps;
-        let start = done - done % self.batches_per_epoch;
-        let first = self.trainer.first_step();
         let mut run = self.state.clone();
-        if start >= first {
-            run.epoch_losses =
-                self.trainer.losses()?[(start - first) as usize..(done - first) as usize].to_vec();
-        } else {
-            let losses = self.trainer.losses()?;
-            run.epoch_losses
-                .extend_from_slice(&losses[..(done - first) as usize]);
-        }
+        run.epoch_losses = self.losses_since(done - done % self.batches_per_epoch, done)?;
         checkpoint::save(dir, self.trainer.layout(), &state, epoch, &run)
     }
 

@@ -54,18 +54,7 @@ impl CpuStep {
         let widths = model.widths();
         let sized = |w: &usize| vec![0.0; options.max_batch * w];
         let optimizer = options.optimizer.clone();
-        let state = optimizer
-            .rule()
-            .state()
-            .iter()
-            .map(|b| {
-                if b.used {
-                    vec![b.init; params.len()]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
+        let optim::State { scalars, blocks } = optimizer.new_state(params.len());
         CpuStep {
             program,
             input_width: model.input(),
@@ -74,10 +63,10 @@ impl CpuStep {
             widths,
             loss: model.loss(),
             no_decay: optimizer.no_decay_ranges(layout),
-            scalars: optimizer.rule().initial_scalars(),
+            scalars,
             optimizer,
             grads: vec![0.0; params.len()],
-            state,
+            state: blocks,
             params,
             losses: Vec::new(),
             first_update: 0,
@@ -126,29 +115,17 @@ impl CpuStep {
         }
     }
 
-    /// The optimizer's scalars and used state blocks by name.
+    /// The optimizer's scalar state and every state block in its binding order (unused
+    /// blocks empty).
     pub fn optimizer_state(&self) -> OptimizerSnapshot {
-        let blocks = self
-            .optimizer
-            .rule()
-            .state()
-            .iter()
-            .zip(&self.state)
-            .filter(|(b, _)| b.used)
-            .map(|(b, v)| (b.name, v.clone()))
-            .collect();
-        (self.scalars.clone(), blocks)
+        (self.scalars.clone(), self.state.clone())
     }
 
     /// Continues after `steps` updates of an earlier run with the optimizer state it had
-    /// (blocks checked against the optimizer by the caller; losses are kept from here on, at
-    /// their update numbers).
-    pub fn restore(&mut self, scalars: Scalars, blocks: &[(String, Vec<f32>)], steps: u64) {
-        for (b, slot) in self.optimizer.rule().state().iter().zip(&mut self.state) {
-            if let Some((_, v)) = blocks.iter().find(|(n, _)| n == b.name) {
-                slot.clone_from(v);
-            }
-        }
+    /// (every block in binding order, checked by the trainer; losses are kept from here on,
+    /// at their update numbers).
+    pub fn restore(&mut self, scalars: Scalars, blocks: Vec<Vec<f32>>, steps: u64) {
+        self.state = blocks;
         self.scalars = scalars;
         self.first_update = steps;
     }

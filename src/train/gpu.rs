@@ -152,16 +152,13 @@ impl Buffers<'_> {
                 ]
             }
             Instr::Clip { .. } => vec![vec![self.grads.into(), self.grad_norm_history.into()]],
-            Instr::Update => {
-                let mut b: Vec<BufferRange<'_>> = vec![
-                    self.params.into(),
-                    self.grads.into(),
-                    self.history.into(),
-                    self.no_decay.into(),
-                ];
-                b.extend(self.state.iter().map(BufferRange::from));
-                vec![b]
-            }
+            Instr::Update => vec![kernels::update_bindings(
+                self.params,
+                self.grads,
+                self.history,
+                self.no_decay,
+                self.state,
+            )],
         }
     }
 }
@@ -189,18 +186,7 @@ impl GpuStep {
 
         let params_buf = ctx.upload("parameters", params)?;
         let grads = ctx.storage_buffer("gradients", params.len())?;
-        let state = optimizer
-            .rule()
-            .state()
-            .iter()
-            .map(|b| {
-                if b.used {
-                    ctx.upload(b.name, &vec![b.init; params.len()])
-                } else {
-                    ctx.storage_buffer(b.name, 1)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let state = ctx.state_buffers(&optimizer.rule().state(), params.len())?;
         let ranges = optimizer.no_decay_ranges(layout);
         let no_decay = if ranges.is_empty() {
             ctx.storage_buffer("no-decay ranges", 2)?
@@ -545,22 +531,28 @@ impl GpuStep {
             .read_back(&self.acts[last], 0, batch * self.output_width())
     }
 
-    /// The optimizer's scalars and used state blocks by name (read back from the GPU).
+    /// The optimizer's scalar state and every state block in its binding order (read back
+    /// from the GPU; unused blocks empty).
     pub fn optimizer_state(&self) -> Result<OptimizerSnapshot> {
         let mut blocks = Vec::new();
         for (b, buf) in self.optimizer.rule().state().iter().zip(&self.state) {
-            if b.used {
-                blocks.push((b.name, self.ctx.read_back(buf, 0, self.param_len)?));
-            }
+            blocks.push(if b.used {
+                self.ctx.read_back(buf, 0, self.param_len)?
+            } else {
+                Vec::new()
+            });
         }
         Ok((self.scalars.clone(), blocks))
     }
 
-    /// Continues after `steps` updates of an earlier run with the optimizer state it had.
-    pub fn restore(&mut self, scalars: Scalars, blocks: &[(String, Vec<f32>)], steps: u64) {
-        for (b, buf) in self.optimizer.rule().state().iter().zip(&self.state) {
-            if let Some((_, v)) = blocks.iter().find(|(n, _)| n == b.name) {
-                self.ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(v));
+    /// Continues after `steps` updates of an earlier run with the optimizer state it had
+    /// (every block in binding order, checked by the trainer; unused ones empty).
+    pub fn restore(&mut self, scalars: Scalars, blocks: &[Vec<f32>], steps: u64) {
+        for (values, buf) in blocks.iter().zip(&self.state) {
+            if !values.is_empty() {
+                self.ctx
+                    .queue
+                    .write_buffer(buf, 0, bytemuck::cast_slice(values));
             }
         }
         self.scalars = scalars;

@@ -91,8 +91,9 @@ pub struct TrainerState {
     pub optimizer: OptimizerState,
 }
 
-/// An optimizer's scalar state and its used state tensors, as a backend reports them.
-type OptimizerSnapshot = (Scalars, Vec<(&'static str, Vec<f32>)>);
+/// An optimizer's scalar state and its state tensors in binding order (unused ones empty), as a
+/// backend reports and restores them.
+type OptimizerSnapshot = (Scalars, Vec<Vec<f32>>);
 
 /// An optimizer's state, by PyTorch's names.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -293,6 +294,11 @@ impl Trainer {
         Ok(())
     }
 
+    /// When the schedule steps.
+    pub fn schedule_interval(&self) -> Interval {
+        self.options.schedule_interval
+    }
+
     /// The observations the schedule reads after each update (none when it steps per epoch).
     fn per_update_needs(&self) -> Needs {
         per_update_needs(&self.schedule, self.options.schedule_interval)
@@ -405,9 +411,15 @@ impl Trainer {
             optimizer: OptimizerState {
                 name: self.options.optimizer.name().to_string(),
                 scalars,
-                blocks: blocks
-                    .into_iter()
-                    .map(|(n, v)| (n.to_string(), v))
+                blocks: self
+                    .options
+                    .optimizer
+                    .rule()
+                    .state()
+                    .iter()
+                    .zip(blocks)
+                    .filter(|(b, _)| b.used)
+                    .map(|(b, v)| (b.name.to_string(), v))
                     .collect(),
             },
         })
@@ -436,7 +448,27 @@ impl Trainer {
                 ),
             ));
         }
-        for block in optimizer.used_state() {
+        // Every block this configuration uses, and no other, in binding order.
+        let known = optimizer.rule().state();
+        if let Some((name, _)) = opt
+            .blocks
+            .iter()
+            .find(|(n, _)| !known.iter().any(|b| b.used && b.name == n.as_str()))
+        {
+            return Err(KilnError::invalid(
+                "checkpoint.optimizer",
+                format!(
+                    "the checkpoint holds `{name}`, which {} with these options does not keep (an option such as amsgrad, momentum or centered changed?)",
+                    optimizer.name()
+                ),
+            ));
+        }
+        let mut blocks = Vec::with_capacity(known.len());
+        for block in &known {
+            if !block.used {
+                blocks.push(Vec::new());
+                continue;
+            }
             let Some((_, v)) = opt.blocks.iter().find(|(n, _)| n == block.name) else {
                 return Err(KilnError::invalid(
                     "checkpoint.optimizer",
@@ -455,6 +487,7 @@ impl Trainer {
                 "the parameter layout",
             )?;
             ops::check_finite(&format!("checkpoint optimizer state `{}`", block.name), v)?;
+            blocks.push(v.clone());
         }
         let mut scalars = optimizer.rule().initial_scalars();
         for (name, value) in scalars.iter_mut() {
@@ -472,8 +505,8 @@ impl Trainer {
             }
         }
         match &mut trainer.backend {
-            Backend::Cpu(s) => s.restore(scalars, &opt.blocks, state.steps),
-            Backend::Gpu(s) => s.restore(scalars, &opt.blocks, state.steps),
+            Backend::Cpu(s) => s.restore(scalars, blocks, state.steps),
+            Backend::Gpu(s) => s.restore(scalars, &blocks, state.steps),
         }
         trainer.steps = state.steps;
         trainer.first_step = state.steps;

@@ -26,7 +26,7 @@ pub enum Command {
     Schedule(ScheduleArgs),
     /// Plot the loss and learning rate of a `kiln train --log` file.
     Plot(PlotArgs),
-    /// Time matmul, SGD, copy and training steps on the GPU and the CPU device.
+    /// Time matmul, every optimizer's update, copy and training steps on the GPU and the CPU device.
     Bench(BenchArgs),
     /// Time every matmul tile shape on the GPU and cache the fastest for this adapter.
     Tune {

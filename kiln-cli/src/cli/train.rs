@@ -25,6 +25,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         ),
         None => (RunConfig::default_run(), ".".into()),
     };
+    check_outputs(args)?;
     let (device, why) = Device::select(args.device, &args.adapter.options())?;
     let say = |line: &str| {
         if !args.quiet {
@@ -163,20 +164,24 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             run.checkpoint(checkpoint_dir.expect("checked"))?;
         }
     }
-    // Keras's restore_best_weights: back to the best check's weights, stopped early or not.
-    if let Some(step) = run.finish()? {
-        say(&format!(
-            "restored the weights of the best check (after update {step})"
-        ));
-        last_evaluation = None;
-    }
+
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
     let elapsed = started.elapsed().as_secs_f64();
     let done = run.steps_done();
+    // The checkpoint holds the run as it stopped (weights, optimizer state and schedule of
+    // one update), so a resume with more updates continues it exactly.
     if let Some(dir) = checkpoint_dir {
         run.checkpoint(dir)?;
+    }
+    // Keras's restore_best_weights: back to the best check's weights, stopped early or not,
+    // for --save and the final evaluation.
+    if let Some(step) = run.finish()? {
+        say(&format!(
+            "restored the weights of the best check (after update {step})"
+        ));
+        last_evaluation = None;
     }
     if let Some(path) = &args.save {
         run.save_weights(path)?;
@@ -269,6 +274,20 @@ fn write_evaluation(
 fn write_line(log: Option<&mut BufWriter<File>>, line: &LogLine) -> Result<()> {
     if let Some(log) = log {
         writeln!(log, "{}", line.to_json())?;
+    }
+    Ok(())
+}
+
+/// Every file the run will replace, checked before any update: a run is never lost to an
+/// output that could not be written. (The log is opened before the first update anyway, and
+/// may be a stream such as /dev/stdout.)
+fn check_outputs(args: &TrainArgs) -> Result<()> {
+    for path in [&args.save, &args.save_best].into_iter().flatten() {
+        kiln::weights::check_writable(path)?;
+    }
+    if let Some(dir) = &args.checkpoint_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        kiln::weights::check_writable(&kiln::run::checkpoint::path(dir))?;
     }
     Ok(())
 }
