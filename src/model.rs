@@ -93,11 +93,40 @@ impl Sequential {
                 "the model needs at least one dense layer",
             ));
         }
-        Ok(Sequential {
+        let model = Sequential {
             input,
             layers,
             loss,
-        })
+        };
+        model.checked_len(crate::train::PARAM_ALIGN)?;
+        Ok(model)
+    }
+
+    /// The arena length of [`Sequential::param_layout`], in checked arithmetic: an error
+    /// naming the layer where the count leaves what a `usize` holds.
+    fn checked_len(&self, align: usize) -> Result<usize> {
+        let mut len = 0usize;
+        let mut fan_in = self.input;
+        for (i, l) in self.layers.iter().enumerate() {
+            if let Layer::Dense { out } = *l {
+                let next = out
+                    .checked_mul(fan_in)
+                    .and_then(|w| len.checked_add(w))
+                    .and_then(|b| b.checked_next_multiple_of(align))
+                    .and_then(|b| b.checked_add(out))
+                    .and_then(|e| e.checked_next_multiple_of(align))
+                    // Bytes, not just elements, must be countable.
+                    .filter(|e| e.checked_mul(16).is_some());
+                len = next.ok_or_else(|| {
+                    KilnError::invalid(
+                        format!("model.layers[{i}]"),
+                        format!("a dense layer of {out} × {fan_in} makes more parameters than can be counted"),
+                    )
+                })?;
+                fan_in = out;
+            }
+        }
+        Ok(len)
     }
 
     /// Width of the input.

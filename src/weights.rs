@@ -64,10 +64,39 @@ fn output_target(path: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
     Ok((dir, name))
 }
 
+/// Removes the temporary files that [`write_atomic`] calls of `path` and that a killed
+/// process left behind (`.NAME.tmp-PID` whose process is gone; Linux only, where /proc tells).
+pub fn remove_stale_temps(path: &Path) {
+    let Ok((dir, name)) = output_target(path) else {
+        return;
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let gone = pid != std::process::id()
+            && Path::new("/proc/self").exists()
+            && !Path::new(&format!("/proc/{pid}")).exists();
+        if gone {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Checks, before a run starts, that [`write_atomic`] can later write `path`: the target is
 /// allowed and its directory takes a new file (a probe file is created and removed).
 pub fn check_writable(path: &Path) -> Result<()> {
     let (dir, name) = output_target(path)?;
+    remove_stale_temps(path);
     let probe = dir.join(format!(
         ".{}.probe-{}",
         name.to_string_lossy(),

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Once;
 
+use image::ImageEncoder;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -55,7 +56,8 @@ fn register_font() {
     });
 }
 
-/// Draws `panels` into `path` (`.png` or `.svg`), 1000 px wide, 400 px per panel.
+/// Draws `panels` into `path` (`.png` or `.svg`), 1000 px wide, 400 px per panel. The image
+/// is drawn in memory and written atomically: a plot that fails leaves an earlier file whole.
 pub fn plot(path: &Path, panels: &[Panel]) -> Result<()> {
     register_font();
     let size = (1000, 400 * panels.len().max(1) as u32);
@@ -63,18 +65,35 @@ pub fn plot(path: &Path, panels: &[Panel]) -> Result<()> {
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    let drawn = match ext.as_deref() {
+    let failed = |e: String| KilnError::file(path, format!("drawing the plot: {e}"));
+    let bytes = match ext.as_deref() {
         Some("png") => {
-            let root = BitMapBackend::new(path, size).into_drawing_area();
-            draw(&root, panels).and_then(|_| root.present().map_err(|e| e.to_string()))
+            let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
+            {
+                let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+                draw(&root, panels)
+                    .and_then(|_| root.present().map_err(|e| e.to_string()))
+                    .map_err(failed)?;
+            }
+            let mut png = Vec::new();
+            image::codecs::png::PngEncoder::new(&mut png)
+                .write_image(&rgb, size.0, size.1, image::ColorType::Rgb8)
+                .map_err(|e| failed(e.to_string()))?;
+            png
         }
         Some("svg") => {
-            let root = SVGBackend::new(path, size).into_drawing_area();
-            draw(&root, panels).and_then(|_| root.present().map_err(|e| e.to_string()))
+            let mut svg = String::new();
+            {
+                let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+                draw(&root, panels)
+                    .and_then(|_| root.present().map_err(|e| e.to_string()))
+                    .map_err(failed)?;
+            }
+            svg.into_bytes()
         }
         _ => return Err(KilnError::file(path, "plot files must end in .png or .svg")),
     };
-    drawn.map_err(|e| KilnError::file(path, format!("drawing the plot: {e}")))
+    kiln::weights::write_atomic(path, &bytes)
 }
 
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, panels: &[Panel]) -> Result<(), String> {
@@ -102,6 +121,14 @@ fn draw_panel<DB: DrawingBackend>(
     }
     if x0 > x1 {
         return Err("nothing to plot".into());
+    }
+    // Axis ranges and ticks are computed from the span: values near f64's limits would make
+    // it infinite (and the tick search endless). Far beyond any rate or loss worth plotting.
+    const LIMIT: f64 = 1e300;
+    if [x0, x1, y0, y1].iter().any(|v| v.abs() > LIMIT) {
+        return Err(format!(
+            "values from {y0:e} to {y1:e} (steps {x0} to {x1}) are too large to plot (limit ±{LIMIT:e})"
+        ));
     }
     if x1 == x0 {
         x1 = x0 + 1.0;

@@ -16,6 +16,11 @@ pub struct ChainedScheduler {
 impl ChainedScheduler {
     /// Chains `schedules` (PyTorch forbids reduce_on_plateau here, and so does Kiln).
     pub fn new(schedules: Vec<Schedule>) -> Result<Self> {
+        Self::check_parts(&schedules)?;
+        Ok(ChainedScheduler { schedules })
+    }
+
+    fn check_parts(schedules: &[Schedule]) -> Result<()> {
         if schedules.is_empty() {
             return Err(ScheduleError::new(
                 "schedules",
@@ -31,11 +36,16 @@ impl ChainedScheduler {
                 "reduce_on_plateau cannot be chained (as in PyTorch)",
             ));
         }
-        Ok(ChainedScheduler { schedules })
+        Ok(())
     }
 }
 
 impl LrSchedule for ChainedScheduler {
+    fn check(&self) -> Result<()> {
+        Self::check_parts(&self.schedules)?;
+        crate::schedule::check_children(&self.schedules)
+    }
+
     /// The children are built in order; ChainedScheduler itself takes no initial step.
     fn construct(&mut self, group: &mut Group) -> Result<()> {
         crate::schedule::construct_children(&mut self.schedules, group)?;

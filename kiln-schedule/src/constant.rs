@@ -35,6 +35,10 @@ impl ConstantLr {
 }
 
 impl Rule for ConstantLr {
+    fn check(&self) -> Result<()> {
+        Self::new(self.factor, self.total_iters).map(drop)
+    }
+
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64> {
         Ok(if e.t == 0 {
             group.lr * self.factor

@@ -35,6 +35,10 @@ impl CosineAnnealingLr {
 }
 
 impl Rule for CosineAnnealingLr {
+    fn check(&self) -> Result<()> {
+        Self::new(self.t_max, self.eta_min).map(drop)
+    }
+
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64> {
         let (t, n, eta) = (e.t, self.t_max as i64, self.eta_min);
         let tm = self.t_max as f64;

@@ -54,6 +54,14 @@ impl CosineAnnealingWarmRestarts {
 }
 
 impl LrSchedule for CosineAnnealingWarmRestarts {
+    fn check(&self) -> Result<()> {
+        Self::new(self.t_0, self.t_mult, self.eta_min)?;
+        if self.t_i == 0 {
+            return Err(ScheduleError::new("t_0", "the restored period is 0"));
+        }
+        Ok(())
+    }
+
     fn construct(&mut self, group: &mut Group) -> Result<()> {
         self.base = group.base_lr();
         self.initial_step(group)
@@ -74,7 +82,8 @@ impl LrSchedule for CosineAnnealingWarmRestarts {
             self.t_cur += 1;
             if self.t_cur >= self.t_i as i64 {
                 self.t_cur %= self.t_i as i64;
-                self.t_i *= self.t_mult;
+                // Saturating: after 64 doublings the period outlasts any run anyway.
+                self.t_i = self.t_i.saturating_mul(self.t_mult);
             }
         }
         group.lr = self.get_lr();

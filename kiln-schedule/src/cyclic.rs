@@ -72,6 +72,16 @@ impl CyclicLr {
 }
 
 impl Rule for CyclicLr {
+    fn check(&self) -> Result<()> {
+        if !(self.total_size.is_finite() && self.total_size > 0.0) {
+            return Err(ScheduleError::new(
+                "step_size_up",
+                "a restored cyclic schedule has no cycle length",
+            ));
+        }
+        Ok(())
+    }
+
     fn before_init(&mut self, group: &mut Group) -> Option<f64> {
         group.lr = self.base_lr;
         Some(self.base_lr)

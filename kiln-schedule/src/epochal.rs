@@ -39,6 +39,11 @@ pub trait Rule: std::fmt::Debug + Send {
     fn needs(&self) -> Needs {
         Needs::default()
     }
+    /// The parameters and state still hold what the constructor checked (a restored
+    /// checkpoint may not).
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,5 +121,8 @@ impl<R: Rule> LrSchedule for Epochal<R> {
 
     fn needs(&self) -> Needs {
         self.rule.needs()
+    }
+    fn check(&self) -> Result<()> {
+        self.rule.check()
     }
 }

@@ -22,6 +22,10 @@ impl ExponentialLr {
 }
 
 impl Rule for ExponentialLr {
+    fn check(&self) -> Result<()> {
+        Self::new(self.gamma).map(drop)
+    }
+
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64> {
         Ok(if e.initial {
             group.lr

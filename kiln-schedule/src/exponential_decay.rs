@@ -34,6 +34,10 @@ impl ExponentialDecay {
 }
 
 impl RateRule for ExponentialDecay {
+    fn check(&self) -> Result<()> {
+        Self::new(self.decay_rate, self.decay_steps, self.staircase).map(drop)
+    }
+
     fn rate(&self, base: f64, t: u64) -> f64 {
         let p = if self.staircase {
             (t / self.decay_steps) as f64

@@ -18,6 +18,11 @@ pub trait RateRule: std::fmt::Debug + Send {
     fn needs(&self) -> Needs {
         Needs::default()
     }
+    /// The parameters and state still hold what the constructor checked (a restored
+    /// checkpoint may not).
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,5 +101,8 @@ impl<R: RateRule> LrSchedule for Factored<R> {
 
     fn needs(&self) -> Needs {
         self.rule.needs()
+    }
+    fn check(&self) -> Result<()> {
+        self.rule.check()
     }
 }

@@ -23,6 +23,10 @@ impl InverseTime {
 }
 
 impl RateRule for InverseTime {
+    fn check(&self) -> Result<()> {
+        Self::new(self.gamma).map(drop)
+    }
+
     fn rate(&self, base: f64, t: u64) -> f64 {
         base / (1.0 + self.gamma * t as f64)
     }

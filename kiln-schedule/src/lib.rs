@@ -192,6 +192,11 @@ pub trait LrSchedule: Send + std::fmt::Debug {
     fn needs(&self) -> Needs {
         Needs::default()
     }
+    /// The parameters and state still hold what the constructor checked: a schedule restored
+    /// from a checkpoint may not, and must not then panic or divide by zero.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A schedule attached to its optimizer group: the object a training loop drives.
@@ -215,6 +220,13 @@ impl Scheduler {
             schedule,
             updates: 0,
         })
+    }
+
+    /// Checks a scheduler restored from saved state (a checkpoint): every schedule's
+    /// parameters and state as their constructors check them, and the current rate.
+    pub fn check(&self) -> Result<()> {
+        self.schedule.check()?;
+        check_rate(self.group.lr, self.updates)
     }
 
     /// Builds a schedule of `kind` on base rate `lr`.

@@ -48,6 +48,10 @@ impl LinearLr {
 }
 
 impl Rule for LinearLr {
+    fn check(&self) -> Result<()> {
+        Self::new(self.start_factor, self.end_factor, self.total_iters).map(drop)
+    }
+
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64> {
         if e.t == 0 {
             return Ok(group.lr * self.start_factor);

@@ -25,6 +25,10 @@ impl LinearDecay {
 }
 
 impl RateRule for LinearDecay {
+    fn check(&self) -> Result<()> {
+        Self::new(self.alpha, self.end_lr).map(drop)
+    }
+
     fn rate(&self, base: f64, t: u64) -> f64 {
         (base * (1.0 - self.alpha * t as f64)).max(self.end_lr)
     }

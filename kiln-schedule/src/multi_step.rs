@@ -28,6 +28,10 @@ impl MultiStepLr {
 }
 
 impl Rule for MultiStepLr {
+    fn check(&self) -> Result<()> {
+        Self::new(self.milestones.clone(), self.gamma).map(drop)
+    }
+
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64> {
         let count = self.milestones.iter().filter(|&&m| m as i64 == e.t).count();
         Ok(if count == 0 {

@@ -22,6 +22,10 @@ impl MultiplicativeLr {
 }
 
 impl Rule for MultiplicativeLr {
+    fn check(&self) -> Result<()> {
+        Self::new(self.factor).map(drop)
+    }
+
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64> {
         Ok(if e.initial {
             group.lr

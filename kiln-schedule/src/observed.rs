@@ -47,6 +47,17 @@ impl LossMilestones {
 }
 
 impl RateRule for LossMilestones {
+    fn check(&self) -> Result<()> {
+        Self::new(self.thresholds.clone(), self.factor)?;
+        if self.reached.len() != self.thresholds.len() {
+            return Err(ScheduleError::new(
+                "thresholds",
+                "the restored state does not match the thresholds",
+            ));
+        }
+        Ok(())
+    }
+
     fn rate(&self, base: f64, _t: u64) -> f64 {
         let passed = self.reached.iter().filter(|r| **r).count();
         base * self.factor.powf(passed as f64)
@@ -119,6 +130,10 @@ impl BoldDriver {
 }
 
 impl RateRule for BoldDriver {
+    fn check(&self) -> Result<()> {
+        Self::new(self.decrease, self.increase, self.min_lr, self.max_lr).map(drop)
+    }
+
     fn rate(&self, base: f64, _t: u64) -> f64 {
         self.current.unwrap_or(base)
     }
@@ -163,6 +178,10 @@ impl GradNormAdaptive {
 }
 
 impl RateRule for GradNormAdaptive {
+    fn check(&self) -> Result<()> {
+        Self::new(self.beta).map(drop)
+    }
+
     fn rate(&self, base: f64, _t: u64) -> f64 {
         base / (1.0 + self.beta * self.sum).sqrt()
     }
@@ -201,6 +220,10 @@ impl LossAdaptive {
 }
 
 impl RateRule for LossAdaptive {
+    fn check(&self) -> Result<()> {
+        Self::new(self.beta).map(drop)
+    }
+
     fn rate(&self, base: f64, _t: u64) -> f64 {
         match self.last_loss {
             Some(loss) => base / (1.0 + self.beta * loss),

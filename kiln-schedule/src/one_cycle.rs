@@ -98,6 +98,16 @@ impl OneCycleLr {
 }
 
 impl Rule for OneCycleLr {
+    fn check(&self) -> Result<()> {
+        if self.phases.is_empty() || self.total_steps == 0 {
+            return Err(ScheduleError::new(
+                "total_steps",
+                "a restored one_cycle has no phases",
+            ));
+        }
+        Ok(())
+    }
+
     fn before_init(&mut self, group: &mut Group) -> Option<f64> {
         // OneCycleLR overwrites initial_lr rather than setting a default.
         group.initial_lr = Some(self.initial_lr);

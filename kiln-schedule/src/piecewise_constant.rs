@@ -47,6 +47,10 @@ impl PiecewiseConstant {
 }
 
 impl RateRule for PiecewiseConstant {
+    fn check(&self) -> Result<()> {
+        Self::new(self.boundaries.clone(), self.values.clone()).map(drop)
+    }
+
     fn rate(&self, _base: f64, t: u64) -> f64 {
         self.values[self.boundaries.iter().filter(|&&b| t > b).count()]
     }

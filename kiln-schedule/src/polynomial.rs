@@ -30,6 +30,10 @@ impl PolynomialLr {
 }
 
 impl Rule for PolynomialLr {
+    fn check(&self) -> Result<()> {
+        Self::new(self.total_iters, self.power).map(drop)
+    }
+
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64> {
         let n = self.total_iters as f64;
         if e.initial || e.t > self.total_iters as i64 {

@@ -111,6 +111,20 @@ impl ReduceLrOnPlateau {
 }
 
 impl LrSchedule for ReduceLrOnPlateau {
+    fn check(&self) -> Result<()> {
+        Self::new(
+            self.mode,
+            self.factor,
+            self.patience,
+            self.threshold,
+            self.threshold_mode,
+            self.cooldown,
+            self.min_lr,
+            self.eps,
+        )
+        .map(drop)
+    }
+
     /// PyTorch's constructor neither steps nor sets `initial_lr`.
     fn construct(&mut self, _group: &mut Group) -> Result<()> {
         Ok(())

@@ -142,6 +142,9 @@ impl LrSchedule for Schedule {
     fn needs(&self) -> Needs {
         each!(self, s => s.needs())
     }
+    fn check(&self) -> Result<()> {
+        each!(self, s => s.check())
+    }
 }
 
 /// Builds a composite's children in order on the same group (each taking its initial step, as
@@ -149,6 +152,15 @@ impl LrSchedule for Schedule {
 pub(crate) fn construct_children(children: &mut [Schedule], group: &mut Group) -> Result<()> {
     for (i, s) in children.iter_mut().enumerate() {
         s.construct(group)
+            .map_err(|e| e.within(&format!("schedules[{i}]")))?;
+    }
+    Ok(())
+}
+
+/// Checks every child of a restored composite, naming the failing one.
+pub(crate) fn check_children(children: &[Schedule]) -> Result<()> {
+    for (i, s) in children.iter().enumerate() {
+        s.check()
             .map_err(|e| e.within(&format!("schedules[{i}]")))?;
     }
     Ok(())

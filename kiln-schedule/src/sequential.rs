@@ -24,6 +24,15 @@ pub struct SequentialLr {
 impl SequentialLr {
     /// Checks the milestones and children as described above.
     pub fn new(schedules: Vec<Schedule>, milestones: Vec<u64>) -> Result<Self> {
+        Self::check_parts(&schedules, &milestones)?;
+        Ok(SequentialLr {
+            schedules,
+            milestones,
+            last_epoch: -1,
+        })
+    }
+
+    fn check_parts(schedules: &[Schedule], milestones: &[u64]) -> Result<()> {
         if schedules.is_empty() {
             return Err(ScheduleError::new(
                 "schedules",
@@ -65,11 +74,7 @@ impl SequentialLr {
                 ));
             }
         }
-        Ok(SequentialLr {
-            schedules,
-            milestones,
-            last_epoch: -1,
-        })
+        Ok(())
     }
 
     /// bisect_right(milestones, t)
@@ -110,5 +115,10 @@ impl LrSchedule for SequentialLr {
 
     fn needs(&self) -> Needs {
         crate::schedule::needs_of(&self.schedules)
+    }
+
+    fn check(&self) -> Result<()> {
+        Self::check_parts(&self.schedules, &self.milestones)?;
+        crate::schedule::check_children(&self.schedules)
     }
 }

@@ -30,6 +30,10 @@ impl StepLr {
 }
 
 impl Rule for StepLr {
+    fn check(&self) -> Result<()> {
+        Self::new(self.step_size, self.gamma).map(drop)
+    }
+
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64> {
         Ok(if e.t == 0 || e.t % self.step_size as i64 != 0 {
             group.lr

@@ -42,6 +42,46 @@ struct Meta {
 /// Prefix of the parameters early stopping's `restore_best` keeps.
 const BEST: &str = "best.";
 
+/// A checkpoint directory held by one run (see [`lock`]); released when dropped or when the
+/// process ends, however it ends.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Takes `dir` (created if missing) for this run: a second run writing or resuming the same
+/// directory is refused instead of interleaving its writes. Temporary files a killed run left
+/// there are removed: nobody else is writing.
+pub fn lock(dir: &Path) -> Result<DirLock> {
+    std::fs::create_dir_all(dir).map_err(|e| KilnError::file(dir, e))?;
+    let lock_path = dir.join(".kiln.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| KilnError::file(&lock_path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(KilnError::file(
+                dir,
+                "another kiln run is writing checkpoints here; wait for it, or use another directory",
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(KilnError::file(&lock_path, e)),
+    }
+    let prefix = format!(".{FILE}.tmp-");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(DirLock { _file: file })
+}
+
 /// The checkpoint file in `dir`.
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
@@ -121,6 +161,10 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunS
     };
     state.params = vec![0.0; layout.len];
     weights::read_into(&st, layout, "", &mut state.params).map_err(mismatch)?;
+    let finite = |what: &str, values: &[f32]| {
+        crate::ops::check_finite(&format!("{}: {what}", file.display()), values)
+    };
+    finite("weights", &state.params)?;
     let names = if meta.format == 1 {
         // Kiln's first checkpoints: SGD, with `momentum.…` when momentum had started.
         state.optimizer = OptimizerState {
@@ -142,12 +186,14 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunS
     for (name, prefix) in names {
         let mut block = vec![0.0; layout.len];
         weights::read_into(&st, layout, &prefix, &mut block).map_err(mismatch)?;
+        finite(&format!("optimizer state `{name}`"), &block)?;
         state.optimizer.blocks.push((name, block));
     }
     let mut run = meta.run;
     if st.names().iter().any(|n| n.starts_with(BEST)) {
         let mut best = vec![0.0; layout.len];
         weights::read_into(&st, layout, BEST, &mut best).map_err(mismatch)?;
+        finite("best weights", &best)?;
         run.best_params = Some(best);
     }
     Ok((state, meta.epoch, run))

@@ -294,6 +294,7 @@ impl Run {
         steps: Option<u64>,
     ) -> Result<Run> {
         let p = Prepared::new(&config, base_dir, steps)?;
+        crate::train::check_memory(device, &p.model, &p.options(&config)?)?;
         let layout = p.model.param_layout(PARAM_ALIGN);
         let params = match init {
             Some(path) => weights::load(path, &layout)?,
@@ -322,6 +323,7 @@ impl Run {
         steps: Option<u64>,
     ) -> Result<Run> {
         let p = Prepared::new(&config, base_dir, steps)?;
+        crate::train::check_memory(device, &p.model, &p.options(&config)?)?;
         let (state, _epoch, run_state) = checkpoint::load(dir, &p.model.param_layout(PARAM_ALIGN))?;
         let trainer = Trainer::resume(device, p.model.clone(), p.options(&config)?, state)?;
         p.into_run(config, trainer, run_state)

@@ -107,12 +107,15 @@ impl CpuStep {
     }
 
     /// The loss (and ‖g‖², when computed) of update `update`.
-    pub fn observation(&self, update: u64) -> Observation {
-        let t = (update - self.first_update) as usize;
-        Observation {
-            loss: Some(self.losses[t] as f64),
-            grad_norm_sq: self.grad_norms.as_ref().map(|n| n[t] as f64),
-        }
+    pub fn observation(&self, update: u64) -> Option<Observation> {
+        let t = update.checked_sub(self.first_update)? as usize;
+        Some(Observation {
+            loss: Some(*self.losses.get(t)? as f64),
+            grad_norm_sq: match &self.grad_norms {
+                Some(n) => Some(*n.get(t)? as f64),
+                None => None,
+            },
+        })
     }
 
     /// The optimizer's scalar state and every state block in its binding order (unused

@@ -463,12 +463,16 @@ impl GpuStep {
     /// The loss (and ‖g‖², when computed) of update `update`, one of the last few. Waits only
     /// for that update's submission, not for the steps queued behind it.
     pub fn observation(&mut self, update: u64) -> Result<Observation> {
-        let ring = self.observations.len();
-        let o = &mut self.observations[update as usize % ring];
-        debug_assert_eq!(
-            o.update, update,
-            "observations are read in order, two steps late"
-        );
+        let ring = self.observations.len().max(1);
+        let Some(o) = self
+            .observations
+            .get_mut(update as usize % ring)
+            .filter(|o| o.update == update)
+        else {
+            return Err(KilnError::Gpu(format!(
+                "no observation was recorded for update {update}"
+            )));
+        };
         let Some(submission) = o.submission.take() else {
             return Err(KilnError::Gpu(format!(
                 "no observation was recorded for update {update}"

@@ -62,6 +62,56 @@ enum Backend {
     Gpu(gpu::GpuStep),
 }
 
+/// Checks, before anything is allocated, that training `model` with `options` on `device`
+/// fits this machine's memory: on the CPU device the parameters, gradients, optimizer state
+/// and activations; on a GPU the host's copy of the parameters (each GPU buffer is checked
+/// against the adapter's limits when it is made). The count is in checked arithmetic.
+pub fn check_memory(device: &Device, model: &Sequential, options: &TrainOptions) -> Result<()> {
+    let arena = model.param_layout(PARAM_ALIGN).len as u64;
+    let widths: u64 = model.widths().iter().map(|&w| w as u64).sum();
+    let batch = options.max_batch as u64;
+    let (floats, what) = match device {
+        Device::Cpu => {
+            let arenas = 2 + options.optimizer.used_state().len() as u64;
+            (
+                arena
+                    .checked_mul(arenas)
+                    .zip(batch.checked_mul(widths).and_then(|a| a.checked_mul(2)))
+                    .and_then(|(p, a)| p.checked_add(a)),
+                "parameters, gradients, optimizer state and activations",
+            )
+        }
+        Device::Gpu(_) => (Some(arena), "the host's copy of the parameters"),
+    };
+    let bytes = floats.and_then(|f| f.checked_mul(4));
+    let Some(total) = host_memory() else {
+        return Ok(());
+    };
+    match bytes {
+        Some(b) if b <= total => Ok(()),
+        _ => Err(KilnError::invalid(
+            "model",
+            format!(
+                "training needs {} of host memory for {what}; this machine has {}",
+                bytes.map_or("more than can be counted".into(), gib),
+                gib(total)
+            ),
+        )),
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// The machine's memory in bytes, where the system says (Linux's /proc/meminfo).
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// What a schedule stepped every `interval` needs after each update.
 fn per_update_needs(schedule: &Scheduler, interval: Interval) -> Needs {
     match interval {
@@ -146,6 +196,7 @@ impl Trainer {
         options: TrainOptions,
         schedule: Scheduler,
     ) -> Result<Self> {
+        check_memory(device, &model, &options)?;
         let layout = model.param_layout(PARAM_ALIGN);
         let params = model.init_params(&layout, options.seed);
         Self::with_params(device, model, options, schedule, params)
@@ -342,7 +393,12 @@ impl Trainer {
             return Ok(self.carried.remove(i).1);
         }
         match &mut self.backend {
-            Backend::Cpu(s) => Ok(s.observation(update)),
+            Backend::Cpu(s) => s.observation(update).ok_or_else(|| {
+                KilnError::invalid(
+                    "observations",
+                    format!("no observation was recorded for update {update}"),
+                )
+            }),
             Backend::Gpu(s) => s.observation(update),
         }
     }
@@ -434,6 +490,9 @@ impl Trainer {
     ) -> Result<Self> {
         let schedule: Scheduler = serde_json::from_value(state.schedule)
             .map_err(|e| KilnError::invalid("checkpoint.schedule", e.to_string()))?;
+        schedule
+            .check()
+            .map_err(|e| KilnError::invalid("checkpoint.schedule", e.to_string()))?;
         let mut trainer = Self::with_params(device, model, options, schedule, state.params)?;
         let opt = &state.optimizer;
         let optimizer = &trainer.options.optimizer;
@@ -507,6 +566,22 @@ impl Trainer {
         match &mut trainer.backend {
             Backend::Cpu(s) => s.restore(scalars, blocks, state.steps),
             Backend::Gpu(s) => s.restore(scalars, &blocks, state.steps),
+        }
+        // A one-update-late schedule reads the observations of the two updates before the
+        // checkpoint from it: they must be there, once each, and nothing else.
+        if trainer.per_update_needs().any() {
+            let wanted: Vec<u64> = (state.steps.saturating_sub(2)..state.steps).collect();
+            let mut have: Vec<u64> = state.observations.iter().map(|(u, _)| *u).collect();
+            have.sort_unstable();
+            if have != wanted {
+                return Err(KilnError::invalid(
+                    "checkpoint.trainer.observations",
+                    format!(
+                        "the schedule follows each update's observations, so a checkpoint after update {} must hold those of updates {wanted:?}; it holds {have:?}",
+                        state.steps
+                    ),
+                ));
+            }
         }
         trainer.steps = state.steps;
         trainer.first_step = state.steps;

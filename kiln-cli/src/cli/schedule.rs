@@ -9,7 +9,19 @@ use kiln_cli::plot::{Panel, Series, plot};
 
 use super::{ScheduleArgs, ScheduleFormat};
 
+/// The most rates `kiln schedule` lists: 800 MB of numbers, far past any plot or table.
+const MAX_STEPS: usize = 100_000_000;
+
 pub fn schedule(args: &ScheduleArgs) -> Result<()> {
+    let listed = args
+        .steps
+        .checked_mul(args.batches_per_epoch.unwrap_or(1).max(1))
+        .filter(|&n| n <= MAX_STEPS);
+    if listed.is_none() {
+        bail!(
+            "--steps: at most {MAX_STEPS} rates can be listed (with --batches-per-epoch, steps × batches)"
+        );
+    }
     let (mut rates, interval) = rates(&args.file, args.steps, args.observations.as_deref())?;
     let mut unit = "step";
     match (interval, args.batches_per_epoch) {
@@ -123,7 +135,7 @@ pub fn rates(
         }
     }
     let interval = config.interval;
-    let mut rates = Vec::with_capacity(steps);
+    let mut rates = Vec::new();
     for t in 0..steps {
         rates.push(scheduler.lr());
         if t + 1 < steps {

@@ -26,6 +26,11 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         None => (RunConfig::default_run(), ".".into()),
     };
     check_outputs(args)?;
+    // Held to the end of the run: one run per checkpoint directory.
+    let _lock = match args.resume.as_ref().or(args.checkpoint_dir.as_ref()) {
+        Some(dir) => Some(kiln::run::checkpoint::lock(dir)?),
+        None => None,
+    };
     let (device, why) = Device::select(args.device, &args.adapter.options())?;
     let say = |line: &str| {
         if !args.quiet {
@@ -288,6 +293,15 @@ fn check_outputs(args: &TrainArgs) -> Result<()> {
     if let Some(dir) = &args.checkpoint_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         kiln::weights::check_writable(&kiln::run::checkpoint::path(dir))?;
+    }
+    if let Some(dir) = &args.resume
+        && !kiln::run::checkpoint::path(dir).is_file()
+    {
+        bail!(
+            "{}: no checkpoint to resume from (expected {})",
+            dir.display(),
+            kiln::run::checkpoint::FILE
+        );
     }
     Ok(())
 }
