@@ -388,7 +388,8 @@ fn a_non_finite_loss_stops_the_run_or_is_skipped() {
         "--save",
         arg(&before),
     ]));
-    stdout(&kiln(&[
+    // Skipping every update trains nothing: that is a failure, not a result.
+    let e = stderr_of_failure(&kiln(&[
         "train",
         arg(&dir.join("run.toml")),
         "--device",
@@ -398,7 +399,40 @@ fn a_non_finite_loss_stops_the_run_or_is_skipped() {
         "--save",
         arg(&after),
     ]));
-    assert_same_file(&before, &after, "skipped updates changed the weights");
+    assert!(
+        e.contains("every one of the 30 updates had a non-finite loss"),
+        "{e}"
+    );
+    assert!(!after.exists() && before.exists());
+    // One bad row in three, one row a batch: one update skipped, said and logged.
+    std::fs::write(
+        dir.join("data.csv"),
+        "x0,x1,y
+1,2,1
+1e30,1e30,0
+2,1,1
+",
+    )
+    .unwrap();
+    let log = dir.join("m.jsonl");
+    let run = run
+        .replace("batch_size = 8", "batch_size = 1")
+        .replace("steps = 30", "steps = 3");
+    std::fs::write(dir.join("run.toml"), run).unwrap();
+    let out = stdout(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+        "--on-nan",
+        "skip",
+        "--log",
+        arg(&log),
+    ]));
+    assert!(out.contains("1 skipped for a non-finite loss"), "{out}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(r#""loss":null"#), "{text}");
+    assert!(text.contains(r#""skipped_updates":1"#), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

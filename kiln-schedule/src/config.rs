@@ -452,8 +452,10 @@ impl ScheduleConfig {
                 "missing: name the schedule, e.g. kind = \"cosine_annealing\"",
             ));
         }
-        let kind = Kind::deserialize(toml::Value::Table(table))
-            .map_err(|e| ScheduleError::new("kind", e.to_string().trim_end().to_string()))?;
+        let kind = Kind::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+            let field = culprit(&table).unwrap_or_else(|| "kind".into());
+            ScheduleError::new(field, first_line(&e.to_string()))
+        })?;
         let config = ScheduleConfig {
             lr,
             interval,
@@ -556,6 +558,51 @@ impl ScheduleConfig {
         };
         Scheduler::new(lr, schedule)
     }
+}
+
+/// The key of a `[schedule]` table that makes it fail to parse (a dotted path inside
+/// composites: `then.step_size`, `schedules[1].t_max`). serde's errors for a tagged enum do not
+/// say; a key is at fault if the table parses without it, or then misses only it.
+fn culprit(table: &toml::Table) -> Option<String> {
+    let parses = |t: &toml::Table| Kind::deserialize(toml::Value::Table(t.clone()));
+    let error = parses(table).err()?.to_string();
+    for (key, value) in table.iter().filter(|(k, _)| *k != "kind") {
+        if error.contains(&format!("unknown field `{key}`")) {
+            return Some(key.clone());
+        }
+        let mut without = table.clone();
+        without.remove(key);
+        let at_fault = match parses(&without) {
+            Ok(_) => true,
+            Err(e) => e.to_string().contains(&format!("missing field `{key}`")),
+        };
+        if !at_fault {
+            continue;
+        }
+        let inner = match value {
+            toml::Value::Table(t) => culprit(t).map(|c| format!("{key}.{c}")),
+            toml::Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+                let t = v.as_table()?;
+                parses(t).is_err().then(|| match culprit(t) {
+                    Some(c) => format!("{key}[{i}].{c}"),
+                    None => format!("{key}[{i}]"),
+                })
+            }),
+            _ => None,
+        };
+        return Some(inner.unwrap_or_else(|| key.clone()));
+    }
+    None
+}
+
+/// A deserialisation error's first line (toml adds the key's position on further lines).
+fn first_line(message: &str) -> String {
+    message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
 }
 
 impl Kind {

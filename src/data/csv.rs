@@ -72,7 +72,9 @@ pub fn parse(source: &str, text: &str, options: &CsvOptions) -> Result<Dataset> 
     let mut x = Vec::new();
     let mut y = Vec::new();
     let mut label_at = 0;
+    let mut line_numbers = Vec::new();
     for (i, line) in lines {
+        line_numbers.push(i + 1);
         let at = |what: String| KilnError::file(source, format!("line {}: {what}", i + 1));
         let f = fields(line);
         match width {
@@ -106,7 +108,10 @@ pub fn parse(source: &str, text: &str, options: &CsvOptions) -> Result<Dataset> 
         }
     }
     let width = width.ok_or_else(|| KilnError::file(source, "no data rows"))?;
-    Dataset::new(source, width - 1, x, 1, y)
+    let mut d = Dataset::new(source, width - 1, x, 1, y)?;
+    d.origin = line_numbers;
+    d.origin_unit = "line";
+    Ok(d)
 }
 
 #[cfg(test)]

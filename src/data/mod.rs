@@ -31,6 +31,11 @@ pub struct Dataset {
     pub targets: usize,
     /// Targets, [rows, targets] row-major.
     pub y: Vec<f32>,
+    /// Where each row came from, for messages: its line in a CSV file, else its row in the
+    /// file (kept through splits and shuffles).
+    pub origin: Vec<usize>,
+    /// "line" or "row": what `origin` counts.
+    pub origin_unit: &'static str,
 }
 
 /// Targets in the form a loss takes.
@@ -84,10 +89,17 @@ impl Dataset {
         Ok(Dataset {
             source,
             features,
+            origin: (0..rows).collect(),
+            origin_unit: "row",
             x,
             targets,
             y,
         })
+    }
+
+    /// Where row `r` came from: "FILE, line N" or "FILE, row N".
+    pub fn describe_row(&self, r: usize) -> String {
+        format!("{}, {} {}", self.source, self.origin_unit, self.origin[r])
     }
 
     /// A bundled dataset by name: `digits`, `breast_cancer` or `diabetes`.
@@ -130,6 +142,8 @@ impl Dataset {
         let (f, k) = (self.features, self.targets);
         Dataset {
             source: self.source.clone(),
+            origin: rows.iter().map(|&r| self.origin[r]).collect(),
+            origin_unit: self.origin_unit,
             features: f,
             targets: k,
             x: rows
@@ -221,7 +235,7 @@ impl Dataset {
                         Ok(v as u32)
                     } else {
                         Err(KilnError::invalid(
-                            format!("{}, row {row}", self.source),
+                            self.describe_row(row),
                             format!("label {v} is not a class of a model with {outputs} outputs"),
                         ))
                     }
@@ -242,7 +256,7 @@ impl Dataset {
             && let Some(i) = self.y.iter().position(|v| !(0.0..=1.0).contains(v))
         {
             return Err(KilnError::invalid(
-                format!("{}, row {}", self.source, i / self.targets),
+                self.describe_row(i / self.targets),
                 format!(
                     "{} needs targets in [0, 1] (probabilities or 0/1 labels), got {}",
                     loss.name(),

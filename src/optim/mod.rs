@@ -365,8 +365,17 @@ pub(crate) fn parse_args<T: serde::de::DeserializeOwned>(
     kind: &str,
     table: toml::Table,
 ) -> Result<T> {
-    T::deserialize(toml::Value::Table(table)).map_err(|e| {
-        KilnError::invalid("optimizer", format!("{kind}: {}", e.to_string().trim_end()))
+    // The path names the key at fault (`optimizer.betas`).
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "optimizer".to_string()
+        } else {
+            format!("optimizer.{path}")
+        };
+        let message = e.into_inner().to_string();
+        let first = message.lines().next().unwrap_or_default().trim_end();
+        KilnError::invalid(field, format!("{kind}: {first}"))
     })
 }
 

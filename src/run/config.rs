@@ -136,18 +136,34 @@ pub enum Normalize {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-/// Whether a CSV file's first line is a header.
+#[serde(try_from = "toml::Value")]
+/// Whether a CSV file's first line is a header: `"auto"` (default), `true`/`"yes"` or
+/// `false`/`"no"`.
 pub enum HeaderConfig {
     #[default]
     /// A header if the first line does not parse as numbers.
     Auto,
-    #[serde(alias = "true")]
     /// The first line is a header.
     Yes,
-    #[serde(alias = "false")]
     /// No header.
     No,
+}
+
+impl TryFrom<toml::Value> for HeaderConfig {
+    type Error = String;
+    fn try_from(v: toml::Value) -> std::result::Result<Self, String> {
+        match &v {
+            toml::Value::Boolean(true) => Ok(HeaderConfig::Yes),
+            toml::Value::Boolean(false) => Ok(HeaderConfig::No),
+            toml::Value::String(s) => match s.as_str() {
+                "auto" => Ok(HeaderConfig::Auto),
+                "yes" | "true" => Ok(HeaderConfig::Yes),
+                "no" | "false" => Ok(HeaderConfig::No),
+                _ => Err(format!("header: expected true, false or \"auto\", got {v}")),
+            },
+            _ => Err(format!("header: expected true, false or \"auto\", got {v}")),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

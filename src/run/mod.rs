@@ -55,6 +55,17 @@ impl Prepared {
                 "give validation (a held-out fraction) or validation_path (a file), not both",
             ));
         }
+        for (field, path) in [
+            ("data.path", &config.data.path),
+            ("data.validation_path", &config.data.validation_path),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(KilnError::invalid(
+                    field,
+                    "is empty: give a file or directory",
+                ));
+            }
+        }
         let data = match (&config.data.source, &config.data.path) {
             (Some(name), None) => Dataset::bundled(name)?,
             (None, Some(path)) => Dataset::from_path(&base_dir.join(path), &config.csv_options())?,

@@ -29,6 +29,12 @@ pub enum LogLine {
         epoch: u64,
         train_loss: f64,
     },
+    /// How many updates `--on-nan skip` skipped, at the end of a run that skipped any.
+    Skipped {
+        step: u64,
+        epoch: u64,
+        skipped_updates: u64,
+    },
     /// Early stopping ended the run after update `step`, for the reason given.
     EarlyStop {
         step: u64,

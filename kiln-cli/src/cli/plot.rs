@@ -68,7 +68,7 @@ fn parse(path: &Path, text: &str) -> Result<(Points, Points, Points)> {
             LogLine::Evaluation { step, val_loss, .. } => {
                 validation.push((step as f64, val_loss as f64))
             }
-            LogLine::TrainLoss { .. } | LogLine::EarlyStop { .. } => {}
+            LogLine::TrainLoss { .. } | LogLine::Skipped { .. } | LogLine::EarlyStop { .. } => {}
         }
     }
     if train.is_empty() && validation.is_empty() {

@@ -75,14 +75,17 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 
     let mut log = match &args.log {
         // A resumed run appends, so one file holds the whole run.
-        Some(path) => Some(BufWriter::new(
-            if args.resume.is_some() {
-                OpenOptions::new().append(true).create(true).open(path)
-            } else {
-                File::create(path)
-            }
-            .with_context(|| format!("opening {}", path.display()))?,
-        )),
+        Some(path) => Some(Log {
+            out: BufWriter::new(
+                if args.resume.is_some() {
+                    OpenOptions::new().append(true).create(true).open(path)
+                } else {
+                    File::create(path)
+                }
+                .with_context(|| format!("opening {}", path.display()))?,
+            ),
+            path: path.clone(),
+        }),
         None => None,
     };
     let progress = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
@@ -101,6 +104,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let mut pending: Vec<(u64, f64)> = Vec::new();
     let mut last_loss = f32::NAN;
     let mut last_evaluation = None;
+    let mut skipped = 0u64;
     while !run.finished() {
         let step = run.steps_done();
         let outcome = run.step()?;
@@ -111,7 +115,13 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let checkpoint_due = checkpoint_dir.is_some() && done % args.checkpoint_every.max(1) == 0;
         let noted = outcome.evaluation.is_some() || outcome.train_loss.is_some();
         if done % REPORT_EVERY == 0 || epoch_end || checkpoint_due || noted || run.finished() {
-            last_loss = report(&mut run, &mut pending, log.as_mut(), args.on_nan)?;
+            last_loss = report(
+                &mut run,
+                &mut pending,
+                log.as_mut(),
+                args.on_nan,
+                &mut skipped,
+            )?;
             match &progress {
                 Some(bar) => {
                     bar.set_position(done);
@@ -175,6 +185,25 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let done = run.steps_done();
+    if skipped > 0 {
+        let at = done.saturating_sub(1);
+        write_line(
+            log.as_mut(),
+            &LogLine::Skipped {
+                step: at,
+                epoch: run.epoch_of(at),
+                skipped_updates: skipped,
+            },
+        )?;
+        if let Some(log) = &mut log {
+            log.flush()?;
+        }
+        if skipped == done - start {
+            bail!(
+                "every one of the {skipped} updates had a non-finite loss and was skipped: nothing was trained (lower the learning rate, or check the data)"
+            );
+        }
+    }
     // The checkpoint holds the run as it stopped (weights, optimizer state and schedule of
     // one update), so a resume with more updates continues it exactly.
     if let Some(dir) = checkpoint_dir {
@@ -191,8 +220,13 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if let Some(path) = &args.save {
         run.save_weights(path)?;
     }
+    let skips = if skipped > 0 {
+        format!(", {skipped} skipped for a non-finite loss")
+    } else {
+        String::new()
+    };
     say(&format!(
-        "{} updates in {elapsed:.2} s ({:.0} steps/s) on {}; last training loss {last_loss:.4}",
+        "{} updates in {elapsed:.2} s ({:.0} steps/s) on {}{skips}; last training loss {last_loss:.4}",
         done - start,
         (done - start) as f64 / elapsed.max(1e-9),
         device.name()
@@ -226,8 +260,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 fn report(
     run: &mut Run,
     pending: &mut Vec<(u64, f64)>,
-    mut log: Option<&mut BufWriter<File>>,
+    mut log: Option<&mut Log>,
     on_nan: OnNan,
+    skipped: &mut u64,
 ) -> Result<f32> {
     let first = run.trainer.first_step();
     let epochs: Vec<u64> = pending
@@ -251,22 +286,19 @@ fn report(
                 lr,
                 loss: loss.is_finite().then_some(loss),
             };
-            writeln!(log, "{}", line.to_json())?;
+            log.write(&line)?;
         }
         if loss.is_finite() {
             last = loss;
+        } else {
+            *skipped += 1;
         }
     }
     pending.clear();
     Ok(last)
 }
 
-fn write_evaluation(
-    log: Option<&mut BufWriter<File>>,
-    step: u64,
-    epoch: u64,
-    e: &Evaluation,
-) -> Result<()> {
+fn write_evaluation(log: Option<&mut Log>, step: u64, epoch: u64, e: &Evaluation) -> Result<()> {
     let line = LogLine::Evaluation {
         step,
         epoch,
@@ -276,11 +308,30 @@ fn write_evaluation(
     write_line(log, &line)
 }
 
-fn write_line(log: Option<&mut BufWriter<File>>, line: &LogLine) -> Result<()> {
-    if let Some(log) = log {
-        writeln!(log, "{}", line.to_json())?;
+fn write_line(log: Option<&mut Log>, line: &LogLine) -> Result<()> {
+    match log {
+        Some(log) => log.write(line),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The `--log` file: every failure to write it names it.
+struct Log {
+    path: std::path::PathBuf,
+    out: BufWriter<File>,
+}
+
+impl Log {
+    fn write(&mut self, line: &LogLine) -> Result<()> {
+        writeln!(self.out, "{}", line.to_json())
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.out
+            .flush()
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
 }
 
 /// Every file the run will replace, checked before any update: a run is never lost to an
