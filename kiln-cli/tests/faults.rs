@@ -1,0 +1,555 @@
+//! The fault suite: `kiln` run on broken inputs of every kind — run files, data files, weights,
+//! checkpoints, output paths, schedules and plots with extreme values — as a hostile user
+//! would. Each must end with exit status 1 and a message naming what is wrong and where,
+//! within a time limit (no hang), without a panic, and without touching the files already
+//! there.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any one faulty run may take before it counts as a hang.
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+}
+
+/// Runs `kiln args` in `dir`, killing it past [`LIMIT`].
+fn run(dir: &Path, args: &[&str]) -> Outcome {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("KILN_MATMUL_TILES")
+        .env("NODEVICE_SELECT", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln runs");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            return Outcome {
+                code: status.code(),
+                stderr,
+            };
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            panic!("kiln {args:?} hung (over {LIMIT:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts a clean failure: status 1, every expected fragment in the message, no panic.
+fn fails(dir: &Path, args: &[&str], wanted: &[&str]) {
+    let o = run(dir, args);
+    assert!(
+        !o.stderr.contains("panicked") && o.code == Some(1),
+        "kiln {args:?}: status {:?}\n{}",
+        o.code,
+        o.stderr
+    );
+    for w in wanted {
+        assert!(
+            o.stderr.contains(w),
+            "kiln {args:?}: {w:?} not in\n{}",
+            o.stderr
+        );
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-faults-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const DATA: &str = "x0,x1,y\n0.1,0.2,0\n0.3,0.1,1\n0.5,0.9,2\n0.7,0.4,1\n0.2,0.8,0\n0.9,0.6,2\n";
+
+fn run_file(model: &str, data: &str, optimizer: &str, schedule: &str, train: &str) -> String {
+    format!(
+        "[model]\n{model}\n[data]\n{data}\n[optimizer]\n{optimizer}\n[schedule]\n{schedule}\n[train]\n{train}\n"
+    )
+}
+
+const MODEL: &str = "layers = [{ dense = 4 }, \"tanh\", { dense = 3 }]\nloss = \"cross_entropy\"";
+const DATA_CFG: &str = "path = \"d.csv\"\nvalidation = 0.34";
+const OPT: &str = "lr = 0.1\nmomentum = 0.9";
+const SCHEDULE: &str = "kind = \"step\"\nstep_size = 2";
+const TRAIN: &str = "steps = 4\nbatch_size = 2";
+
+/// Run files whose every kind of mistake is named by its key.
+#[test]
+fn bad_run_files() {
+    let dir = scratch("run");
+    std::fs::write(dir.join("d.csv"), DATA).unwrap();
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        ("[model\nlayers = 1".into(), vec!["r.toml", "line 1"]),
+        (
+            run_file(
+                MODEL,
+                "path = \"d.csv\"\nvalidation = -0.5",
+                OPT,
+                SCHEDULE,
+                TRAIN,
+            ),
+            vec!["data.validation", "[0, 1)"],
+        ),
+        (
+            run_file(
+                MODEL,
+                "path = \"d.csv\"\nvalidation = nan",
+                OPT,
+                SCHEDULE,
+                TRAIN,
+            ),
+            vec!["data.validation"],
+        ),
+        (
+            run_file(MODEL, "path = \"\"", OPT, SCHEDULE, TRAIN),
+            vec!["data.path", "empty"],
+        ),
+        (
+            run_file(
+                MODEL,
+                DATA_CFG,
+                OPT,
+                SCHEDULE,
+                "epochs = 9223372036854775807\nbatch_size = 1",
+            ),
+            vec!["train.epochs", "more updates than can be counted"],
+        ),
+        (
+            run_file(MODEL, DATA_CFG, OPT, SCHEDULE, "steps = 0"),
+            vec!["train.steps", "at least 1"],
+        ),
+        (
+            run_file(
+                "layers = [{ dense = 4611686018427387904 }, { dense = 3 }]\nloss = \"cross_entropy\"",
+                DATA_CFG,
+                OPT,
+                SCHEDULE,
+                TRAIN,
+            ),
+            vec!["model.layers[0]", "more parameters than can be counted"],
+        ),
+        (
+            run_file(
+                "layers = [{ dense = 2000000000 }, { dense = 3 }]\nloss = \"cross_entropy\"",
+                DATA_CFG,
+                OPT,
+                SCHEDULE,
+                TRAIN,
+            ),
+            vec!["host memory", "this machine has"],
+        ),
+        (
+            run_file(
+                "layers = [{ dense = 3 }]\nloss = \"bce\"",
+                DATA_CFG,
+                OPT,
+                SCHEDULE,
+                TRAIN,
+            ),
+            vec!["model.loss", "sigmoid"],
+        ),
+        (
+            run_file(
+                MODEL,
+                DATA_CFG,
+                OPT,
+                "kind = \"cosine_annealing\"\nt_max = -5",
+                TRAIN,
+            ),
+            vec!["schedule.t_max"],
+        ),
+        (
+            run_file(
+                MODEL,
+                DATA_CFG,
+                OPT,
+                "kind = \"loss_milestones\"\nthresholds = [1.0]\nfactor = 2.0",
+                TRAIN,
+            ),
+            vec!["schedule.factor", "(0, 1]"],
+        ),
+        (
+            run_file(
+                MODEL,
+                DATA_CFG,
+                OPT,
+                "kind = \"bold_driver\"\ndecrease = 1.5",
+                TRAIN,
+            ),
+            vec!["schedule.decrease"],
+        ),
+        (
+            run_file(
+                MODEL,
+                DATA_CFG,
+                "kind = \"adam\"\nbetas = [0.9, 2.0]",
+                SCHEDULE,
+                TRAIN,
+            ),
+            vec!["optimizer.betas"],
+        ),
+        (
+            run_file(
+                MODEL,
+                DATA_CFG,
+                "kind = \"rmsprop\"\nmomentun = 0.9",
+                SCHEDULE,
+                TRAIN,
+            ),
+            vec!["optimizer.momentun", "unknown field"],
+        ),
+        (
+            run_file(MODEL, DATA_CFG, OPT, SCHEDULE, "steps = 4\neval_every = 0"),
+            vec!["train.eval_every"],
+        ),
+        (
+            run_file(
+                MODEL,
+                "path = \"d.csv\"",
+                OPT,
+                "interval = \"epoch\"\nkind = \"reduce_on_plateau\"\nmonitor = \"val_loss\"",
+                TRAIN,
+            ),
+            vec!["schedule.monitor", "validation rows"],
+        ),
+    ];
+    for (text, wanted) in &cases {
+        std::fs::write(dir.join("r.toml"), text).unwrap();
+        fails(&dir, &["train", "r.toml", "--device", "cpu"], wanted);
+    }
+    // A header given as a TOML boolean, as the README shows it, is accepted.
+    std::fs::write(
+        dir.join("r.toml"),
+        run_file(
+            MODEL,
+            "path = \"d.csv\"\nheader = true",
+            OPT,
+            SCHEDULE,
+            TRAIN,
+        ),
+    )
+    .unwrap();
+    let o = run(&dir, &["train", "r.toml", "--device", "cpu", "--quiet"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Broken data files: each names the file and the line, row or byte.
+#[test]
+fn bad_data_files() {
+    let dir = scratch("data");
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "a.csv",
+            b"x0,x1,y\n1,2,0\n3,4\n".to_vec(),
+            vec!["a.csv", "line 3", "2 fields, expected 3"],
+        ),
+        (
+            "b.csv",
+            b"x0,x1,y\n1,2,0\n3,four,1\n".to_vec(),
+            vec!["b.csv", "line 3", "not a number"],
+        ),
+        (
+            "c.csv",
+            b"x0,x1,y\n1,2,0\n3,4,7\n".to_vec(),
+            vec!["c.csv, line 3", "label 7"],
+        ),
+        ("d.safetensors", b"garbage".to_vec(), vec!["d.safetensors"]),
+        ("e.csv", b"".to_vec(), vec!["e.csv", "no data rows"]),
+    ];
+    for (file, bytes, wanted) in &cases {
+        std::fs::write(dir.join(file), bytes).unwrap();
+        let text = run_file(
+            MODEL,
+            &format!("path = \"{file}\"\nshuffle = true"),
+            OPT,
+            SCHEDULE,
+            TRAIN,
+        );
+        std::fs::write(dir.join("r.toml"), text).unwrap();
+        fails(&dir, &["train", "r.toml", "--device", "cpu"], wanted);
+    }
+    // A byte-order mark is not data: the headerless file keeps its first row.
+    std::fs::write(
+        dir.join("bom.csv"),
+        "\u{feff}0.1,0.2,0\n0.3,0.1,1\n0.5,0.9,2\n",
+    )
+    .unwrap();
+    let text = run_file(
+        MODEL,
+        "path = \"bom.csv\"\nheader = false",
+        OPT,
+        SCHEDULE,
+        "steps = 1\nbatch_size = 3",
+    );
+    std::fs::write(dir.join("r.toml"), text).unwrap();
+    let o = run(&dir, &["train", "r.toml", "--device", "cpu", "--quiet"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    // An MNIST directory without its files.
+    std::fs::create_dir_all(dir.join("mnist")).unwrap();
+    let text = run_file(
+        "layers = [{ dense = 10 }]\nloss = \"cross_entropy\"",
+        "path = \"mnist\"",
+        OPT,
+        SCHEDULE,
+        TRAIN,
+    );
+    std::fs::write(dir.join("r.toml"), text).unwrap();
+    fails(
+        &dir,
+        &["train", "r.toml", "--device", "cpu"],
+        &["mnist", "no train-images-idx3-ubyte"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A small good run whose checkpoint the other tests break.
+fn good_run(dir: &Path, schedule: &str) {
+    std::fs::write(dir.join("d.csv"), DATA).unwrap();
+    let text = run_file(MODEL, DATA_CFG, OPT, schedule, TRAIN);
+    std::fs::write(dir.join("r.toml"), text).unwrap();
+    let o = run(
+        dir,
+        &[
+            "train",
+            "r.toml",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--checkpoint-dir",
+            "ck",
+        ],
+    );
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+}
+
+/// Rewrites the checkpoint's JSON state with `edit`, keeping its tensors.
+fn tamper(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let path = dir.join("ck/checkpoint.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["kiln.checkpoint"]).unwrap();
+    edit(&mut meta);
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        st.tensors().into_iter().collect();
+    let out = safetensors::serialize(
+        tensors,
+        Some([("kiln.checkpoint".to_string(), meta.to_string())].into()),
+    )
+    .unwrap();
+    std::fs::write(&path, out).unwrap();
+}
+
+/// Checkpoints broken in their bytes or their state: refused naming the file or the field,
+/// before a trainer is built, never a panic.
+#[test]
+fn bad_checkpoints() {
+    let dir = scratch("ck");
+    let resume = [
+        "train", "r.toml", "--device", "cpu", "--resume", "ck", "--steps", "6",
+    ];
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, Vec<&str>)> = vec![
+        (
+            SCHEDULE,
+            Box::new(|m| m["trainer"]["schedule"]["schedule"]["rule"]["step_size"] = 0.into()),
+            vec!["checkpoint.schedule", "step_size"],
+        ),
+        (
+            "kind = \"sequential\"\nmilestones = [2]\nschedules = [{ kind = \"fixed\" }, { kind = \"fixed\" }]",
+            Box::new(|m| m["trainer"]["schedule"]["schedule"]["schedules"] = serde_json::json!([])),
+            vec!["checkpoint.schedule", "at least one schedule"],
+        ),
+        (
+            "kind = \"reduce_on_plateau\"",
+            Box::new(|m| m["trainer"]["observations"] = serde_json::json!([])),
+            vec!["checkpoint.trainer.observations"],
+        ),
+        (
+            SCHEDULE,
+            Box::new(|m| m["trainer"]["optimizer"]["name"] = "adam".into()),
+            vec!["checkpoint.optimizer", "\"adam\"", "\"sgd\""],
+        ),
+        (
+            SCHEDULE,
+            Box::new(|m| m["trainer"]["optimizer"]["scalars"]["step"] = serde_json::json!(null)),
+            vec!["checkpoint.ck"],
+        ),
+        (
+            SCHEDULE,
+            Box::new(|m| m["format"] = 99.into()),
+            vec!["checkpoint format 99"],
+        ),
+    ];
+    for (schedule, edit, wanted) in &cases {
+        let _ = std::fs::remove_dir_all(dir.join("ck"));
+        good_run(&dir, schedule);
+        tamper(&dir, edit);
+        let before = std::fs::read(dir.join("ck/checkpoint.safetensors")).unwrap();
+        let wanted: Vec<&str> = wanted
+            .iter()
+            .map(|w| {
+                if *w == "checkpoint.ck" {
+                    "checkpoint.safetensors"
+                } else {
+                    w
+                }
+            })
+            .collect();
+        fails(&dir, &resume, &wanted);
+        // A refused checkpoint is left as it was.
+        assert_eq!(
+            std::fs::read(dir.join("ck/checkpoint.safetensors")).unwrap(),
+            before
+        );
+    }
+    // Garbage bytes, and NaN in the weights: both name the file.
+    let _ = std::fs::remove_dir_all(dir.join("ck"));
+    good_run(&dir, SCHEDULE);
+    std::fs::write(dir.join("ck/checkpoint.safetensors"), b"not a checkpoint").unwrap();
+    fails(
+        &dir,
+        &resume,
+        &["checkpoint.safetensors", "not a valid checkpoint"],
+    );
+    let _ = std::fs::remove_dir_all(dir.join("ck"));
+    good_run(&dir, SCHEDULE);
+    let path = dir.join("ck/checkpoint.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The last tensor's last value (the data section ends the file) becomes NaN.
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    fails(
+        &dir,
+        &resume,
+        &["checkpoint.safetensors", "non-finite value (NaN)"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Output paths that cannot be written fail before the first update; a failed write leaves
+/// the earlier file whole; a checkpoint directory in use is refused.
+#[test]
+fn bad_outputs() {
+    let dir = scratch("out");
+    std::fs::write(dir.join("d.csv"), DATA).unwrap();
+    std::fs::write(
+        dir.join("r.toml"),
+        run_file(MODEL, DATA_CFG, OPT, SCHEDULE, TRAIN),
+    )
+    .unwrap();
+    fn train<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["train", "r.toml", "--device", "cpu"];
+        a.extend_from_slice(extra);
+        a
+    }
+    fails(
+        &dir,
+        &train(&["--save", "nodir/w.safetensors"]),
+        &["nodir/w.safetensors", "does not exist"],
+    );
+    std::fs::create_dir_all(dir.join("adir")).unwrap();
+    fails(
+        &dir,
+        &train(&["--save", "adir"]),
+        &["adir", "not a regular file"],
+    );
+    fails(
+        &dir,
+        &train(&["--save", "/dev/null"]),
+        &["/dev/null", "not a regular file"],
+    );
+    fails(
+        &dir,
+        &train(&["--resume", "nock"]),
+        &["nock", "no checkpoint to resume from"],
+    );
+    // A plot that fails leaves the earlier image whole.
+    std::fs::write(
+        dir.join("big.toml"),
+        "[schedule]\nlr = 1.7e308\nkind = \"fixed\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("p.png"), b"an earlier plot").unwrap();
+    fails(
+        &dir,
+        &["schedule", "big.toml", "--steps", "5", "--plot", "p.png"],
+        &["p.png", "too large to plot"],
+    );
+    assert_eq!(
+        std::fs::read(dir.join("p.png")).unwrap(),
+        b"an earlier plot"
+    );
+    // A log of values near f64's limits: refused, not an endless axis.
+    std::fs::write(
+        dir.join("m.jsonl"),
+        "{\"step\":0,\"epoch\":0,\"lr\":1e308,\"loss\":1.0}\n{\"step\":1,\"epoch\":0,\"lr\":-1e308,\"loss\":2.0}\n",
+    )
+    .unwrap();
+    fails(
+        &dir,
+        &["plot", "m.jsonl", "-o", "m.png"],
+        &["m.png", "too large to plot"],
+    );
+    fails(
+        &dir,
+        &["schedule", "big.toml", "--steps", "18446744073709551615"],
+        &["--steps", "at most"],
+    );
+    // A checkpoint directory another run holds.
+    let _lock = kiln::run::checkpoint::lock(&dir.join("held")).unwrap();
+    fails(
+        &dir,
+        &train(&["--checkpoint-dir", "held"]),
+        &["held", "another kiln run"],
+    );
+    // Temporary files a killed run left in a checkpoint directory go at the next start.
+    let stale = dir.join("ck/.checkpoint.safetensors.tmp-4242");
+    std::fs::create_dir_all(dir.join("ck")).unwrap();
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    let o = run(&dir, &train(&["--checkpoint-dir", "ck", "--quiet"]));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(!stale.exists() && dir.join("ck/checkpoint.safetensors").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Two identical runs write identical bytes, metadata included.
+#[test]
+fn identical_runs_write_identical_files() {
+    let dir = scratch("same");
+    std::fs::write(dir.join("d.csv"), DATA).unwrap();
+    let data = "path = \"d.csv\"\nnormalize = \"standard\"";
+    std::fs::write(
+        dir.join("r.toml"),
+        run_file(MODEL, data, OPT, SCHEDULE, TRAIN),
+    )
+    .unwrap();
+    for name in ["a.safetensors", "b.safetensors"] {
+        let o = run(
+            &dir,
+            &[
+                "train", "r.toml", "--device", "cpu", "--quiet", "--save", name,
+            ],
+        );
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+    }
+    assert_eq!(
+        std::fs::read(dir.join("a.safetensors")).unwrap(),
+        std::fs::read(dir.join("b.safetensors")).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
