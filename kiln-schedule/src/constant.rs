@@ -21,6 +21,7 @@ pub struct ConstantLr {
 impl ConstantLr {
     /// Checks `factor` as PyTorch does.
     pub fn new(factor: f64, total_iters: u64) -> Result<Self> {
+        crate::count_param("total_iters", total_iters)?;
         if !(0.0..=1.0).contains(&factor) {
             return Err(ScheduleError::new(
                 "factor",

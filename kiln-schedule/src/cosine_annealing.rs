@@ -26,6 +26,7 @@ pub struct CosineAnnealingLr {
 impl CosineAnnealingLr {
     /// Checks the parameters (t_max ≥ 1, eta_min ≥ 0).
     pub fn new(t_max: u64, eta_min: f64) -> Result<Self> {
+        crate::count_param("t_max", t_max)?;
         if t_max == 0 {
             return Err(ScheduleError::new("t_max", "must be at least 1"));
         }

@@ -29,6 +29,8 @@ pub struct CosineAnnealingWarmRestarts {
 impl CosineAnnealingWarmRestarts {
     /// Checks the parameters as PyTorch does.
     pub fn new(t_0: u64, t_mult: u64, eta_min: f64) -> Result<Self> {
+        crate::count_param("t_0", t_0)?;
+        crate::count_param("t_mult", t_mult)?;
         if t_0 == 0 {
             return Err(ScheduleError::new("t_0", "must be at least 1"));
         }
@@ -56,6 +58,8 @@ impl CosineAnnealingWarmRestarts {
 impl LrSchedule for CosineAnnealingWarmRestarts {
     fn check(&self) -> Result<()> {
         Self::new(self.t_0, self.t_mult, self.eta_min)?;
+        crate::check_count("last_epoch", self.last_epoch)?;
+        crate::check_count("t_cur", self.t_cur)?;
         if self.t_i == 0 {
             return Err(ScheduleError::new("t_0", "the restored period is 0"));
         }
@@ -83,7 +87,7 @@ impl LrSchedule for CosineAnnealingWarmRestarts {
             if self.t_cur >= self.t_i as i64 {
                 self.t_cur %= self.t_i as i64;
                 // Saturating: after 64 doublings the period outlasts any run anyway.
-                self.t_i = self.t_i.saturating_mul(self.t_mult);
+                self.t_i = self.t_i.saturating_mul(self.t_mult).min(crate::MAX_COUNT);
             }
         }
         group.lr = self.get_lr();

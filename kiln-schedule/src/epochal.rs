@@ -123,6 +123,8 @@ impl<R: Rule> LrSchedule for Epochal<R> {
         self.rule.needs()
     }
     fn check(&self) -> Result<()> {
+        crate::check_count("last_epoch", self.last_epoch)?;
+        crate::check_count("step_count", self.step_count.min(i64::MAX as u64) as i64)?;
         self.rule.check()
     }
 }

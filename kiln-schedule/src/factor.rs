@@ -103,6 +103,7 @@ impl<R: RateRule> LrSchedule for Factored<R> {
         self.rule.needs()
     }
     fn check(&self) -> Result<()> {
+        crate::check_count("t", self.t.min(i64::MAX as u64) as i64)?;
         self.rule.check()
     }
 }

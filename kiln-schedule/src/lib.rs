@@ -225,6 +225,7 @@ impl Scheduler {
     /// Checks a scheduler restored from saved state (a checkpoint): every schedule's
     /// parameters and state as their constructors check them, and the current rate.
     pub fn check(&self) -> Result<()> {
+        check_count("updates", self.updates.min(i64::MAX as u64) as i64)?;
         self.schedule.check()?;
         check_rate(self.group.lr, self.updates)
     }
@@ -326,6 +327,36 @@ fn check_rate(lr: f64, update: u64) -> Result<()> {
         Err(ScheduleError::new(
             "kind",
             format!("the rate for update {update} is {lr}; a rate must be finite and >= 0"),
+        ))
+    }
+}
+
+/// The largest count a restored schedule may hold: 2^53, past which an f64 no longer counts
+/// one by one and far past any run (10^15 updates). Larger values come from a damaged
+/// checkpoint, and incrementing them could overflow.
+pub(crate) const MAX_COUNT: u64 = 1 << 53;
+
+/// Errs unless a count in a schedule's settings (a length in updates, a milestone) is at
+/// most [`MAX_COUNT`]: schedules count in i64 and f64.
+pub(crate) fn count_param(field: &str, value: u64) -> Result<()> {
+    if value <= MAX_COUNT {
+        Ok(())
+    } else {
+        Err(ScheduleError::new(
+            field,
+            format!("{value} is more updates than a schedule counts (at most 2^53)"),
+        ))
+    }
+}
+
+/// Errs unless a restored counter lies in `[-1, MAX_COUNT]`.
+pub(crate) fn check_count(field: &str, value: i64) -> Result<()> {
+    if (-1..=MAX_COUNT as i64).contains(&value) {
+        Ok(())
+    } else {
+        Err(ScheduleError::new(
+            field,
+            format!("the restored count {value} is out of range (a damaged checkpoint?)"),
         ))
     }
 }

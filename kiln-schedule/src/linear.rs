@@ -24,6 +24,7 @@ pub struct LinearLr {
 impl LinearLr {
     /// Checks the factors and length as PyTorch does.
     pub fn new(start_factor: f64, end_factor: f64, total_iters: u64) -> Result<Self> {
+        crate::count_param("total_iters", total_iters)?;
         if !(start_factor > 0.0 && start_factor <= 1.0) {
             return Err(ScheduleError::new(
                 "start_factor",

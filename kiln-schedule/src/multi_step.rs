@@ -21,6 +21,9 @@ pub struct MultiStepLr {
 impl MultiStepLr {
     /// Sorts the milestones (repeats multiply again, as in PyTorch).
     pub fn new(mut milestones: Vec<u64>, gamma: f64) -> Result<Self> {
+        for (i, &m) in milestones.iter().enumerate() {
+            crate::count_param(&format!("milestones[{i}]"), m)?;
+        }
         positive("gamma", gamma)?;
         milestones.sort_unstable();
         Ok(MultiStepLr { milestones, gamma })

@@ -55,6 +55,7 @@ impl OneCycleLr {
         non_negative("max_lr", max_lr)?;
         positive("div_factor", div_factor)?;
         positive("final_div_factor", final_div_factor)?;
+        crate::count_param("total_steps", total_steps)?;
         if total_steps == 0 {
             return Err(ScheduleError::new("total_steps", "must be at least 1"));
         }

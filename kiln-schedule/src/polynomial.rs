@@ -21,6 +21,7 @@ pub struct PolynomialLr {
 impl PolynomialLr {
     /// Checks total_iters ≥ 1 and power ≥ 0.
     pub fn new(total_iters: u64, power: f64) -> Result<Self> {
+        crate::count_param("total_iters", total_iters)?;
         if total_iters == 0 {
             return Err(ScheduleError::new("total_iters", "must be at least 1"));
         }

@@ -112,6 +112,12 @@ impl ReduceLrOnPlateau {
 
 impl LrSchedule for ReduceLrOnPlateau {
     fn check(&self) -> Result<()> {
+        for (field, count) in [
+            ("num_bad_epochs", self.num_bad_epochs),
+            ("cooldown_counter", self.cooldown_counter),
+        ] {
+            crate::check_count(field, count.min(i64::MAX as u64) as i64)?;
+        }
         Self::new(
             self.mode,
             self.factor,

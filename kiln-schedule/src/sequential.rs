@@ -33,6 +33,9 @@ impl SequentialLr {
     }
 
     fn check_parts(schedules: &[Schedule], milestones: &[u64]) -> Result<()> {
+        for (i, &m) in milestones.iter().enumerate() {
+            crate::count_param(&format!("milestones[{i}]"), m)?;
+        }
         if schedules.is_empty() {
             return Err(ScheduleError::new(
                 "schedules",
@@ -118,6 +121,7 @@ impl LrSchedule for SequentialLr {
     }
 
     fn check(&self) -> Result<()> {
+        crate::check_count("last_epoch", self.last_epoch)?;
         Self::check_parts(&self.schedules, &self.milestones)?;
         crate::schedule::check_children(&self.schedules)
     }

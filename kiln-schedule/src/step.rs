@@ -21,6 +21,7 @@ pub struct StepLr {
 impl StepLr {
     /// Checks step_size ≥ 1 and gamma > 0.
     pub fn new(step_size: u64, gamma: f64) -> Result<Self> {
+        crate::count_param("step_size", step_size)?;
         if step_size == 0 {
             return Err(ScheduleError::new("step_size", "must be at least 1"));
         }

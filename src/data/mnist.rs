@@ -105,8 +105,15 @@ pub fn parse_idx(source: &str, bytes: &[u8], magic: u32) -> Result<(Vec<usize>, 
         .map(|i| word(4 + 4 * i).map(|d| d as usize))
         .collect::<Result<Vec<_>>>()?;
     let start = 4 + 4 * ndims;
-    let len: usize = dims.iter().product();
-    let data = bytes.get(start..start + len).ok_or_else(|| {
+    let len = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            err(format!(
+                "dimensions {dims:?} are more bytes than can be counted"
+            ))
+        })?;
+    let data = bytes.get(start..start.saturating_add(len)).ok_or_else(|| {
         err(format!(
             "truncated at byte {}: dimensions {dims:?} need {} bytes of data from byte {start}",
             bytes.len(),

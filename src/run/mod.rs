@@ -336,6 +336,12 @@ impl Run {
         let p = Prepared::new(&config, base_dir, steps)?;
         crate::train::check_memory(device, &p.model, &p.options(&config)?)?;
         let (state, _epoch, run_state) = checkpoint::load(dir, &p.model.param_layout(PARAM_ALIGN))?;
+        if run_state.wait > 1 << 53 {
+            return Err(KilnError::invalid(
+                "checkpoint.run.wait",
+                "out of range (a damaged checkpoint?)",
+            ));
+        }
         let trainer = Trainer::resume(device, p.model.clone(), p.options(&config)?, state)?;
         p.into_run(config, trainer, run_state)
     }

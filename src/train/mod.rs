@@ -488,6 +488,16 @@ impl Trainer {
         options: TrainOptions,
         state: TrainerState,
     ) -> Result<Self> {
+        // Counts past 2^53 come only from a damaged file, and the next update would overflow.
+        if state.steps > 1 << 53 {
+            return Err(KilnError::invalid(
+                "checkpoint.trainer.steps",
+                format!(
+                    "{} updates is out of range (a damaged checkpoint?)",
+                    state.steps
+                ),
+            ));
+        }
         let schedule: Scheduler = serde_json::from_value(state.schedule)
             .map_err(|e| KilnError::invalid("checkpoint.schedule", e.to_string()))?;
         schedule
