@@ -182,11 +182,13 @@ proptest! {
             }
         }
         let text = String::from_utf8_lossy(&bytes);
-        let mut options = CsvOptions::default();
-        options.header = match header {
-            "true" => csv::Header::Yes,
-            "false" => csv::Header::No,
-            _ => csv::Header::Auto,
+        let options = CsvOptions {
+            header: match header {
+                "true" => csv::Header::Yes,
+                "false" => csv::Header::No,
+                _ => csv::Header::Auto,
+            },
+            ..CsvOptions::default()
         };
         if let Ok(d) = csv::parse("d.csv", &text, &options) {
             for loss in kiln::Loss::ALL {

@@ -362,7 +362,8 @@ fn bad_checkpoints() {
     let resume = [
         "train", "r.toml", "--device", "cpu", "--resume", "ck", "--steps", "6",
     ];
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, Vec<&str>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
         (
             SCHEDULE,
             Box::new(|m| m["trainer"]["schedule"]["schedule"]["rule"]["step_size"] = 0.into()),
