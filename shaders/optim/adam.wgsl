@@ -9,7 +9,7 @@
 //   max_exp_avg_sq ← max(max_exp_avg_sq, exp_avg_sq)   amsgrad (then used below)
 //   denom ← √exp_avg_sq / √(1 − β2^t) + eps
 //   p ← p + (−lr/(1 − β1^t))·exp_avg / denom
-// Needs shaders/update.wgsl in front. CPU twin: src/optim/adam.rs.
+// Needs shaders/update.wgsl and shaders/optim/moments.wgsl in front. CPU twin: src/optim/adam.rs.
 
 struct AdamParams {
     h: UpdateHeader,
@@ -27,8 +27,6 @@ struct AdamParams {
     _pad: u32,
 }
 
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<f32>;
-@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<f32>;
 @group(0) @binding(6) var<storage, read_write> max_exp_avg_sq: array<f32>;
 @group(0) @binding(7) var<uniform> params: AdamParams;
 
@@ -36,27 +34,22 @@ struct AdamParams {
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = update_index(gid, nwg);
     if i >= params.h.len || update_skipped(params.h) { return; }
-    var p = param[i];
-    var g = grad[i];
-    if params.maximize != 0u {
-        g = -g;
-    }
-    if params.weight_decay != 0.0 && decays(params.h, i) {
-        if params.decoupled != 0u {
-            p = p * params.decay_factor;
-        } else {
-            g = g + params.weight_decay * p;
-        }
-    }
-    let m = lerp_pt(exp_avg[i], g, params.one_minus_beta1);
-    exp_avg[i] = m;
-    let v = exp_avg_sq[i] * params.beta2 + params.one_minus_beta2 * g * g;
-    exp_avg_sq[i] = v;
-    var v_used = v;
+    let o = adam_moments(
+        params.h,
+        i,
+        params.decay_factor,
+        params.weight_decay,
+        params.one_minus_beta1,
+        params.beta2,
+        params.one_minus_beta2,
+        params.maximize != 0u,
+        params.decoupled != 0u,
+    );
+    var v_used = o.v;
     if params.amsgrad != 0u {
-        v_used = max(max_exp_avg_sq[i], v);
+        v_used = max(max_exp_avg_sq[i], o.v);
         max_exp_avg_sq[i] = v_used;
     }
     let denom = sqrt(v_used) / params.bias_correction2_sqrt + params.eps;
-    param[i] = p + params.neg_step_size * m / denom;
+    param[i] = o.p + params.neg_step_size * o.m / denom;
 }

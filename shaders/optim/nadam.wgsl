@@ -8,7 +8,7 @@
 //   denom ← √(exp_avg_sq / (1 − β2^t)) + eps
 //   p ← p + c_grad·g / denom;  p ← p + c_avg·exp_avg / denom
 //     c_grad = −lr·(1 − μ_t)/(1 − Πμ),  c_avg = −lr·μ_{t+1}/(1 − Πμ·μ_{t+1})
-// Needs shaders/update.wgsl in front. CPU twin: src/optim/nadam.rs.
+// Needs shaders/update.wgsl and shaders/optim/moments.wgsl in front. CPU twin: src/optim/nadam.rs.
 
 struct NAdamParams {
     h: UpdateHeader,
@@ -26,31 +26,24 @@ struct NAdamParams {
     _pad: u32,
 }
 
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<f32>;
-@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<f32>;
 @group(0) @binding(6) var<uniform> params: NAdamParams;
 
 @compute @workgroup_size(256)
 fn nadam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = update_index(gid, nwg);
     if i >= params.h.len || update_skipped(params.h) { return; }
-    var p = param[i];
-    var g = grad[i];
-    if params.maximize != 0u {
-        g = -g;
-    }
-    if params.weight_decay != 0.0 && decays(params.h, i) {
-        if params.decoupled != 0u {
-            p = p * params.decay_factor;
-        } else {
-            g = g + params.weight_decay * p;
-        }
-    }
-    let m = lerp_pt(exp_avg[i], g, params.one_minus_beta1);
-    exp_avg[i] = m;
-    let v = exp_avg_sq[i] * params.beta2 + params.one_minus_beta2 * g * g;
-    exp_avg_sq[i] = v;
-    let denom = sqrt(v / params.bias_correction2) + params.eps;
-    p = p + params.grad_coef * g / denom;
-    param[i] = p + params.avg_coef * m / denom;
+    let o = adam_moments(
+        params.h,
+        i,
+        params.decay_factor,
+        params.weight_decay,
+        params.one_minus_beta1,
+        params.beta2,
+        params.one_minus_beta2,
+        params.maximize != 0u,
+        params.decoupled != 0u,
+    );
+    let denom = sqrt(o.v / params.bias_correction2) + params.eps;
+    let p = o.p + params.grad_coef * o.g / denom;
+    param[i] = p + params.avg_coef * o.m / denom;
 }

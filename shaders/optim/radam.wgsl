@@ -8,7 +8,7 @@
 //   u ← (exp_avg / (1 − β1^t))·lr
 //   ρ_t > 5: u ← u·(1/(√exp_avg_sq + eps))·√(1 − β2^t)·r_t
 //   p ← p − u
-// Needs shaders/update.wgsl in front. CPU twin: src/optim/radam.rs.
+// Needs shaders/update.wgsl and shaders/optim/moments.wgsl in front. CPU twin: src/optim/radam.rs.
 
 struct RAdamParams {
     h: UpdateHeader,
@@ -27,34 +27,27 @@ struct RAdamParams {
     _pad: u32,
 }
 
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<f32>;
-@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<f32>;
 @group(0) @binding(6) var<uniform> params: RAdamParams;
 
 @compute @workgroup_size(256)
 fn radam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = update_index(gid, nwg);
     if i >= params.h.len || update_skipped(params.h) { return; }
-    var p = param[i];
-    var g = grad[i];
-    if (params.flags & 1u) != 0u {
-        g = -g;
-    }
-    if params.weight_decay != 0.0 && decays(params.h, i) {
-        if (params.flags & 2u) != 0u {
-            p = p * params.decay_factor;
-        } else {
-            g = g + params.weight_decay * p;
-        }
-    }
-    let m = lerp_pt(exp_avg[i], g, params.one_minus_beta1);
-    exp_avg[i] = m;
-    let v = exp_avg_sq[i] * params.beta2 + params.one_minus_beta2 * g * g;
-    exp_avg_sq[i] = v;
-    var u = m / params.bias_correction1 * params.lr;
+    let o = adam_moments(
+        params.h,
+        i,
+        params.decay_factor,
+        params.weight_decay,
+        params.one_minus_beta1,
+        params.beta2,
+        params.one_minus_beta2,
+        (params.flags & 1u) != 0u,
+        (params.flags & 2u) != 0u,
+    );
+    var u = o.m / params.bias_correction1 * params.lr;
     if (params.flags & 4u) != 0u {
-        let adaptive = 1.0 / (sqrt(v) + params.eps) * params.bias_correction2_sqrt;
+        let adaptive = 1.0 / (sqrt(o.v) + params.eps) * params.bias_correction2_sqrt;
         u = u * adaptive * params.rect;
     }
-    param[i] = p - u;
+    param[i] = o.p - u;
 }

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
-    check_non_negative, lerp, next_step, parse_args,
+    Moments, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
+    check_non_negative, next_step, parse_args,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -97,7 +97,7 @@ struct AdamScalars {
 
 /// The kernel: parameters, gradients, loss history, no-decay ranges, `exp_avg`,
 /// `exp_avg_sq`, `max_exp_avg_sq`.
-pub static KERNEL: Kernel = super::update_kernel!("adam.wgsl", "adam", 3);
+pub static KERNEL: Kernel = super::update_kernel!("adam.wgsl", "adam", 3, moments);
 
 pub(super) const REGISTRATION: Registration = Registration {
     name: "adam",
@@ -206,17 +206,14 @@ impl UpdateRule for Adam {
         };
         // Zipped slices, no indexing, so the compiler can vectorise; the flags are the same
         // for every element, so the branches cost nothing per element once unswitched.
-        let moments = |p: &mut f32, g: f32, m: &mut f32, v: &mut f32| {
-            let mut g = if s.maximize != 0 { -g } else { g };
-            if weight_decay != 0.0 {
-                if s.decoupled != 0 {
-                    *p *= s.decay_factor;
-                } else {
-                    g += weight_decay * *p;
-                }
-            }
-            *m = lerp(*m, g, s.one_minus_beta1);
-            *v = *v * s.beta2 + s.one_minus_beta2 * g * g;
+        let moments = Moments {
+            decay_factor: s.decay_factor,
+            weight_decay,
+            one_minus_beta1: s.one_minus_beta1,
+            beta2: s.beta2,
+            one_minus_beta2: s.one_minus_beta2,
+            maximize: s.maximize != 0,
+            decoupled: s.decoupled != 0,
         };
         let step = |p: &mut f32, m: f32, v_used: f32| {
             let denom = v_used.sqrt() / s.bias_correction2_sqrt + s.eps;
@@ -229,13 +226,13 @@ impl UpdateRule for Adam {
             .zip(exp_avg_sq.iter_mut());
         if s.amsgrad != 0 {
             for ((((p, &g), m), v), max_v) in pgmv.zip(max_exp_avg_sq.iter_mut()) {
-                moments(p, g, m, v);
+                moments.apply(p, g, m, v);
                 *max_v = max_v.max(*v);
                 step(p, *m, *max_v);
             }
         } else {
             for (((p, &g), m), v) in pgmv {
-                moments(p, g, m, v);
+                moments.apply(p, g, m, v);
                 step(p, *m, *v);
             }
         }

@@ -129,6 +129,38 @@ pub(crate) fn lerp(start: f32, end: f32, weight: f32) -> f32 {
     }
 }
 
+/// The first half of every Adam-family update (Adam/AdamW, NAdam, RAdam) in PyTorch's order:
+/// maximize, weight decay (decoupled or L2), then both moments. The CPU twin of
+/// `shaders/optim/moments.wgsl`.
+pub(crate) struct Moments {
+    pub decay_factor: f32,
+    /// 0 for elements that take no weight decay.
+    pub weight_decay: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub maximize: bool,
+    pub decoupled: bool,
+}
+
+impl Moments {
+    /// Updates `p` (decoupled decay), `m` and `v` in place; returns the gradient as used.
+    #[inline(always)]
+    pub(crate) fn apply(&self, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) -> f32 {
+        let mut g = if self.maximize { -g } else { g };
+        if self.weight_decay != 0.0 {
+            if self.decoupled {
+                *p *= self.decay_factor;
+            } else {
+                g += self.weight_decay * *p;
+            }
+        }
+        *m = lerp(*m, g, self.one_minus_beta1);
+        *v = *v * self.beta2 + self.one_minus_beta2 * g * g;
+        g
+    }
+}
+
 /// The number PyTorch keeps in `state['step']` after this update: advances `scalars["step"]`.
 pub(crate) fn next_step(scalars: &mut Scalars) -> Result<f64> {
     let step = scalars
@@ -495,8 +527,22 @@ pub(crate) const fn update_bindings(states: usize) -> &'static [Binding] {
     }
 }
 
-/// The kernel of `shaders/optim/FILE` with `shaders/update.wgsl` in front of it.
+/// The kernel of `shaders/optim/FILE` with `shaders/update.wgsl` in front of it, and, for the
+/// Adam family, `shaders/optim/moments.wgsl` between them.
 macro_rules! update_kernel {
+    ($file:literal, $entry:literal, $states:literal, moments) => {
+        $crate::gpu::kernels::Kernel {
+            file: concat!("optim/", $file),
+            source: concat!(
+                include_str!("../../shaders/update.wgsl"),
+                include_str!("../../shaders/optim/moments.wgsl"),
+                include_str!(concat!("../../shaders/optim/", $file))
+            ),
+            entry: $entry,
+            group: 0,
+            bindings: $crate::optim::update_bindings($states),
+        }
+    };
     ($file:literal, $entry:literal, $states:literal) => {
         $crate::gpu::kernels::Kernel {
             file: concat!("optim/", $file),

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
-    check_non_negative, lerp, next_step, parse_args,
+    Moments, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
+    check_non_negative, next_step, parse_args,
 };
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
@@ -60,7 +60,7 @@ struct NAdamScalars {
 }
 
 /// The kernel: parameters, gradients, loss history, no-decay ranges, `exp_avg`, `exp_avg_sq`.
-pub static KERNEL: Kernel = super::update_kernel!("nadam.wgsl", "nadam", 2);
+pub static KERNEL: Kernel = super::update_kernel!("nadam.wgsl", "nadam", 2, moments);
 
 pub(super) const REGISTRATION: Registration = Registration {
     name: "nadam",
@@ -158,17 +158,17 @@ impl UpdateRule for NAdam {
             .zip(grad)
             .zip(exp_avg.iter_mut())
             .zip(exp_avg_sq.iter_mut());
+        let moments = Moments {
+            decay_factor: s.decay_factor,
+            weight_decay,
+            one_minus_beta1: s.one_minus_beta1,
+            beta2: s.beta2,
+            one_minus_beta2: s.one_minus_beta2,
+            maximize: s.maximize != 0,
+            decoupled: s.decoupled != 0,
+        };
         for (((p, &g), m), v) in pgmv {
-            let mut g = if s.maximize != 0 { -g } else { g };
-            if weight_decay != 0.0 {
-                if s.decoupled != 0 {
-                    *p *= s.decay_factor;
-                } else {
-                    g += weight_decay * *p;
-                }
-            }
-            *m = lerp(*m, g, s.one_minus_beta1);
-            *v = *v * s.beta2 + s.one_minus_beta2 * g * g;
+            let g = moments.apply(p, g, m, v);
             let denom = (*v / s.bias_correction2).sqrt() + s.eps;
             *p += s.grad_coef * g / denom;
             *p += s.avg_coef * *m / denom;

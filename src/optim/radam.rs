@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
-    check_non_negative, lerp, next_step, parse_args,
+    Moments, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
+    check_non_negative, next_step, parse_args,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -61,7 +61,7 @@ struct RAdamScalars {
 }
 
 /// The kernel: parameters, gradients, loss history, no-decay ranges, `exp_avg`, `exp_avg_sq`.
-pub static KERNEL: Kernel = super::update_kernel!("radam.wgsl", "radam", 2);
+pub static KERNEL: Kernel = super::update_kernel!("radam.wgsl", "radam", 2, moments);
 
 pub(super) const REGISTRATION: Registration = Registration {
     name: "radam",
@@ -157,17 +157,17 @@ impl UpdateRule for RAdam {
             .zip(grad)
             .zip(exp_avg.iter_mut())
             .zip(exp_avg_sq.iter_mut());
+        let moments = Moments {
+            decay_factor: s.decay_factor,
+            weight_decay,
+            one_minus_beta1: s.one_minus_beta1,
+            beta2: s.beta2,
+            one_minus_beta2: s.one_minus_beta2,
+            maximize: s.flags & MAXIMIZE != 0,
+            decoupled: s.flags & DECOUPLED != 0,
+        };
         for (((p, &g), m), v) in pgmv {
-            let mut g = if s.flags & MAXIMIZE != 0 { -g } else { g };
-            if weight_decay != 0.0 {
-                if s.flags & DECOUPLED != 0 {
-                    *p *= s.decay_factor;
-                } else {
-                    g += weight_decay * *p;
-                }
-            }
-            *m = lerp(*m, g, s.one_minus_beta1);
-            *v = *v * s.beta2 + s.one_minus_beta2 * g * g;
+            moments.apply(p, g, m, v);
             let mut u = *m / s.bias_correction1 * s.lr;
             if s.flags & RECTIFIED != 0 {
                 let adaptive = 1.0 / (v.sqrt() + s.eps) * s.bias_correction2_sqrt;
