@@ -119,6 +119,16 @@ fn bad_run_files() {
         (
             run_file(
                 MODEL,
+                "path = \"d.csv\"\nvalidation = 0.01",
+                OPT,
+                SCHEDULE,
+                TRAIN,
+            ),
+            vec!["data.validation", "holds out none"],
+        ),
+        (
+            run_file(
+                MODEL,
                 DATA_CFG,
                 OPT,
                 SCHEDULE,

@@ -176,6 +176,15 @@ impl Dataset {
                 "leaves no training rows",
             ));
         }
+        if held == 0 && fraction > 0.0 {
+            return Err(KilnError::invalid(
+                "data.validation",
+                format!(
+                    "{fraction} of {} rows holds out none; use a larger fraction, or 0 for no validation",
+                    self.rows()
+                ),
+            ));
+        }
         Ok((self.select(&order[held..]), self.select(&order[..held])))
     }
 
