@@ -369,13 +369,26 @@ impl GpuContext {
                     } else {
                         let checks = wgpu::ShaderRuntimeChecks {
                             bounds_checks: false,
+                            force_loop_bounding: false,
                             ..wgpu::ShaderRuntimeChecks::checked()
                         };
-                        // SAFETY: bounds checks only. Every Kiln kernel compares each index
-                        // with the lengths in its own uniform block before touching memory,
-                        // and the host sizes every binding to those lengths (tests cover
-                        // shapes that are not tile multiples). Loop bounding and integer
-                        // division guards stay on.
+                        // SAFETY: only Kiln's own kernels (shaders/) come here, and for them:
+                        // - Bounds: every kernel compares each index with the lengths in its
+                        //   own uniform block before touching memory, and the host sizes every
+                        //   binding to those lengths (tests cover shapes that are not tile
+                        //   multiples).
+                        // - Loops terminate: every loop counter starts below its bound and
+                        //   either grows by a positive constant or by a uniform step ≥ 1
+                        //   (grid strides, tile depths), or halves to 0 (tree reductions);
+                        //   every bound is a constant (tile shapes, 4, 256) or a uniform field
+                        //   the host writes from the size of a bound buffer. Those sizes are
+                        //   checked against `max_storage_buffer_binding_size` (under 2^31
+                        //   bytes, so under 2^29 f32s) and steps are at most 2^16, so no
+                        //   counter can wrap past 2^32 and start over. naga's injected loop
+                        //   counters cost the register-blocked matmul 10–20× on an H200
+                        //   (../shared/gpu-runs/2026-11-26-h200/guards-exp.txt): the driver
+                        //   stops unrolling and the register blocks spill.
+                        // Integer division guards stay on: measured free.
                         unsafe { self.device.create_shader_module_trusted(desc, checks) }
                     }
                 })

@@ -48,8 +48,8 @@ pub struct BenchArgs {
     /// Print {"results": [...]} instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// GPU kernels with wgpu's runtime bounds checks: off (the default build), on, or both
-    /// side by side.
+    /// GPU kernels with wgpu's runtime checks (bounds checks and loop bounding): off (the
+    /// default build), on, or both side by side.
     #[arg(long, default_value = "off")]
     pub bounds_checks: String,
     /// Comma-separated: matmul, optimizers, train_step, copy.
