@@ -207,7 +207,12 @@ impl Dataset {
         }
         let std = var
             .iter()
-            .map(|v| if *v > 0.0 { v.sqrt() as f32 } else { 1.0 })
+            // A deviation below f32's normal range is a constant feature as far as f32 can
+            // tell; dividing by it would overflow.
+            .map(|v| match v.sqrt() as f32 {
+                s if s.is_normal() => s,
+                _ => 1.0,
+            })
             .collect();
         (mean.iter().map(|m| *m as f32).collect(), std)
     }

@@ -103,6 +103,13 @@ impl Prepared {
             }
             (mean, std)
         });
+        // Checked once here, not per update (`Trainer::step_loaded`): standardising rows far
+        // from a nearly constant training feature can overflow.
+        for (what, d) in std::iter::once(("training rows", &train))
+            .chain(validation.as_ref().map(|v| ("validation rows", v)))
+        {
+            ops::check_finite(&format!("{}: {what} after normalize", d.source), &d.x)?;
+        }
         let model = config.model(train.features)?;
         if config.train.batch_size == 0 {
             return Err(KilnError::invalid("train.batch_size", "must be at least 1"));
@@ -581,7 +588,8 @@ impl Run {
             }
             _ => unreachable!("tb is made to match train_targets"),
         }
-        self.trainer.step(&self.xb, self.tb.as_targets())
+        // The data was checked whole when it was loaded (finite values, labels in range).
+        self.trainer.step_loaded(&self.xb, self.tb.as_targets())
     }
 
     /// Loss and accuracy on the held-out rows, or `None` without a validation split.

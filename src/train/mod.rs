@@ -285,7 +285,22 @@ impl Trainer {
     /// sample. Returns the learning rate it used. The batch's loss is recorded, not returned:
     /// on the GPU, reading it here would stall the pipeline (see [`Trainer::losses`]).
     pub fn step(&mut self, x: &[f32], targets: Targets) -> Result<f64> {
-        let batch = self.check_batch(x, Some(targets))?;
+        self.step_checked(x, targets, true)
+    }
+
+    /// [`Trainer::step`] for a batch drawn from data checked when it was loaded (a `Run`'s):
+    /// its shapes are checked, its values not again — a scan of every value each update is
+    /// host time the device waits for.
+    pub(crate) fn step_loaded(&mut self, x: &[f32], targets: Targets) -> Result<f64> {
+        self.step_checked(x, targets, false)
+    }
+
+    fn step_checked(&mut self, x: &[f32], targets: Targets, values: bool) -> Result<f64> {
+        let batch = if values {
+            self.check_batch(x, Some(targets))?
+        } else {
+            self.check_batch_shape(x, targets)?
+        };
         let per_update = self.options.schedule_interval == Interval::Update;
         let observed = self.per_update_needs().any();
         if observed && self.steps >= 2 {
@@ -598,6 +613,27 @@ impl Trainer {
         trainer.carried = state.observations;
         trainer.last_finite = state.last_finite;
         Ok(trainer)
+    }
+
+    /// The shape checks of [`Trainer::check_batch`] alone: rows, max_batch, target count.
+    fn check_batch_shape(&self, x: &[f32], targets: Targets) -> Result<usize> {
+        let ctx = "training batch";
+        let rows = ops::check_rows(ctx, "x", x.len(), self.model.input())?;
+        if rows > self.options.max_batch {
+            return Err(KilnError::shape(
+                ctx,
+                format!(
+                    "batch of {rows} rows is over max_batch = {}",
+                    self.options.max_batch
+                ),
+            ));
+        }
+        let (len, want) = match targets {
+            Targets::Classes(c) => (c.len(), rows),
+            Targets::Values(v) => (v.len(), rows * self.model.output()),
+        };
+        ops::check_len(ctx, "targets", len, want, "one per row and output")?;
+        Ok(rows)
     }
 
     /// Checks a batch (and its targets, for a training step); returns its row count.
