@@ -418,3 +418,95 @@ test_device!(
     skipped_updates_leave_the_schedule_alone,
     super::skipped_updates_do_not_steer_the_schedule
 );
+
+/// Batches gathered from data loaded on the device (`load_data`, `set_order`, `step_data`)
+/// train exactly as the same batches given from the host: every loss and parameter equal to
+/// the bit, for class labels and for values, a short last batch and a second order included.
+fn resident_data_trains_like_host_batches(device: &Device) {
+    let rows = 23;
+    let x = common::random(rows * 5, -1.0, 1.0, 31);
+    let labels = common::random_labels(rows, 3, 32);
+    let values = common::random(rows * 3, -1.0, 1.0, 33);
+    let orders: [Vec<u32>; 2] = [
+        (0..rows as u32).rev().collect(),
+        (0..rows as u32).map(|r| (r * 7) % rows as u32).collect(),
+    ];
+    for loss in [Loss::CrossEntropy, Loss::Mse] {
+        let model = Sequential::new(
+            5,
+            vec![
+                Layer::Dense { out: 6 },
+                Layer::Activation(Activation::Tanh),
+                Layer::Dense { out: 3 },
+            ],
+            loss,
+        )
+        .unwrap();
+        let opts = TrainOptions {
+            max_batch: 8,
+            ..options()
+        };
+        let new = || {
+            Trainer::new(
+                device,
+                model.clone(),
+                opts.clone(),
+                Scheduler::fixed(0.05).unwrap(),
+            )
+            .unwrap()
+        };
+        let (mut host, mut resident) = (new(), new());
+        let all = match loss {
+            Loss::CrossEntropy => Targets::Classes(&labels),
+            _ => Targets::Values(&values),
+        };
+        resident.load_data(&x, all).unwrap();
+        for order in &orders {
+            resident.set_order(order).unwrap();
+            for start in (0..rows).step_by(8) {
+                let n = (rows - start).min(8);
+                let picked: Vec<usize> = order[start..start + n]
+                    .iter()
+                    .map(|&r| r as usize)
+                    .collect();
+                let xb: Vec<f32> = picked
+                    .iter()
+                    .flat_map(|&r| x[r * 5..r * 5 + 5].to_vec())
+                    .collect();
+                let lb: Vec<u32> = picked.iter().map(|&r| labels[r]).collect();
+                let vb: Vec<f32> = picked
+                    .iter()
+                    .flat_map(|&r| values[r * 3..r * 3 + 3].to_vec())
+                    .collect();
+                let tb = match loss {
+                    Loss::CrossEntropy => Targets::Classes(&lb),
+                    _ => Targets::Values(&vb),
+                };
+                host.step(&xb, tb).unwrap();
+                resident.step_data(start, n).unwrap();
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(host.losses().unwrap()),
+            bits(resident.losses().unwrap()),
+            "{loss:?}"
+        );
+        assert_eq!(
+            bits(&host.parameters().unwrap()),
+            bits(&resident.parameters().unwrap()),
+            "{loss:?}"
+        );
+        // Misuse is an error naming what is wrong.
+        let e = resident.step_data(20, 8).unwrap_err().to_string();
+        assert!(e.contains("rows 20..20+8"), "{e}");
+        let e = resident.set_order(&[0, 23]).unwrap_err().to_string();
+        assert!(e.contains("entry 1 is row 23"), "{e}");
+        let e = new().step_data(0, 1).unwrap_err().to_string();
+        assert!(e.contains("order of 0 entries"), "{e}");
+    }
+}
+test_device!(
+    resident_data_matches_host_batches,
+    super::resident_data_trains_like_host_batches
+);

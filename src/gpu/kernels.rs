@@ -43,6 +43,7 @@ const ACTIVATION_SRC: &str = include_str!("../../shaders/activation.wgsl");
 const LOSS_SRC: &str = include_str!("../../shaders/loss.wgsl");
 const NORM_SRC: &str = include_str!("../../shaders/norm.wgsl");
 const COPY_SRC: &str = include_str!("../../shaders/copy.wgsl");
+const GATHER_SRC: &str = include_str!("../../shaders/gather.wgsl");
 
 /// a, b, a as vec4s, b as vec4s, bias, c, params
 pub static MATMUL: Kernel = Kernel {
@@ -78,6 +79,15 @@ pub static COPY: Kernel = Kernel {
     entry: "copy",
     group: 0,
     bindings: &[Read, ReadWrite, Uniform],
+};
+
+/// src, order, dst, params
+pub static GATHER: Kernel = Kernel {
+    file: "gather.wgsl",
+    source: GATHER_SRC,
+    entry: "gather",
+    group: 0,
+    bindings: &[Read, Read, ReadWrite, Uniform],
 };
 
 /// x, partials, params
@@ -156,9 +166,10 @@ loss_kernels!(
 
 /// Every kernel the engine dispatches apart from the optimizers' (`crate::optim::kernels`);
 /// tests/shaders.rs checks each entry point exists.
-pub static ALL: [&Kernel; 27] = [
+pub static ALL: [&Kernel; 28] = [
     &MATMUL,
     &COPY,
+    &GATHER,
     &SUM_SQUARES_PARTIAL,
     &SUM_SQUARES_FINAL,
     &CLIP,
@@ -549,6 +560,26 @@ pub(crate) fn update_bindings<'a>(
         vec![params.into(), grads.into(), history.into(), no_decay.into()];
     b.extend(state.iter().map(BufferRange::from));
     b
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct GatherParams {
+    start: u32,
+    rows: u32,
+    cols: u32,
+    _pad: u32,
+}
+
+/// Rows `order[start..start + rows]` of a resident [N, cols] data set into a batch buffer.
+pub(crate) fn gather(start: usize, rows: usize, cols: usize, max_per_dim: u32) -> Launch {
+    let params = GatherParams {
+        start: start as u32,
+        rows: rows as u32,
+        cols: cols as u32,
+        _pad: 0,
+    };
+    Launch::new(&GATHER, &params, elementwise_grid(rows * cols, max_per_dim))
 }
 
 /// One optimizer update of the whole arena with `kernel`, the uniform block the host computed.

@@ -32,10 +32,22 @@ pub struct CpuStep {
     first_update: u64,
     /// ‖g‖² of every update, when clipping or a schedule needs it.
     grad_norms: Option<Vec<f32>>,
+    /// Data loaded with `Trainer::load_data`, and the buffers batches are gathered into.
+    data: Option<HostData>,
+    gathered: (Vec<f32>, Vec<f32>),
+}
+
+/// A data set held for `Trainer::step_data`: inputs, targets as f32, the batch order.
+struct HostData {
+    x: Vec<f32>,
+    y: Vec<f32>,
+    /// Target values per row.
+    cols: usize,
+    order: Vec<u32>,
 }
 
 /// What one step is given: its batch and its rate.
-struct Batch<'a> {
+struct StepInput<'a> {
     x: &'a [f32],
     targets: Targets<'a>,
     rows: usize,
@@ -72,11 +84,61 @@ impl CpuStep {
             first_update: 0,
             skip_non_finite: false,
             grad_norms: (options.clip_grad_norm.is_some() || needs.grad_norm).then(Vec::new),
+            data: None,
+            gathered: (Vec::new(), Vec::new()),
         }
     }
 
-    pub fn step(&mut self, x: &[f32], targets: Targets, rows: usize, lr: f64) -> Result<()> {
-        let batch = Batch {
+    pub fn step(&mut self, source: super::Batch<'_>, rows: usize, lr: f64) -> Result<()> {
+        match source {
+            super::Batch::Host { x, targets } => self.step_on(x, targets, rows, lr),
+            super::Batch::Resident { start } => {
+                // The rows gathered from the loaded data, as a GPU step gathers them.
+                let data = self
+                    .data
+                    .as_ref()
+                    .expect("the trainer checks data is loaded");
+                let (f, k) = (self.input_width, data.cols);
+                let mut x = std::mem::take(&mut self.gathered.0);
+                let mut y = std::mem::take(&mut self.gathered.1);
+                x.clear();
+                y.clear();
+                for &r in &data.order[start..start + rows] {
+                    let r = r as usize;
+                    x.extend_from_slice(&data.x[r * f..(r + 1) * f]);
+                    y.extend_from_slice(&data.y[r * k..(r + 1) * k]);
+                }
+                let labels: Vec<u32>;
+                let targets = if self.loss == Loss::CrossEntropy {
+                    labels = y.iter().map(|&l| l as u32).collect();
+                    Targets::Classes(&labels)
+                } else {
+                    Targets::Values(&y)
+                };
+                let result = self.step_on(&x, targets, rows, lr);
+                self.gathered = (x, y);
+                result
+            }
+        }
+    }
+
+    pub fn load_data(&mut self, x: &[f32], y: &[f32], rows: usize) {
+        self.data = Some(HostData {
+            x: x.to_vec(),
+            y: y.to_vec(),
+            cols: y.len() / rows,
+            order: Vec::new(),
+        });
+    }
+
+    pub fn set_order(&mut self, order: &[u32]) {
+        if let Some(d) = &mut self.data {
+            d.order = order.to_vec();
+        }
+    }
+
+    fn step_on(&mut self, x: &[f32], targets: Targets, rows: usize, lr: f64) -> Result<()> {
+        let batch = StepInput {
             x,
             targets,
             rows,
@@ -92,7 +154,7 @@ impl CpuStep {
     }
 
     pub fn predict(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let batch = Batch {
+        let batch = StepInput {
             x,
             targets: Targets::Values(&[]),
             rows,
@@ -158,7 +220,7 @@ impl CpuStep {
 
     /// Runs one instruction. A kernel's output vector is taken out while its inputs are
     /// borrowed; no kernel reads the vector it writes.
-    fn exec(&mut self, instr: &Instr, b: &Batch<'_>) -> Result<()> {
+    fn exec(&mut self, instr: &Instr, b: &StepInput<'_>) -> Result<()> {
         let rows = b.rows;
         let out_slot = match *instr {
             Instr::Matmul { c, .. } => c,

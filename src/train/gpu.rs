@@ -14,7 +14,7 @@ use crate::gpu::kernels::{self, Launch};
 use crate::gpu::matmul_tiles::MatmulTiling;
 use crate::gpu::{BufferRange, GpuContext, MapReceiver, Recorded, map_read, wait_mapped};
 use crate::model::{ParamLayout, Sequential};
-use crate::ops::{Loss, Targets};
+use crate::ops::Loss;
 use crate::optim::{NO_SKIP, Optimizer, Scalars, UpdateUniform};
 use kiln_schedule::Needs;
 
@@ -56,6 +56,21 @@ pub struct GpuStep {
     /// Losses already read back, and how many more wait in `history`.
     losses: Vec<f32>,
     pending: usize,
+    /// A data set resident on the device (`Trainer::load_data`).
+    data: Option<ResidentData>,
+}
+
+/// A data set on the device and the two gathers that start each step taken from it.
+struct ResidentData {
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    order: wgpu::Buffer,
+    /// Order entries the buffer holds.
+    order_capacity: usize,
+    x_cols: usize,
+    y_cols: usize,
+    gather_x: Recorded,
+    gather_y: Recorded,
 }
 
 /// One staging buffer of the ring that brings (loss, ‖g‖²) of a step back without a blocking
@@ -252,6 +267,7 @@ impl GpuStep {
             tiling,
             losses: Vec::new(),
             pending: 0,
+            data: None,
             widths,
             ctx: ctx.clone(),
         };
@@ -398,7 +414,69 @@ impl GpuStep {
         Ok(())
     }
 
-    pub fn step(&mut self, x: &[f32], targets: Targets, batch: usize, lr: f64) -> Result<()> {
+    /// Uploads a data set once; steps from it gather their rows on the device.
+    pub fn load_data(&mut self, x: &[f32], y: &[f32], rows: usize) -> Result<()> {
+        let x_buf = self.ctx.upload("resident data x", x)?;
+        let y_buf = self.ctx.upload("resident data targets", y)?;
+        // Room for an order of every row; `set_order` makes a larger one if needed.
+        let order = self.ctx.storage_buffer("batch order", rows)?;
+        let (x_cols, y_cols) = (x.len() / rows, y.len() / rows);
+        self.data = Some(self.record_gathers(x_buf, y_buf, order, rows, x_cols, y_cols));
+        Ok(())
+    }
+
+    /// The two gathers of a step from resident data, recorded once.
+    fn record_gathers(
+        &self,
+        x: wgpu::Buffer,
+        y: wgpu::Buffer,
+        order: wgpu::Buffer,
+        order_capacity: usize,
+        x_cols: usize,
+        y_cols: usize,
+    ) -> ResidentData {
+        let max_dim = self.ctx.max_dim();
+        let gather = |src: &wgpu::Buffer, dst: &wgpu::Buffer, cols: usize| {
+            let launch = kernels::gather(0, self.max_batch, cols, max_dim);
+            self.ctx
+                .record(&launch, &[src.into(), (&order).into(), dst.into()])
+        };
+        ResidentData {
+            gather_x: gather(&x, &self.input, x_cols),
+            gather_y: gather(&y, &self.targets, y_cols),
+            x,
+            y,
+            order,
+            order_capacity,
+            x_cols,
+            y_cols,
+        }
+    }
+
+    /// The order steps take rows in, uploaded once for all of them.
+    pub fn set_order(&mut self, order: &[u32]) -> Result<()> {
+        let data = self.data.take().expect("the trainer checks data is loaded");
+        let data = if order.len() > data.order_capacity {
+            let buffer = self.ctx.storage_buffer("batch order", order.len())?;
+            self.record_gathers(
+                data.x,
+                data.y,
+                buffer,
+                order.len(),
+                data.x_cols,
+                data.y_cols,
+            )
+        } else {
+            data
+        };
+        self.ctx
+            .queue
+            .write_buffer(&data.order, 0, bytemuck::cast_slice(order));
+        self.data = Some(data);
+        Ok(())
+    }
+
+    pub fn step(&mut self, source: super::Batch<'_>, batch: usize, lr: f64) -> Result<()> {
         if self.pending == LOSS_HISTORY {
             self.flush_losses()?;
         }
@@ -412,12 +490,31 @@ impl GpuStep {
             scalars: self.optimizer.rule().scalars(lr, &mut self.scalars)?,
         };
         let queue = &self.ctx.queue;
-        queue.write_buffer(&self.input, 0, bytemuck::cast_slice(x));
-        queue.write_buffer(
-            &self.targets,
-            0,
-            bytemuck::cast_slice(&kernels::targets_as_f32(targets)),
-        );
+        match source {
+            super::Batch::Host { x, targets } => {
+                queue.write_buffer(&self.input, 0, bytemuck::cast_slice(x));
+                queue.write_buffer(
+                    &self.targets,
+                    0,
+                    bytemuck::cast_slice(&kernels::targets_as_f32(targets)),
+                );
+            }
+            super::Batch::Resident { start } => {
+                let data = self
+                    .data
+                    .as_mut()
+                    .expect("the trainer checks data is loaded");
+                let max_dim = self.ctx.max_dim();
+                for (rec, cols) in [
+                    (&mut data.gather_x, data.x_cols),
+                    (&mut data.gather_y, data.y_cols),
+                ] {
+                    let launch = kernels::gather(start, batch, cols, max_dim);
+                    queue.write_buffer(&rec.uniform, 0, &launch.uniform);
+                    rec.dispatch.grid = launch.grid;
+                }
+            }
+        }
         // The step's own uniforms: the history slot it writes, the update's scalars.
         self.rewrite(
             |i| {
@@ -431,10 +528,18 @@ impl GpuStep {
             &update,
         )?;
 
-        let dispatches = self
-            .step
-            .iter()
-            .flat_map(|(_, r)| r.iter().map(|r| &r.dispatch));
+        // A step from resident data starts by gathering its batch there.
+        let gathers: Vec<&crate::gpu::Dispatch> = match (source, &self.data) {
+            (super::Batch::Resident { .. }, Some(d)) => {
+                vec![&d.gather_x.dispatch, &d.gather_y.dispatch]
+            }
+            _ => Vec::new(),
+        };
+        let dispatches = gathers.into_iter().chain(
+            self.step
+                .iter()
+                .flat_map(|(_, r)| r.iter().map(|r| &r.dispatch)),
+        );
         let ring = self.observations.len();
         let observe = (ring > 0).then(|| self.updates as usize % ring);
         let with_norm = self.with_norm;

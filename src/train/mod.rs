@@ -112,6 +112,15 @@ fn host_memory() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// Where a step's batch comes from.
+#[derive(Clone, Copy)]
+enum Batch<'a> {
+    /// Given by the caller, uploaded with the step.
+    Host { x: &'a [f32], targets: Targets<'a> },
+    /// Rows `order[start..start + batch]` of the data loaded on the device.
+    Resident { start: usize },
+}
+
 /// What a schedule stepped every `interval` needs after each update.
 fn per_update_needs(schedule: &Scheduler, interval: Interval) -> Needs {
     match interval {
@@ -171,6 +180,9 @@ pub struct Trainer {
     skip_non_finite: bool,
     /// The last finite observation, standing in for a skipped update's.
     last_finite: Observation,
+    /// Rows of the data loaded on the device, and entries of the order set for it.
+    data_rows: Option<usize>,
+    order_len: usize,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -253,6 +265,8 @@ impl Trainer {
             carried: Vec::new(),
             skip_non_finite: false,
             last_finite: Observation::default(),
+            data_rows: None,
+            order_len: 0,
         })
     }
 
@@ -301,6 +315,85 @@ impl Trainer {
         } else {
             self.check_batch_shape(x, targets)?
         };
+        self.update(batch, Batch::Host { x, targets })
+    }
+
+    /// Puts a data set on the trainer's device, checked once here: `x` [N, input] row-major
+    /// and its targets, as [`Trainer::step`] takes them. Batches are then taken from it by
+    /// [`Trainer::step_data`] in the order [`Trainer::set_order`] gives, and on a GPU nothing
+    /// of a batch crosses from the host: each step gathers its rows there. Replaces any data
+    /// loaded before; the order must be set again.
+    pub fn load_data(&mut self, x: &[f32], targets: Targets) -> Result<()> {
+        let rows = self.check_batch(x, None)?;
+        ops::check_targets(self.model.loss(), targets, rows, self.model.output())?;
+        let y = crate::gpu::kernels::targets_as_f32(targets);
+        match &mut self.backend {
+            Backend::Cpu(s) => s.load_data(x, &y, rows),
+            Backend::Gpu(s) => s.load_data(x, &y, rows)?,
+        }
+        self.data_rows = Some(rows);
+        self.order_len = 0;
+        Ok(())
+    }
+
+    /// The order [`Trainer::step_data`] takes the loaded rows in (an epoch's shuffle, say):
+    /// every entry a row of the data. Uploaded once, for as many steps as use it.
+    pub fn set_order(&mut self, order: &[u32]) -> Result<()> {
+        let Some(rows) = self.data_rows else {
+            return Err(KilnError::invalid(
+                "order",
+                "no data is loaded (Trainer::load_data)",
+            ));
+        };
+        if order.is_empty() || order.len() > rows.max(1) * 64 {
+            return Err(KilnError::invalid(
+                "order",
+                format!("{} entries for {rows} rows", order.len()),
+            ));
+        }
+        if let Some(i) = order.iter().position(|&r| r as usize >= rows) {
+            return Err(KilnError::invalid(
+                "order",
+                format!("entry {i} is row {}, the data has {rows}", order[i]),
+            ));
+        }
+        match &mut self.backend {
+            Backend::Cpu(s) => s.set_order(order),
+            Backend::Gpu(s) => s.set_order(order)?,
+        }
+        self.order_len = order.len();
+        Ok(())
+    }
+
+    /// One update on rows `order[start..start + rows]` of the loaded data (see
+    /// [`Trainer::load_data`]); otherwise as [`Trainer::step`].
+    pub fn step_data(&mut self, start: usize, rows: usize) -> Result<f64> {
+        let end = start
+            .checked_add(rows)
+            .filter(|&e| rows > 0 && e <= self.order_len);
+        if end.is_none() {
+            return Err(KilnError::shape(
+                "training batch",
+                format!(
+                    "rows {start}..{start}+{rows} of an order of {} entries (set by set_order)",
+                    self.order_len
+                ),
+            ));
+        }
+        if rows > self.options.max_batch {
+            return Err(KilnError::shape(
+                "training batch",
+                format!(
+                    "batch of {rows} rows is over max_batch = {}",
+                    self.options.max_batch
+                ),
+            ));
+        }
+        self.update(rows, Batch::Resident { start })
+    }
+
+    /// One update of `batch` rows from `source`: the schedule's step around the device's.
+    fn update(&mut self, batch: usize, source: Batch<'_>) -> Result<f64> {
         let per_update = self.options.schedule_interval == Interval::Update;
         let observed = self.per_update_needs().any();
         if observed && self.steps >= 2 {
@@ -318,8 +411,8 @@ impl Trainer {
         // Finite and ≥ 0: the scheduler checks every rate it gives.
         let lr = self.schedule.lr();
         match &mut self.backend {
-            Backend::Cpu(s) => s.step(x, targets, batch, lr)?,
-            Backend::Gpu(s) => s.step(x, targets, batch, lr)?,
+            Backend::Cpu(s) => s.step(source, batch, lr)?,
+            Backend::Gpu(s) => s.step(source, batch, lr)?,
         }
         if per_update && !observed {
             self.schedule.step(&Observation::default())?;
