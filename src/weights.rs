@@ -203,6 +203,8 @@ pub fn save(
     params: &[f32],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
+    // Weights that are not finite are no model: refuse rather than save them.
+    crate::ops::check_finite(&format!("{}: the weights to save", path.display()), params)?;
     write_atomic(path, &serialize(layout, &[("", params)], metadata)?)
 }
 

@@ -404,6 +404,19 @@ fn bad_checkpoints() {
             Box::new(|m| m["format"] = 99.into()),
             vec!["checkpoint format 99"],
         ),
+        (
+            SCHEDULE,
+            Box::new(|m| m["trainer"]["optimizer"]["scalars"]["step"] = (-1.0).into()),
+            vec![
+                "checkpoint.safetensors",
+                "checkpoint.optimizer.scalars.step",
+            ],
+        ),
+        (
+            SCHEDULE,
+            Box::new(|m| m["state_blocks"] = serde_json::json!(["a", "b", "c", "d"])),
+            vec!["checkpoint.safetensors", "state_blocks"],
+        ),
     ];
     for (schedule, edit, wanted) in &cases {
         let _ = std::fs::remove_dir_all(dir.join("ck"));
@@ -488,6 +501,36 @@ fn bad_outputs() {
         &dir,
         &train(&["--resume", "nock"]),
         &["nock", "no checkpoint to resume from"],
+    );
+    fails(
+        &dir,
+        &train(&["--log", "r.toml"]),
+        &["--log r.toml is also the run file"],
+    );
+    fails(
+        &dir,
+        &train(&[
+            "--checkpoint-dir",
+            "ck",
+            "--save",
+            "ck/checkpoint.safetensors",
+        ]),
+        &["is also the checkpoint"],
+    );
+    fails(
+        &dir,
+        &train(&["--save", "w.safetensors", "--save-best", "w.safetensors"]),
+        &["is also --save-best"],
+    );
+    fails(
+        &dir,
+        &train(&["--resume", "a", "--checkpoint-dir", "b"]),
+        &["--checkpoint-dir b would be ignored"],
+    );
+    fails(
+        &dir,
+        &train(&["--checkpoint-dir", "ck", "--checkpoint-every", "0"]),
+        &["--checkpoint-every"],
     );
     // A plot that fails leaves the earlier image whole.
     std::fs::write(

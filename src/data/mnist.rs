@@ -67,10 +67,22 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
 pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
     let raw = std::fs::read(path).map_err(|e| KilnError::file(path, e))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        // Deflate expands at most about 1032×: more than that is not a real IDX file, and
+        // reading it all could exhaust memory.
+        let cap = (raw.len() as u64)
+            .saturating_mul(1100)
+            .saturating_add(1 << 20);
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
+            .take(cap)
             .read_to_end(&mut out)
             .map_err(|e| KilnError::file(path, format!("gzip: {e}")))?;
+        if out.len() as u64 == cap {
+            return Err(KilnError::file(
+                path,
+                format!("gzip: expands past {cap} bytes, more than any IDX file of its size"),
+            ));
+        }
         out
     } else {
         raw

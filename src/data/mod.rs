@@ -99,7 +99,11 @@ impl Dataset {
 
     /// Where row `r` came from: "FILE, line N" or "FILE, row N".
     pub fn describe_row(&self, r: usize) -> String {
-        format!("{}, {} {}", self.source, self.origin_unit, self.origin[r])
+        // A caller may have edited the rows without `origin`: fall back to the row itself.
+        match self.origin.get(r) {
+            Some(o) => format!("{}, {} {o}", self.source, self.origin_unit),
+            None => format!("{}, row {r}", self.source),
+        }
     }
 
     /// A bundled dataset by name: `digits`, `breast_cancer` or `diabetes`.
@@ -142,7 +146,10 @@ impl Dataset {
         let (f, k) = (self.features, self.targets);
         Dataset {
             source: self.source.clone(),
-            origin: rows.iter().map(|&r| self.origin[r]).collect(),
+            origin: rows
+                .iter()
+                .map(|&r| self.origin.get(r).copied().unwrap_or(r))
+                .collect(),
             origin_unit: self.origin_unit,
             features: f,
             targets: k,

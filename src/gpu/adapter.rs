@@ -26,7 +26,13 @@ impl AdapterOptions {
         AdapterOptions {
             backend: get("KILN_BACKEND"),
             adapter: get("KILN_ADAPTER"),
-            bounds_checks: get("KILN_BOUNDS_CHECKS").is_some_and(|v| v != "0"),
+            // Anything but a clear "off" keeps the checks: the checked build is the safe one.
+            bounds_checks: get("KILN_BOUNDS_CHECKS").is_some_and(|v| {
+                !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "0" | "false" | "off" | "no"
+                )
+            }),
         }
     }
 

@@ -488,6 +488,16 @@ fn read_cache(dir: &std::path::Path) -> CacheFile {
 /// The cached choice for `key`, if any.
 pub fn load_cached(dir: &std::path::Path, key: &str) -> Option<MatmulTiling> {
     let mut tiling = *read_cache(dir).adapters.get(key)?;
+    // An edited or damaged entry is measured again rather than compiled: a shape that breaks
+    // the kernel's assumptions would compute wrong products.
+    let shapes = [tiling.tiny, tiling.small, tiling.medium, tiling.large];
+    if shapes.iter().any(|c| c.check().is_err()) {
+        log::warn!(
+            "{}: ignoring the entry for this adapter, a tile shape is invalid",
+            dir.join(CACHE_FILE).display()
+        );
+        return None;
+    }
     tiling.source = TilingSource::Cached;
     Some(tiling)
 }

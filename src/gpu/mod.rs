@@ -71,7 +71,12 @@ impl GpuContext {
     /// Opens a device on a chosen adapter; `bounds_checks` as [`AdapterOptions::bounds_checks`].
     pub fn from_adapter(adapter: wgpu::Adapter, bounds_checks: bool) -> Result<Self> {
         let info = adapter.get_info();
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        // Every size Kiln writes into a uniform is a u32 and every loop counter too (see the
+        // termination argument in `pipeline`): bindings stay under 2^31 bytes. Vulkan, DX12
+        // and GL adapters report less already; Metal reports its whole buffer size.
+        limits.max_storage_buffer_binding_size =
+            limits.max_storage_buffer_binding_size.min((1 << 31) - 4);
         let wanted =
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
         let features = adapter.features() & wanted;
@@ -223,7 +228,11 @@ impl GpuContext {
             }
             _ => match matmul_tiles::cache_dir()
                 .and_then(|dir| matmul_tiles::load_cached(&dir, &self.tiling_key()))
-            {
+                .filter(|t| {
+                    [t.tiny, t.small, t.medium, t.large]
+                        .iter()
+                        .all(|c| c.fits(&self.limits))
+                }) {
                 Some(cached) => cached,
                 None => self.tune_matmul()?.0,
             },

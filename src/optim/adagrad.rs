@@ -80,6 +80,7 @@ impl UpdateRule for Adagrad {
             name: "sum",
             init: self.initial_accumulator_value as f32,
             used: true,
+            non_negative: true,
         }]
     }
 

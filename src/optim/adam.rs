@@ -146,10 +146,11 @@ impl UpdateRule for Adam {
     }
 
     fn state(&self) -> Vec<StateBlock> {
-        let block = |name, used| StateBlock {
+        let block = |name: &'static str, used| StateBlock {
             name,
             init: 0.0,
             used,
+            non_negative: name != "exp_avg",
         };
         vec![
             block("exp_avg", true),

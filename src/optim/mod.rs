@@ -51,6 +51,9 @@ pub struct StateBlock {
     /// Whether this configuration uses it (Adam's `max_exp_avg_sq` only with amsgrad); an
     /// unused block keeps its binding in the kernel but holds nothing.
     pub used: bool,
+    /// Whether every value is ≥ 0 by construction (second moments, sums of squares): a
+    /// restored checkpoint must hold them so, or square roots of them turn into NaN.
+    pub non_negative: bool,
 }
 
 /// Scalar state kept on the host by name: PyTorch's `step` (the number of updates so far)
@@ -159,6 +162,26 @@ impl Moments {
         *v = *v * self.beta2 + self.one_minus_beta2 * g * g;
         g
     }
+}
+
+/// Checks an optimizer's scalar state restored from a checkpoint: `step` a whole number in
+/// [0, 2^53], NAdam's `mu_product` in (0, 1] (the product of factors in (0, 1)); anything else
+/// finite. A wrong value would divide by zero in the bias corrections.
+pub(crate) fn check_scalars(scalars: &Scalars) -> Result<()> {
+    for (name, &v) in scalars {
+        let ok = match name.as_str() {
+            "step" => v >= 0.0 && v.fract() == 0.0 && v <= (1u64 << 53) as f64,
+            "mu_product" => v > 0.0 && v <= 1.0,
+            _ => v.is_finite(),
+        };
+        if !ok {
+            return Err(KilnError::invalid(
+                format!("checkpoint.optimizer.scalars.{name}"),
+                format!("{v} is out of range (a damaged checkpoint?)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The number PyTorch keeps in `state['step']` after this update: advances `scalars["step"]`.

@@ -86,10 +86,11 @@ impl UpdateRule for NAdam {
     }
 
     fn state(&self) -> Vec<StateBlock> {
-        let block = |name| StateBlock {
+        let block = |name: &'static str| StateBlock {
             name,
             init: 0.0,
             used: true,
+            non_negative: name == "exp_avg_sq",
         };
         vec![block("exp_avg"), block("exp_avg_sq")]
     }

@@ -84,10 +84,11 @@ impl UpdateRule for RmsProp {
     }
 
     fn state(&self) -> Vec<StateBlock> {
-        let block = |name, used| StateBlock {
+        let block = |name: &'static str, used| StateBlock {
             name,
             init: 0.0,
             used,
+            non_negative: name == "square_avg",
         };
         vec![
             block("square_avg", true),

@@ -89,6 +89,7 @@ impl UpdateRule for Sgd {
             name: "momentum_buffer",
             init: 0.0,
             used: self.momentum != 0.0,
+            non_negative: false,
         }]
     }
 

@@ -178,10 +178,23 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunS
             Vec::new()
         }
     } else {
-        meta.state_blocks
-            .iter()
-            .map(|n| (n.clone(), format!("{n}.")))
-            .collect()
+        // Checked before any arena is allocated for them.
+        let names = &meta.state_blocks;
+        if names.len() > crate::optim::MAX_STATE
+            || names
+                .iter()
+                .enumerate()
+                .any(|(i, n)| names[..i].contains(n))
+        {
+            return Err(KilnError::file(
+                &file,
+                format!(
+                    "state_blocks {names:?}: at most {} distinct names",
+                    crate::optim::MAX_STATE
+                ),
+            ));
+        }
+        names.iter().map(|n| (n.clone(), format!("{n}."))).collect()
     };
     for (name, prefix) in names {
         let mut block = vec![0.0; layout.len];

@@ -343,13 +343,17 @@ impl Run {
         let p = Prepared::new(&config, base_dir, steps)?;
         crate::train::check_memory(device, &p.model, &p.options(&config)?)?;
         let (state, _epoch, run_state) = checkpoint::load(dir, &p.model.param_layout(PARAM_ALIGN))?;
+        // Errors in the checkpoint's state name its file.
+        let file = checkpoint::path(dir);
         if run_state.wait > 1 << 53 {
-            return Err(KilnError::invalid(
-                "checkpoint.run.wait",
-                "out of range (a damaged checkpoint?)",
+            return Err(KilnError::file(
+                &file,
+                "run.wait is out of range (a damaged checkpoint?)",
             ));
         }
-        let trainer = Trainer::resume(device, p.model.clone(), p.options(&config)?, state)?;
+        let options = p.options(&config)?;
+        let trainer = Trainer::resume(device, p.model.clone(), options, state)
+            .map_err(|e| KilnError::file(&file, e))?;
         p.into_run(config, trainer, run_state)
     }
 

@@ -68,7 +68,10 @@ enum Backend {
 /// against the adapter's limits when it is made). The count is in checked arithmetic.
 pub fn check_memory(device: &Device, model: &Sequential, options: &TrainOptions) -> Result<()> {
     let arena = model.param_layout(PARAM_ALIGN).len as u64;
-    let widths: u64 = model.widths().iter().map(|&w| w as u64).sum();
+    let widths = model
+        .widths()
+        .iter()
+        .try_fold(0u64, |s, &w| s.checked_add(w as u64));
     let batch = options.max_batch as u64;
     let (floats, what) = match device {
         Device::Cpu => {
@@ -76,7 +79,11 @@ pub fn check_memory(device: &Device, model: &Sequential, options: &TrainOptions)
             (
                 arena
                     .checked_mul(arenas)
-                    .zip(batch.checked_mul(widths).and_then(|a| a.checked_mul(2)))
+                    .zip(
+                        widths
+                            .and_then(|w| batch.checked_mul(w))
+                            .and_then(|a| a.checked_mul(2)),
+                    )
                     .and_then(|(p, a)| p.checked_add(a)),
                 "parameters, gradients, optimizer state and activations",
             )
@@ -664,8 +671,20 @@ impl Trainer {
                 "the parameter layout",
             )?;
             ops::check_finite(&format!("checkpoint optimizer state `{}`", block.name), v)?;
+            if block.non_negative
+                && let Some(i) = v.iter().position(|&x| x < 0.0)
+            {
+                return Err(KilnError::invalid(
+                    format!("checkpoint.optimizer.{}", block.name),
+                    format!(
+                        "element {i} is {}, but it holds squares (a damaged checkpoint?)",
+                        v[i]
+                    ),
+                ));
+            }
             blocks.push(v.clone());
         }
+        crate::optim::check_scalars(&opt.scalars)?;
         let mut scalars = optimizer.rule().initial_scalars();
         for (name, value) in scalars.iter_mut() {
             *value = *opt.scalars.get(name).ok_or_else(|| {

@@ -13,13 +13,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .map(|o| BenchOp::from_name(o.trim()))
         .collect::<kiln::Result<Vec<_>>>()?;
     let mut devices = Vec::new();
+    let checks: &[bool] = match args.bounds_checks.as_str() {
+        "off" => &[false],
+        "on" => &[true],
+        "both" => &[false, true],
+        other => bail!("--bounds-checks must be off, on or both, got {other:?}"),
+    };
     if matches!(args.device.as_str(), "gpu" | "both") {
-        let checks: &[bool] = match args.bounds_checks.as_str() {
-            "off" => &[false],
-            "on" => &[true],
-            "both" => &[false, true],
-            other => bail!("--bounds-checks must be off, on or both, got {other:?}"),
-        };
         for &bounds_checks in checks {
             let opts = kiln::AdapterOptions {
                 bounds_checks,

@@ -1,6 +1,7 @@
 //! `kiln schedule`: the learning rate a `[schedule]` table gives for each update, as CSV or
 //! JSON, optionally plotted.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -11,6 +12,9 @@ use super::{ScheduleArgs, ScheduleFormat};
 
 /// The most rates `kiln schedule` lists: 800 MB of numbers, far past any plot or table.
 const MAX_STEPS: usize = 100_000_000;
+/// The most rates drawn: a plot of more has more points than pixels by far, and an SVG of
+/// them would be gigabytes.
+const MAX_PLOTTED: usize = 1_000_000;
 
 pub fn schedule(args: &ScheduleArgs) -> Result<()> {
     let listed = args
@@ -21,6 +25,9 @@ pub fn schedule(args: &ScheduleArgs) -> Result<()> {
         bail!(
             "--steps: at most {MAX_STEPS} rates can be listed (with --batches-per-epoch, steps × batches)"
         );
+    }
+    if args.plot.is_some() && listed.is_some_and(|n| n > MAX_PLOTTED) {
+        bail!("--plot: at most {MAX_PLOTTED} rates can be drawn");
     }
     let (mut rates, interval) = rates(&args.file, args.steps, args.observations.as_deref())?;
     let mut unit = "step";
@@ -48,8 +55,13 @@ pub fn schedule(args: &ScheduleArgs) -> Result<()> {
             }
         }
         ScheduleFormat::Json => {
-            let numbers: Vec<String> = rates.iter().map(|lr| format!("{lr:?}")).collect();
-            println!("{{\"lr\": [{}]}}", numbers.join(", "));
+            // Written as it goes: a hundred million rates are too many to join in memory.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            write!(out, "{{\"lr\": [")?;
+            for (t, lr) in rates.iter().enumerate() {
+                write!(out, "{}{lr:?}", if t == 0 { "" } else { ", " })?;
+            }
+            writeln!(out, "]}}")?;
         }
     }
     if let Some(out) = &args.plot {

@@ -26,6 +26,12 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         None => (RunConfig::default_run(), ".".into()),
     };
     check_outputs(args)?;
+    // Errors in what the run file describes say which run file.
+    let run_file = || {
+        args.run
+            .as_ref()
+            .map_or("the default run".to_string(), |p| p.display().to_string())
+    };
     // Held to the end of the run: one run per checkpoint directory.
     let _lock = match args.resume.as_ref().or(args.checkpoint_dir.as_ref()) {
         Some(dir) => Some(kiln::run::checkpoint::lock(dir)?),
@@ -46,9 +52,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                     "--init and --resume are exclusive: a resumed run continues from its checkpoint"
                 );
             }
-            Run::resume(config, &base_dir, &device, dir, args.steps)?
+            Run::resume(config, &base_dir, &device, dir, args.steps).with_context(run_file)?
         }
-        None => Run::new(config, &base_dir, &device, args.init.as_deref(), args.steps)?,
+        None => Run::new(config, &base_dir, &device, args.init.as_deref(), args.steps)
+            .with_context(run_file)?,
     };
     if args.on_nan == OnNan::Skip {
         run.trainer.skip_non_finite_losses(true);
@@ -338,6 +345,51 @@ impl Log {
 /// output that could not be written. (The log is opened before the first update anyway, and
 /// may be a stream such as /dev/stdout.)
 fn check_outputs(args: &TrainArgs) -> Result<()> {
+    if args.checkpoint_every == 0 {
+        bail!("--checkpoint-every must be at least 1");
+    }
+    if let (Some(resume), Some(dir)) = (&args.resume, &args.checkpoint_dir)
+        && same_path(resume, dir) != Some(true)
+    {
+        bail!(
+            "--resume {} writes its checkpoints there; --checkpoint-dir {} would be ignored (give one of them)",
+            resume.display(),
+            dir.display()
+        );
+    }
+    // No output may be another output or an input: `--log run.toml` would truncate the run
+    // file, `--save DIR/checkpoint.safetensors` replace the checkpoint.
+    let checkpoint = args
+        .resume
+        .as_ref()
+        .or(args.checkpoint_dir.as_ref())
+        .map(|d| kiln::run::checkpoint::path(d));
+    let outputs: Vec<(&str, &Path)> = [
+        ("--save", args.save.as_deref()),
+        ("--save-best", args.save_best.as_deref()),
+        ("--log", args.log.as_deref()),
+        ("the checkpoint", checkpoint.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(n, p)| p.map(|p| (n, p)))
+    .collect();
+    let inputs: Vec<(&str, &Path)> = [
+        ("the run file", args.run.as_deref()),
+        ("--init", args.init.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(n, p)| p.map(|p| (n, p)))
+    .collect();
+    for (i, (name, path)) in outputs.iter().enumerate() {
+        for (other, other_path) in outputs[i + 1..].iter().chain(&inputs) {
+            if same_path(path, other_path) == Some(true) {
+                bail!(
+                    "{name} {} is also {other}: give it a file of its own",
+                    path.display()
+                );
+            }
+        }
+    }
     for path in [&args.save, &args.save_best].into_iter().flatten() {
         kiln::weights::check_writable(path)?;
     }
@@ -355,4 +407,23 @@ fn check_outputs(args: &TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether two paths name the same file, the second possibly not existing yet (compared by
+/// its canonical directory and name). `None` when that cannot be told.
+fn same_path(a: &Path, b: &Path) -> Option<bool> {
+    let canonical = |p: &Path| {
+        std::fs::canonicalize(p)
+            .ok()
+            .or_else(|| {
+                let dir = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
+            })
+            // Neither exists yet (a checkpoint directory made later): compare as written.
+            .or_else(|| std::path::absolute(p).ok())
+    };
+    Some(canonical(a)? == canonical(b)?)
 }
