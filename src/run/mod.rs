@@ -142,10 +142,31 @@ impl Prepared {
         })
     }
 
-    fn into_run(self, config: RunConfig, trainer: Trainer, state: RunState) -> Result<Run> {
+    fn into_run(self, config: RunConfig, mut trainer: Trainer, state: RunState) -> Result<Run> {
         let outputs = self.model.output();
         let loss = self.model.loss();
         let train_targets = self.train.targets_for(loss, outputs)?;
+        // On a GPU the training rows go to the device once, when they fit its bindings; each
+        // step then gathers its batch there. Otherwise (and on the CPU device, where the rows
+        // are in memory already) each step's batch is gathered on the host.
+        let rows = self.train.rows();
+        let placement = match &trainer.device() {
+            Device::Gpu(_) => match trainer.load_data(&self.train.x, train_targets.as_targets()) {
+                Ok(()) => Placement::Device { rows },
+                Err(KilnError::OverLimit {
+                    tensor,
+                    size,
+                    limit_name,
+                    limit,
+                }) => Placement::Host {
+                    why: format!("{tensor} needs {size} bytes, over the {limit_name} of {limit}"),
+                },
+                Err(e) => return Err(e),
+            },
+            Device::Cpu => Placement::Host {
+                why: "the CPU device reads them where they are".into(),
+            },
+        };
         let validation = self
             .validation
             .map(|v| v.targets_for(loss, outputs).map(|t| (v, t)))
@@ -160,6 +181,8 @@ impl Prepared {
             .filter(|s| s.interval == Interval::Epoch)
             .and_then(|s| s.watched());
         Ok(Run {
+            placement,
+            order_on_device: None,
             eval_every: config.eval_every()?,
             early_stopping: config.train.early_stopping,
             epoch_monitor,
@@ -189,6 +212,35 @@ pub struct Evaluation {
     pub loss: f32,
     /// Fraction classified correctly (classification losses only).
     pub accuracy: Option<f64>,
+}
+
+/// Where a run's training rows are while it trains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On the device, uploaded once; each step gathers its batch there.
+    Device {
+        /// Rows uploaded.
+        rows: usize,
+    },
+    /// On the host; each step's batch is gathered there and uploaded.
+    Host {
+        /// Why.
+        why: String,
+    },
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::Device { rows } => {
+                write!(
+                    f,
+                    "data: {rows} training rows on the device, batches gathered there"
+                )
+            }
+            Placement::Host { why } => write!(f, "data: batches gathered on the host ({why})"),
+        }
+    }
 }
 
 /// What happened after an update besides the update itself (see [`Run::step`]).
@@ -283,6 +335,9 @@ pub struct Run {
     tb: TargetData,
     eval_every: EvalEvery,
     early_stopping: Option<EarlyStoppingConfig>,
+    placement: Placement,
+    /// The epoch whose row order the device holds.
+    order_on_device: Option<u64>,
     /// The metric a per-epoch schedule watches.
     epoch_monitor: Option<Monitor>,
     state: RunState,
@@ -370,6 +425,11 @@ impl Run {
     /// Whether every update has been made, or early stopping ended the run.
     pub fn finished(&self) -> bool {
         self.steps_done() >= self.total_steps || self.state.stopped.is_some()
+    }
+
+    /// Where the training rows are while the run trains.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// Why early stopping ended the run, if it did.
@@ -572,7 +632,26 @@ impl Run {
 
     /// The update itself: the batch gathered in DataLoader order, one trainer step.
     fn update(&mut self) -> Result<f64> {
-        let rows = self.batch_rows(self.steps_done());
+        let t = self.steps_done();
+        if let Placement::Device { rows: n } = self.placement {
+            let (epoch, index) = (
+                t / self.batches_per_epoch,
+                (t % self.batches_per_epoch) as usize,
+            );
+            if self.order_on_device != Some(epoch) {
+                // Once per epoch: the order the epoch's batches take rows in.
+                let order: Vec<u32> = self
+                    .rows_of_epoch(epoch)
+                    .iter()
+                    .map(|&r| r as u32)
+                    .collect();
+                self.trainer.set_order(&order)?;
+                self.order_on_device = Some(epoch);
+            }
+            let start = index * self.batch;
+            return self.trainer.step_data(start, self.batch.min(n - start));
+        }
+        let rows = self.batch_rows(t);
         let f = self.train.features;
         self.xb.clear();
         for &r in &rows {

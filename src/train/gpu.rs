@@ -302,6 +302,10 @@ impl GpuStep {
         Ok(gpu_step)
     }
 
+    pub fn context(&self) -> Arc<GpuContext> {
+        self.ctx.clone()
+    }
+
     pub fn device_name(&self) -> String {
         self.ctx.name()
     }

@@ -277,6 +277,14 @@ impl Trainer {
         })
     }
 
+    /// The device it trains on.
+    pub fn device(&self) -> Device {
+        match &self.backend {
+            Backend::Cpu(_) => Device::Cpu,
+            Backend::Gpu(s) => Device::Gpu(s.context()),
+        }
+    }
+
     /// The model being trained.
     pub fn model(&self) -> &Sequential {
         &self.model

@@ -60,6 +60,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if args.on_nan == OnNan::Skip {
         run.trainer.skip_non_finite_losses(true);
     }
+    say(&run.placement().to_string());
     let start = run.steps_done();
     say(&format!(
         "training {} ({} → {} outputs, {} updates{}, batch {}, {} per epoch)",
