@@ -10,8 +10,8 @@ shape both measured, with PyTorch time / Kiln time (above 1: Kiln is faster). A 
 shown beside PyTorch's row of the same op and every variant of it (op "adam" beside "adam",
 "adam-fused" and "adam-single"), and the last column compares Kiln with the fastest of them.
 `--torch FILE` takes PyTorch's rows from an earlier `--json` run instead of measuring. `--ops`
-takes the same groups as `kiln bench --ops`: copy, matmul, optimizers, train_step. Not part of
-the test suite; needs only torch.
+takes the same groups as `kiln bench --ops`: copy, matmul, optimizers, train_step, epoch. Not
+part of the test suite; needs only torch.
 
 How each op is timed, to match Kiln:
 - matmul: float32 with TF32 off (`torch.backends.cuda.matmul.allow_tf32 = False`), the same three
@@ -32,7 +32,14 @@ How each op is timed, to match Kiln:
 - train_step: the same MLP (Linear/ReLU, cross-entropy, SGD momentum 0.9), eager; the batch is
   copied from host memory each step, as `Trainer::step` uploads it; wall time around one step
   and a synchronize.
-Every figure is the median of 7 runs after 2 warm-up runs.
+- epoch: one whole epoch of the same MLP's training (SGD lr 0.01 momentum 0.9) from a data set
+  resident on the device (x[i, j] = ((i·input + j) % 17) / 17, labels i % out): a
+  `torch.randperm(rows, device=device)` at the start of the epoch, then batches of 256 in that
+  order (the last one smaller, as a DataLoader without drop_last), each indexed from the
+  resident tensors, eager; wall time from before the reshuffle to a synchronize after the last
+  step, median of 3 epochs after 1 warm-up epoch. GFLOP/s: 6 · Σ rows · fan_in · fan_out per
+  layer over the epoch's seconds.
+Every other figure is the median of 7 runs after 2 warm-up runs.
 """
 
 import argparse
@@ -45,7 +52,10 @@ import torch
 REPS = 7
 WARMUP = 2
 # The groups `kiln bench --ops` takes, in its report order.
-OPS = ("copy", "matmul", "optimizers", "train_step")
+OPS = ("copy", "matmul", "optimizers", "train_step", "epoch")
+# `kiln bench`'s epoch rows: 3 epochs timed after 1 warm-up epoch.
+EPOCH_REPS = 3
+EPOCH_WARMUP = 1
 # Kiln's optimizer set (`bench_optimizer_set`): name -> (torch class, extra arguments, state
 # tensors kept). Everything else is PyTorch's default.
 OPTIMIZERS = {
@@ -59,12 +69,12 @@ OPTIMIZERS = {
 }
 
 
-def timed(device, fn, kernel=True):
-    """Median seconds of fn() over REPS runs after WARMUP."""
-    for _ in range(WARMUP):
+def timed(device, fn, kernel=True, reps=REPS, warmup=WARMUP):
+    """Median seconds of fn() over reps runs after warmup."""
+    for _ in range(warmup):
         fn()
     times = []
-    for _ in range(REPS):
+    for _ in range(reps):
         if device == "cuda" and kernel:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -133,13 +143,7 @@ def bench(device, quick, ops=OPS):
     if not quick:
         cases += [(784, [1024, 1024, 10], 256), (784, [1024, 1024, 10], 1024)]
     for inputs, widths, batch in cases if "train_step" in ops else []:
-        layers, fan_in = [], inputs
-        for w in widths:
-            layers += [torch.nn.Linear(fan_in, w), torch.nn.ReLU()]
-            fan_in = w
-        model = torch.nn.Sequential(*layers[:-1]).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        loss_fn = torch.nn.CrossEntropyLoss()
+        model, opt, loss_fn = mlp(device, inputs, widths)
         x_host = torch.tensor([[((r * inputs + c) % 17) / 17 for c in range(inputs)] for r in range(batch)])
         y_host = torch.tensor([r % widths[-1] for r in range(batch)])
 
@@ -150,13 +154,56 @@ def bench(device, quick, ops=OPS):
             opt.step()
 
         t = timed(device, step, kernel=False)
-        flops, fan_in = 0, inputs
-        for w in widths:
-            flops += 6 * batch * fan_in * w
-            fan_in = w
         shape = f"{inputs}->" + "->".join(map(str, widths)) + f" batch {batch}"
-        rows.append(row(device, "train_step", shape, t, "wall", gflops=flops / t / 1e9))
+        rows.append(row(device, "train_step", shape, t, "wall",
+                        gflops=mlp_flops(batch, inputs, widths) / t / 1e9))
+
+    if "epoch" in ops:
+        rows.append(bench_epoch(device, quick))
     return rows
+
+
+def mlp(device, inputs, widths):
+    """Kiln's bench MLP (Linear, ReLU between them), SGD lr 0.01 momentum 0.9, cross-entropy."""
+    layers, fan_in = [], inputs
+    for w in widths:
+        layers += [torch.nn.Linear(fan_in, w), torch.nn.ReLU()]
+        fan_in = w
+    model = torch.nn.Sequential(*layers[:-1]).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    return model, opt, torch.nn.CrossEntropyLoss()
+
+
+def mlp_flops(n, inputs, widths):
+    """Forward plus both backward products of every layer over n rows."""
+    flops, fan_in = 0, inputs
+    for w in widths:
+        flops += 6 * n * fan_in * w
+        fan_in = w
+    return flops
+
+
+def bench_epoch(device, quick):
+    """One epoch from a data set resident on the device, reshuffled there each epoch."""
+    n, inputs, widths, batch = (4096, 64, [128, 10], 256) if quick else (60000, 784, [1024, 1024, 10], 256)
+    torch.manual_seed(0)
+    model, opt, loss_fn = mlp(device, inputs, widths)
+    # x[i, j] = ((i * inputs + j) % 17) / 17, labels i % out, built on the device.
+    x_all = (torch.arange(n * inputs, device=device) % 17).to(torch.float32).div_(17).view(n, inputs)
+    y_all = torch.arange(n, device=device) % widths[-1]
+
+    def epoch():
+        order = torch.randperm(n, device=device)
+        for start in range(0, n, batch):  # the last batch smaller (no drop_last)
+            idx = order[start:start + batch]
+            x, y = x_all[idx], y_all[idx]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+    t = timed(device, epoch, kernel=False, reps=EPOCH_REPS, warmup=EPOCH_WARMUP)
+    shape = f"{n}x{inputs} {inputs}->" + "->".join(map(str, widths)) + f" batch {batch}"
+    return row(device, "epoch", shape, t, "wall", gflops=mlp_flops(n, inputs, widths) / t / 1e9)
 
 
 def bench_optimizers(device, sizes, timing):

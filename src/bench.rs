@@ -8,6 +8,9 @@
 
 use std::time::Instant;
 
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
 use crate::device::Device;
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::{self, Launch};
@@ -32,17 +35,20 @@ pub enum BenchOp {
     Optimizers,
     /// Whole training steps of an MLP.
     TrainStep,
+    /// A whole epoch of training from a data set resident on the device.
+    Epoch,
     /// A plain copy kernel: the device's bandwidth.
     Copy,
 }
 
 impl BenchOp {
     /// Every op, in report order.
-    pub const ALL: [BenchOp; 4] = [
+    pub const ALL: [BenchOp; 5] = [
         BenchOp::Copy,
         BenchOp::Matmul,
         BenchOp::Optimizers,
         BenchOp::TrainStep,
+        BenchOp::Epoch,
     ];
 
     /// The name used by `--ops`.
@@ -51,6 +57,7 @@ impl BenchOp {
             BenchOp::Matmul => "matmul",
             BenchOp::Optimizers => "optimizers",
             BenchOp::TrainStep => "train_step",
+            BenchOp::Epoch => "epoch",
             BenchOp::Copy => "copy",
         }
     }
@@ -63,7 +70,9 @@ impl BenchOp {
             .ok_or_else(|| {
                 KilnError::invalid(
                     "ops",
-                    format!("unknown op {name:?}; ops: matmul, optimizers, train_step, copy"),
+                    format!(
+                        "unknown op {name:?}; ops: matmul, optimizers, train_step, epoch, copy"
+                    ),
                 )
             })
     }
@@ -102,6 +111,18 @@ pub enum Measured {
         /// Rows per step.
         batch: usize,
     },
+    /// One epoch of an MLP from a resident data set (`Trainer::load_data`): the reshuffle
+    /// and every step, to the device's last.
+    Epoch {
+        /// Rows of the data set.
+        rows: usize,
+        /// Input width.
+        input: usize,
+        /// Width of each dense layer (ReLU between them).
+        widths: Vec<usize>,
+        /// Rows per step (the last smaller).
+        batch: usize,
+    },
 }
 
 impl Measured {
@@ -112,6 +133,7 @@ impl Measured {
             Measured::Matmul { .. } => "matmul",
             Measured::Update { optimizer, .. } => optimizer,
             Measured::TrainStep { .. } => "train_step",
+            Measured::Epoch { .. } => "epoch",
         }
     }
 
@@ -132,12 +154,27 @@ impl Measured {
                 input,
                 widths,
                 batch,
-            } => {
-                let widths: Vec<String> = widths.iter().map(|w| w.to_string()).collect();
-                format!("{input}->{} batch {batch}", widths.join("->"))
-            }
+            } => format!("{} batch {batch}", layers_text(*input, widths)),
+            Measured::Epoch {
+                rows,
+                input,
+                widths,
+                batch,
+            } => format!(
+                "{rows}x{input} {} batch {batch}",
+                layers_text(*input, widths)
+            ),
         }
     }
+}
+
+/// "784->1024->10".
+fn layers_text(input: usize, widths: &[usize]) -> String {
+    std::iter::once(input)
+        .chain(widths.iter().copied())
+        .map(|w| w.to_string())
+        .collect::<Vec<_>>()
+        .join("->")
 }
 
 /// The device a row ran on.
@@ -422,6 +459,7 @@ pub fn run(device: &Device, ops: &[BenchOp], options: BenchOptions) -> Result<Ve
             BenchOp::Matmul => rows.extend(bench_matmul(device, options)?),
             BenchOp::Optimizers => rows.extend(bench_optimizers(device, options)?),
             BenchOp::TrainStep => rows.extend(bench_train_step(device, options)?),
+            BenchOp::Epoch => rows.extend(bench_epoch(device, options)?),
         }
     }
     // An update is bandwidth-bound: compare its bytes per second with the copy's of as many
@@ -606,6 +644,100 @@ fn bench_optimizers(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
     Ok(rows)
 }
 
+/// The benchmark MLP: dense layers of `widths` with ReLU between, cross-entropy, trained by
+/// SGD with momentum 0.9 at a fixed rate, and the FLOPs of one pass over `rows` rows
+/// (forward and both backward products: 3 · 2·rows·in·out per layer).
+fn bench_trainer(
+    device: &Device,
+    input: usize,
+    widths: &[usize],
+    batch: usize,
+    rows: usize,
+) -> Result<(Trainer, f64)> {
+    let mut layers = Vec::new();
+    for &w in widths {
+        layers.push(Layer::Dense { out: w });
+        layers.push(Layer::Activation(Activation::Relu));
+    }
+    layers.pop();
+    let model = Sequential::new(input, layers, Loss::CrossEntropy)?;
+    let mut fan_in = input;
+    let flops = widths
+        .iter()
+        .map(|&w| {
+            let f = 6.0 * (rows * fan_in * w) as f64;
+            fan_in = w;
+            f
+        })
+        .sum::<f64>();
+    let options = TrainOptions {
+        optimizer: Optimizer::new(optim::Sgd {
+            momentum: 0.9,
+            ..Default::default()
+        })?,
+        max_batch: batch,
+        ..Default::default()
+    };
+    let trainer = Trainer::new(device, model, options, Scheduler::fixed(0.01)?)?;
+    Ok((trainer, flops))
+}
+
+/// Synthetic rows: x[i] = (i mod 17)/17 over `rows` × `input`, labels i mod `classes`.
+fn synthetic(rows: usize, input: usize, classes: usize) -> (Vec<f32>, Vec<u32>) {
+    let x = (0..rows * input)
+        .map(|i| ((i % 17) as f32) / 17.0)
+        .collect();
+    let labels = (0..rows).map(|i| (i % classes) as u32).collect();
+    (x, labels)
+}
+
+/// One epoch from a resident data set, reshuffled first: wall time of the whole epoch and
+/// the host's share per step (recording and submitting), medians of 3 after one warm-up.
+fn bench_epoch(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
+    let (rows, input, widths, batch) = if options.quick {
+        (4096usize, 64usize, vec![128usize, 10], 256usize)
+    } else {
+        (60_000, 784, vec![1024, 1024, 10], 256)
+    };
+    if !fits(device, rows * input) {
+        return Ok(Vec::new());
+    }
+    let (mut trainer, flops) = bench_trainer(device, input, &widths, batch, rows)?;
+    let (x, labels) = synthetic(rows, input, widths[widths.len() - 1]);
+    trainer.load_data(&x, Targets::Classes(&labels))?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut host = Vec::new();
+    let t = measure(1, 3, || {
+        let start = Instant::now();
+        let mut order: Vec<u32> = (0..rows as u32).collect();
+        order.shuffle(&mut rng);
+        trainer.set_order(&order)?;
+        let mut host_time = 0.0;
+        for s in (0..rows).step_by(batch) {
+            let t0 = Instant::now();
+            trainer.step_data(s, batch.min(rows - s))?;
+            host_time += t0.elapsed().as_secs_f64();
+        }
+        host.push(host_time / rows.div_ceil(batch) as f64);
+        if let Device::Gpu(ctx) = device {
+            ctx.wait_idle()?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })?;
+    let measured = Measured::Epoch {
+        rows,
+        input,
+        widths,
+        batch,
+    };
+    let mut r = row(measured, device, t, Timing::Wall);
+    r.gflops = Some(flops / t / 1e9);
+    if matches!(device, Device::Gpu(_)) {
+        r.host_s = Some(median(host.split_off(host.len().saturating_sub(3))));
+    }
+    Ok(vec![r])
+}
+
 fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
     let mut cases = vec![(64usize, vec![128usize, 10], 32usize)];
     if !options.quick {
@@ -614,40 +746,8 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
     }
     let mut rows = Vec::new();
     for (input, widths, batch) in cases {
-        let mut layers = Vec::new();
-        for &w in &widths {
-            layers.push(Layer::Dense { out: w });
-            layers.push(Layer::Activation(Activation::Relu));
-        }
-        layers.pop();
-        let model = Sequential::new(input, layers, Loss::CrossEntropy)?;
-        let flops_per_step = {
-            // forward + both backward products: 3 · 2·b·in·out per layer
-            let mut fan_in = input;
-            widths
-                .iter()
-                .map(|&w| {
-                    let f = 6.0 * (batch * fan_in * w) as f64;
-                    fan_in = w;
-                    f
-                })
-                .sum::<f64>()
-        };
-        let options = TrainOptions {
-            optimizer: Optimizer::new(optim::Sgd {
-                momentum: 0.9,
-                ..Default::default()
-            })?,
-            max_batch: batch,
-            ..Default::default()
-        };
-        let mut trainer = Trainer::new(device, model, options, Scheduler::fixed(0.01)?)?;
-        let x: Vec<f32> = (0..batch * input)
-            .map(|i| ((i % 17) as f32) / 17.0)
-            .collect();
-        let labels: Vec<u32> = (0..batch)
-            .map(|i| (i % widths[widths.len() - 1]) as u32)
-            .collect();
+        let (mut trainer, flops_per_step) = bench_trainer(device, input, &widths, batch, batch)?;
+        let (x, labels) = synthetic(batch, input, widths[widths.len() - 1]);
         let mut host = Vec::new();
         let t = measure(2, REPS, || {
             let start = Instant::now();

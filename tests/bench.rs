@@ -15,14 +15,24 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
     // The small sizes only: the square 512³ product is slow on a software adapter.
     let mut rows = bench::run(
         &gpu,
-        &[BenchOp::Copy, BenchOp::Optimizers, BenchOp::TrainStep],
+        &[
+            BenchOp::Copy,
+            BenchOp::Optimizers,
+            BenchOp::TrainStep,
+            BenchOp::Epoch,
+        ],
         options,
     )
     .unwrap();
     rows.extend(
         bench::run(
             &Device::Cpu,
-            &[BenchOp::Copy, BenchOp::Optimizers, BenchOp::TrainStep],
+            &[
+                BenchOp::Copy,
+                BenchOp::Optimizers,
+                BenchOp::TrainStep,
+                BenchOp::Epoch,
+            ],
             options,
         )
         .unwrap(),
@@ -31,7 +41,7 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
     for r in rows.iter().filter(|r| r.device.kind() == "gpu") {
         assert!(r.median_s > 0.0 && r.median_s.is_finite(), "{r:?}");
         assert!(r.gpu_speedup.is_some(), "no CPU row to compare with: {r:?}");
-        if r.measured.op() != "train_step" {
+        if !matches!(r.measured.op(), "train_step" | "epoch") {
             let want = if timestamps {
                 Timing::Timestamp
             } else {
@@ -42,11 +52,20 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
             assert!(r.host_s.unwrap() > 0.0, "{r:?}");
         }
     }
-    // copy, one row per optimizer, the train step
+    // copy, one row per optimizer, the train step, the epoch
     let optimizers = kiln::optim::REGISTRY.len();
     assert_eq!(
         rows.iter().filter(|r| r.device.kind() == "gpu").count(),
-        2 + optimizers
+        3 + optimizers
+    );
+    let epoch = rows
+        .iter()
+        .find(|r| r.measured.op() == "epoch" && r.device.kind() == "gpu")
+        .unwrap();
+    assert_eq!(epoch.measured.shape(), "4096x64 64->128->10 batch 256");
+    assert!(
+        epoch.gflops.unwrap() > 0.0 && epoch.host_s.unwrap() > 0.0,
+        "{epoch:?}"
     );
     for r in rows.iter().filter(|r| r.measured.op() == "adam") {
         // p, g, exp_avg, exp_avg_sq: 7 words per parameter moved, compared with the copy.

@@ -52,11 +52,11 @@ pub struct BenchArgs {
     /// default build), on, or both side by side.
     #[arg(long, default_value = "off")]
     pub bounds_checks: String,
-    /// Comma-separated: matmul, optimizers, train_step, copy.
+    /// Comma-separated: matmul, optimizers, train_step, epoch, copy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "copy,matmul,optimizers,train_step"
+        default_value = "copy,matmul,optimizers,train_step,epoch"
     )]
     pub ops: Vec<String>,
 }
