@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Moments, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
-    check_non_negative, next_step, parse_args,
+    MomentScalars, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule,
+    check_betas, check_non_negative, next_step, parse_args,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -81,11 +81,7 @@ impl Default for AdamWArgs {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct AdamScalars {
-    decay_factor: f32,
-    weight_decay: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
+    moments: MomentScalars,
     bias_correction2_sqrt: f32,
     eps: f32,
     neg_step_size: f32,
@@ -169,11 +165,7 @@ impl UpdateRule for Adam {
         let bias_correction2 = 1.0 - beta2.powf(step);
         let step_size = lr / bias_correction1;
         Ok(bytemuck::cast(AdamScalars {
-            decay_factor: (1.0 - lr * self.weight_decay) as f32,
-            weight_decay: self.weight_decay as f32,
-            one_minus_beta1: (1.0 - beta1) as f32,
-            beta2: beta2 as f32,
-            one_minus_beta2: (1.0 - beta2) as f32,
+            moments: MomentScalars::new(lr, self.weight_decay, self.betas),
             bias_correction2_sqrt: bias_correction2.sqrt() as f32,
             eps: self.eps as f32,
             neg_step_size: (-step_size) as f32,
@@ -201,21 +193,12 @@ impl UpdateRule for Adam {
         state: &mut [&mut [f32]],
     ) {
         let s: AdamScalars = bytemuck::cast(*scalars);
-        let weight_decay = if decay { s.weight_decay } else { 0.0 };
         let [exp_avg, exp_avg_sq, max_exp_avg_sq] = state else {
             unreachable!("Adam has three state blocks")
         };
         // Zipped slices, no indexing, so the compiler can vectorise; the flags are the same
         // for every element, so the branches cost nothing per element once unswitched.
-        let moments = Moments {
-            decay_factor: s.decay_factor,
-            weight_decay,
-            one_minus_beta1: s.one_minus_beta1,
-            beta2: s.beta2,
-            one_minus_beta2: s.one_minus_beta2,
-            maximize: s.maximize != 0,
-            decoupled: s.decoupled != 0,
-        };
+        let moments = s.moments.moments(decay, s.maximize != 0, s.decoupled != 0);
         let step = |p: &mut f32, m: f32, v_used: f32| {
             let denom = v_used.sqrt() / s.bias_correction2_sqrt + s.eps;
             *p += s.neg_step_size * m / denom;

@@ -132,6 +132,45 @@ pub(crate) fn lerp(start: f32, end: f32, weight: f32) -> f32 {
     }
 }
 
+/// The scalars [`Moments`] reads, as the first five words of every Adam-family uniform block
+/// (the WGSL structs list them first too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct MomentScalars {
+    decay_factor: f32,
+    weight_decay: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+}
+
+impl MomentScalars {
+    /// PyTorch's host arithmetic: AdamW's factor `1 − lr·weight_decay` in f64, the betas as
+    /// the float32 scalars its tensor ops take.
+    pub(crate) fn new(lr: f64, weight_decay: f64, [beta1, beta2]: [f64; 2]) -> Self {
+        MomentScalars {
+            decay_factor: (1.0 - lr * weight_decay) as f32,
+            weight_decay: weight_decay as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+        }
+    }
+
+    /// The CPU twin's view for a span: `decay` false where biases take no weight decay.
+    pub(crate) fn moments(&self, decay: bool, maximize: bool, decoupled: bool) -> Moments {
+        Moments {
+            decay_factor: self.decay_factor,
+            weight_decay: if decay { self.weight_decay } else { 0.0 },
+            one_minus_beta1: self.one_minus_beta1,
+            beta2: self.beta2,
+            one_minus_beta2: self.one_minus_beta2,
+            maximize,
+            decoupled,
+        }
+    }
+}
+
 /// The first half of every Adam-family update (Adam/AdamW, NAdam, RAdam) in PyTorch's order:
 /// maximize, weight decay (decoupled or L2), then both moments. The CPU twin of
 /// `shaders/optim/moments.wgsl`.

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Moments, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
-    check_non_negative, next_step, parse_args,
+    MomentScalars, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule,
+    check_betas, check_non_negative, next_step, parse_args,
 };
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
@@ -45,11 +45,7 @@ impl Default for NAdam {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct NAdamScalars {
-    decay_factor: f32,
-    weight_decay: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
+    moments: MomentScalars,
     bias_correction2: f32,
     eps: f32,
     grad_coef: f32,
@@ -117,11 +113,7 @@ impl UpdateRule for NAdam {
         let mu_product = *product;
         let mu_product_next = mu_product * mu_next;
         Ok(bytemuck::cast(NAdamScalars {
-            decay_factor: (1.0 - lr * self.weight_decay) as f32,
-            weight_decay: self.weight_decay as f32,
-            one_minus_beta1: (1.0 - beta1) as f32,
-            beta2: beta2 as f32,
-            one_minus_beta2: (1.0 - beta2) as f32,
+            moments: MomentScalars::new(lr, self.weight_decay, self.betas),
             bias_correction2: bias_correction2 as f32,
             eps: self.eps as f32,
             grad_coef: (-lr * (1.0 - mu) / (1.0 - mu_product)) as f32,
@@ -149,7 +141,6 @@ impl UpdateRule for NAdam {
         state: &mut [&mut [f32]],
     ) {
         let s: NAdamScalars = bytemuck::cast(*scalars);
-        let weight_decay = if decay { s.weight_decay } else { 0.0 };
         let [exp_avg, exp_avg_sq] = state else {
             unreachable!("NAdam has two state blocks")
         };
@@ -159,15 +150,7 @@ impl UpdateRule for NAdam {
             .zip(grad)
             .zip(exp_avg.iter_mut())
             .zip(exp_avg_sq.iter_mut());
-        let moments = Moments {
-            decay_factor: s.decay_factor,
-            weight_decay,
-            one_minus_beta1: s.one_minus_beta1,
-            beta2: s.beta2,
-            one_minus_beta2: s.one_minus_beta2,
-            maximize: s.maximize != 0,
-            decoupled: s.decoupled != 0,
-        };
+        let moments = s.moments.moments(decay, s.maximize != 0, s.decoupled != 0);
         for (((p, &g), m), v) in pgmv {
             let g = moments.apply(p, g, m, v);
             let denom = (*v / s.bias_correction2).sqrt() + s.eps;

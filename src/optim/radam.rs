@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Moments, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
-    check_non_negative, next_step, parse_args,
+    MomentScalars, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule,
+    check_betas, check_non_negative, next_step, parse_args,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -46,11 +46,7 @@ const RECTIFIED: u32 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct RAdamScalars {
-    decay_factor: f32,
-    weight_decay: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
+    moments: MomentScalars,
     bias_correction1: f32,
     lr: f32,
     eps: f32,
@@ -116,11 +112,7 @@ impl UpdateRule for RAdam {
             | (self.decoupled_weight_decay as u32 * DECOUPLED)
             | (rectified as u32 * RECTIFIED);
         Ok(bytemuck::cast(RAdamScalars {
-            decay_factor: (1.0 - lr * self.weight_decay) as f32,
-            weight_decay: self.weight_decay as f32,
-            one_minus_beta1: (1.0 - beta1) as f32,
-            beta2: beta2 as f32,
-            one_minus_beta2: (1.0 - beta2) as f32,
+            moments: MomentScalars::new(lr, self.weight_decay, self.betas),
             bias_correction1: bias_correction1 as f32,
             lr: lr as f32,
             eps: self.eps as f32,
@@ -148,7 +140,6 @@ impl UpdateRule for RAdam {
         state: &mut [&mut [f32]],
     ) {
         let s: RAdamScalars = bytemuck::cast(*scalars);
-        let weight_decay = if decay { s.weight_decay } else { 0.0 };
         let [exp_avg, exp_avg_sq] = state else {
             unreachable!("RAdam has two state blocks")
         };
@@ -158,15 +149,9 @@ impl UpdateRule for RAdam {
             .zip(grad)
             .zip(exp_avg.iter_mut())
             .zip(exp_avg_sq.iter_mut());
-        let moments = Moments {
-            decay_factor: s.decay_factor,
-            weight_decay,
-            one_minus_beta1: s.one_minus_beta1,
-            beta2: s.beta2,
-            one_minus_beta2: s.one_minus_beta2,
-            maximize: s.flags & MAXIMIZE != 0,
-            decoupled: s.flags & DECOUPLED != 0,
-        };
+        let moments = s
+            .moments
+            .moments(decay, s.flags & MAXIMIZE != 0, s.flags & DECOUPLED != 0);
         for (((p, &g), m), v) in pgmv {
             moments.apply(p, g, m, v);
             let mut u = *m / s.bias_correction1 * s.lr;
