@@ -180,3 +180,28 @@ fn batches_follow_the_dataloader_order() {
         "an epoch visits every row once"
     );
 }
+
+#[test]
+fn a_checkpoint_directory_belongs_to_one_run_at_a_time() {
+    let dir = std::env::temp_dir().join(format!("kiln-ckpt-held-{}", std::process::id()));
+    let config = RunConfig::from_toml(RUN, "run.toml").unwrap();
+    let new_run = || Run::new(config.clone(), Path::new("."), &Device::Cpu, None, Some(4)).unwrap();
+    let (mut first, mut second) = (new_run(), new_run());
+    first.step().unwrap();
+    first.checkpoint(&dir).unwrap();
+    // The holder checkpoints again, under another spelling of the directory too.
+    first.step().unwrap();
+    first.checkpoint(&dir.join(".")).unwrap();
+    let e = second.checkpoint(&dir).err().unwrap().to_string();
+    assert!(
+        e.contains("another kiln run is writing checkpoints here"),
+        "{e}"
+    );
+    // What the refused run tried to write left the holder's checkpoint whole.
+    let resumed = Run::resume(config.clone(), Path::new("."), &Device::Cpu, &dir, None).unwrap();
+    assert_eq!(resumed.steps_done(), 2);
+    drop(first);
+    second.checkpoint(&dir).unwrap();
+    drop(second);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -47,6 +47,15 @@ const BEST: &str = "best.";
 #[derive(Debug)]
 pub struct DirLock {
     _file: std::fs::File,
+    /// The directory, canonical, so that another spelling of it is recognised.
+    dir: PathBuf,
+}
+
+impl DirLock {
+    /// Whether this lock is the one for `dir`.
+    pub fn holds(&self, dir: &Path) -> bool {
+        std::fs::canonicalize(dir).is_ok_and(|d| d == self.dir)
+    }
 }
 
 /// Takes `dir` (created if missing) for this run: a second run writing or resuming the same
@@ -79,7 +88,8 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
             }
         }
     }
-    Ok(DirLock { _file: file })
+    let dir = std::fs::canonicalize(dir).map_err(|e| KilnError::file(dir, e))?;
+    Ok(DirLock { _file: file, dir })
 }
 
 /// The checkpoint file in `dir`.

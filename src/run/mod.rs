@@ -183,6 +183,7 @@ impl Prepared {
         Ok(Run {
             placement,
             order_on_device: None,
+            checkpoint_lock: None,
             eval_every: config.eval_every()?,
             early_stopping: config.train.early_stopping,
             epoch_monitor,
@@ -341,6 +342,8 @@ pub struct Run {
     /// The metric a per-epoch schedule watches.
     epoch_monitor: Option<Monitor>,
     state: RunState,
+    /// The checkpoint directory this run holds (see [`checkpoint::lock`]).
+    checkpoint_lock: Option<checkpoint::DirLock>,
 }
 
 impl Run {
@@ -689,8 +692,15 @@ impl Run {
         )?))
     }
 
-    /// Saves a checkpoint into `dir` (atomically).
+    /// Saves a checkpoint into `dir` (atomically). The run takes the directory for itself the
+    /// first time (see [`checkpoint::lock`]) and holds it until it is dropped or checkpoints
+    /// elsewhere: another run writing there is refused instead of interleaving its files.
     pub fn checkpoint(&mut self, dir: &Path) -> Result<()> {
+        if !self.checkpoint_lock.as_ref().is_some_and(|l| l.holds(dir)) {
+            // Released first, so that checkpointing elsewhere gives the old directory back.
+            self.checkpoint_lock = None;
+            self.checkpoint_lock = Some(checkpoint::lock(dir)?);
+        }
         let state = self.trainer.state()?;
         let epoch = self.epoch_of(state.steps);
         // The losses of this epoch so far, for its train_loss after a resume.
@@ -698,6 +708,12 @@ impl Run {
         let mut run = self.state.clone();
         run.epoch_losses = self.losses_since(done - done % self.batches_per_epoch, done)?;
         checkpoint::save(dir, self.trainer.layout(), &state, epoch, &run)
+    }
+
+    /// Hands the run a lock taken before it was built (a resume reads the directory it will
+    /// write, so the lock comes first); [`Run::checkpoint`] into that directory then keeps it.
+    pub fn hold_checkpoint_lock(&mut self, lock: checkpoint::DirLock) {
+        self.checkpoint_lock = Some(lock);
     }
 
     /// Saves the weights in nn.Sequential layout. With `normalize = "standard"` the file's

@@ -33,7 +33,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .map_or("the default run".to_string(), |p| p.display().to_string())
     };
     // Held to the end of the run: one run per checkpoint directory.
-    let _lock = match args.resume.as_ref().or(args.checkpoint_dir.as_ref()) {
+    let lock = match args.resume.as_ref().or(args.checkpoint_dir.as_ref()) {
         Some(dir) => Some(kiln::run::checkpoint::lock(dir)?),
         None => None,
     };
@@ -57,6 +57,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         None => Run::new(config, &base_dir, &device, args.init.as_deref(), args.steps)
             .with_context(run_file)?,
     };
+    if let Some(lock) = lock {
+        run.hold_checkpoint_lock(lock);
+    }
     if args.on_nan == OnNan::Skip {
         run.trainer.skip_non_finite_losses(true);
     }
