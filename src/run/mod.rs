@@ -581,23 +581,26 @@ impl Run {
         v: f64,
         done: u64,
     ) -> Result<(bool, Option<EarlyStop>)> {
-        let improved = match self.state.stop_best {
-            None => true,
-            Some((best, _)) if es.minimizes() => v + es.min_delta < best,
-            Some((best, _)) => v - es.min_delta > best,
+        let improves_on = |best: f64| {
+            if es.minimizes() {
+                v + es.min_delta < best
+            } else {
+                v - es.min_delta > best
+            }
         };
+        // The best so far, unless this check improves on it (the first check always does).
+        let kept = self.state.stop_best.filter(|&(best, _)| !improves_on(best));
         self.state.wait += 1;
-        if improved {
+        let Some((best, best_step)) = kept else {
             self.state.stop_best = Some((v, done));
             if es.restore_best {
                 self.state.best_params = Some(self.trainer.parameters()?);
             }
             self.state.wait = 0;
             return Ok((true, None));
-        }
+        };
         // (Keras also requires epoch > 0: always so here, since the first check improves.)
         if self.state.wait >= es.patience {
-            let (best, best_step) = self.state.stop_best.expect("the first check improves");
             let stop = EarlyStop {
                 step: done,
                 epoch: self.epoch_of(done - 1),
