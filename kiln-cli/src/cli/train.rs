@@ -32,11 +32,11 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .as_ref()
             .map_or("the default run".to_string(), |p| p.display().to_string())
     };
+    let checkpoint_dir = checkpoint_dir(args);
     // Held to the end of the run: one run per checkpoint directory.
-    let lock = match args.resume.as_ref().or(args.checkpoint_dir.as_ref()) {
-        Some(dir) => Some(kiln::run::checkpoint::lock(dir)?),
-        None => None,
-    };
+    let lock = checkpoint_dir
+        .map(kiln::run::checkpoint::lock)
+        .transpose()?;
     let (device, why) = Device::select(args.device, &args.adapter.options())?;
     let say = |line: &str| {
         if !args.quiet {
@@ -44,14 +44,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
     };
     say(&why);
-    let checkpoint_dir = args.resume.as_ref().or(args.checkpoint_dir.as_ref());
     let mut run = match &args.resume {
         Some(dir) => {
-            if args.init.is_some() {
-                bail!(
-                    "--init and --resume are exclusive: a resumed run continues from its checkpoint"
-                );
-            }
             Run::resume(config, &base_dir, &device, dir, args.steps).with_context(run_file)?
         }
         None => Run::new(config, &base_dir, &device, args.init.as_deref(), args.steps)
@@ -123,9 +117,14 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         pending.push((step, lr));
         let done = run.steps_done();
         let epoch_end = done % run.batches_per_epoch == 0;
-        let checkpoint_due = checkpoint_dir.is_some() && done % args.checkpoint_every.max(1) == 0;
+        let checkpoint_due = checkpoint_dir.filter(|_| done % args.checkpoint_every.max(1) == 0);
         let noted = outcome.evaluation.is_some() || outcome.train_loss.is_some();
-        if done % REPORT_EVERY == 0 || epoch_end || checkpoint_due || noted || run.finished() {
+        if done % REPORT_EVERY == 0
+            || epoch_end
+            || checkpoint_due.is_some()
+            || noted
+            || run.finished()
+        {
             last_loss = report(
                 &mut run,
                 &mut pending,
@@ -186,8 +185,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 stop.reason()
             ));
         }
-        if checkpoint_due && !run.finished() {
-            run.checkpoint(checkpoint_dir.expect("checked"))?;
+        if let Some(dir) = checkpoint_due
+            && !run.finished()
+        {
+            run.checkpoint(dir)?;
         }
     }
 
@@ -352,6 +353,9 @@ fn check_outputs(args: &TrainArgs) -> Result<()> {
     if args.checkpoint_every == 0 {
         bail!("--checkpoint-every must be at least 1");
     }
+    if args.resume.is_some() && args.init.is_some() {
+        bail!("--init and --resume are exclusive: a resumed run continues from its checkpoint");
+    }
     if let (Some(resume), Some(dir)) = (&args.resume, &args.checkpoint_dir)
         && same_path(resume, dir) != Some(true)
     {
@@ -363,11 +367,7 @@ fn check_outputs(args: &TrainArgs) -> Result<()> {
     }
     // No output may be another output or an input: `--log run.toml` would truncate the run
     // file, `--save DIR/checkpoint.safetensors` replace the checkpoint.
-    let checkpoint = args
-        .resume
-        .as_ref()
-        .or(args.checkpoint_dir.as_ref())
-        .map(|d| kiln::run::checkpoint::path(d));
+    let checkpoint = checkpoint_dir(args).map(kiln::run::checkpoint::path);
     let outputs: Vec<(&str, &Path)> = [
         ("--save", args.save.as_deref()),
         ("--save-best", args.save_best.as_deref()),
@@ -411,6 +411,11 @@ fn check_outputs(args: &TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the run's checkpoints go: the directory it resumes from, else `--checkpoint-dir`.
+fn checkpoint_dir(args: &TrainArgs) -> Option<&Path> {
+    args.resume.as_deref().or(args.checkpoint_dir.as_deref())
 }
 
 /// Whether two paths name the same file, the second possibly not existing yet (compared by
