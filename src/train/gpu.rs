@@ -459,24 +459,25 @@ impl GpuStep {
 
     /// The order steps take rows in, uploaded once for all of them.
     pub fn set_order(&mut self, order: &[u32]) -> Result<()> {
-        let data = self.data.take().expect("the trainer checks data is loaded");
-        let data = if order.len() > data.order_capacity {
+        const LOADED: &str = "the trainer checks data is loaded";
+        let capacity = self.data.as_ref().expect(LOADED).order_capacity;
+        if order.len() > capacity {
+            // Allocated before the data is touched: if it fails, the last order still stands.
             let buffer = self.ctx.storage_buffer("batch order", order.len())?;
-            self.record_gathers(
+            let data = self.data.take().expect(LOADED);
+            self.data = Some(self.record_gathers(
                 data.x,
                 data.y,
                 buffer,
                 order.len(),
                 data.x_cols,
                 data.y_cols,
-            )
-        } else {
-            data
-        };
+            ));
+        }
+        let data = self.data.as_ref().expect(LOADED);
         self.ctx
             .queue
             .write_buffer(&data.order, 0, bytemuck::cast_slice(order));
-        self.data = Some(data);
         Ok(())
     }
 

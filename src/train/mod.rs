@@ -627,7 +627,7 @@ impl Trainer {
             .check()
             .map_err(|e| KilnError::invalid("checkpoint.schedule", e.to_string()))?;
         let mut trainer = Self::with_params(device, model, options, schedule, state.params)?;
-        let opt = &state.optimizer;
+        let mut opt = state.optimizer;
         let optimizer = &trainer.options.optimizer;
         if opt.name != optimizer.name() {
             return Err(KilnError::invalid(
@@ -661,7 +661,7 @@ impl Trainer {
                 blocks.push(Vec::new());
                 continue;
             }
-            let Some((_, v)) = opt.blocks.iter().find(|(n, _)| n == block.name) else {
+            let Some((_, v)) = opt.blocks.iter_mut().find(|(n, _)| n == block.name) else {
                 return Err(KilnError::invalid(
                     "checkpoint.optimizer",
                     format!(
@@ -690,7 +690,7 @@ impl Trainer {
                     ),
                 ));
             }
-            blocks.push(v.clone());
+            blocks.push(std::mem::take(v));
         }
         crate::optim::check_scalars(&opt.scalars)?;
         let mut scalars = optimizer.rule().initial_scalars();
@@ -701,12 +701,6 @@ impl Trainer {
                     format!("no `{name}` for {}", optimizer.name()),
                 )
             })?;
-            if !value.is_finite() {
-                return Err(KilnError::invalid(
-                    format!("checkpoint.optimizer.scalars.{name}"),
-                    format!("must be finite, got {value}"),
-                ));
-            }
         }
         match &mut trainer.backend {
             Backend::Cpu(s) => s.restore(scalars, blocks, state.steps),
