@@ -419,12 +419,7 @@ impl OptimizerConfig {
             None => registration.default_lr,
             Some(v) => number("optimizer.lr", &v)?,
         };
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(KilnError::invalid(
-                "optimizer.lr",
-                format!("must be finite and >= 0, got {lr}"),
-            ));
-        }
+        check_non_negative("lr", lr)?;
         let decay_biases = match table.remove("decay_biases") {
             None => true,
             Some(toml::Value::Boolean(b)) => b,
@@ -531,7 +526,10 @@ pub fn update_arena(
     if at < len {
         spans.push((at, len, true));
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Asked once per process: on Linux the answer comes from reading cgroup files, and this
+    // runs every update.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let threads = cores.min(len / PER_THREAD).max(1);
     let chunk = len.div_ceil(threads).max(1);
     let mut work: Vec<Vec<Piece<'_>>> = (0..threads).map(|_| Vec::new()).collect();
