@@ -67,6 +67,21 @@ fn output_target(path: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
 /// Removes the temporary files that [`write_atomic`] calls of `path` and that a killed
 /// process left behind (`.NAME.tmp-PID` whose process is gone; Linux only, where /proc tells).
 pub fn remove_stale_temps(path: &Path) {
+    remove_temps_where(path, |pid| {
+        pid != std::process::id()
+            && Path::new("/proc/self").exists()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+    });
+}
+
+/// Removes every temporary file of `path`'s [`write_atomic`] calls, whoever made it: for a
+/// caller that knows nobody else writes there (it holds the directory's lock).
+pub fn remove_all_temps(path: &Path) {
+    remove_temps_where(path, |_| true);
+}
+
+/// Removes the temporary files of `path` whose writer's process id `stale` accepts.
+fn remove_temps_where(path: &Path, stale: impl Fn(u32) -> bool) {
     let Ok((dir, name)) = output_target(path) else {
         return;
     };
@@ -83,10 +98,7 @@ pub fn remove_stale_temps(path: &Path) {
         else {
             continue;
         };
-        let gone = pid != std::process::id()
-            && Path::new("/proc/self").exists()
-            && !Path::new(&format!("/proc/{pid}")).exists();
-        if gone {
+        if stale(pid) {
             let _ = std::fs::remove_file(entry.path());
         }
     }

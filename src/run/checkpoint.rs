@@ -80,14 +80,7 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(KilnError::file(&lock_path, e)),
     }
-    let prefix = format!(".{FILE}.tmp-");
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
+    crate::weights::remove_all_temps(&path(dir));
     let dir = std::fs::canonicalize(dir).map_err(|e| KilnError::file(dir, e))?;
     Ok(DirLock { _file: file, dir })
 }
