@@ -568,3 +568,12 @@ pub struct Recorded {
     /// Its uniform block, rewritable with `queue.write_buffer`.
     pub uniform: wgpu::Buffer,
 }
+
+impl Recorded {
+    /// Points the recorded dispatch at `launch`'s uniforms and grid (same kernel, same
+    /// bindings), from the next submission on.
+    pub fn relaunch(&mut self, queue: &wgpu::Queue, launch: &kernels::Launch) {
+        queue.write_buffer(&self.uniform, 0, &launch.uniform);
+        self.dispatch.grid = launch.grid;
+    }
+}

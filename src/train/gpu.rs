@@ -387,8 +387,7 @@ impl GpuStep {
             }
             let launches = self.launches(&self.step[i].0, batch, slot, update)?;
             for (rec, l) in self.step[i].1.iter_mut().zip(launches) {
-                self.ctx.queue.write_buffer(&rec.uniform, 0, &l.uniform);
-                rec.dispatch.grid = l.grid;
+                rec.relaunch(&self.ctx.queue, &l);
             }
         }
         Ok(())
@@ -514,9 +513,7 @@ impl GpuStep {
                     (&mut data.gather_x, data.x_cols),
                     (&mut data.gather_y, data.y_cols),
                 ] {
-                    let launch = kernels::gather(start, batch, cols, max_dim);
-                    queue.write_buffer(&rec.uniform, 0, &launch.uniform);
-                    rec.dispatch.grid = launch.grid;
+                    rec.relaunch(queue, &kernels::gather(start, batch, cols, max_dim));
                 }
             }
         }
@@ -534,13 +531,14 @@ impl GpuStep {
         )?;
 
         // A step from resident data starts by gathering its batch there.
-        let gathers: Vec<&crate::gpu::Dispatch> = match (source, &self.data) {
-            (super::Batch::Resident { .. }, Some(d)) => {
-                vec![&d.gather_x.dispatch, &d.gather_y.dispatch]
-            }
-            _ => Vec::new(),
+        let resident = match source {
+            super::Batch::Resident { .. } => self.data.as_ref(),
+            super::Batch::Host { .. } => None,
         };
-        let dispatches = gathers.into_iter().chain(
+        let gathers = resident
+            .into_iter()
+            .flat_map(|d| [&d.gather_x.dispatch, &d.gather_y.dispatch]);
+        let dispatches = gathers.chain(
             self.step
                 .iter()
                 .flat_map(|(_, r)| r.iter().map(|r| &r.dispatch)),
