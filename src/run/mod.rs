@@ -95,21 +95,24 @@ impl Prepared {
         } else {
             (data, None)
         };
-        let normalization = (config.data.normalize == Normalize::Standard).then(|| {
+        // Rows are checked when loaded and not per update (`Trainer::step_loaded`); only
+        // standardising changes them, and rows far from a nearly constant training feature
+        // can overflow then.
+        let normalization = if config.data.normalize == Normalize::Standard {
             let (mean, std) = train.feature_stats();
             train.standardize(&mean, &std);
             if let Some(v) = &mut validation {
                 v.standardize(&mean, &std);
             }
-            (mean, std)
-        });
-        // Checked once here, not per update (`Trainer::step_loaded`): standardising rows far
-        // from a nearly constant training feature can overflow.
-        for (what, d) in std::iter::once(("training rows", &train))
-            .chain(validation.as_ref().map(|v| ("validation rows", v)))
-        {
-            ops::check_finite(&format!("{}: {what} after normalize", d.source), &d.x)?;
-        }
+            for (what, d) in std::iter::once(("training rows", &train))
+                .chain(validation.as_ref().map(|v| ("validation rows", v)))
+            {
+                ops::check_finite(&format!("{}: {what} after normalize", d.source), &d.x)?;
+            }
+            Some((mean, std))
+        } else {
+            None
+        };
         let model = config.model(train.features)?;
         if config.train.batch_size == 0 {
             return Err(KilnError::invalid("train.batch_size", "must be at least 1"));
@@ -628,8 +631,7 @@ impl Run {
             (Some(es), Some(params), Some((_, step)))
                 if es.restore_best && step != self.steps_done() =>
             {
-                let params = params.clone();
-                self.trainer.set_parameters(&params)?;
+                self.trainer.set_parameters(params)?;
                 Ok(Some(step))
             }
             _ => Ok(None),
@@ -686,7 +688,7 @@ impl Run {
         let Some((data, targets)) = &self.validation else {
             return Ok(None);
         };
-        let out = self.trainer.predict(&data.x)?;
+        let out = self.trainer.predict_loaded(&data.x)?;
         Ok(Some(evaluate(
             self.model.loss(),
             self.model.output(),

@@ -491,7 +491,14 @@ impl Trainer {
     /// The model's output for `x` [B, input], in batches of at most `max_batch`.
     pub fn predict(&mut self, x: &[f32]) -> Result<Vec<f32>> {
         self.check_batch(x, None)?;
+        self.predict_loaded(x)
+    }
+
+    /// [`Trainer::predict`] for rows checked when they were loaded (a `Run`'s validation
+    /// rows): their shape is checked, their values not again at every evaluation.
+    pub(crate) fn predict_loaded(&mut self, x: &[f32]) -> Result<Vec<f32>> {
         let input = self.model.input();
+        ops::check_rows("prediction input", "x", x.len(), input)?;
         let mut out = Vec::with_capacity(x.len() / input * self.model.output());
         for chunk in x.chunks(self.options.max_batch * input) {
             let rows = chunk.len() / input;
