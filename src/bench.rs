@@ -579,7 +579,7 @@ pub fn bench_optimizer_set() -> Vec<Optimizer> {
             if r.name == "sgd" {
                 table.insert("momentum".into(), toml::Value::Float(0.9));
             }
-            (r.from_table)(table).expect("defaults are valid")
+            (r.from_table)(r.name, table).expect("defaults are valid")
         })
         .collect()
 }

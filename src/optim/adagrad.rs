@@ -4,8 +4,7 @@
 use serde::Deserialize;
 
 use super::{
-    Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative,
-    next_step, parse_args,
+    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, next_step,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -55,13 +54,9 @@ pub static KERNEL: Kernel = super::update_kernel!("adagrad.wgsl", "adagrad", 1);
 pub(super) const REGISTRATION: Registration = Registration {
     name: "adagrad",
     default_lr: 1e-2,
-    from_table,
+    from_table: super::read_rule::<Adagrad>,
     kernel: &KERNEL,
 };
-
-fn from_table(table: toml::Table) -> Result<Optimizer> {
-    Optimizer::new(parse_args::<Adagrad>("adagrad", table)?)
-}
 
 impl UpdateRule for Adagrad {
     fn name(&self) -> &'static str {

@@ -98,7 +98,7 @@ pub static KERNEL: Kernel = super::update_kernel!("adam.wgsl", "adam", 3, moment
 pub(super) const REGISTRATION: Registration = Registration {
     name: "adam",
     default_lr: 1e-3,
-    from_table,
+    from_table: super::read_rule::<Adam>,
     kernel: &KERNEL,
 };
 
@@ -109,12 +109,8 @@ pub(super) const ADAMW_REGISTRATION: Registration = Registration {
     kernel: &KERNEL,
 };
 
-fn from_table(table: toml::Table) -> Result<Optimizer> {
-    Optimizer::new(parse_args::<Adam>("adam", table)?)
-}
-
-fn adamw_from_table(table: toml::Table) -> Result<Optimizer> {
-    let a: AdamWArgs = parse_args("adamw", table)?;
+fn adamw_from_table(kind: &'static str, table: toml::Table) -> Result<Optimizer> {
+    let a: AdamWArgs = parse_args(kind, table)?;
     Optimizer::new(Adam {
         betas: a.betas,
         eps: a.eps,

@@ -357,8 +357,9 @@ pub struct Registration {
     pub name: &'static str,
     /// PyTorch's default `lr` for it.
     pub default_lr: f64,
-    /// Reads the table's other keys (PyTorch's argument names) into the rule.
-    pub from_table: fn(toml::Table) -> Result<Optimizer>,
+    /// Reads the table's other keys (PyTorch's argument names) into the rule; called with
+    /// `name`, which its errors give.
+    pub from_table: fn(&'static str, toml::Table) -> Result<Optimizer>,
     /// Its GPU kernel.
     pub kernel: &'static Kernel,
 }
@@ -430,7 +431,8 @@ impl OptimizerConfig {
                 ));
             }
         };
-        let optimizer = (registration.from_table)(table)?.decay_biases(decay_biases);
+        let optimizer =
+            (registration.from_table)(registration.name, table)?.decay_biases(decay_biases);
         Ok(OptimizerConfig { optimizer, lr })
     }
 }
@@ -450,6 +452,14 @@ fn number(field: &str, v: &toml::Value) -> Result<f64> {
 
 /// Deserialises an optimizer's arguments from the rest of its table, naming the table in
 /// errors (unknown keys included).
+/// The `from_table` of a rule whose arguments are its fields.
+fn read_rule<T: UpdateRule + serde::de::DeserializeOwned + 'static>(
+    kind: &'static str,
+    table: toml::Table,
+) -> Result<Optimizer> {
+    Optimizer::new(parse_args::<T>(kind, table)?)
+}
+
 pub(crate) fn parse_args<T: serde::de::DeserializeOwned>(
     kind: &str,
     table: toml::Table,
@@ -635,7 +645,7 @@ mod tests {
         for r in &REGISTRY {
             let mut table = toml::Table::new();
             table.insert("weight_decay".into(), toml::Value::Float(0.01));
-            let optimizer = (r.from_table)(table).unwrap();
+            let optimizer = (r.from_table)(r.name, table).unwrap();
             let rule = optimizer.rule();
             let mut scalars = rule.initial_scalars();
             let mut state_a = optimizer.new_state(n).blocks;

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    MomentScalars, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule,
-    check_betas, check_non_negative, next_step, parse_args,
+    MomentScalars, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
+    check_non_negative, next_step,
 };
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
@@ -61,13 +61,9 @@ pub static KERNEL: Kernel = super::update_kernel!("nadam.wgsl", "nadam", 2, mome
 pub(super) const REGISTRATION: Registration = Registration {
     name: "nadam",
     default_lr: 2e-3,
-    from_table,
+    from_table: super::read_rule::<NAdam>,
     kernel: &KERNEL,
 };
-
-fn from_table(table: toml::Table) -> Result<Optimizer> {
-    Optimizer::new(parse_args::<NAdam>("nadam", table)?)
-}
 
 impl UpdateRule for NAdam {
     fn name(&self) -> &'static str {

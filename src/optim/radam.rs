@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    MomentScalars, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule,
-    check_betas, check_non_negative, next_step, parse_args,
+    MomentScalars, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
+    check_non_negative, next_step,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -62,13 +62,9 @@ pub static KERNEL: Kernel = super::update_kernel!("radam.wgsl", "radam", 2, mome
 pub(super) const REGISTRATION: Registration = Registration {
     name: "radam",
     default_lr: 1e-3,
-    from_table,
+    from_table: super::read_rule::<RAdam>,
     kernel: &KERNEL,
 };
-
-fn from_table(table: toml::Table) -> Result<Optimizer> {
-    Optimizer::new(parse_args::<RAdam>("radam", table)?)
-}
 
 impl UpdateRule for RAdam {
     fn name(&self) -> &'static str {

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative,
-    lerp, next_step, parse_args,
+    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, lerp,
+    next_step,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -63,13 +63,9 @@ pub static KERNEL: Kernel = super::update_kernel!("rmsprop.wgsl", "rmsprop", 3);
 pub(super) const REGISTRATION: Registration = Registration {
     name: "rmsprop",
     default_lr: 1e-2,
-    from_table,
+    from_table: super::read_rule::<RmsProp>,
     kernel: &KERNEL,
 };
-
-fn from_table(table: toml::Table) -> Result<Optimizer> {
-    Optimizer::new(parse_args::<RmsProp>("rmsprop", table)?)
-}
 
 impl UpdateRule for RmsProp {
     fn name(&self) -> &'static str {

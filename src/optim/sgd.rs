@@ -4,8 +4,7 @@
 use serde::Deserialize;
 
 use super::{
-    Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative,
-    next_step, parse_args,
+    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, next_step,
 };
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
@@ -58,13 +57,9 @@ pub static KERNEL: Kernel = super::update_kernel!("sgd.wgsl", "sgd", 1);
 pub(super) const REGISTRATION: Registration = Registration {
     name: "sgd",
     default_lr: 1e-3,
-    from_table,
+    from_table: super::read_rule::<Sgd>,
     kernel: &KERNEL,
 };
-
-fn from_table(table: toml::Table) -> Result<Optimizer> {
-    Optimizer::new(parse_args::<Sgd>("sgd", table)?)
-}
 
 impl UpdateRule for Sgd {
     fn name(&self) -> &'static str {
