@@ -53,6 +53,19 @@ fn decays(h: UpdateHeader, i: u32) -> bool {
     return true;
 }
 
+// The gradient of the rules with L2 (coupled) weight decay, as PyTorch forms it: −g if
+// maximize, then + weight_decay·p where the parameter decays.
+fn l2_grad(h: UpdateHeader, i: u32, p: f32, g: f32, weight_decay: f32, maximize: bool) -> f32 {
+    var r = g;
+    if maximize {
+        r = -r;
+    }
+    if weight_decay != 0.0 && decays(h, i) {
+        r = r + weight_decay * p;
+    }
+    return r;
+}
+
 // torch.lerp(start, end, weight) for a scalar weight, as PyTorch computes it: the form that is
 // exact at the end nearer to the weight. (`lerp` in src/optim/mod.rs.)
 fn lerp_pt(start: f32, end: f32, weight: f32) -> f32 {

@@ -24,13 +24,7 @@ fn adagrad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let i = update_index(gid, nwg);
     if i >= params.h.len || update_skipped(params.h) { return; }
     let p = param[i];
-    var g = grad[i];
-    if params.maximize != 0u {
-        g = -g;
-    }
-    if params.weight_decay != 0.0 && decays(params.h, i) {
-        g = g + params.weight_decay * p;
-    }
+    let g = l2_grad(params.h, i, p, grad[i], params.weight_decay, params.maximize != 0u);
     let s = sum[i] + g * g;
     sum[i] = s;
     param[i] = p + params.neg_clr * g / (sqrt(s) + params.eps);

@@ -32,13 +32,7 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     let i = update_index(gid, nwg);
     if i >= params.h.len || update_skipped(params.h) { return; }
     let p = param[i];
-    var g = grad[i];
-    if params.maximize != 0u {
-        g = -g;
-    }
-    if params.weight_decay != 0.0 && decays(params.h, i) {
-        g = g + params.weight_decay * p;
-    }
+    var g = l2_grad(params.h, i, p, grad[i], params.weight_decay, params.maximize != 0u);
     if params.momentum != 0.0 {
         var buf: f32;
         if params.first_step != 0u {

@@ -4,7 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, next_step,
+    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, l2_grad,
+    next_step,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -110,10 +111,7 @@ impl UpdateRule for Adagrad {
         let s: AdagradScalars = bytemuck::cast(*scalars);
         let weight_decay = if decay { s.weight_decay } else { 0.0 };
         for ((p, &g), sum) in param.iter_mut().zip(grad).zip(state[0].iter_mut()) {
-            let mut g = if s.maximize != 0 { -g } else { g };
-            if weight_decay != 0.0 {
-                g += weight_decay * *p;
-            }
+            let g = l2_grad(*p, g, weight_decay, s.maximize != 0);
             let acc = *sum + g * g;
             *sum = acc;
             *p += s.neg_clr * g / (acc.sqrt() + s.eps);

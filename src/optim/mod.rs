@@ -452,6 +452,19 @@ fn number(field: &str, v: &toml::Value) -> Result<f64> {
 
 /// Deserialises an optimizer's arguments from the rest of its table, naming the table in
 /// errors (unknown keys included).
+/// The gradient of the rules with L2 (coupled) weight decay, as PyTorch forms it: negated
+/// for `maximize`, then `weight_decay * p` added (nothing added at zero, so a -0.0 stays).
+/// The CPU twin of `l2_grad` in update.wgsl.
+#[inline(always)]
+pub(crate) fn l2_grad(p: f32, g: f32, weight_decay: f32, maximize: bool) -> f32 {
+    let g = if maximize { -g } else { g };
+    if weight_decay != 0.0 {
+        g + weight_decay * p
+    } else {
+        g
+    }
+}
+
 /// The `from_table` of a rule whose arguments are its fields.
 fn read_rule<T: UpdateRule + serde::de::DeserializeOwned + 'static>(
     kind: &'static str,

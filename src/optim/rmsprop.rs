@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::{
-    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, lerp,
+    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, l2_grad, lerp,
     next_step,
 };
 use crate::error::Result;
@@ -132,10 +132,7 @@ impl UpdateRule for RmsProp {
         // Zipped slices, no indexing, so the compiler can vectorise; unused state blocks are
         // empty, so each combination has its own loop.
         let square = |p: f32, g: f32, sq: &mut f32| {
-            let mut g = if s.maximize != 0 { -g } else { g };
-            if weight_decay != 0.0 {
-                g += weight_decay * p;
-            }
+            let g = l2_grad(p, g, weight_decay, s.maximize != 0);
             *sq = *sq * s.alpha + s.one_minus_alpha * g * g;
             g
         };

@@ -4,7 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, next_step,
+    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, l2_grad,
+    next_step,
 };
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
@@ -121,14 +122,7 @@ impl UpdateRule for Sgd {
     ) {
         let s: SgdScalars = bytemuck::cast(*scalars);
         let weight_decay = if decay { s.weight_decay } else { 0.0 };
-        let decayed = |p: f32, g: f32| {
-            let g = if s.maximize != 0 { -g } else { g };
-            if weight_decay != 0.0 {
-                g + weight_decay * p
-            } else {
-                g
-            }
-        };
+        let decayed = |p: f32, g: f32| l2_grad(p, g, weight_decay, s.maximize != 0);
         if s.momentum == 0.0 {
             for (p, &g) in param.iter_mut().zip(grad) {
                 *p -= s.lr * decayed(*p, g);
