@@ -199,22 +199,20 @@ impl UpdateRule for Adam {
             let denom = v_used.sqrt() / s.bias_correction2_sqrt + s.eps;
             *p += s.neg_step_size * m / denom;
         };
-        let pgmv = param
-            .iter_mut()
-            .zip(grad)
-            .zip(exp_avg.iter_mut())
-            .zip(exp_avg_sq.iter_mut());
         if s.amsgrad != 0 {
-            for ((((p, &g), m), v), max_v) in pgmv.zip(max_exp_avg_sq.iter_mut()) {
+            let pgmv = param
+                .iter_mut()
+                .zip(grad)
+                .zip(exp_avg.iter_mut())
+                .zip(exp_avg_sq.iter_mut())
+                .zip(max_exp_avg_sq.iter_mut());
+            for ((((p, &g), m), v), max_v) in pgmv {
                 moments.apply(p, g, m, v);
                 *max_v = max_v.max(*v);
                 step(p, *m, *max_v);
             }
         } else {
-            for (((p, &g), m), v) in pgmv {
-                moments.apply(p, g, m, v);
-                step(p, *m, *v);
-            }
+            moments.for_each(param, grad, exp_avg, exp_avg_sq, |p, _, m, v| step(p, m, v));
         }
     }
 }

@@ -159,12 +159,12 @@ impl MomentScalars {
 
     /// The CPU twin's view for a span: `decay` false where biases take no weight decay.
     pub(crate) fn moments(&self, decay: bool, maximize: bool, decoupled: bool) -> Moments {
+        let mut s = *self;
+        if !decay {
+            s.weight_decay = 0.0;
+        }
         Moments {
-            decay_factor: self.decay_factor,
-            weight_decay: if decay { self.weight_decay } else { 0.0 },
-            one_minus_beta1: self.one_minus_beta1,
-            beta2: self.beta2,
-            one_minus_beta2: self.one_minus_beta2,
+            s,
             maximize,
             decoupled,
         }
@@ -175,31 +175,51 @@ impl MomentScalars {
 /// maximize, weight decay (decoupled or L2), then both moments. The CPU twin of
 /// `shaders/optim/moments.wgsl`.
 pub(crate) struct Moments {
-    pub decay_factor: f32,
-    /// 0 for elements that take no weight decay.
-    pub weight_decay: f32,
-    pub one_minus_beta1: f32,
-    pub beta2: f32,
-    pub one_minus_beta2: f32,
-    pub maximize: bool,
-    pub decoupled: bool,
+    /// Its `weight_decay` is 0 for elements that take no weight decay.
+    s: MomentScalars,
+    maximize: bool,
+    decoupled: bool,
 }
 
 impl Moments {
     /// Updates `p` (decoupled decay), `m` and `v` in place; returns the gradient as used.
     #[inline(always)]
     pub(crate) fn apply(&self, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) -> f32 {
+        let s = &self.s;
         let mut g = if self.maximize { -g } else { g };
-        if self.weight_decay != 0.0 {
+        if s.weight_decay != 0.0 {
             if self.decoupled {
-                *p *= self.decay_factor;
+                *p *= s.decay_factor;
             } else {
-                g += self.weight_decay * *p;
+                g += s.weight_decay * *p;
             }
         }
-        *m = lerp(*m, g, self.one_minus_beta1);
-        *v = *v * self.beta2 + self.one_minus_beta2 * g * g;
+        *m = lerp(*m, g, s.one_minus_beta1);
+        *v = *v * s.beta2 + s.one_minus_beta2 * g * g;
         g
+    }
+
+    /// [`Moments::apply`] over whole slices, then `rest(p, g, m, v)` on each element with the
+    /// gradient as used and the new moments: the loop every Adam-family twin runs. Zipped
+    /// slices, no indexing, so the compiler can vectorise.
+    #[inline(always)]
+    pub(crate) fn for_each(
+        &self,
+        param: &mut [f32],
+        grad: &[f32],
+        exp_avg: &mut [f32],
+        exp_avg_sq: &mut [f32],
+        mut rest: impl FnMut(&mut f32, f32, f32, f32),
+    ) {
+        let pgmv = param
+            .iter_mut()
+            .zip(grad)
+            .zip(exp_avg.iter_mut())
+            .zip(exp_avg_sq.iter_mut());
+        for (((p, &g), m), v) in pgmv {
+            let g = self.apply(p, g, m, v);
+            rest(p, g, *m, *v);
+        }
     }
 }
 

@@ -140,18 +140,11 @@ impl UpdateRule for NAdam {
         let [exp_avg, exp_avg_sq] = state else {
             unreachable!("NAdam has two state blocks")
         };
-        // Zipped slices, no indexing, so the compiler can vectorise.
-        let pgmv = param
-            .iter_mut()
-            .zip(grad)
-            .zip(exp_avg.iter_mut())
-            .zip(exp_avg_sq.iter_mut());
         let moments = s.moments.moments(decay, s.maximize != 0, s.decoupled != 0);
-        for (((p, &g), m), v) in pgmv {
-            let g = moments.apply(p, g, m, v);
-            let denom = (*v / s.bias_correction2).sqrt() + s.eps;
+        moments.for_each(param, grad, exp_avg, exp_avg_sq, |p, g, m, v| {
+            let denom = (v / s.bias_correction2).sqrt() + s.eps;
             *p += s.grad_coef * g / denom;
-            *p += s.avg_coef * *m / denom;
-        }
+            *p += s.avg_coef * m / denom;
+        });
     }
 }

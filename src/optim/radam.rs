@@ -139,23 +139,16 @@ impl UpdateRule for RAdam {
         let [exp_avg, exp_avg_sq] = state else {
             unreachable!("RAdam has two state blocks")
         };
-        // Zipped slices, no indexing, so the compiler can vectorise.
-        let pgmv = param
-            .iter_mut()
-            .zip(grad)
-            .zip(exp_avg.iter_mut())
-            .zip(exp_avg_sq.iter_mut());
         let moments = s
             .moments
             .moments(decay, s.flags & MAXIMIZE != 0, s.flags & DECOUPLED != 0);
-        for (((p, &g), m), v) in pgmv {
-            moments.apply(p, g, m, v);
-            let mut u = *m / s.bias_correction1 * s.lr;
+        moments.for_each(param, grad, exp_avg, exp_avg_sq, |p, _, m, v| {
+            let mut u = m / s.bias_correction1 * s.lr;
             if s.flags & RECTIFIED != 0 {
                 let adaptive = 1.0 / (v.sqrt() + s.eps) * s.bias_correction2_sqrt;
                 u = u * adaptive * s.rect;
             }
             *p -= u;
-        }
+        });
     }
 }
