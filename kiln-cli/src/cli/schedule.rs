@@ -17,16 +17,16 @@ const MAX_STEPS: usize = 100_000_000;
 const MAX_PLOTTED: usize = 1_000_000;
 
 pub fn schedule(args: &ScheduleArgs) -> Result<()> {
-    let listed = args
+    let Some(listed) = args
         .steps
         .checked_mul(args.batches_per_epoch.unwrap_or(1).max(1))
-        .filter(|&n| n <= MAX_STEPS);
-    if listed.is_none() {
+        .filter(|&n| n <= MAX_STEPS)
+    else {
         bail!(
             "--steps: at most {MAX_STEPS} rates can be listed (with --batches-per-epoch, steps × batches)"
         );
-    }
-    if args.plot.is_some() && listed.is_some_and(|n| n > MAX_PLOTTED) {
+    };
+    if args.plot.is_some() && listed > MAX_PLOTTED {
         bail!("--plot: at most {MAX_PLOTTED} rates can be drawn");
     }
     let (mut rates, interval) = rates(&args.file, args.steps, args.observations.as_deref())?;
@@ -47,16 +47,17 @@ pub fn schedule(args: &ScheduleArgs) -> Result<()> {
         ),
         (Interval::Update, None) => {}
     }
+    // Written as it goes, through one buffer: a hundred million rates are too many to join in
+    // memory, or to print a line at a time.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match args.format {
         ScheduleFormat::Csv => {
-            println!("{unit},lr");
+            writeln!(out, "{unit},lr")?;
             for (t, lr) in rates.iter().enumerate() {
-                println!("{t},{lr:?}");
+                writeln!(out, "{t},{lr:?}")?;
             }
         }
         ScheduleFormat::Json => {
-            // Written as it goes: a hundred million rates are too many to join in memory.
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             write!(out, "{{\"lr\": [")?;
             for (t, lr) in rates.iter().enumerate() {
                 write!(out, "{}{lr:?}", if t == 0 { "" } else { ", " })?;
@@ -64,6 +65,7 @@ pub fn schedule(args: &ScheduleArgs) -> Result<()> {
             writeln!(out, "]}}")?;
         }
     }
+    out.flush()?;
     if let Some(out) = &args.plot {
         let series = Series {
             name: "lr".into(),
