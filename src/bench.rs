@@ -319,6 +319,17 @@ pub fn fp32_peak_gflops(adapter: &str) -> Option<f64> {
 
 const REPS: usize = 7;
 
+/// Float counts of the copy and the optimizer updates: the same, so that each update's row
+/// can give its share of the copy's bandwidth.
+const BANDWIDTH_SIZES: &[usize] = &[1 << 20, 10_000_000, 100_000_000];
+
+/// Storage buffers of `lens` floats for a benchmark's operands.
+fn operands(ctx: &GpuContext, lens: &[usize]) -> Result<Vec<wgpu::Buffer>> {
+    lens.iter()
+        .map(|&n| ctx.storage_buffer("bench operand", n))
+        .collect()
+}
+
 /// One kernel launch with its own buffers, ready to run again and again (for benchmarks).
 pub struct GpuOp {
     ctx: Arc<GpuContext>,
@@ -327,21 +338,10 @@ pub struct GpuOp {
 }
 
 impl GpuOp {
-    fn new(
-        ctx: &Arc<GpuContext>,
-        launch: &Launch,
-        lens: &[usize],
-        unused_input: Option<usize>,
-    ) -> Result<GpuOp> {
-        let buffers = lens
-            .iter()
-            .map(|&n| ctx.storage_buffer("bench operand", n))
-            .collect::<Result<Vec<_>>>()?;
-        let mut ranges: Vec<BufferRange<'_>> = buffers.iter().map(Into::into).collect();
-        if let Some(at) = unused_input {
-            // An optional input the op does not use (matmul's bias).
-            ranges.insert(at, ctx.dummy().into());
-        }
+    /// `launch` bound to new buffers of `lens` floats, in binding order.
+    fn new(ctx: &Arc<GpuContext>, launch: &Launch, lens: &[usize]) -> Result<GpuOp> {
+        let buffers = operands(ctx, lens)?;
+        let ranges: Vec<BufferRange<'_>> = buffers.iter().map(Into::into).collect();
         Ok(GpuOp {
             rec: ctx.record(launch, &ranges),
             ctx: ctx.clone(),
@@ -363,10 +363,7 @@ impl GpuOp {
         tile: TileConfig,
     ) -> Result<GpuOp> {
         let launch = kernels::matmul(t, dims, false, tile, ctx.max_dim())?;
-        let buffers = [dims.m * dims.k, dims.k * dims.n, dims.m * dims.n]
-            .iter()
-            .map(|&n| ctx.storage_buffer("bench operand", n))
-            .collect::<Result<Vec<_>>>()?;
+        let buffers = operands(ctx, &[dims.m * dims.k, dims.k * dims.n, dims.m * dims.n])?;
         let bindings = kernels::matmul_bindings(
             &launch,
             dims,
@@ -412,7 +409,7 @@ impl GpuOp {
     /// A copy of `n` floats.
     pub fn copy(ctx: &Arc<GpuContext>, n: usize) -> Result<GpuOp> {
         let launch = kernels::copy(n, ctx.max_dim());
-        GpuOp::new(ctx, &launch, &[n, n], None)
+        GpuOp::new(ctx, &launch, &[n, n])
     }
 
     /// Submits the launch and waits for it to finish.
@@ -499,7 +496,7 @@ fn fits(device: &Device, floats: usize) -> bool {
 
 fn bench_copy(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
-    for n in sizes(options, &[1 << 20], &[1 << 20, 10_000_000, 100_000_000]) {
+    for n in sizes(options, &[1 << 20], BANDWIDTH_SIZES) {
         if !fits(device, n) {
             continue;
         }
@@ -605,7 +602,7 @@ pub fn update_bytes(optimizer: &Optimizer, n: usize) -> f64 {
 fn bench_optimizers(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     for optimizer in bench_optimizer_set() {
-        for n in sizes(options, &[1 << 20], &[1 << 20, 10_000_000, 100_000_000]) {
+        for n in sizes(options, &[1 << 20], BANDWIDTH_SIZES) {
             if !fits(device, n) {
                 continue;
             }
