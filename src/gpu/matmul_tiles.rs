@@ -320,6 +320,11 @@ impl MatmulTiling {
         }
     }
 
+    /// Every class's shape, in [`SizeClass::ALL`]'s order.
+    pub fn shapes(&self) -> [TileConfig; 4] {
+        SizeClass::ALL.map(|c| self.get(c))
+    }
+
     fn set(&mut self, class: SizeClass, config: TileConfig) {
         match class {
             SizeClass::Tiny => self.tiny = config,
@@ -490,8 +495,7 @@ pub fn load_cached(dir: &std::path::Path, key: &str) -> Option<MatmulTiling> {
     let mut tiling = *read_cache(dir).adapters.get(key)?;
     // An edited or damaged entry is measured again rather than compiled: a shape that breaks
     // the kernel's assumptions would compute wrong products.
-    let shapes = [tiling.tiny, tiling.small, tiling.medium, tiling.large];
-    if shapes.iter().any(|c| c.check().is_err()) {
+    if tiling.shapes().iter().any(|c| c.check().is_err()) {
         log::warn!(
             "{}: ignoring the entry for this adapter, a tile shape is invalid",
             dir.join(CACHE_FILE).display()

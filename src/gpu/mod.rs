@@ -228,11 +228,8 @@ impl GpuContext {
             }
             _ => match matmul_tiles::cache_dir()
                 .and_then(|dir| matmul_tiles::load_cached(&dir, &self.tiling_key()))
-                .filter(|t| {
-                    [t.tiny, t.small, t.medium, t.large]
-                        .iter()
-                        .all(|c| c.fits(&self.limits))
-                }) {
+                .filter(|t| t.shapes().iter().all(|c| c.fits(&self.limits)))
+            {
                 Some(cached) => cached,
                 None => self.tune_matmul()?.0,
             },
