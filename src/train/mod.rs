@@ -395,15 +395,7 @@ impl Trainer {
                 ),
             ));
         }
-        if rows > self.options.max_batch {
-            return Err(KilnError::shape(
-                "training batch",
-                format!(
-                    "batch of {rows} rows is over max_batch = {}",
-                    self.options.max_batch
-                ),
-            ));
-        }
+        self.check_max_batch(rows)?;
         self.update(rows, Batch::Resident { start })
     }
 
@@ -740,21 +732,27 @@ impl Trainer {
     fn check_batch_shape(&self, x: &[f32], targets: Targets) -> Result<usize> {
         let ctx = "training batch";
         let rows = ops::check_rows(ctx, "x", x.len(), self.model.input())?;
-        if rows > self.options.max_batch {
-            return Err(KilnError::shape(
-                ctx,
-                format!(
-                    "batch of {rows} rows is over max_batch = {}",
-                    self.options.max_batch
-                ),
-            ));
-        }
+        self.check_max_batch(rows)?;
         let (len, want) = match targets {
             Targets::Classes(c) => (c.len(), rows),
             Targets::Values(v) => (v.len(), rows * self.model.output()),
         };
         ops::check_len(ctx, "targets", len, want, "one per row and output")?;
         Ok(rows)
+    }
+
+    /// A training batch of `rows` fits the buffers sized for `max_batch`.
+    fn check_max_batch(&self, rows: usize) -> Result<()> {
+        if rows > self.options.max_batch {
+            return Err(KilnError::shape(
+                "training batch",
+                format!(
+                    "batch of {rows} rows is over max_batch = {}",
+                    self.options.max_batch
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks a batch (and its targets, for a training step); returns its row count.
@@ -770,15 +768,7 @@ impl Trainer {
         let Some(targets) = targets else {
             return Ok(rows);
         };
-        if rows > self.options.max_batch {
-            return Err(KilnError::shape(
-                ctx,
-                format!(
-                    "batch of {rows} rows is over max_batch = {}",
-                    self.options.max_batch
-                ),
-            ));
-        }
+        self.check_max_batch(rows)?;
         ops::check_targets(self.model.loss(), targets, rows, self.model.output())?;
         Ok(rows)
     }
