@@ -181,7 +181,7 @@ pub struct TrainConfig {
     pub clip_grad_norm: Option<f32>,
     /// When to evaluate on the validation rows: `"epoch"` (default) or every N updates.
     #[serde(default)]
-    pub eval_every: Option<toml::Value>,
+    pub eval_every: EvalEvery,
     /// Keras's EarlyStopping.
     pub early_stopping: Option<EarlyStoppingConfig>,
 }
@@ -191,13 +191,27 @@ fn default_batch() -> usize {
 }
 
 /// When evaluations run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Value")]
 pub enum EvalEvery {
     /// After each epoch's last update.
     #[default]
     Epoch,
     /// After every N updates.
     Updates(u64),
+}
+
+impl TryFrom<toml::Value> for EvalEvery {
+    type Error = String;
+    fn try_from(v: toml::Value) -> std::result::Result<Self, String> {
+        match &v {
+            toml::Value::String(s) if s == "epoch" => Ok(EvalEvery::Epoch),
+            toml::Value::Integer(n) if *n >= 1 => Ok(EvalEvery::Updates(*n as u64)),
+            _ => Err(format!(
+                "train.eval_every: expected \"epoch\" or a number of updates ≥ 1, got {v}"
+            )),
+        }
+    }
 }
 
 /// Whether a larger or a smaller metric is better.
@@ -301,19 +315,6 @@ impl RunConfig {
             .transpose()
     }
 
-    /// `[train] eval_every`, checked.
-    pub fn eval_every(&self) -> Result<EvalEvery> {
-        match &self.train.eval_every {
-            None => Ok(EvalEvery::Epoch),
-            Some(toml::Value::String(s)) if s == "epoch" => Ok(EvalEvery::Epoch),
-            Some(toml::Value::Integer(n)) if *n >= 1 => Ok(EvalEvery::Updates(*n as u64)),
-            Some(v) => Err(KilnError::invalid(
-                "train.eval_every",
-                format!("expected \"epoch\" or a number of updates ≥ 1, got {v}"),
-            )),
-        }
-    }
-
     /// The checks that tie `[schedule]`, `[train]` and `[data]` together: metrics measured
     /// per epoch need a per-epoch schedule, metrics on the validation rows need validation
     /// rows, early stopping watches an epoch's metric and its numbers are sane.
@@ -352,7 +353,6 @@ impl RunConfig {
                 ));
             }
         }
-        self.eval_every()?;
         Ok(())
     }
 

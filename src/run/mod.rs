@@ -187,7 +187,7 @@ impl Prepared {
             placement,
             order_on_device: None,
             checkpoint_lock: None,
-            eval_every: config.eval_every()?,
+            eval_every: config.train.eval_every,
             early_stopping: config.train.early_stopping,
             epoch_monitor,
             state,
