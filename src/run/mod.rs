@@ -461,13 +461,15 @@ impl Run {
     /// The training rows of update `t`: batch (t mod nb) of epoch ⌊t/nb⌋, a smaller last batch
     /// included, as PyTorch's DataLoader without drop_last.
     pub fn batch_rows(&mut self, t: u64) -> Vec<usize> {
-        let (epoch, index) = (
-            t / self.batches_per_epoch,
-            (t % self.batches_per_epoch) as usize,
-        );
-        let batch = self.batch;
-        let order = self.rows_of_epoch(epoch);
-        order[index * batch..((index + 1) * batch).min(order.len())].to_vec()
+        let (epoch, span) = self.batch_span(t);
+        self.rows_of_epoch(epoch)[span].to_vec()
+    }
+
+    /// Update `t`'s epoch and the span of that epoch's order its batch takes.
+    fn batch_span(&self, t: u64) -> (u64, std::ops::Range<usize>) {
+        let start = (t % self.batches_per_epoch) as usize * self.batch;
+        let end = (start + self.batch).min(self.train.rows());
+        (t / self.batches_per_epoch, start..end)
     }
 
     /// Runs the next update (see [`Run::batch_rows`]), then what is due after it: an
@@ -641,11 +643,8 @@ impl Run {
     /// The update itself: the batch gathered in DataLoader order, one trainer step.
     fn update(&mut self) -> Result<f64> {
         let t = self.steps_done();
-        if let Placement::Device { rows: n } = self.placement {
-            let (epoch, index) = (
-                t / self.batches_per_epoch,
-                (t % self.batches_per_epoch) as usize,
-            );
+        let (epoch, span) = self.batch_span(t);
+        if let Placement::Device { .. } = self.placement {
             if self.order_on_device != Some(epoch) {
                 // Once per epoch: the order the epoch's batches take rows in.
                 let order: Vec<u32> = self
@@ -656,13 +655,15 @@ impl Run {
                 self.trainer.set_order(&order)?;
                 self.order_on_device = Some(epoch);
             }
-            let start = index * self.batch;
-            return self.trainer.step_data(start, self.batch.min(n - start));
+            return self.trainer.step_data(span.start, span.len());
         }
-        let rows = self.batch_rows(t);
+        // The epoch's order made (shuffled) if this is its first batch, then read by field so
+        // that the batch buffers can be filled beside it.
+        self.rows_of_epoch(epoch);
+        let rows = &self.order[span];
         let f = self.train.features;
         self.xb.clear();
-        for &r in &rows {
+        for &r in rows {
             self.xb.extend_from_slice(&self.train.x[r * f..(r + 1) * f]);
         }
         match (&self.train_targets, &mut self.tb) {
@@ -673,7 +674,7 @@ impl Run {
             (TargetData::Values(all), TargetData::Values(b)) => {
                 let k = self.model.output();
                 b.clear();
-                for &r in &rows {
+                for &r in rows {
                     b.extend_from_slice(&all[r * k..(r + 1) * k]);
                 }
             }
