@@ -156,14 +156,7 @@ impl Prepared {
         let placement = match &trainer.device() {
             Device::Gpu(_) => match trainer.load_data(&self.train.x, train_targets.as_targets()) {
                 Ok(()) => Placement::Device { rows },
-                Err(KilnError::OverLimit {
-                    tensor,
-                    size,
-                    limit_name,
-                    limit,
-                }) => Placement::Host {
-                    why: format!("{tensor} needs {size} bytes, over the {limit_name} of {limit}"),
-                },
+                Err(e @ KilnError::OverLimit { .. }) => Placement::Host { why: e.to_string() },
                 Err(e) => return Err(e),
             },
             Device::Cpu => Placement::Host {
