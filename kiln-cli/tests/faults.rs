@@ -5,8 +5,10 @@
 //! there.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+mod common;
 
 /// How long any one faulty run may take before it counts as a hang.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -18,12 +20,8 @@ struct Outcome {
 
 /// Runs `kiln args` in `dir`, killing it past [`LIMIT`].
 fn run(dir: &Path, args: &[&str]) -> Outcome {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
+    let mut child = common::kiln_command(args)
         .current_dir(dir)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("KILN_MATMUL_TILES")
-        .env("NODEVICE_SELECT", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
