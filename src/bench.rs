@@ -122,6 +122,8 @@ pub enum Measured {
         widths: Vec<usize>,
         /// Rows per step (the last smaller).
         batch: usize,
+        /// Updates a GPU submits together (`Trainer::set_steps_per_submit`).
+        steps_per_submit: usize,
     },
 }
 
@@ -160,10 +162,19 @@ impl Measured {
                 input,
                 widths,
                 batch,
-            } => format!(
-                "{rows}x{input} {} batch {batch}",
-                layers_text(*input, widths)
-            ),
+                steps_per_submit,
+            } => {
+                let shape = format!(
+                    "{rows}x{input} {} batch {batch}",
+                    layers_text(*input, widths)
+                );
+                // The default is what PyTorch's rows are held against; others are marked.
+                if *steps_per_submit == crate::train::DEFAULT_STEPS_PER_SUBMIT {
+                    shape
+                } else {
+                    format!("{shape}, {steps_per_submit} per submit")
+                }
+            }
         }
     }
 }
@@ -689,7 +700,8 @@ fn synthetic(rows: usize, input: usize, classes: usize) -> (Vec<f32>, Vec<u32>) 
 }
 
 /// One epoch from a resident data set, reshuffled first: wall time of the whole epoch and
-/// the host's share per step (recording and submitting), medians of 3 after one warm-up.
+/// the host's share per step (recording and submitting), medians of 3 after one warm-up. On a
+/// GPU twice, side by side: with updates submitted together (the default) and one by one.
 fn bench_epoch(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
     let (rows, input, widths, batch) = if options.quick {
         (4096usize, 64usize, vec![128usize, 10], 256usize)
@@ -702,37 +714,49 @@ fn bench_epoch(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> 
     let (mut trainer, flops) = bench_trainer(device, input, &widths, batch, rows)?;
     let (x, labels) = synthetic(rows, input, widths[widths.len() - 1]);
     trainer.load_data(&x, Targets::Classes(&labels))?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut host = Vec::new();
-    let t = measure(1, 3, || {
-        let start = Instant::now();
-        let mut order: Vec<u32> = (0..rows as u32).collect();
-        order.shuffle(&mut rng);
-        trainer.set_order(&order)?;
-        let mut host_time = 0.0;
-        for s in (0..rows).step_by(batch) {
-            let t0 = Instant::now();
-            trainer.step_data(s, batch.min(rows - s))?;
-            host_time += t0.elapsed().as_secs_f64();
-        }
-        host.push(host_time / rows.div_ceil(batch) as f64);
-        if let Device::Gpu(ctx) = device {
-            ctx.wait_idle()?;
-        }
-        Ok(start.elapsed().as_secs_f64())
-    })?;
-    let measured = Measured::Epoch {
-        rows,
-        input,
-        widths,
-        batch,
+    let per_submit: &[usize] = match device {
+        Device::Gpu(_) => &[crate::train::DEFAULT_STEPS_PER_SUBMIT, 1],
+        Device::Cpu => &[crate::train::DEFAULT_STEPS_PER_SUBMIT],
     };
-    let mut r = row(measured, device, t, Timing::Wall);
-    r.gflops = Some(flops / t / 1e9);
-    if matches!(device, Device::Gpu(_)) {
-        r.host_s = Some(median(host.split_off(host.len().saturating_sub(3))));
+    let mut out = Vec::new();
+    for &steps_per_submit in per_submit {
+        trainer.set_steps_per_submit(steps_per_submit)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut host = Vec::new();
+        let t = measure(1, 3, || {
+            let start = Instant::now();
+            let mut order: Vec<u32> = (0..rows as u32).collect();
+            order.shuffle(&mut rng);
+            trainer.set_order(&order)?;
+            let mut host_time = 0.0;
+            for s in (0..rows).step_by(batch) {
+                let t0 = Instant::now();
+                trainer.step_data(s, batch.min(rows - s))?;
+                host_time += t0.elapsed().as_secs_f64();
+            }
+            host.push(host_time / rows.div_ceil(batch) as f64);
+            // The last updates may still be queued: reading the losses submits them.
+            trainer.losses()?;
+            if let Device::Gpu(ctx) = device {
+                ctx.wait_idle()?;
+            }
+            Ok(start.elapsed().as_secs_f64())
+        })?;
+        let measured = Measured::Epoch {
+            rows,
+            input,
+            widths: widths.clone(),
+            batch,
+            steps_per_submit,
+        };
+        let mut r = row(measured, device, t, Timing::Wall);
+        r.gflops = Some(flops / t / 1e9);
+        if matches!(device, Device::Gpu(_)) {
+            r.host_s = Some(median(host.split_off(host.len().saturating_sub(3))));
+        }
+        out.push(r);
     }
-    Ok(vec![r])
+    Ok(out)
 }
 
 fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {

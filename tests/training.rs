@@ -510,3 +510,97 @@ test_device!(
     resident_data_matches_host_batches,
     super::resident_data_trains_like_host_batches
 );
+
+/// Updates from loaded data queued and submitted several at a time give what one submission
+/// per update gives, to the bit: losses, parameters and optimizer state, with reads, writes,
+/// host batches, a new order, short batches and the loss history filling between queued
+/// updates. Adam's scalars and clipping make every queued update's uniforms differ.
+fn queued_updates_match_one_per_submit(device: &Device) {
+    let rows = 37;
+    let x = common::random(rows * 5, -1.0, 1.0, 41);
+    let labels = common::random_labels(rows, 3, 42);
+    let model = Sequential::new(
+        5,
+        vec![
+            Layer::Dense { out: 7 },
+            Layer::Activation(Activation::Relu),
+            Layer::Dense { out: 3 },
+        ],
+        Loss::CrossEntropy,
+    )
+    .unwrap();
+    let opts = TrainOptions {
+        optimizer: kiln::Optimizer::new(kiln::optim::Adam::default()).unwrap(),
+        max_batch: 8,
+        clip_grad_norm: Some(0.5),
+        ..options()
+    };
+    let schedule = || {
+        Scheduler::from_kind(
+            0.01,
+            Kind::CosineAnnealing {
+                t_max: 300,
+                eta_min: 0.0,
+            },
+        )
+        .unwrap()
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let run = |steps_per_submit: usize| {
+        let mut t = Trainer::new(device, model.clone(), opts.clone(), schedule()).unwrap();
+        t.set_steps_per_submit(steps_per_submit).unwrap();
+        t.load_data(&x, Targets::Classes(&labels)).unwrap();
+        let mut seen = Vec::new();
+        // More updates than the loss history holds, in epochs of 5 batches (the last of 5 rows).
+        let updates = kiln::train::LOSS_HISTORY + 40;
+        for u in 0..updates {
+            let (epoch, batch) = (u / 5, u % 5);
+            if batch == 0 {
+                let order: Vec<u32> = (0..rows as u32)
+                    .map(|r| (r * (2 * epoch as u32 + 1) + epoch as u32) % rows as u32)
+                    .collect();
+                t.set_order(&order).unwrap();
+            }
+            let start = batch * 8;
+            t.step_data(start, (rows - start).min(8)).unwrap();
+            // Between queued updates: reads, writes and a host batch.
+            match u {
+                7 => seen.push(t.parameters().unwrap()),
+                11 => seen.push(t.predict(&x[..3 * 5]).unwrap()),
+                13 => {
+                    let mut p = t.parameters().unwrap();
+                    p[0] += 0.25;
+                    t.set_parameters(&p).unwrap();
+                }
+                17 => {
+                    t.step(&x[..6 * 5], Targets::Classes(&labels[..6])).unwrap();
+                }
+                23 => seen.push(t.losses().unwrap().to_vec()),
+                29 => {
+                    let state = t.state().unwrap();
+                    seen.push(state.params);
+                    seen.extend(state.optimizer.blocks.into_iter().map(|(_, b)| b));
+                }
+                _ => {}
+            }
+        }
+        seen.push(t.losses().unwrap().to_vec());
+        seen.push(t.parameters().unwrap());
+        let state = t.state().unwrap();
+        seen.extend(state.optimizer.blocks.into_iter().map(|(_, b)| b));
+        seen.iter().map(|v| bits(v)).collect::<Vec<_>>()
+    };
+    let one = run(1);
+    for n in [3, 16, kiln::train::MAX_STEPS_PER_SUBMIT] {
+        assert_eq!(run(n), one, "{n} updates per submission");
+    }
+    let mut t = Trainer::new(device, model.clone(), opts.clone(), schedule()).unwrap();
+    for n in [0, kiln::train::MAX_STEPS_PER_SUBMIT + 1] {
+        let e = t.set_steps_per_submit(n).unwrap_err().to_string();
+        assert!(e.contains("steps_per_submit"), "{e}");
+    }
+}
+test_device!(
+    queued_updates_are_exact,
+    super::queued_updates_match_one_per_submit
+);

@@ -574,3 +574,99 @@ impl Recorded {
         self.dispatch.grid = launch.grid;
     }
 }
+
+/// A list of launches recorded `count` times, every copy's uniform blocks in one buffer: work
+/// queued for one submission fills a copy per item (an update's learning rate, history slot,
+/// batch offsets), and one write carries them all. The kernels and bindings of launch `j` are
+/// the same in every copy; only its uniform block and grid differ.
+pub struct RecordedCopies {
+    uniforms: wgpu::Buffer,
+    /// Bytes of one copy's blocks (a multiple of the uniform offset alignment).
+    stride: usize,
+    /// Byte offset of each launch's block within a copy, and its length.
+    blocks: Vec<(usize, usize)>,
+    /// Every copy's blocks as the host last set them.
+    bytes: Vec<u8>,
+    /// `copies[k][j]`: launch `j` of copy `k`.
+    copies: Vec<Vec<Dispatch>>,
+}
+
+impl RecordedCopies {
+    /// Records `launches` (with `buffers[j]` bound to launch `j`, its uniform block last)
+    /// `count` times.
+    pub fn new(
+        ctx: &GpuContext,
+        label: &str,
+        launches: &[kernels::Launch],
+        buffers: &[Vec<BufferRange<'_>>],
+        count: usize,
+    ) -> Self {
+        debug_assert_eq!(launches.len(), buffers.len());
+        let align = ctx.limits().min_uniform_buffer_offset_alignment as usize;
+        let mut blocks = Vec::with_capacity(launches.len());
+        let mut stride = 0;
+        for l in launches {
+            blocks.push((stride, l.uniform.len()));
+            stride += l.uniform.len().next_multiple_of(align);
+        }
+        let stride = stride.max(align);
+        let mut bytes = vec![0u8; stride * count];
+        for k in 0..count {
+            for (l, &(at, len)) in launches.iter().zip(&blocks) {
+                bytes[k * stride + at..][..len].copy_from_slice(&l.uniform);
+            }
+        }
+        let uniforms = ctx.uniform_bytes(label, &bytes);
+        let copies = (0..count)
+            .map(|k| {
+                launches
+                    .iter()
+                    .zip(buffers)
+                    .zip(&blocks)
+                    .map(|((l, b), &(at, len))| {
+                        let uniform = BufferRange {
+                            buffer: &uniforms,
+                            offset: (k * stride + at) as u64,
+                            size: NonZeroU64::new(len as u64),
+                        };
+                        ctx.record_with_uniform(l, b, uniform)
+                    })
+                    .collect()
+            })
+            .collect();
+        RecordedCopies {
+            uniforms,
+            stride,
+            blocks,
+            bytes,
+            copies,
+        }
+    }
+
+    /// How many copies there are.
+    pub fn count(&self) -> usize {
+        self.copies.len()
+    }
+
+    /// Points launch `index` of copy `copy` at `launch`'s uniforms and grid (same kernel, same
+    /// bindings), from the next [`RecordedCopies::upload`] on.
+    pub fn set(&mut self, copy: usize, index: usize, launch: &kernels::Launch) {
+        let (at, len) = self.blocks[index];
+        debug_assert_eq!(len, launch.uniform.len(), "{}", launch.kernel.entry);
+        self.bytes[copy * self.stride + at..][..len].copy_from_slice(&launch.uniform);
+        self.copies[copy][index].grid = launch.grid;
+    }
+
+    /// The launches of copy `copy`.
+    pub fn dispatches(&self, copy: usize) -> &[Dispatch] {
+        &self.copies[copy]
+    }
+
+    /// Writes the blocks of the first `copies` copies, in one transfer, ahead of the next
+    /// submission.
+    pub fn upload(&self, queue: &wgpu::Queue, copies: usize) {
+        if copies > 0 {
+            queue.write_buffer(&self.uniforms, 0, &self.bytes[..copies * self.stride]);
+        }
+    }
+}

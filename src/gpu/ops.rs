@@ -18,17 +18,28 @@ impl GpuContext {
     /// last.
     pub fn record(&self, launch: &Launch, buffers: &[BufferRange<'_>]) -> Recorded {
         let uniform = self.uniform_bytes(launch.kernel.entry, &launch.uniform);
+        Recorded {
+            dispatch: self.record_with_uniform(launch, buffers, (&uniform).into()),
+            uniform,
+        }
+    }
+
+    /// Records `launch` over `buffers` with its uniform block read from `uniform` (a range
+    /// the caller fills; `launch.uniform` is not written).
+    pub fn record_with_uniform(
+        &self,
+        launch: &Launch,
+        buffers: &[BufferRange<'_>],
+        uniform: BufferRange<'_>,
+    ) -> Dispatch {
         let pipeline = self.pipeline(launch.kernel, &launch.constants, &launch.defines);
         let mut all = buffers.to_vec();
-        all.push((&uniform).into());
+        all.push(uniform);
         let bind_group = self.bind_group(&pipeline, &all);
-        Recorded {
-            dispatch: Dispatch {
-                pipeline,
-                bind_group,
-                grid: launch.grid,
-            },
-            uniform,
+        Dispatch {
+            pipeline,
+            bind_group,
+            grid: launch.grid,
         }
     }
 

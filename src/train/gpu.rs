@@ -2,8 +2,13 @@
 //! the batch, the targets and the small uniforms that change (loss slot, the optimizer's
 //! scalars), then records every dispatch of the step program into one compute pass of one
 //! command encoder and submits it once.
+//!
+//! Updates on resident data are queued instead, up to `steps_per_submit` of them, and go to
+//! the GPU in one submission with their uniforms in one write: whatever reads from the device
+//! or writes what the queued updates use submits them first, so nothing can tell the
+//! difference but the host's time.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kiln_schedule::Observation;
 
@@ -12,7 +17,9 @@ use super::{LOSS_HISTORY, OptimizerSnapshot, TrainOptions};
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::{self, Launch};
 use crate::gpu::matmul_tiles::MatmulTiling;
-use crate::gpu::{BufferRange, GpuContext, MapReceiver, Recorded, map_read, wait_mapped};
+use crate::gpu::{
+    BufferRange, Dispatch, GpuContext, MapReceiver, Recorded, RecordedCopies, map_read, wait_mapped,
+};
 use crate::model::{ParamLayout, Sequential};
 use crate::ops::Loss;
 use crate::optim::{NO_SKIP, Optimizer, Scalars, UpdateUniform};
@@ -36,7 +43,11 @@ pub struct GpuStep {
     acts: Vec<wgpu::Buffer>,
     /// Every instruction of the step program with its recorded launches; the first
     /// `forward_len` are the forward pass.
-    step: Vec<(Instr, Vec<Recorded>)>,
+    step: Vec<(Instr, Recording)>,
+    /// Updates recorded but not yet submitted, and the launches that differ between them.
+    queued: Mutex<Queued>,
+    /// Resident-data updates queued before one submission (1: each submitted at once).
+    steps_per_submit: usize,
     forward_len: usize,
     /// The batch the buffers were sized for, and the matmul tile shapes chosen for it.
     max_batch: usize,
@@ -69,9 +80,41 @@ struct ResidentData {
     order_capacity: usize,
     x_cols: usize,
     y_cols: usize,
-    gather_x: Recorded,
-    gather_y: Recorded,
 }
+
+/// How an instruction of the step program is recorded.
+enum Recording {
+    /// Once: its uniforms change only with the batch size (`GpuStep::set_batch`).
+    Shared(Vec<Recorded>),
+    /// In every copy of `Queued::program`, as launches `range` of a copy: its uniforms
+    /// change every update (history slot, the optimizer's scalars).
+    PerUpdate(std::ops::Range<usize>),
+}
+
+/// Whether an instruction's uniforms change with every update.
+fn per_update(instr: &Instr) -> bool {
+    matches!(
+        instr,
+        Instr::Loss { .. } | Instr::GradNorm | Instr::Clip { .. } | Instr::Update
+    )
+}
+
+/// Updates recorded for the next submission: update `k` of them uses copy `k` of the
+/// per-update launches.
+struct Queued {
+    program: RecordedCopies,
+    /// The two gathers (x, then targets) of a resident-data update, when data is loaded.
+    gathers: Option<RecordedCopies>,
+    count: usize,
+    /// Whether the queued updates gather their batches on the device (else the host wrote
+    /// the one queued update's batch).
+    resident: bool,
+}
+
+/// The most updates one submission carries; `Trainer::set_steps_per_submit` picks up to this.
+pub const MAX_STEPS_PER_SUBMIT: usize = 64;
+/// Updates per submission unless told otherwise.
+pub const DEFAULT_STEPS_PER_SUBMIT: usize = 16;
 
 /// One staging buffer of the ring that brings (loss, ‖g‖²) of a step back without a blocking
 /// read: filled by a copy in the step's own submission, mapped asynchronously, read two steps
@@ -255,6 +298,14 @@ impl GpuStep {
             targets: targets.clone(),
             acts: acts.clone(),
             step: Vec::new(),
+            // Replaced below, once the launches can be computed.
+            queued: Mutex::new(Queued {
+                program: RecordedCopies::new(&ctx, "kiln.per-update", &[], &[], 0),
+                gathers: None,
+                count: 0,
+                resident: false,
+            }),
+            steps_per_submit: DEFAULT_STEPS_PER_SUBMIT,
             forward_len: program.forward.len(),
             history: history.clone(),
             grad_norm_history: grad_norm_history.clone(),
@@ -272,17 +323,34 @@ impl GpuStep {
             ctx: ctx.clone(),
         };
         let mut step = Vec::with_capacity(program.step.len());
+        let (mut per_update_launches, mut per_update_buffers) = (Vec::new(), Vec::new());
         for instr in &program.step {
             let launches = gpu_step.launches(instr, max_batch, 0, &UpdateUniform::default())?;
-            let recorded = buffers
-                .of(&ctx, instr, &launches, max_batch)
-                .iter()
-                .zip(&launches)
-                .map(|(b, l)| ctx.record(l, b))
-                .collect();
-            step.push((*instr, recorded));
+            let bound = buffers.of(&ctx, instr, &launches, max_batch);
+            let recording = if per_update(instr) {
+                let first = per_update_launches.len();
+                per_update_launches.extend(launches);
+                per_update_buffers.extend(bound);
+                Recording::PerUpdate(first..per_update_launches.len())
+            } else {
+                Recording::Shared(
+                    bound
+                        .iter()
+                        .zip(&launches)
+                        .map(|(b, l)| ctx.record(l, b))
+                        .collect(),
+                )
+            };
+            step.push((*instr, recording));
         }
         gpu_step.step = step;
+        gpu_step.queued.get_mut().expect("not shared yet").program = RecordedCopies::new(
+            &ctx,
+            "kiln.per-update",
+            &per_update_launches,
+            &per_update_buffers,
+            MAX_STEPS_PER_SUBMIT,
+        );
         if needs.any() {
             gpu_step.observations = (0..OBSERVATION_RING)
                 .map(|_| ObservationSlot {
@@ -372,106 +440,106 @@ impl GpuStep {
         })
     }
 
-    /// Rewrites the uniforms and grids of `instrs` (indices into the step) for this batch,
-    /// slot and update.
-    fn rewrite(
-        &mut self,
-        which: impl Fn(&Instr) -> bool,
-        batch: usize,
-        slot: u32,
-        update: &UpdateUniform,
-    ) -> Result<()> {
-        for i in 0..self.step.len() {
-            if !which(&self.step[i].0) {
-                continue;
-            }
-            let launches = self.launches(&self.step[i].0, batch, slot, update)?;
-            for (rec, l) in self.step[i].1.iter_mut().zip(launches) {
-                rec.relaunch(&self.ctx.queue, &l);
-            }
-        }
-        Ok(())
-    }
-
-    /// Rewrites the uniforms and grids that depend on the batch size, if it changed.
+    /// Rewrites the uniforms and grids that depend on the batch size, if it changed. Queued
+    /// updates are submitted first: they were recorded for the batch size before.
     fn set_batch(&mut self, batch: usize) -> Result<()> {
         if batch == self.batch {
             return Ok(());
         }
+        self.submit_queued()?;
         let no_update = UpdateUniform::default();
-        self.rewrite(
-            |i| {
-                matches!(
-                    i,
-                    Instr::Matmul { .. }
-                        | Instr::BiasGrad { .. }
-                        | Instr::ActForward { .. }
-                        | Instr::ActBackward { .. }
-                )
-            },
-            batch,
-            0,
-            &no_update,
-        )?;
+        for i in 0..self.step.len() {
+            let Recording::Shared(recorded) = &self.step[i].1 else {
+                continue;
+            };
+            let launches = self.launches(&self.step[i].0, batch, 0, &no_update)?;
+            debug_assert_eq!(recorded.len(), launches.len());
+            let Recording::Shared(recorded) = &mut self.step[i].1 else {
+                unreachable!("checked above")
+            };
+            for (rec, l) in recorded.iter_mut().zip(launches) {
+                rec.relaunch(&self.ctx.queue, &l);
+            }
+        }
         self.batch = batch;
+        Ok(())
+    }
+
+    /// How many resident-data updates to queue before submitting them together (1 to
+    /// [`MAX_STEPS_PER_SUBMIT`]).
+    pub fn set_steps_per_submit(&mut self, n: usize) -> Result<()> {
+        self.submit_queued()?;
+        self.steps_per_submit = n.clamp(1, MAX_STEPS_PER_SUBMIT);
         Ok(())
     }
 
     /// Uploads a data set once; steps from it gather their rows on the device.
     pub fn load_data(&mut self, x: &[f32], y: &[f32], rows: usize) -> Result<()> {
+        self.submit_queued()?;
         let x_buf = self.ctx.upload("resident data x", x)?;
         let y_buf = self.ctx.upload("resident data targets", y)?;
         // Room for an order of every row; `set_order` makes a larger one if needed.
         let order = self.ctx.storage_buffer("batch order", rows)?;
         let (x_cols, y_cols) = (x.len() / rows, y.len() / rows);
-        self.data = Some(self.record_gathers(x_buf, y_buf, order, rows, x_cols, y_cols));
+        self.record_gathers(x_buf, y_buf, order, rows, x_cols, y_cols);
         Ok(())
     }
 
-    /// The two gathers of a step from resident data, recorded once.
+    /// Keeps `x`, `y` and `order` as the resident data, with its two gathers recorded once
+    /// per queue slot.
     fn record_gathers(
-        &self,
+        &mut self,
         x: wgpu::Buffer,
         y: wgpu::Buffer,
         order: wgpu::Buffer,
         order_capacity: usize,
         x_cols: usize,
         y_cols: usize,
-    ) -> ResidentData {
+    ) {
         let max_dim = self.ctx.max_dim();
-        let gather = |src: &wgpu::Buffer, dst: &wgpu::Buffer, cols: usize| {
-            let launch = kernels::gather(0, self.max_batch, cols, max_dim);
-            self.ctx
-                .record(&launch, &[src.into(), (&order).into(), dst.into()])
-        };
-        ResidentData {
-            gather_x: gather(&x, &self.input, x_cols),
-            gather_y: gather(&y, &self.targets, y_cols),
+        let launches =
+            [x_cols, y_cols].map(|cols| kernels::gather(0, self.max_batch, cols, max_dim));
+        let buffers = [(&x, &self.input), (&y, &self.targets)]
+            .map(|(src, dst)| vec![src.into(), (&order).into(), dst.into()]);
+        let gathers = RecordedCopies::new(
+            &self.ctx,
+            "kiln.gathers",
+            &launches,
+            &buffers,
+            MAX_STEPS_PER_SUBMIT,
+        );
+        self.queued
+            .get_mut()
+            .expect("the queue lock is never poisoned")
+            .gathers = Some(gathers);
+        self.data = Some(ResidentData {
             x,
             y,
             order,
             order_capacity,
             x_cols,
             y_cols,
-        }
+        });
     }
 
     /// The order steps take rows in, uploaded once for all of them.
     pub fn set_order(&mut self, order: &[u32]) -> Result<()> {
         const LOADED: &str = "the trainer checks data is loaded";
+        // Queued updates read the order they were queued with.
+        self.submit_queued()?;
         let capacity = self.data.as_ref().expect(LOADED).order_capacity;
         if order.len() > capacity {
             // Allocated before the data is touched: if it fails, the last order still stands.
             let buffer = self.ctx.storage_buffer("batch order", order.len())?;
             let data = self.data.take().expect(LOADED);
-            self.data = Some(self.record_gathers(
+            self.record_gathers(
                 data.x,
                 data.y,
                 buffer,
                 order.len(),
                 data.x_cols,
                 data.y_cols,
-            ));
+            );
         }
         let data = self.data.as_ref().expect(LOADED);
         self.ctx
@@ -485,6 +553,11 @@ impl GpuStep {
             self.flush_losses()?;
         }
         self.set_batch(batch)?;
+        let resident = matches!(source, super::Batch::Resident { .. });
+        if !resident {
+            // The host writes this update's batch: nothing queued may read it.
+            self.submit_queued()?;
+        }
         let slot = self.pending as u32;
         let update = UpdateUniform {
             len: self.param_len as u32,
@@ -493,9 +566,29 @@ impl GpuStep {
             _pad: 0,
             scalars: self.optimizer.rule().scalars(lr, &mut self.scalars)?,
         };
-        let queue = &self.ctx.queue;
+        let per_update_launches = self
+            .step
+            .iter()
+            .filter_map(|(instr, r)| match r {
+                Recording::PerUpdate(range) => Some((instr, range.clone())),
+                Recording::Shared(_) => None,
+            })
+            .map(|(instr, range)| Ok((range, self.launches(instr, batch, slot, &update)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let max_dim = self.ctx.max_dim();
+        let queued = self
+            .queued
+            .get_mut()
+            .expect("the queue lock is never poisoned");
+        let copy = queued.count;
+        for (range, launches) in per_update_launches {
+            for (j, l) in range.zip(&launches) {
+                queued.program.set(copy, j, l);
+            }
+        }
         match source {
             super::Batch::Host { x, targets } => {
+                let queue = &self.ctx.queue;
                 queue.write_buffer(&self.input, 0, bytemuck::cast_slice(x));
                 queue.write_buffer(
                     &self.targets,
@@ -506,66 +599,93 @@ impl GpuStep {
             super::Batch::Resident { start } => {
                 let data = self
                     .data
-                    .as_mut()
+                    .as_ref()
                     .expect("the trainer checks data is loaded");
-                let max_dim = self.ctx.max_dim();
-                for (rec, cols) in [
-                    (&mut data.gather_x, data.x_cols),
-                    (&mut data.gather_y, data.y_cols),
-                ] {
-                    rec.relaunch(queue, &kernels::gather(start, batch, cols, max_dim));
+                let gathers = queued
+                    .gathers
+                    .as_mut()
+                    .expect("gathers are recorded with the data");
+                for (j, cols) in [data.x_cols, data.y_cols].into_iter().enumerate() {
+                    gathers.set(copy, j, &kernels::gather(start, batch, cols, max_dim));
                 }
             }
         }
-        // The step's own uniforms: the history slot it writes, the update's scalars.
-        self.rewrite(
-            |i| {
-                matches!(
-                    i,
-                    Instr::Loss { .. } | Instr::GradNorm | Instr::Clip { .. } | Instr::Update
-                )
-            },
-            batch,
-            slot,
-            &update,
-        )?;
+        queued.count += 1;
+        queued.resident = resident;
+        self.pending += 1;
+        self.updates += 1;
 
-        // A step from resident data starts by gathering its batch there.
-        let resident = match source {
-            super::Batch::Resident { .. } => self.data.as_ref(),
-            super::Batch::Host { .. } => None,
-        };
-        let gathers = resident
-            .into_iter()
-            .flat_map(|d| [&d.gather_x.dispatch, &d.gather_y.dispatch]);
-        let dispatches = gathers.chain(
-            self.step
-                .iter()
-                .flat_map(|(_, r)| r.iter().map(|r| &r.dispatch)),
-        );
+        // Observation-driven schedules read each update's numbers back: it goes at once, with
+        // the copy into the observation ring behind it.
         let ring = self.observations.len();
-        let observe = (ring > 0).then(|| self.updates as usize % ring);
-        let with_norm = self.with_norm;
-        let (history, norms) = (&self.history, &self.grad_norm_history);
-        let target = observe.map(|i| &self.observations[i].buffer);
-        let index = self.ctx.submit_then(dispatches, |encoder| {
-            if let Some(target) = target {
-                let at = slot as u64 * 4;
-                encoder.copy_buffer_to_buffer(history, at, target, 0, 4);
-                if with_norm {
-                    encoder.copy_buffer_to_buffer(norms, at, target, 4, 4);
-                }
-            }
-        })?;
-        if let Some(i) = observe {
+        if ring > 0 {
+            let update_index = self.updates - 1;
+            let i = update_index as usize % ring;
+            let with_norm = self.with_norm;
+            let (history, norms) = (&self.history, &self.grad_norm_history);
+            let target = &self.observations[i].buffer;
+            let index = self
+                .submit_queued_then(|encoder| {
+                    let at = slot as u64 * 4;
+                    encoder.copy_buffer_to_buffer(history, at, target, 0, 4);
+                    if with_norm {
+                        encoder.copy_buffer_to_buffer(norms, at, target, 4, 4);
+                    }
+                })?
+                .expect("an update was queued");
             let o = &mut self.observations[i];
             o.mapped = Some(map_read(&o.buffer.slice(..)));
             o.submission = Some(index);
-            o.update = self.updates;
+            o.update = update_index;
+        } else if !resident || copy + 1 >= self.steps_per_submit {
+            self.submit_queued()?;
         }
-        self.pending += 1;
-        self.updates += 1;
         Ok(())
+    }
+
+    /// Submits the queued updates, if any.
+    fn submit_queued(&self) -> Result<()> {
+        self.submit_queued_then(|_| {}).map(|_| ())
+    }
+
+    /// Submits the queued updates in one compute pass with their uniforms in one write, and
+    /// `after` recording more commands behind it; `None` if none were queued.
+    fn submit_queued_then(
+        &self,
+        after: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<Option<wgpu::SubmissionIndex>> {
+        let mut queued = self
+            .queued
+            .lock()
+            .expect("the queue lock is never poisoned");
+        if queued.count == 0 {
+            return Ok(None);
+        }
+        let gathers = match (&queued.gathers, queued.resident) {
+            (Some(g), true) => {
+                g.upload(&self.ctx.queue, queued.count);
+                Some(g)
+            }
+            (None, true) => unreachable!("resident updates are queued with data loaded"),
+            (_, false) => None,
+        };
+        queued.program.upload(&self.ctx.queue, queued.count);
+        let program = &queued.program;
+        let dispatches = (0..queued.count).flat_map(|k| {
+            let gather = gathers.into_iter().flat_map(move |g| g.dispatches(k));
+            let step = self.step.iter().flat_map(move |(_, r)| {
+                let (shared, per_update): (&[Recorded], &[Dispatch]) = match r {
+                    Recording::Shared(recorded) => (recorded, &[]),
+                    Recording::PerUpdate(range) => (&[], &program.dispatches(k)[range.clone()]),
+                };
+                shared.iter().map(|r| &r.dispatch).chain(per_update)
+            });
+            gather.chain(step)
+        });
+        let submitted = self.ctx.submit_then(dispatches, after);
+        // Gone to the GPU or failed there: either way they are no longer queued.
+        queued.count = 0;
+        submitted.map(Some)
     }
 
     /// The loss (and ‖g‖², when computed) of update `update`, one of the last few. Waits only
@@ -616,6 +736,7 @@ impl GpuStep {
 
     /// Reads the losses waiting in the GPU history back in one transfer.
     fn flush_losses(&mut self) -> Result<()> {
+        self.submit_queued()?;
         let values = self.ctx.read_back(&self.history, 0, self.pending)?;
         self.losses.extend(values);
         self.pending = 0;
@@ -630,13 +751,18 @@ impl GpuStep {
     pub fn predict(&mut self, x: &[f32], batch: usize) -> Result<Vec<f32>> {
         debug_assert_eq!(x.len(), batch * self.input_width);
         self.set_batch(batch)?;
+        // Queued updates read the input buffer this overwrites.
+        self.submit_queued()?;
         self.ctx
             .queue
             .write_buffer(&self.input, 0, bytemuck::cast_slice(x));
         self.ctx.submit(
             self.step[..self.forward_len]
                 .iter()
-                .flat_map(|(_, r)| r.iter().map(|r| &r.dispatch)),
+                .flat_map(|(_, r)| match r {
+                    Recording::Shared(recorded) => recorded.iter().map(|r| &r.dispatch),
+                    Recording::PerUpdate(_) => unreachable!("the forward pass is shared"),
+                }),
         )?;
         let last = self.acts.len() - 1;
         self.ctx
@@ -646,6 +772,7 @@ impl GpuStep {
     /// The optimizer's scalar state and every state block in its binding order (read back
     /// from the GPU; unused blocks empty).
     pub fn optimizer_state(&self) -> Result<OptimizerSnapshot> {
+        self.submit_queued()?;
         let mut blocks = Vec::new();
         for (b, buf) in self.optimizer.rule().state().iter().zip(&self.state) {
             blocks.push(if b.used {
@@ -659,7 +786,8 @@ impl GpuStep {
 
     /// Continues after `steps` updates of an earlier run with the optimizer state it had
     /// (every block in binding order, checked by the trainer; unused ones empty).
-    pub fn restore(&mut self, scalars: Scalars, blocks: &[Vec<f32>], steps: u64) {
+    pub fn restore(&mut self, scalars: Scalars, blocks: &[Vec<f32>], steps: u64) -> Result<()> {
+        self.submit_queued()?;
         for (values, buf) in blocks.iter().zip(&self.state) {
             if !values.is_empty() {
                 self.ctx
@@ -669,15 +797,19 @@ impl GpuStep {
         }
         self.scalars = scalars;
         self.updates = steps;
+        Ok(())
     }
 
     pub fn parameters(&self) -> Result<Vec<f32>> {
+        self.submit_queued()?;
         self.ctx.read_back(&self.params, 0, self.param_len)
     }
 
-    pub fn set_parameters(&mut self, params: &[f32]) {
+    pub fn set_parameters(&mut self, params: &[f32]) -> Result<()> {
+        self.submit_queued()?;
         self.ctx
             .queue
             .write_buffer(&self.params, 0, bytemuck::cast_slice(params));
+        Ok(())
     }
 }

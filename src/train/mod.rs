@@ -15,6 +15,7 @@ use crate::error::{KilnError, Result};
 use crate::model::{ParamLayout, Sequential};
 use crate::ops::{self, Targets};
 use crate::optim::{Optimizer, Scalars};
+pub use gpu::{DEFAULT_STEPS_PER_SUBMIT, MAX_STEPS_PER_SUBMIT};
 use program::Program;
 
 /// Losses kept on the GPU before a bulk read-back.
@@ -455,9 +456,29 @@ impl Trainer {
         ops::check_finite("parameters", params)?;
         match &mut self.backend {
             Backend::Cpu(s) => s.set_parameters(params),
-            Backend::Gpu(s) => s.set_parameters(params),
+            Backend::Gpu(s) => s.set_parameters(params)?,
         }
         Ok(())
+    }
+
+    /// How many updates from loaded data ([`Trainer::step_data`]) a GPU queues and submits
+    /// together, their learning rates and other uniforms written in one transfer (1 to
+    /// [`MAX_STEPS_PER_SUBMIT`]; default [`DEFAULT_STEPS_PER_SUBMIT`]). Results do not depend
+    /// on it: anything that reads from the device, or writes what a queued update uses,
+    /// submits the queue first. Updates go one at a time regardless when the schedule reads
+    /// every update's loss or gradient norm, and on the CPU device. A GPU error in a queued
+    /// update is reported by the call that submits it.
+    pub fn set_steps_per_submit(&mut self, n: usize) -> Result<()> {
+        if !(1..=MAX_STEPS_PER_SUBMIT).contains(&n) {
+            return Err(KilnError::invalid(
+                "steps_per_submit",
+                format!("{n} is not between 1 and {MAX_STEPS_PER_SUBMIT}"),
+            ));
+        }
+        match &mut self.backend {
+            Backend::Cpu(_) => Ok(()),
+            Backend::Gpu(s) => s.set_steps_per_submit(n),
+        }
     }
 
     /// When the schedule steps.
@@ -703,7 +724,7 @@ impl Trainer {
         }
         match &mut trainer.backend {
             Backend::Cpu(s) => s.restore(scalars, blocks, state.steps),
-            Backend::Gpu(s) => s.restore(scalars, &blocks, state.steps),
+            Backend::Gpu(s) => s.restore(scalars, &blocks, state.steps)?,
         }
         // A one-update-late schedule reads the observations of the two updates before the
         // checkpoint from it: they must be there, once each, and nothing else.
