@@ -205,3 +205,42 @@ fn a_checkpoint_directory_belongs_to_one_run_at_a_time() {
     drop(second);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// On a GPU the default run keeps its training and validation rows on the device and says
+/// so; its evaluations equal the CPU device's within the GPU's rounding.
+#[test]
+fn a_gpu_run_keeps_its_validation_rows_on_the_device() {
+    let Some(gpu) = common::gpu_device() else {
+        return;
+    };
+    let run = |device: &Device| {
+        let mut run = Run::new(
+            RunConfig::default_run(),
+            Path::new("."),
+            device,
+            None,
+            Some(40),
+        )
+        .unwrap();
+        while !run.finished() {
+            run.step().unwrap();
+        }
+        let placement = run.placement().to_string();
+        (run.evaluate().unwrap().unwrap(), placement)
+    };
+    let (on_gpu, placement) = run(&gpu);
+    assert!(
+        placement.contains("training rows on the device")
+            && placement.contains("validation rows there too"),
+        "{placement}"
+    );
+    let (on_cpu, _) = run(&Device::Cpu);
+    assert!(
+        (on_gpu.loss - on_cpu.loss).abs() <= 1e-4 * on_cpu.loss.abs().max(1.0),
+        "{on_gpu:?} {on_cpu:?}"
+    );
+    assert!(
+        (on_gpu.accuracy.unwrap() - on_cpu.accuracy.unwrap()).abs() <= 0.01,
+        "{on_gpu:?} {on_cpu:?}"
+    );
+}

@@ -604,3 +604,55 @@ test_device!(
     queued_updates_are_exact,
     super::queued_updates_match_one_per_submit
 );
+
+/// Validation rows loaded on the device predict to the bit as the same rows given from the
+/// host, whatever the device's queue holds (chunks of max_batch, a short last chunk, queued
+/// updates before the prediction and a changed batch size after it).
+fn resident_validation_predicts_like_host_rows(device: &Device) {
+    let (x, labels) = task();
+    let mut trainer = Trainer::new(
+        device,
+        classifier(),
+        TrainOptions {
+            max_batch: 16,
+            ..options()
+        },
+        Scheduler::fixed(0.05).unwrap(),
+    )
+    .unwrap();
+    let e = trainer.predict_validation().unwrap_err().to_string();
+    assert!(e.contains("no validation rows are loaded"), "{e}");
+    let e = trainer.load_validation(&x[..9]).unwrap_err().to_string();
+    assert!(e.contains("validation rows"), "{e}");
+    let mut bad = x[..8].to_vec();
+    bad[3] = f32::NAN;
+    let e = trainer.load_validation(&bad).unwrap_err().to_string();
+    assert!(e.contains("NaN") || e.contains("finite"), "{e}");
+
+    // 45 rows: two full chunks of 16 and one of 13.
+    let held_out = &x[100 * 4..145 * 4];
+    trainer.load_validation(held_out).unwrap();
+    trainer
+        .load_data(&x[..100 * 4], Targets::Classes(&labels[..100]))
+        .unwrap();
+    trainer.set_order(&(0..100).collect::<Vec<u32>>()).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for round in 0..3 {
+        for s in 0..5 {
+            trainer.step_data(s * 16, 16).unwrap();
+        }
+        let resident = trainer.predict_validation().unwrap();
+        assert_eq!(resident.len(), 45 * 3);
+        assert_eq!(
+            bits(&resident),
+            bits(&trainer.predict(held_out).unwrap()),
+            "round {round}"
+        );
+        // A short batch after a prediction trains on its own batch size.
+        trainer.step_data(96, 4).unwrap();
+    }
+}
+test_device!(
+    resident_validation_is_exact,
+    super::resident_validation_predicts_like_host_rows
+);

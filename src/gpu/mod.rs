@@ -5,6 +5,7 @@ pub mod adapter;
 pub mod kernels;
 pub mod matmul_tiles;
 mod ops;
+pub use ops::encode_pass;
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;

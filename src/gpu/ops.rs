@@ -13,6 +13,22 @@ use crate::ops::{Activation, Loss, MatmulDims, Targets, Transpose};
 use crate::optim::{Optimizer, StateBlock, UpdateUniform};
 use crate::timing::measure;
 
+/// Records `dispatches`, in order, into one compute pass of `encoder`.
+pub fn encode_pass<'a>(
+    encoder: &mut wgpu::CommandEncoder,
+    dispatches: impl IntoIterator<Item = &'a Dispatch>,
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("kiln"),
+        timestamp_writes: None,
+    });
+    for d in dispatches {
+        pass.set_pipeline(&d.pipeline.pipeline);
+        pass.set_bind_group(d.pipeline.group, &d.bind_group, &[]);
+        pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
+    }
+}
+
 impl GpuContext {
     /// Records `launch` over `buffers`, with a new uniform block holding its parameters bound
     /// last.
@@ -58,18 +74,13 @@ impl GpuContext {
         after: impl FnOnce(&mut wgpu::CommandEncoder),
     ) -> Result<wgpu::SubmissionIndex> {
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("kiln"),
-                timestamp_writes: None,
-            });
-            for d in dispatches {
-                pass.set_pipeline(&d.pipeline.pipeline);
-                pass.set_bind_group(d.pipeline.group, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
-            }
-        }
+        encode_pass(&mut encoder, dispatches);
         after(&mut encoder);
+        self.submit_encoder(encoder)
+    }
+
+    /// Submits what `encoder` recorded and reports GPU errors.
+    pub fn submit_encoder(&self, encoder: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
         let index = self.queue.submit([encoder.finish()]);
         self.check_errors()?;
         Ok(index)

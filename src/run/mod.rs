@@ -152,10 +152,24 @@ impl Prepared {
         // On a GPU the training rows go to the device once, when they fit its bindings; each
         // step then gathers its batch there. Otherwise (and on the CPU device, where the rows
         // are in memory already) each step's batch is gathered on the host.
+        // The validation rows follow them there (evaluations then predict on the device and
+        // read the outputs back once), when they fit too.
         let rows = self.train.rows();
         let placement = match &trainer.device() {
             Device::Gpu(_) => match trainer.load_data(&self.train.x, train_targets.as_targets()) {
-                Ok(()) => Placement::Device { rows },
+                Ok(()) => Placement::Device {
+                    rows,
+                    validation: match &self.validation {
+                        None => ValidationPlacement::None,
+                        Some(v) => match trainer.load_validation(&v.x) {
+                            Ok(()) => ValidationPlacement::Device { rows: v.rows() },
+                            Err(e @ KilnError::OverLimit { .. }) => {
+                                ValidationPlacement::Host { why: e.to_string() }
+                            }
+                            Err(e) => return Err(e),
+                        },
+                    },
+                },
                 Err(e @ KilnError::OverLimit { .. }) => Placement::Host { why: e.to_string() },
                 Err(e) => return Err(e),
             },
@@ -218,8 +232,27 @@ pub enum Placement {
     Device {
         /// Rows uploaded.
         rows: usize,
+        /// Where the validation rows are.
+        validation: ValidationPlacement,
     },
     /// On the host; each step's batch is gathered there and uploaded.
+    Host {
+        /// Why.
+        why: String,
+    },
+}
+
+/// Where a run's validation rows are, when its training rows are on the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValidationPlacement {
+    /// The run has no validation split.
+    None,
+    /// On the device, uploaded once; an evaluation predicts there and reads the outputs back.
+    Device {
+        /// Rows uploaded.
+        rows: usize,
+    },
+    /// Sent from the host at each evaluation.
     Host {
         /// Why.
         why: String,
@@ -229,11 +262,20 @@ pub enum Placement {
 impl std::fmt::Display for Placement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Placement::Device { rows } => {
+            Placement::Device { rows, validation } => {
                 write!(
                     f,
                     "data: {rows} training rows on the device, batches gathered there"
-                )
+                )?;
+                match validation {
+                    ValidationPlacement::None => Ok(()),
+                    ValidationPlacement::Device { rows } => {
+                        write!(f, "; {rows} validation rows there too")
+                    }
+                    ValidationPlacement::Host { why } => {
+                        write!(f, "; validation rows sent at each evaluation ({why})")
+                    }
+                }
             }
             Placement::Host { why } => write!(f, "data: batches gathered on the host ({why})"),
         }
@@ -682,7 +724,18 @@ impl Run {
         let Some((data, targets)) = &self.validation else {
             return Ok(None);
         };
-        let out = self.trainer.predict_loaded(&data.x)?;
+        let resident = matches!(
+            self.placement,
+            Placement::Device {
+                validation: ValidationPlacement::Device { .. },
+                ..
+            }
+        );
+        let out = if resident {
+            self.trainer.predict_validation()?
+        } else {
+            self.trainer.predict_loaded(&data.x)?
+        };
         Ok(Some(evaluate(
             self.model.loss(),
             self.model.output(),

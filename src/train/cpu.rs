@@ -35,6 +35,8 @@ pub struct CpuStep {
     /// Data loaded with `Trainer::load_data`, and the buffers batches are gathered into.
     data: Option<HostData>,
     gathered: (Vec<f32>, Vec<f32>),
+    /// Rows `Trainer::load_validation` gave.
+    validation: Option<Vec<f32>>,
 }
 
 /// A data set held for `Trainer::step_data`: inputs, targets as f32, the batch order.
@@ -86,6 +88,7 @@ impl CpuStep {
             grad_norms: (options.clip_grad_norm.is_some() || needs.grad_norm).then(Vec::new),
             data: None,
             gathered: (Vec::new(), Vec::new()),
+            validation: None,
         }
     }
 
@@ -129,6 +132,26 @@ impl CpuStep {
             cols: y.len() / rows,
             order: Vec::new(),
         });
+    }
+
+    pub fn load_validation(&mut self, x: &[f32]) {
+        self.validation = Some(x.to_vec());
+    }
+
+    /// The outputs for the loaded validation rows, in chunks of `max_batch` rows as the GPU
+    /// takes them.
+    pub fn predict_validation(&mut self, max_batch: usize) -> Result<Vec<f32>> {
+        let x = self
+            .validation
+            .take()
+            .expect("the trainer checks validation rows are loaded");
+        let width = self.input_width;
+        let result = x
+            .chunks(max_batch * width)
+            .map(|chunk| self.predict(chunk, chunk.len() / width))
+            .collect::<Result<Vec<_>>>();
+        self.validation = Some(x);
+        Ok(result?.concat())
     }
 
     pub fn set_order(&mut self, order: &[u32]) {

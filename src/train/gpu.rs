@@ -18,7 +18,8 @@ use crate::error::{KilnError, Result};
 use crate::gpu::kernels::{self, Launch};
 use crate::gpu::matmul_tiles::MatmulTiling;
 use crate::gpu::{
-    BufferRange, Dispatch, GpuContext, MapReceiver, Recorded, RecordedCopies, map_read, wait_mapped,
+    BufferRange, Dispatch, GpuContext, MapReceiver, Recorded, RecordedCopies, encode_pass,
+    map_read, wait_mapped,
 };
 use crate::model::{ParamLayout, Sequential};
 use crate::ops::Loss;
@@ -69,6 +70,16 @@ pub struct GpuStep {
     pending: usize,
     /// A data set resident on the device (`Trainer::load_data`).
     data: Option<ResidentData>,
+    /// Validation rows resident on the device (`Trainer::load_validation`).
+    validation: Option<ResidentValidation>,
+}
+
+/// Rows to predict on the device, and room for every output so that one read brings them
+/// all back.
+struct ResidentValidation {
+    x: wgpu::Buffer,
+    outputs: wgpu::Buffer,
+    rows: usize,
 }
 
 /// A data set on the device and the two gathers that start each step taken from it.
@@ -319,6 +330,7 @@ impl GpuStep {
             losses: Vec::new(),
             pending: 0,
             data: None,
+            validation: None,
             widths,
             ctx: ctx.clone(),
         };
@@ -483,6 +495,67 @@ impl GpuStep {
         let (x_cols, y_cols) = (x.len() / rows, y.len() / rows);
         self.record_gathers(x_buf, y_buf, order, rows, x_cols, y_cols);
         Ok(())
+    }
+
+    /// Uploads rows to predict on (a validation split) once; see `predict_validation`.
+    pub fn load_validation(&mut self, x: &[f32], rows: usize) -> Result<()> {
+        // Dropped first: the new buffers may need its memory.
+        self.validation = None;
+        let outputs = rows
+            .checked_mul(self.output_width())
+            .ok_or_else(|| KilnError::shape("validation rows", format!("{rows} rows")))?;
+        let outputs = self.ctx.storage_buffer("validation outputs", outputs)?;
+        let x = self.ctx.upload("validation x", x)?;
+        self.validation = Some(ResidentValidation { x, outputs, rows });
+        Ok(())
+    }
+
+    /// The model's outputs for the loaded validation rows, in chunks of `max_batch` as
+    /// `predict` takes them (so the same numbers): each chunk copied into the input buffer,
+    /// the forward pass, its outputs copied out, all full chunks in one submission, and the
+    /// outputs read back in one transfer.
+    pub fn predict_validation(&mut self) -> Result<Vec<f32>> {
+        const LOADED: &str = "the trainer checks validation rows are loaded";
+        self.submit_queued()?;
+        let rows = self.validation.as_ref().expect(LOADED).rows;
+        let (input, out) = (self.input_width as u64 * 4, self.output_width() as u64 * 4);
+        let full = rows / self.max_batch;
+        let chunks = [
+            (0..full, self.max_batch),
+            (
+                full..full + usize::from(!rows.is_multiple_of(self.max_batch)),
+                rows % self.max_batch,
+            ),
+        ];
+        for (range, batch) in chunks {
+            if range.is_empty() {
+                continue;
+            }
+            self.set_batch(batch)?;
+            let v = self.validation.as_ref().expect(LOADED);
+            let last = &self.acts[self.acts.len() - 1];
+            let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+            for c in range {
+                let (at, n) = ((c * self.max_batch) as u64, batch as u64);
+                encoder.copy_buffer_to_buffer(&v.x, at * input, &self.input, 0, n * input);
+                encode_pass(&mut encoder, self.forward());
+                encoder.copy_buffer_to_buffer(last, 0, &v.outputs, at * out, n * out);
+            }
+            self.ctx.submit_encoder(encoder)?;
+        }
+        let v = self.validation.as_ref().expect(LOADED);
+        self.ctx
+            .read_back(&v.outputs, 0, rows * self.output_width())
+    }
+
+    /// The forward pass's dispatches.
+    fn forward(&self) -> impl Iterator<Item = &Dispatch> {
+        self.step[..self.forward_len]
+            .iter()
+            .flat_map(|(_, r)| match r {
+                Recording::Shared(recorded) => recorded.iter().map(|r| &r.dispatch),
+                Recording::PerUpdate(_) => unreachable!("the forward pass is shared"),
+            })
     }
 
     /// Keeps `x`, `y` and `order` as the resident data, with its two gathers recorded once
@@ -756,14 +829,7 @@ impl GpuStep {
         self.ctx
             .queue
             .write_buffer(&self.input, 0, bytemuck::cast_slice(x));
-        self.ctx.submit(
-            self.step[..self.forward_len]
-                .iter()
-                .flat_map(|(_, r)| match r {
-                    Recording::Shared(recorded) => recorded.iter().map(|r| &r.dispatch),
-                    Recording::PerUpdate(_) => unreachable!("the forward pass is shared"),
-                }),
-        )?;
+        self.ctx.submit(self.forward())?;
         let last = self.acts.len() - 1;
         self.ctx
             .read_back(&self.acts[last], 0, batch * self.output_width())

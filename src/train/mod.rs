@@ -191,6 +191,8 @@ pub struct Trainer {
     /// Rows of the data loaded on the device, and entries of the order set for it.
     data_rows: Option<usize>,
     order_len: usize,
+    /// Rows loaded by `load_validation`.
+    validation_rows: Option<usize>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -275,6 +277,7 @@ impl Trainer {
             last_finite: Observation::default(),
             data_rows: None,
             order_len: 0,
+            validation_rows: None,
         })
     }
 
@@ -521,6 +524,37 @@ impl Trainer {
             });
         }
         Ok(out)
+    }
+
+    /// Puts rows to evaluate on (a validation split, `x` [N, input] row-major) on the
+    /// trainer's device, checked once here; [`Trainer::predict_validation`] then predicts
+    /// them there without sending them again. Replaces any loaded before.
+    pub fn load_validation(&mut self, x: &[f32]) -> Result<()> {
+        let rows = ops::check_rows("validation rows", "x", x.len(), self.model.input())?;
+        ops::check_finite("validation rows `x`", x)?;
+        self.validation_rows = None;
+        match &mut self.backend {
+            Backend::Cpu(s) => s.load_validation(x),
+            Backend::Gpu(s) => s.load_validation(x, rows)?,
+        }
+        self.validation_rows = Some(rows);
+        Ok(())
+    }
+
+    /// The model's output for the rows [`Trainer::load_validation`] loaded, equal to the bit
+    /// to [`Trainer::predict`] on them. On a GPU, the forward passes run over the resident
+    /// rows and the outputs come back in one read.
+    pub fn predict_validation(&mut self) -> Result<Vec<f32>> {
+        if self.validation_rows.is_none() {
+            return Err(KilnError::invalid(
+                "validation",
+                "no validation rows are loaded (Trainer::load_validation)",
+            ));
+        }
+        match &mut self.backend {
+            Backend::Cpu(s) => s.predict_validation(self.options.max_batch),
+            Backend::Gpu(s) => s.predict_validation(),
+        }
     }
 
     /// The parameter arena (layout: [`Trainer::layout`]).
