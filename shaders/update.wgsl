@@ -19,7 +19,9 @@ struct UpdateHeader {
     skip_slot: u32,
     // How many entries of `no_decay` apply.
     no_decay_count: u32,
-    _pad: u32,
+    // Arena index of element 0 of the bound range (the kernel may run on one chunk of an
+    // arena; `no_decay` holds arena indices).
+    base: u32,
 }
 
 const NO_SKIP: u32 = 0xffffffffu;
@@ -41,12 +43,13 @@ fn update_skipped(h: UpdateHeader) -> bool {
     return h.skip_slot != NO_SKIP && !is_finite(loss_history[h.skip_slot]);
 }
 
-// Whether element i takes weight decay. The list is a handful of bias ranges at most (one
-// per dense layer), read by every thread alike, so the loop costs little.
+// Whether element i of the bound range takes weight decay. The list is a handful of bias
+// ranges at most (one per dense layer), read by every thread alike, so the loop costs little.
 fn decays(h: UpdateHeader, i: u32) -> bool {
+    let at = h.base + i;
     for (var r = 0u; r < h.no_decay_count; r++) {
         let span = no_decay[r];
-        if i >= span.x && i < span.y {
+        if at >= span.x && at < span.y {
             return false;
         }
     }

@@ -407,7 +407,10 @@ impl GpuOp {
             let [p, g, h, d] = &buffers[..] else {
                 unreachable!("four buffers")
             };
-            ctx.record(&launch, &kernels::update_bindings(p, g, h, d, &state))
+            ctx.record(
+                &launch,
+                &kernels::update_bindings(p.into(), g.into(), h, d, state.iter().map(Into::into)),
+            )
         };
         buffers.extend(state);
         Ok(GpuOp {

@@ -76,7 +76,7 @@ impl Device {
                     .find(|a| adapter::is_hardware(&a.get_info()))
                 {
                     Some(a) => {
-                        let ctx = GpuContext::from_adapter(a, opts.bounds_checks)?;
+                        let ctx = GpuContext::from_adapter(a, opts)?;
                         let why = format!("device: GPU {} (hardware adapter found)", ctx.name());
                         Ok((Device::Gpu(Arc::new(ctx)), why))
                     }

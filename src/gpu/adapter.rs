@@ -17,6 +17,14 @@ pub struct AdapterOptions {
     /// `GpuContext::pipeline`), so the checks only cost time — loop bounding 10–20× on the
     /// matmul of an H200.
     pub bounds_checks: bool,
+    /// Caps `max_buffer_size` below the adapter's, in bytes: how a model splits on a smaller
+    /// device can be seen (and tested) on a larger one.
+    pub max_buffer_size: Option<u64>,
+    /// Caps `max_storage_buffer_binding_size` below the adapter's, in bytes (as
+    /// `max_buffer_size`).
+    pub max_storage_binding: Option<u64>,
+    /// Caps the device memory Kiln budgets for, in bytes (as `max_buffer_size`).
+    pub max_device_memory: Option<u64>,
 }
 
 impl AdapterOptions {
@@ -33,6 +41,9 @@ impl AdapterOptions {
                     "0" | "false" | "off" | "no"
                 )
             }),
+            max_buffer_size: None,
+            max_storage_binding: None,
+            max_device_memory: None,
         }
     }
 
@@ -118,5 +129,34 @@ pub fn select(opts: &AdapterOptions) -> Result<wgpu::Adapter> {
                     available,
                 })
         }
+    }
+}
+
+/// The adapter's device-local memory in bytes (its largest `DEVICE_LOCAL` heap on Vulkan),
+/// which every buffer of a run must fit in together; `None` where the backend does not say
+/// (wgpu has no query for it; see gfx-rs/wgpu#2447).
+pub(crate) fn device_memory(adapter: &wgpu::Adapter) -> Option<u64> {
+    #[cfg(not(any(target_vendor = "apple", target_arch = "wasm32")))]
+    {
+        // SAFETY: reads the physical device's memory properties through the instance that
+        // made it; both outlive the call, and nothing is created or destroyed.
+        let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+        let instance = hal.shared_instance().raw_instance();
+        let props =
+            unsafe { instance.get_physical_device_memory_properties(hal.raw_physical_device()) };
+        // VK_MEMORY_HEAP_DEVICE_LOCAL_BIT.
+        const DEVICE_LOCAL: u32 = 0x1;
+        props
+            .memory_heaps
+            .iter()
+            .take(props.memory_heap_count as usize)
+            .filter(|h| h.flags.as_raw() & DEVICE_LOCAL != 0)
+            .map(|h| h.size)
+            .max()
+    }
+    #[cfg(any(target_vendor = "apple", target_arch = "wasm32"))]
+    {
+        let _ = adapter;
+        None
     }
 }

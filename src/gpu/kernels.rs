@@ -550,15 +550,14 @@ pub(crate) fn copy(len: usize, max_per_dim: u32) -> Launch {
 /// The buffers of an optimizer kernel in binding order (`crate::optim::update_bindings`):
 /// parameters, gradients, loss history, no-decay ranges, then the state tensors.
 pub(crate) fn update_bindings<'a>(
-    params: &'a wgpu::Buffer,
-    grads: &'a wgpu::Buffer,
+    params: BufferRange<'a>,
+    grads: BufferRange<'a>,
     history: &'a wgpu::Buffer,
     no_decay: &'a wgpu::Buffer,
-    state: &'a [wgpu::Buffer],
+    state: impl IntoIterator<Item = BufferRange<'a>>,
 ) -> Vec<BufferRange<'a>> {
-    let mut b: Vec<BufferRange<'a>> =
-        vec![params.into(), grads.into(), history.into(), no_decay.into()];
-    b.extend(state.iter().map(BufferRange::from));
+    let mut b: Vec<BufferRange<'a>> = vec![params, grads, history.into(), no_decay.into()];
+    b.extend(state);
     b
 }
 
@@ -605,14 +604,19 @@ pub(crate) fn sum_squares(len: usize, slot: u32) -> (Launch, Launch) {
         len: len as u32,
         groups: groups as u32,
     };
-    let last = FinalParams {
-        count: groups as u32,
-        slot,
-    };
     (
         Launch::new(&SUM_SQUARES_PARTIAL, &partial, [groups as u32, 1, 1]),
-        Launch::new(&SUM_SQUARES_FINAL, &last, [1, 1, 1]),
+        sum_squares_final(groups, slot),
     )
+}
+
+/// The second pass of [`sum_squares`] alone, over `count` partials.
+pub(crate) fn sum_squares_final(count: usize, slot: u32) -> Launch {
+    let last = FinalParams {
+        count: count as u32,
+        slot,
+    };
+    Launch::new(&SUM_SQUARES_FINAL, &last, [1, 1, 1])
 }
 
 /// g ← g·min(max_norm/(√(norm_sq[slot]) + 1e-6), 1) over `len` elements.

@@ -2,6 +2,7 @@
 //! and errors turned into `Err` instead of panics.
 
 pub mod adapter;
+pub mod arena;
 pub mod kernels;
 pub mod matmul_tiles;
 mod ops;
@@ -40,6 +41,10 @@ pub struct GpuContext {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     features: wgpu::Features,
+    /// Device-local memory in bytes, where the backend says.
+    memory: Option<u64>,
+    /// Whether `AdapterOptions` capped the buffer limits below the adapter's.
+    capped: bool,
     modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<CachedPipeline>>>,
     /// Errors wgpu reported outside any call that could return them (validation, out of
@@ -66,13 +71,26 @@ impl GpuContext {
     /// buffers at 256 MiB) and the optional features Kiln can use.
     pub fn new(opts: &AdapterOptions) -> Result<Self> {
         let adapter = adapter::select(opts)?;
-        Self::from_adapter(adapter, opts.bounds_checks)
+        Self::from_adapter(adapter, opts)
     }
 
-    /// Opens a device on a chosen adapter; `bounds_checks` as [`AdapterOptions::bounds_checks`].
-    pub fn from_adapter(adapter: wgpu::Adapter, bounds_checks: bool) -> Result<Self> {
+    /// Opens a device on a chosen adapter, with `opts`' bounds checks and limit caps.
+    pub fn from_adapter(adapter: wgpu::Adapter, opts: &AdapterOptions) -> Result<Self> {
         let info = adapter.get_info();
+        let bounds_checks = opts.bounds_checks;
+        let capped = opts.max_buffer_size.is_some() || opts.max_storage_binding.is_some();
+        let memory = match (adapter::device_memory(&adapter), opts.max_device_memory) {
+            (Some(m), Some(cap)) => Some(m.min(cap)),
+            (m, cap) => m.or(cap),
+        };
         let mut limits = adapter.limits();
+        if let Some(cap) = opts.max_buffer_size {
+            limits.max_buffer_size = limits.max_buffer_size.min(cap);
+        }
+        if let Some(cap) = opts.max_storage_binding {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+        }
         // Every size Kiln writes into a uniform is a u32 and every loop counter too (see the
         // termination argument in `pipeline`): bindings stay under 2^31 bytes. Vulkan, DX12
         // and GL adapters report less already; Metal reports its whole buffer size.
@@ -111,6 +129,8 @@ impl GpuContext {
             info,
             limits,
             features,
+            memory,
+            capped,
             modules: Mutex::default(),
             pipelines: Mutex::default(),
             errors,
@@ -128,6 +148,12 @@ impl GpuContext {
     /// The limits the device was opened with (the adapter's own).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// The device-local memory in bytes that Kiln budgets for (a Vulkan adapter's largest
+    /// device-local heap, or `AdapterOptions::max_device_memory`); `None` where unknown.
+    pub fn device_memory(&self) -> Option<u64> {
+        self.memory
     }
 
     /// The optional features enabled (timestamps, subgroups, f16 where the adapter has them).
@@ -176,8 +202,18 @@ impl GpuContext {
 
     /// A zeroed storage buffer of `len` f32s, checked against the limits.
     pub fn storage_buffer(&self, tensor: &str, len: usize) -> Result<wgpu::Buffer> {
-        let size = (len.max(1) * 4) as u64;
-        self.check_size(tensor, size, true)?;
+        self.checked_buffer(tensor, len, true)
+    }
+
+    /// A zeroed storage buffer of `len` f32s that is bound only in ranges (an arena part,
+    /// see [`arena`]): checked against `max_buffer_size`, not the binding limit.
+    pub fn arena_buffer(&self, tensor: &str, len: usize) -> Result<wgpu::Buffer> {
+        self.checked_buffer(tensor, len, false)
+    }
+
+    fn checked_buffer(&self, tensor: &str, len: usize, bound_whole: bool) -> Result<wgpu::Buffer> {
+        let size = (len.max(1) as u64).saturating_mul(4);
+        self.check_size(tensor, size, bound_whole)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(tensor),
             size,
@@ -219,6 +255,19 @@ impl GpuContext {
         let mut tiling = self.tiling.lock().unwrap();
         if let Some(t) = *tiling {
             return Ok(t);
+        }
+        // Capped limits make a device that exists only in this process: neither measured (the
+        // tuning operands may not fit) nor cached under the adapter's name.
+        if self.capped {
+            let limits_only =
+                MatmulTiling::from_limits(&self.limits).ok_or_else(|| KilnError::OverLimit {
+                    tensor: "matmul workgroup".into(),
+                    size: matmul_tiles::CANDIDATES[0].workgroup_bytes() as u64,
+                    limit_name: "max_compute_workgroup_storage_size",
+                    limit: self.limits.max_compute_workgroup_storage_size as u64,
+                })?;
+            *tiling = Some(limits_only);
+            return Ok(limits_only);
         }
         let chosen = match std::env::var("KILN_MATMUL_TILES") {
             Ok(text) if !text.trim().is_empty() => {
@@ -594,14 +643,14 @@ pub struct RecordedCopies {
 
 impl RecordedCopies {
     /// Records `launches` (with `buffers[j]` bound to launch `j`, its uniform block last)
-    /// `count` times.
+    /// `count` times, or as many times as fit one buffer of the device (at least once).
     pub fn new(
         ctx: &GpuContext,
         label: &str,
         launches: &[kernels::Launch],
         buffers: &[Vec<BufferRange<'_>>],
         count: usize,
-    ) -> Self {
+    ) -> Result<Self> {
         debug_assert_eq!(launches.len(), buffers.len());
         let align = ctx.limits().min_uniform_buffer_offset_alignment as usize;
         let mut blocks = Vec::with_capacity(launches.len());
@@ -611,7 +660,9 @@ impl RecordedCopies {
             stride += l.uniform.len().next_multiple_of(align);
         }
         let stride = stride.max(align);
-        let mut bytes = vec![0u8; stride * count];
+        ctx.check_size(label, stride as u64, false)?;
+        let count = count.min((ctx.limits().max_buffer_size / stride as u64) as usize);
+        let mut bytes = vec![0u8; stride * count.max(1)];
         for k in 0..count {
             for (l, &(at, len)) in launches.iter().zip(&blocks) {
                 bytes[k * stride + at..][..len].copy_from_slice(&l.uniform);
@@ -635,13 +686,13 @@ impl RecordedCopies {
                     .collect()
             })
             .collect();
-        RecordedCopies {
+        Ok(RecordedCopies {
             uniforms,
             stride,
             blocks,
             bytes,
             copies,
-        }
+        })
     }
 
     /// How many copies there are.

@@ -334,7 +334,13 @@ impl GpuContext {
             }
         }
         let launch = kernels::update(optimizer.rule().kernel(), uniform, self.max_dim());
-        let buffers = kernels::update_bindings(&p, &g, &history, &no_decay, &state);
+        let buffers = kernels::update_bindings(
+            (&p).into(),
+            (&g).into(),
+            &history,
+            &no_decay,
+            state.iter().map(Into::into),
+        );
         self.run(&launch, &buffers)?;
         param.copy_from_slice(&self.read_back(&p, 0, param.len())?);
         for (b, buf) in blocks.iter_mut().zip(&state) {

@@ -72,8 +72,10 @@ pub struct UpdateUniform {
     pub skip_slot: u32,
     /// How many ranges of the no-decay list apply.
     pub no_decay_count: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// Arena index of the first element bound: a kernel run on one chunk of an arena
+    /// (`crate::gpu::arena`) compares `base + i` with the no-decay ranges, which are arena
+    /// indices. 0 on the CPU device, which updates the whole arena at once.
+    pub base: u32,
     /// The optimizer's scalars.
     pub scalars: [u32; SCALAR_WORDS],
 }
@@ -364,7 +366,7 @@ impl Optimizer {
             len: len as u32,
             skip_slot: NO_SKIP,
             no_decay_count: 0,
-            _pad: 0,
+            base: 0,
             scalars: self.rule.scalars(lr, scalars)?,
         })
     }

@@ -15,6 +15,7 @@ use kiln_schedule::Observation;
 use super::program::{Instr, Program, Slot};
 use super::{LOSS_HISTORY, OptimizerSnapshot, TrainOptions};
 use crate::error::{KilnError, Result};
+use crate::gpu::arena::{Arena, ArenaSplit};
 use crate::gpu::kernels::{self, Launch};
 use crate::gpu::matmul_tiles::MatmulTiling;
 use crate::gpu::{
@@ -34,10 +35,11 @@ pub struct GpuStep {
     optimizer: Optimizer,
     scalars: Scalars,
     no_decay_count: u32,
-    params: wgpu::Buffer,
-    /// The optimizer's state blocks in its binding order (one-element placeholders for
-    /// unused ones).
-    state: Vec<wgpu::Buffer>,
+    /// How the arenas split into buffers and bindings on this device.
+    split: ArenaSplit,
+    params: Arena,
+    /// The optimizer's state blocks in its binding order.
+    state: Vec<StateBuffer>,
     param_len: usize,
     input: wgpu::Buffer,
     targets: wgpu::Buffer,
@@ -102,6 +104,27 @@ enum Recording {
     PerUpdate(std::ops::Range<usize>),
 }
 
+/// An optimizer state block: an arena, or a one-element placeholder where this configuration
+/// does not use the block (the kernel keeps its binding).
+#[derive(Clone)]
+enum StateBuffer {
+    Used(Arena),
+    Unused(wgpu::Buffer),
+}
+
+impl StateBuffer {
+    fn chunk(&self, chunk: &std::ops::Range<usize>) -> BufferRange<'_> {
+        match self {
+            StateBuffer::Used(arena) => arena.chunk(chunk),
+            StateBuffer::Unused(placeholder) => placeholder.into(),
+        }
+    }
+}
+
+/// Partials each chunk of the gradient norm's first pass may write (`kernels::norm_groups`
+/// is at most this).
+const PARTIALS_PER_CHUNK: usize = 256;
+
 /// Whether an instruction's uniforms change with every update.
 fn per_update(instr: &Instr) -> bool {
     matches!(
@@ -148,9 +171,10 @@ struct Buffers<'a> {
     terms: &'a wgpu::Buffer,
     acts: &'a [wgpu::Buffer],
     act_grads: &'a [wgpu::Buffer],
-    params: &'a wgpu::Buffer,
-    grads: &'a wgpu::Buffer,
-    state: &'a [wgpu::Buffer],
+    params: &'a Arena,
+    grads: &'a Arena,
+    state: &'a [StateBuffer],
+    chunks: &'a [std::ops::Range<usize>],
     no_decay: &'a wgpu::Buffer,
     partials: Option<&'a wgpu::Buffer>,
     history: &'a wgpu::Buffer,
@@ -163,8 +187,8 @@ impl Buffers<'_> {
             Slot::Input => self.input.into(),
             Slot::Act(i) => (&self.acts[i]).into(),
             Slot::ActGrad(i) => (&self.act_grads[i]).into(),
-            Slot::Param { offset, len } => BufferRange::f32s(self.params, offset, len),
-            Slot::Grad { offset, len } => BufferRange::f32s(self.grads, offset, len),
+            Slot::Param { offset, len } => self.params.range(offset, len),
+            Slot::Grad { offset, len } => self.grads.range(offset, len),
         }
     }
 
@@ -213,21 +237,43 @@ impl Buffers<'_> {
                 ],
                 vec![self.terms.into(), self.history.into()],
             ],
+            // Whole-arena kernels: one launch per chunk (see `crate::gpu::arena`).
             Instr::GradNorm => {
                 let partials = self.partials.expect("partials exist with GradNorm");
-                vec![
-                    vec![self.grads.into(), partials.into()],
-                    vec![partials.into(), self.grad_norm_history.into()],
-                ]
+                let mut b: Vec<Vec<BufferRange<'_>>> = self
+                    .chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let at = i * PARTIALS_PER_CHUNK;
+                        let written = kernels::norm_groups(c.len());
+                        vec![
+                            self.grads.chunk(c),
+                            BufferRange::f32s(partials, at, written),
+                        ]
+                    })
+                    .collect();
+                b.push(vec![partials.into(), self.grad_norm_history.into()]);
+                b
             }
-            Instr::Clip { .. } => vec![vec![self.grads.into(), self.grad_norm_history.into()]],
-            Instr::Update => vec![kernels::update_bindings(
-                self.params,
-                self.grads,
-                self.history,
-                self.no_decay,
-                self.state,
-            )],
+            Instr::Clip { .. } => self
+                .chunks
+                .iter()
+                .map(|c| vec![self.grads.chunk(c), self.grad_norm_history.into()])
+                .collect(),
+            Instr::Update => self
+                .chunks
+                .iter()
+                .map(|c| {
+                    kernels::update_bindings(
+                        self.params.chunk(c),
+                        self.grads.chunk(c),
+                        self.history,
+                        self.no_decay,
+                        self.state.iter().map(|s| s.chunk(c)),
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -253,9 +299,21 @@ impl GpuStep {
         let out = widths[last];
         let optimizer = options.optimizer.clone();
 
-        let params_buf = ctx.upload("parameters", params)?;
-        let grads = ctx.storage_buffer("gradients", params.len())?;
-        let state = ctx.state_buffers(&optimizer.rule().state(), params.len())?;
+        let split = ArenaSplit::on(&ctx, layout)?;
+        let params_buf = Arena::upload(&ctx, "parameters", &split, params)?;
+        let grads = Arena::filled(&ctx, "gradients", &split, 0.0)?;
+        let state = optimizer
+            .rule()
+            .state()
+            .iter()
+            .map(|b| {
+                Ok(if b.used {
+                    StateBuffer::Used(Arena::filled(&ctx, b.name, &split, b.init)?)
+                } else {
+                    StateBuffer::Unused(ctx.storage_buffer(b.name, 1)?)
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let ranges = optimizer.no_decay_ranges(layout);
         let no_decay = if ranges.is_empty() {
             ctx.storage_buffer("no-decay ranges", 2)?
@@ -276,10 +334,14 @@ impl GpuStep {
         let history = ctx.storage_buffer("loss history", LOSS_HISTORY)?;
         let grad_norm_history = ctx.storage_buffer("gradient norm history", LOSS_HISTORY)?;
         let with_norm = program.step.contains(&Instr::GradNorm);
-        let partials = if with_norm {
-            Some(ctx.storage_buffer("gradient norm partials", kernels::norm_groups(params.len()))?)
-        } else {
-            None
+        let partials = match split.chunks() {
+            _ if !with_norm => None,
+            [one] => {
+                Some(ctx.storage_buffer("gradient norm partials", kernels::norm_groups(one.len()))?)
+            }
+            chunks => Some(
+                ctx.storage_buffer("gradient norm partials", chunks.len() * PARTIALS_PER_CHUNK)?,
+            ),
         };
         let tiling = ctx.matmul_tiling()?;
         let buffers = Buffers {
@@ -291,6 +353,7 @@ impl GpuStep {
             params: &params_buf,
             grads: &grads,
             state: &state,
+            chunks: split.chunks(),
             no_decay: &no_decay,
             partials: partials.as_ref(),
             history: &history,
@@ -303,6 +366,7 @@ impl GpuStep {
             no_decay_count: ranges.len() as u32,
             optimizer,
             param_len: params.len(),
+            split: split.clone(),
             params: params_buf.clone(),
             state: state.clone(),
             input: input.clone(),
@@ -311,7 +375,7 @@ impl GpuStep {
             step: Vec::new(),
             // Replaced below, once the launches can be computed.
             queued: Mutex::new(Queued {
-                program: RecordedCopies::new(&ctx, "kiln.per-update", &[], &[], 0),
+                program: RecordedCopies::new(&ctx, "kiln.per-update", &[], &[], 0)?,
                 gathers: None,
                 count: 0,
                 resident: false,
@@ -362,7 +426,7 @@ impl GpuStep {
             &per_update_launches,
             &per_update_buffers,
             MAX_STEPS_PER_SUBMIT,
-        );
+        )?;
         if needs.any() {
             gpu_step.observations = (0..OBSERVATION_RING)
                 .map(|_| ObservationSlot {
@@ -437,18 +501,44 @@ impl GpuStep {
                 let (terms, reduce) = kernels::loss(self.loss, batch * cols, cols, slot, max_dim);
                 vec![terms, reduce]
             }
-            Instr::GradNorm => {
-                let (partial, last) = kernels::sum_squares(self.param_len, slot);
-                vec![partial, last]
-            }
-            Instr::Clip { max_norm } => {
-                vec![kernels::clip(self.param_len, slot, max_norm, max_dim)]
-            }
-            Instr::Update => vec![kernels::update(
-                self.optimizer.rule().kernel(),
-                update,
-                max_dim,
-            )],
+            // Whole-arena kernels: one launch per chunk (see `crate::gpu::arena`).
+            Instr::GradNorm => match self.split.chunks() {
+                [one] => {
+                    let (partial, last) = kernels::sum_squares(one.len(), slot);
+                    vec![partial, last]
+                }
+                chunks => {
+                    let mut l: Vec<Launch> = chunks
+                        .iter()
+                        .map(|c| kernels::sum_squares(c.len(), slot).0)
+                        .collect();
+                    // Unwritten partials stay 0 and add nothing.
+                    l.push(kernels::sum_squares_final(
+                        chunks.len() * PARTIALS_PER_CHUNK,
+                        slot,
+                    ));
+                    l
+                }
+            },
+            Instr::Clip { max_norm } => self
+                .split
+                .chunks()
+                .iter()
+                .map(|c| kernels::clip(c.len(), slot, max_norm, max_dim))
+                .collect(),
+            Instr::Update => self
+                .split
+                .chunks()
+                .iter()
+                .map(|c| {
+                    let chunk = UpdateUniform {
+                        len: c.len() as u32,
+                        base: c.start as u32,
+                        ..*update
+                    };
+                    kernels::update(self.optimizer.rule().kernel(), &chunk, max_dim)
+                })
+                .collect(),
         })
     }
 
@@ -493,8 +583,7 @@ impl GpuStep {
         // Room for an order of every row; `set_order` makes a larger one if needed.
         let order = self.ctx.storage_buffer("batch order", rows)?;
         let (x_cols, y_cols) = (x.len() / rows, y.len() / rows);
-        self.record_gathers(x_buf, y_buf, order, rows, x_cols, y_cols);
-        Ok(())
+        self.record_gathers(x_buf, y_buf, order, rows, x_cols, y_cols)
     }
 
     /// Uploads rows to predict on (a validation split) once; see `predict_validation`.
@@ -559,7 +648,7 @@ impl GpuStep {
     }
 
     /// Keeps `x`, `y` and `order` as the resident data, with its two gathers recorded once
-    /// per queue slot.
+    /// per queue slot; on an error, the data before stays.
     fn record_gathers(
         &mut self,
         x: wgpu::Buffer,
@@ -568,7 +657,7 @@ impl GpuStep {
         order_capacity: usize,
         x_cols: usize,
         y_cols: usize,
-    ) {
+    ) -> Result<()> {
         let max_dim = self.ctx.max_dim();
         let launches =
             [x_cols, y_cols].map(|cols| kernels::gather(0, self.max_batch, cols, max_dim));
@@ -580,7 +669,7 @@ impl GpuStep {
             &launches,
             &buffers,
             MAX_STEPS_PER_SUBMIT,
-        );
+        )?;
         self.queued
             .get_mut()
             .expect("the queue lock is never poisoned")
@@ -593,6 +682,7 @@ impl GpuStep {
             x_cols,
             y_cols,
         });
+        Ok(())
     }
 
     /// The order steps take rows in, uploaded once for all of them.
@@ -603,16 +693,12 @@ impl GpuStep {
         let capacity = self.data.as_ref().expect(LOADED).order_capacity;
         if order.len() > capacity {
             // Allocated before the data is touched: if it fails, the last order still stands.
+            // The data is replaced only once the new gathers are recorded.
             let buffer = self.ctx.storage_buffer("batch order", order.len())?;
-            let data = self.data.take().expect(LOADED);
-            self.record_gathers(
-                data.x,
-                data.y,
-                buffer,
-                order.len(),
-                data.x_cols,
-                data.y_cols,
-            );
+            let data = self.data.as_ref().expect(LOADED);
+            let (x, y) = (data.x.clone(), data.y.clone());
+            let (x_cols, y_cols) = (data.x_cols, data.y_cols);
+            self.record_gathers(x, y, buffer, order.len(), x_cols, y_cols)?;
         }
         let data = self.data.as_ref().expect(LOADED);
         self.ctx
@@ -636,7 +722,8 @@ impl GpuStep {
             len: self.param_len as u32,
             skip_slot: if self.skip_non_finite { slot } else { NO_SKIP },
             no_decay_count: self.no_decay_count,
-            _pad: 0,
+            // Set per chunk by `launches`.
+            base: 0,
             scalars: self.optimizer.rule().scalars(lr, &mut self.scalars)?,
         };
         let per_update_launches = self
@@ -710,10 +797,23 @@ impl GpuStep {
             o.mapped = Some(map_read(&o.buffer.slice(..)));
             o.submission = Some(index);
             o.update = update_index;
-        } else if !resident || copy + 1 >= self.steps_per_submit {
+        } else if !resident || copy + 1 >= self.queue_capacity() {
             self.submit_queued()?;
         }
         Ok(())
+    }
+
+    /// How many updates may be queued: as asked, and as many as have their own copy of the
+    /// per-update launches (fewer on a device with small buffers).
+    fn queue_capacity(&self) -> usize {
+        let queued = self
+            .queued
+            .lock()
+            .expect("the queue lock is never poisoned");
+        let gathers = queued.gathers.as_ref().map_or(usize::MAX, |g| g.count());
+        self.steps_per_submit
+            .min(queued.program.count())
+            .min(gathers)
     }
 
     /// Submits the queued updates, if any.
@@ -840,11 +940,10 @@ impl GpuStep {
     pub fn optimizer_state(&self) -> Result<OptimizerSnapshot> {
         self.submit_queued()?;
         let mut blocks = Vec::new();
-        for (b, buf) in self.optimizer.rule().state().iter().zip(&self.state) {
-            blocks.push(if b.used {
-                self.ctx.read_back(buf, 0, self.param_len)?
-            } else {
-                Vec::new()
+        for buf in &self.state {
+            blocks.push(match buf {
+                StateBuffer::Used(arena) => arena.read(&self.ctx)?,
+                StateBuffer::Unused(_) => Vec::new(),
             });
         }
         Ok((self.scalars.clone(), blocks))
@@ -855,10 +954,8 @@ impl GpuStep {
     pub fn restore(&mut self, scalars: Scalars, blocks: &[Vec<f32>], steps: u64) -> Result<()> {
         self.submit_queued()?;
         for (values, buf) in blocks.iter().zip(&self.state) {
-            if !values.is_empty() {
-                self.ctx
-                    .queue
-                    .write_buffer(buf, 0, bytemuck::cast_slice(values));
+            if let (StateBuffer::Used(arena), false) = (buf, values.is_empty()) {
+                arena.write(&self.ctx, values);
             }
         }
         self.scalars = scalars;
@@ -868,14 +965,12 @@ impl GpuStep {
 
     pub fn parameters(&self) -> Result<Vec<f32>> {
         self.submit_queued()?;
-        self.ctx.read_back(&self.params, 0, self.param_len)
+        self.params.read(&self.ctx)
     }
 
     pub fn set_parameters(&mut self, params: &[f32]) -> Result<()> {
         self.submit_queued()?;
-        self.ctx
-            .queue
-            .write_buffer(&self.params, 0, bytemuck::cast_slice(params));
+        self.params.write(&self.ctx, params);
         Ok(())
     }
 }

@@ -65,33 +65,45 @@ enum Backend {
 
 /// Checks, before anything is allocated, that training `model` with `options` on `device`
 /// fits this machine's memory: on the CPU device the parameters, gradients, optimizer state
-/// and activations; on a GPU the host's copy of the parameters (each GPU buffer is checked
-/// against the adapter's limits when it is made). The count is in checked arithmetic.
+/// and activations; on a GPU the same in the device's memory (where the backend says how much
+/// it has; see [`GpuContext::device_memory`](crate::GpuContext::device_memory)) and the
+/// host's copy of the parameters. Each GPU buffer is checked against the adapter's limits
+/// when it is made. Counts are in checked arithmetic.
 pub fn check_memory(device: &Device, model: &Sequential, options: &TrainOptions) -> Result<()> {
     let arena = model.param_layout(PARAM_ALIGN).len as u64;
-    let widths = model
-        .widths()
-        .iter()
-        .try_fold(0u64, |s, &w| s.checked_add(w as u64));
-    let batch = options.max_batch as u64;
-    let (floats, what) = match device {
-        Device::Cpu => {
-            let arenas = 2 + options.optimizer.used_state().len() as u64;
-            (
-                arena
-                    .checked_mul(arenas)
-                    .zip(
-                        widths
-                            .and_then(|w| batch.checked_mul(w))
-                            .and_then(|a| a.checked_mul(2)),
-                    )
-                    .and_then(|(p, a)| p.checked_add(a)),
-                "parameters, gradients, optimizer state and activations",
-            )
+    let footprint = Footprint::of(model, options);
+    if let Device::Gpu(ctx) = device
+        && let Some(memory) = ctx.device_memory()
+    {
+        match footprint.total() {
+            Some(b) if b <= memory => {}
+            total => {
+                return Err(KilnError::invalid(
+                    "model",
+                    format!(
+                        "training needs {} of GPU memory (parameters, gradients and optimizer \
+                         state {}, batch buffers {}); {} has {}",
+                        total.map_or("more than can be counted".into(), gib),
+                        footprint
+                            .arenas
+                            .map_or("more than can be counted".into(), gib),
+                        footprint
+                            .batch
+                            .map_or("more than can be counted".into(), gib),
+                        ctx.name(),
+                        gib(memory)
+                    ),
+                ));
+            }
         }
-        Device::Gpu(_) => (Some(arena), "the host's copy of the parameters"),
+    }
+    let (bytes, what) = match device {
+        Device::Cpu => (
+            footprint.total(),
+            "parameters, gradients, optimizer state and activations",
+        ),
+        Device::Gpu(_) => (arena.checked_mul(4), "the host's copy of the parameters"),
     };
-    let bytes = floats.and_then(|f| f.checked_mul(4));
     let Some(total) = host_memory() else {
         return Ok(());
     };
@@ -108,8 +120,45 @@ pub fn check_memory(device: &Device, model: &Sequential, options: &TrainOptions)
     }
 }
 
+/// The bytes a trainer keeps on its device: the arenas (parameters, gradients, each optimizer
+/// state tensor in use) and the buffers of a batch (input, targets, loss terms, each layer's
+/// output and its gradient). `None`: more than a u64 counts.
+struct Footprint {
+    arenas: Option<u64>,
+    batch: Option<u64>,
+}
+
+impl Footprint {
+    fn of(model: &Sequential, options: &TrainOptions) -> Self {
+        let arena = model.param_layout(PARAM_ALIGN).len as u64;
+        let count = 2 + options.optimizer.used_state().len() as u64;
+        let out = model.output() as u64;
+        let per_row = model
+            .widths()
+            .iter()
+            .try_fold(0u64, |s, &w| s.checked_add(w as u64))
+            .and_then(|w| w.checked_mul(2))
+            .and_then(|w| w.checked_add(model.input() as u64 + 2 * out));
+        Footprint {
+            arenas: arena.checked_mul(count).and_then(|f| f.checked_mul(4)),
+            batch: per_row
+                .and_then(|r| r.checked_mul(options.max_batch as u64))
+                .and_then(|f| f.checked_mul(4)),
+        }
+    }
+
+    fn total(&self) -> Option<u64> {
+        self.arenas?.checked_add(self.batch?)
+    }
+}
+
+/// Bytes in GiB, or MiB below one GiB.
 fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
 }
 
 /// The machine's memory in bytes, where the system says (Linux's /proc/meminfo).
@@ -193,6 +242,8 @@ pub struct Trainer {
     order_len: usize,
     /// Rows loaded by `load_validation`.
     validation_rows: Option<usize>,
+    /// Bytes the loaded training data and validation rows take on the device.
+    resident: (u64, u64),
 }
 
 impl std::fmt::Debug for Trainer {
@@ -278,6 +329,7 @@ impl Trainer {
             data_rows: None,
             order_len: 0,
             validation_rows: None,
+            resident: (0, 0),
         })
     }
 
@@ -345,6 +397,9 @@ impl Trainer {
     pub fn load_data(&mut self, x: &[f32], targets: Targets) -> Result<()> {
         let rows = self.check_batch(x, None)?;
         ops::check_targets(self.model.loss(), targets, rows, self.model.output())?;
+        // x, the targets and an order of every row.
+        let bytes = (x.len() as u64 + (rows * (self.model.output() + 1)) as u64) * 4;
+        self.check_device_room("resident data", bytes, self.resident.1)?;
         let y = crate::gpu::kernels::targets_as_f32(targets);
         match &mut self.backend {
             Backend::Cpu(s) => s.load_data(x, &y, rows),
@@ -352,6 +407,7 @@ impl Trainer {
         }
         self.data_rows = Some(rows);
         self.order_len = 0;
+        self.resident.0 = bytes;
         Ok(())
     }
 
@@ -532,12 +588,16 @@ impl Trainer {
     pub fn load_validation(&mut self, x: &[f32]) -> Result<()> {
         let rows = ops::check_rows("validation rows", "x", x.len(), self.model.input())?;
         ops::check_finite("validation rows `x`", x)?;
+        // x and room for every output.
+        let bytes = (x.len() as u64 + (rows * self.model.output()) as u64) * 4;
+        self.check_device_room("validation rows", bytes, self.resident.0)?;
         self.validation_rows = None;
         match &mut self.backend {
             Backend::Cpu(s) => s.load_validation(x),
             Backend::Gpu(s) => s.load_validation(x, rows)?,
         }
         self.validation_rows = Some(rows);
+        self.resident.1 = bytes;
         Ok(())
     }
 
@@ -794,6 +854,32 @@ impl Trainer {
         };
         ops::check_len(ctx, "targets", len, want, "one per row and output")?;
         Ok(rows)
+    }
+
+    /// On a GPU whose memory is known: `bytes` more for `what` fit beside the trainer's own
+    /// buffers and `other` bytes of resident rows. Errs with `OverLimit`, so that a run can
+    /// keep such rows on the host instead.
+    fn check_device_room(&self, what: &str, bytes: u64, other: u64) -> Result<()> {
+        let Backend::Gpu(s) = &self.backend else {
+            return Ok(());
+        };
+        let Some(memory) = s.context().device_memory() else {
+            return Ok(());
+        };
+        let used = Footprint::of(&self.model, &self.options)
+            .total()
+            .and_then(|t| t.checked_add(other))
+            .unwrap_or(u64::MAX);
+        let room = memory.saturating_sub(used);
+        if bytes > room {
+            return Err(KilnError::OverLimit {
+                tensor: what.to_string(),
+                size: bytes,
+                limit_name: "device memory left beside the model",
+                limit: room,
+            });
+        }
+        Ok(())
     }
 
     /// A training batch of `rows` fits the buffers sized for `max_batch`.

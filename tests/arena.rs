@@ -1,0 +1,201 @@
+//! Models larger than one binding or one buffer (`kiln::gpu::arena`): a device with small
+//! limits splits the arenas across buffers and binds them in chunks, and trains exactly as a
+//! device that holds each arena in one binding — bit for bit where the kernels are elementwise
+//! (every optimizer, the no-decay mask across chunks), within rounding where the gradient norm
+//! sums chunk by chunk. A model over the device's memory is refused before anything is
+//! allocated, naming the sizes; data that does not fit beside it stays on the host.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln::gpu::arena::ArenaSplit;
+use kiln::optim::OptimizerConfig;
+use kiln::run::{Placement, Run, RunConfig};
+use kiln::schedule::Scheduler;
+use kiln::train::{PARAM_ALIGN, TrainOptions};
+use kiln::{
+    Activation, AdapterOptions, Device, GpuContext, Layer, Loss, Sequential, Targets, Trainer,
+};
+
+/// Bytes of the largest binding and the largest buffer on the small device: a 64×64 weight
+/// (16 KiB) just fits a binding, and a buffer holds two of them.
+const BINDING: u64 = 16 << 10;
+const BUFFER: u64 = 40 << 10;
+
+fn capped(opts: AdapterOptions) -> Option<Device> {
+    // Skips (or, in CI, fails) as every GPU test does when there is no adapter.
+    common::gpu()?;
+    Some(Device::Gpu(Arc::new(GpuContext::new(&opts).unwrap())))
+}
+
+fn small_device() -> Option<Device> {
+    capped(AdapterOptions {
+        max_buffer_size: Some(BUFFER),
+        max_storage_binding: Some(BINDING),
+        ..AdapterOptions::from_env()
+    })
+}
+
+fn model() -> Sequential {
+    let mut layers = Vec::new();
+    for _ in 0..4 {
+        layers.push(Layer::Dense { out: 64 });
+        layers.push(Layer::Activation(Activation::Relu));
+    }
+    layers.push(Layer::Dense { out: 3 });
+    Sequential::new(5, layers, Loss::CrossEntropy).unwrap()
+}
+
+const OPTIMIZERS: &[&str] = &[
+    "kind = \"sgd\"\nlr = 0.05\nmomentum = 0.9\nnesterov = true\nweight_decay = 0.01\ndecay_biases = false",
+    "kind = \"adamw\"\nlr = 0.01\ndecay_biases = false",
+    "kind = \"adam\"\nlr = 0.01\namsgrad = true\nweight_decay = 0.001",
+    "kind = \"rmsprop\"\nlr = 0.005\ncentered = true\nmomentum = 0.5",
+    "kind = \"adagrad\"\nlr = 0.05\ninitial_accumulator_value = 0.1",
+    "kind = \"nadam\"\nlr = 0.01\nweight_decay = 0.01",
+    "kind = \"radam\"\nlr = 0.01\ndecoupled_weight_decay = true\nweight_decay = 0.01",
+];
+
+/// Losses, parameters and every optimizer state tensor after `steps` updates.
+fn train(device: &Device, optimizer: &str, clip: Option<f32>, steps: usize) -> Vec<Vec<f32>> {
+    let config = OptimizerConfig::from_table(toml::from_str(optimizer).unwrap()).unwrap();
+    let options = TrainOptions {
+        optimizer: config.optimizer,
+        max_batch: 16,
+        seed: 3,
+        clip_grad_norm: clip,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(
+        device,
+        model(),
+        options,
+        Scheduler::fixed(config.lr).unwrap(),
+    )
+    .unwrap();
+    let x = common::random(40 * 5, -1.0, 1.0, 5);
+    let labels = common::random_labels(40, 3, 6);
+    for s in 0..steps {
+        let at = (s * 16) % 32;
+        t.step(
+            &x[at * 5..(at + 16) * 5],
+            Targets::Classes(&labels[at..at + 16]),
+        )
+        .unwrap();
+    }
+    let mut out = vec![t.losses().unwrap().to_vec(), t.parameters().unwrap()];
+    out.extend(
+        t.state()
+            .unwrap()
+            .optimizer
+            .blocks
+            .into_iter()
+            .map(|(_, b)| b),
+    );
+    out
+}
+
+#[test]
+fn the_small_device_really_splits_the_model() {
+    let Some(Device::Gpu(ctx)) = small_device() else {
+        return;
+    };
+    let layout = model().param_layout(PARAM_ALIGN);
+    let split = ArenaSplit::on(&ctx, &layout).unwrap();
+    assert!(split.parts().len() >= 2, "{split:?}");
+    assert!(split.chunks().len() >= 5, "{split:?}");
+}
+
+#[test]
+fn split_arenas_train_bit_for_bit_like_one_binding() {
+    let (Some(small), Some(whole)) = (small_device(), common::gpu_device()) else {
+        return;
+    };
+    for optimizer in OPTIMIZERS {
+        let bits = |v: Vec<Vec<f32>>| {
+            v.into_iter()
+                .map(|t| t.into_iter().map(f32::to_bits).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            bits(train(&small, optimizer, None, 6)),
+            bits(train(&whole, optimizer, None, 6)),
+            "{optimizer}"
+        );
+    }
+}
+
+#[test]
+fn a_split_gradient_norm_clips_like_one_binding() {
+    let (Some(small), Some(whole)) = (small_device(), common::gpu_device()) else {
+        return;
+    };
+    let optimizer = OPTIMIZERS[1];
+    let (a, b) = (
+        train(&small, optimizer, Some(0.05), 6),
+        train(&whole, optimizer, Some(0.05), 6),
+    );
+    // The norm sums the same squares in another order (chunk by chunk): ‖g‖² agrees to a few
+    // f32 ulps, and so do the clipped updates after 6 steps.
+    for (x, y) in a.iter().zip(&b) {
+        common::assert_close("clipped training", x, y, common::LOSS_CURVE);
+    }
+}
+
+#[test]
+fn a_model_over_the_device_memory_is_refused_naming_the_sizes() {
+    let Some(device) = capped(AdapterOptions {
+        max_device_memory: Some(1 << 20),
+        ..AdapterOptions::from_env()
+    }) else {
+        return;
+    };
+    // 784·512 + 512·512 + 512·10 weights: about 2.6 MB of parameters, ×3 with momentum.
+    let big = Sequential::new(
+        784,
+        vec![
+            Layer::Dense { out: 512 },
+            Layer::Activation(Activation::Relu),
+            Layer::Dense { out: 512 },
+            Layer::Activation(Activation::Relu),
+            Layer::Dense { out: 10 },
+        ],
+        Loss::CrossEntropy,
+    )
+    .unwrap();
+    let e = Trainer::new(
+        &device,
+        big,
+        TrainOptions::default(),
+        Scheduler::fixed(0.1).unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("GPU memory") && e.contains("has 1.0 MiB"), "{e}");
+}
+
+#[test]
+fn rows_that_do_not_fit_beside_the_model_stay_on_the_host() {
+    // The bundled digits (1437 training rows × 64 features, 360 validation rows) need about
+    // 0.4 MB on the device; the model and its batch buffers far less.
+    let Some(device) = capped(AdapterOptions {
+        max_device_memory: Some(200 << 10),
+        ..AdapterOptions::from_env()
+    }) else {
+        return;
+    };
+    let run = Run::new(
+        RunConfig::default_run(),
+        Path::new("."),
+        &device,
+        None,
+        Some(3),
+    )
+    .unwrap();
+    match run.placement() {
+        Placement::Host { why } => assert!(why.contains("device memory"), "{why}"),
+        p => panic!("{p}"),
+    }
+}
