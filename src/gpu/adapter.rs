@@ -135,7 +135,7 @@ pub fn select(opts: &AdapterOptions) -> Result<wgpu::Adapter> {
 /// The adapter's device-local memory in bytes (its largest `DEVICE_LOCAL` heap on Vulkan),
 /// which every buffer of a run must fit in together; `None` where the backend does not say
 /// (wgpu has no query for it; see gfx-rs/wgpu#2447).
-pub(crate) fn device_memory(adapter: &wgpu::Adapter) -> Option<u64> {
+pub fn device_memory(adapter: &wgpu::Adapter) -> Option<u64> {
     #[cfg(not(any(target_vendor = "apple", target_arch = "wasm32")))]
     {
         // SAFETY: reads the physical device's memory properties through the instance that

@@ -34,6 +34,10 @@ pub fn devices(opts: &AdapterOptions) -> Result<()> {
             }
         );
         println!("    driver       {} {}", info.driver, info.driver_info);
+        match adapter::device_memory(a) {
+            Some(bytes) => println!("    memory       {}", mib(bytes)),
+            None => println!("    memory       not reported by the backend (not budgeted)"),
+        }
         println!("    max buffer   {}", mib(limits.max_buffer_size));
         println!(
             "    max storage binding   {}",
