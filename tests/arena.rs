@@ -176,26 +176,113 @@ fn a_model_over_the_device_memory_is_refused_naming_the_sizes() {
     assert!(e.contains("GPU memory") && e.contains("has 1.0 MiB"), "{e}");
 }
 
+/// Rows that do not fit beside the model are streamed in windows that do, or, when not even
+/// one batch fits, gathered on the host; the run says why.
 #[test]
-fn rows_that_do_not_fit_beside_the_model_stay_on_the_host() {
-    // The bundled digits (1437 training rows × 64 features, 360 validation rows) need about
-    // 0.4 MB on the device; the model and its batch buffers far less.
-    let Some(device) = capped(AdapterOptions {
-        max_device_memory: Some(200 << 10),
-        ..AdapterOptions::from_env()
-    }) else {
+fn rows_that_do_not_fit_beside_the_model_stream_or_stay_on_the_host() {
+    // The model and its batch buffers take about 70 KB, a batch of 100 rows 30 KB, all 1438
+    // rows 430 KB.
+    let config = RunConfig::from_toml(STREAMED_RUN, "run.toml").unwrap();
+    for (memory, streamed) in [(200 << 10, true), (90 << 10, false)] {
+        let Some(device) = capped(AdapterOptions {
+            max_device_memory: Some(memory),
+            ..AdapterOptions::from_env()
+        }) else {
+            return;
+        };
+        let mut run = Run::new(config.clone(), Path::new("."), &device, None, Some(20)).unwrap();
+        match (run.placement(), streamed) {
+            (Placement::Streamed { why, .. }, true) | (Placement::Host { why }, false) => {
+                assert!(why.contains("device memory"), "{why}")
+            }
+            (p, _) => panic!("{memory}: {p}"),
+        }
+        while !run.finished() {
+            run.step().unwrap();
+        }
+    }
+}
+
+/// A run with an epoch order (shuffled), a short last batch (1438 rows in batches of 100) and
+/// an epoch-interval schedule, so that updates queue several per submission.
+const STREAMED_RUN: &str = r#"
+[model]
+layers = [{ dense = 16 }, "tanh", { dense = 10 }]
+loss = "cross_entropy"
+[data]
+source = "digits"
+validation = 0.2
+seed = 4
+[optimizer]
+lr = 0.05
+momentum = 0.9
+[schedule]
+kind = "step"
+step_size = 1
+gamma = 0.7
+interval = "epoch"
+[train]
+steps = 40
+batch_size = 100
+"#;
+
+fn run_to_end(mut run: Run) -> (Vec<u32>, Vec<u32>) {
+    while !run.finished() {
+        run.step().unwrap();
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    (
+        bits(run.trainer.losses().unwrap()),
+        bits(&run.trainer.parameters().unwrap()),
+    )
+}
+
+/// Training rows over the binding limit are streamed in windows, and train exactly as the
+/// same rows resident on the device: losses and weights equal to the bit, a resume in the
+/// middle of a window included.
+#[test]
+fn rows_over_the_binding_limit_stream_and_train_like_resident_rows() {
+    // 1438 rows × 64 features × 4 bytes = 368 KB: over a 64 KiB binding; windows of 2 batches.
+    let (Some(small), Some(whole)) = (
+        capped(AdapterOptions {
+            max_storage_binding: Some(64 << 10),
+            ..AdapterOptions::from_env()
+        }),
+        common::gpu_device(),
+    ) else {
         return;
     };
-    let run = Run::new(
-        RunConfig::default_run(),
-        Path::new("."),
-        &device,
-        None,
-        Some(3),
-    )
-    .unwrap();
-    match run.placement() {
-        Placement::Host { why } => assert!(why.contains("device memory"), "{why}"),
+    let config = RunConfig::from_toml(STREAMED_RUN, "run.toml").unwrap();
+    let base = Path::new(".");
+    let streamed = Run::new(config.clone(), base, &small, None, None).unwrap();
+    match streamed.placement() {
+        Placement::Streamed { window_rows, why } => {
+            assert_eq!(*window_rows, 200);
+            assert!(why.contains("max_storage_buffer_binding_size"), "{why}");
+        }
         p => panic!("{p}"),
     }
+    assert!(streamed.placement().to_string().contains("streamed"));
+    let resident = Run::new(config.clone(), base, &whole, None, None).unwrap();
+    assert!(matches!(resident.placement(), Placement::Device { .. }));
+    let (want_losses, want_params) = run_to_end(resident);
+    assert_eq!(
+        run_to_end(streamed),
+        (want_losses.clone(), want_params.clone())
+    );
+
+    // Stopped after update 24 (the middle of a window: epoch 1, batch 9 of the window [8, 10)),
+    // resumed from a checkpoint; the resumed run starts its windows there.
+    let dir = std::env::temp_dir().join(format!("kiln-streamed-{}", std::process::id()));
+    let mut first = Run::new(config.clone(), base, &small, None, Some(24)).unwrap();
+    while !first.finished() {
+        first.step().unwrap();
+    }
+    first.checkpoint(&dir).unwrap();
+    drop(first);
+    let resumed = Run::resume(config, base, &small, &dir, None).unwrap();
+    let (losses, params) = run_to_end(resumed);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(losses[..], want_losses[24..]);
+    assert_eq!(params, want_params);
 }

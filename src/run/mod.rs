@@ -170,7 +170,21 @@ impl Prepared {
                         },
                     },
                 },
-                Err(e @ KilnError::OverLimit { .. }) => Placement::Host { why: e.to_string() },
+                Err(e @ KilnError::OverLimit { .. }) => {
+                    // Streamed: windows of whole batches, each gathered on the host, uploaded
+                    // in one write and its batches gathered on the device.
+                    let batches = (0..=STREAM_WINDOW_BATCHES.ilog2())
+                        .rev()
+                        .map(|p| 1usize << p)
+                        .find(|&b| trainer.check_resident(b * self.batch).is_ok());
+                    match batches {
+                        Some(b) => Placement::Streamed {
+                            window_rows: (b * self.batch).min(rows),
+                            why: e.to_string(),
+                        },
+                        None => Placement::Host { why: e.to_string() },
+                    }
+                }
                 Err(e) => return Err(e),
             },
             Device::Cpu => Placement::Host {
@@ -193,6 +207,7 @@ impl Prepared {
         Ok(Run {
             placement,
             order_on_device: None,
+            window: None,
             checkpoint_lock: None,
             eval_every: config.train.eval_every,
             early_stopping: config.train.early_stopping,
@@ -225,6 +240,9 @@ pub struct Evaluation {
     pub accuracy: Option<f64>,
 }
 
+/// Batches a streamed window holds at most.
+const STREAM_WINDOW_BATCHES: usize = 64;
+
 /// Where a run's training rows are while it trains.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -234,6 +252,15 @@ pub enum Placement {
         rows: usize,
         /// Where the validation rows are.
         validation: ValidationPlacement,
+    },
+    /// Too large for the device whole: streamed in windows of whole batches, each gathered
+    /// on the host in the epoch's order and uploaded in one write over the last; each step
+    /// gathers its batch from the window on the device.
+    Streamed {
+        /// Rows a window holds.
+        window_rows: usize,
+        /// Why the whole set is not on the device.
+        why: String,
     },
     /// On the host; each step's batch is gathered there and uploaded.
     Host {
@@ -277,6 +304,11 @@ impl std::fmt::Display for Placement {
                     }
                 }
             }
+            Placement::Streamed { window_rows, why } => write!(
+                f,
+                "data: streamed to the device {window_rows} rows at a time, batches gathered \
+                 there (not all at once: {why})"
+            ),
             Placement::Host { why } => write!(f, "data: batches gathered on the host ({why})"),
         }
     }
@@ -377,6 +409,8 @@ pub struct Run {
     placement: Placement,
     /// The epoch whose row order the device holds.
     order_on_device: Option<u64>,
+    /// The streamed window on the device: its epoch and its batches' range in the epoch.
+    window: Option<(u64, std::ops::Range<usize>)>,
     /// The metric a per-epoch schedule watches.
     epoch_monitor: Option<Monitor>,
     state: RunState,
@@ -692,9 +726,38 @@ impl Run {
             }
             return self.trainer.step_data(span.start, span.len());
         }
-        // The epoch's order made (shuffled) if this is its first batch, then read by field so
-        // that the batch buffers can be filled beside it.
+        if let Placement::Streamed { window_rows, .. } = self.placement {
+            let b = (t % self.batches_per_epoch) as usize;
+            let window = match &self.window {
+                Some((e, w)) if *e == epoch && w.contains(&b) => w.clone(),
+                _ => {
+                    // The next window starts at this batch (a resumed run's too).
+                    let per_window = (window_rows / self.batch).max(1);
+                    let w = b..(b + per_window).min(self.batches_per_epoch as usize);
+                    self.rows_of_epoch(epoch);
+                    let rows = w.start * self.batch..(w.end * self.batch).min(self.train.rows());
+                    self.fill_batch(rows.clone());
+                    self.trainer
+                        .load_loaded_data(&self.xb, self.tb.as_targets())?;
+                    let identity: Vec<u32> = (0..rows.len() as u32).collect();
+                    self.trainer.set_order(&identity)?;
+                    self.window = Some((epoch, w.clone()));
+                    w
+                }
+            };
+            let start = span.start - window.start * self.batch;
+            return self.trainer.step_data(start, span.len());
+        }
+        // The epoch's order made (shuffled) if this is its first batch.
         self.rows_of_epoch(epoch);
+        self.fill_batch(span);
+        // The data was checked whole when it was loaded (finite values, labels in range).
+        self.trainer.step_loaded(&self.xb, self.tb.as_targets())
+    }
+
+    /// Fills the batch buffers with the rows `order[span]` of the current epoch's order, read
+    /// by field so that the buffers can be filled beside it.
+    fn fill_batch(&mut self, span: std::ops::Range<usize>) {
         let rows = &self.order[span];
         let f = self.train.features;
         self.xb.clear();
@@ -715,8 +778,6 @@ impl Run {
             }
             _ => unreachable!("tb is made to match train_targets"),
         }
-        // The data was checked whole when it was loaded (finite values, labels in range).
-        self.trainer.step_loaded(&self.xb, self.tb.as_targets())
     }
 
     /// Loss and accuracy on the held-out rows, or `None` without a validation split.

@@ -91,6 +91,8 @@ struct ResidentData {
     order: wgpu::Buffer,
     /// Order entries the buffer holds.
     order_capacity: usize,
+    /// Rows `x` and `y` hold.
+    rows_capacity: usize,
     x_cols: usize,
     y_cols: usize,
 }
@@ -578,12 +580,31 @@ impl GpuStep {
     /// Uploads a data set once; steps from it gather their rows on the device.
     pub fn load_data(&mut self, x: &[f32], y: &[f32], rows: usize) -> Result<()> {
         self.submit_queued()?;
+        let (x_cols, y_cols) = (x.len() / rows, y.len() / rows);
+        if let Some(d) = &self.data
+            && (d.x_cols, d.y_cols) == (x_cols, y_cols)
+            && d.rows_capacity >= rows
+        {
+            // The next window of a streamed data set: written over the last, in place. The
+            // updates submitted before read the last; the write lands after them.
+            let queue = &self.ctx.queue;
+            queue.write_buffer(&d.x, 0, bytemuck::cast_slice(x));
+            queue.write_buffer(&d.y, 0, bytemuck::cast_slice(y));
+            return Ok(());
+        }
         let x_buf = self.ctx.upload("resident data x", x)?;
         let y_buf = self.ctx.upload("resident data targets", y)?;
         // Room for an order of every row; `set_order` makes a larger one if needed.
         let order = self.ctx.storage_buffer("batch order", rows)?;
-        let (x_cols, y_cols) = (x.len() / rows, y.len() / rows);
-        self.record_gathers(x_buf, y_buf, order, rows, x_cols, y_cols)
+        self.record_gathers(ResidentData {
+            x: x_buf,
+            y: y_buf,
+            order,
+            order_capacity: rows,
+            rows_capacity: rows,
+            x_cols,
+            y_cols,
+        })
     }
 
     /// Uploads rows to predict on (a validation split) once; see `predict_validation`.
@@ -647,22 +668,14 @@ impl GpuStep {
             })
     }
 
-    /// Keeps `x`, `y` and `order` as the resident data, with its two gathers recorded once
-    /// per queue slot; on an error, the data before stays.
-    fn record_gathers(
-        &mut self,
-        x: wgpu::Buffer,
-        y: wgpu::Buffer,
-        order: wgpu::Buffer,
-        order_capacity: usize,
-        x_cols: usize,
-        y_cols: usize,
-    ) -> Result<()> {
+    /// Keeps `data` as the resident data, with its two gathers recorded once per queue slot;
+    /// on an error, the data before stays.
+    fn record_gathers(&mut self, data: ResidentData) -> Result<()> {
         let max_dim = self.ctx.max_dim();
-        let launches =
-            [x_cols, y_cols].map(|cols| kernels::gather(0, self.max_batch, cols, max_dim));
-        let buffers = [(&x, &self.input), (&y, &self.targets)]
-            .map(|(src, dst)| vec![src.into(), (&order).into(), dst.into()]);
+        let launches = [data.x_cols, data.y_cols]
+            .map(|cols| kernels::gather(0, self.max_batch, cols, max_dim));
+        let buffers = [(&data.x, &self.input), (&data.y, &self.targets)]
+            .map(|(src, dst)| vec![src.into(), (&data.order).into(), dst.into()]);
         let gathers = RecordedCopies::new(
             &self.ctx,
             "kiln.gathers",
@@ -674,14 +687,7 @@ impl GpuStep {
             .get_mut()
             .expect("the queue lock is never poisoned")
             .gathers = Some(gathers);
-        self.data = Some(ResidentData {
-            x,
-            y,
-            order,
-            order_capacity,
-            x_cols,
-            y_cols,
-        });
+        self.data = Some(data);
         Ok(())
     }
 
@@ -696,9 +702,15 @@ impl GpuStep {
             // The data is replaced only once the new gathers are recorded.
             let buffer = self.ctx.storage_buffer("batch order", order.len())?;
             let data = self.data.as_ref().expect(LOADED);
-            let (x, y) = (data.x.clone(), data.y.clone());
-            let (x_cols, y_cols) = (data.x_cols, data.y_cols);
-            self.record_gathers(x, y, buffer, order.len(), x_cols, y_cols)?;
+            self.record_gathers(ResidentData {
+                x: data.x.clone(),
+                y: data.y.clone(),
+                order: buffer,
+                order_capacity: order.len(),
+                rows_capacity: data.rows_capacity,
+                x_cols: data.x_cols,
+                y_cols: data.y_cols,
+            })?;
         }
         let data = self.data.as_ref().expect(LOADED);
         self.ctx

@@ -395,11 +395,37 @@ impl Trainer {
     /// of a batch crosses from the host: each step gathers its rows there. Replaces any data
     /// loaded before; the order must be set again.
     pub fn load_data(&mut self, x: &[f32], targets: Targets) -> Result<()> {
-        let rows = self.check_batch(x, None)?;
-        ops::check_targets(self.model.loss(), targets, rows, self.model.output())?;
-        // x, the targets and an order of every row.
-        let bytes = (x.len() as u64 + (rows * (self.model.output() + 1)) as u64) * 4;
-        self.check_device_room("resident data", bytes, self.resident.1)?;
+        self.load_data_checked(x, targets, true)
+    }
+
+    /// [`Trainer::load_data`] for rows drawn from data checked when it was read (a `Run`'s
+    /// streamed windows): shapes are checked, values not again.
+    pub(crate) fn load_loaded_data(&mut self, x: &[f32], targets: Targets) -> Result<()> {
+        self.load_data_checked(x, targets, false)
+    }
+
+    fn load_data_checked(&mut self, x: &[f32], targets: Targets, values: bool) -> Result<()> {
+        let (input, output) = (self.model.input(), self.model.output());
+        let rows = if values {
+            let rows = self.check_batch(x, None)?;
+            ops::check_targets(self.model.loss(), targets, rows, output)?;
+            rows
+        } else {
+            let rows = ops::check_rows("resident data", "x", x.len(), input)?;
+            let (len, want) = match targets {
+                Targets::Classes(c) => (c.len(), rows),
+                Targets::Values(v) => (v.len(), rows * output),
+            };
+            ops::check_len(
+                "resident data",
+                "targets",
+                len,
+                want,
+                "one per row and output",
+            )?;
+            rows
+        };
+        let bytes = self.check_resident(rows)?;
         let y = crate::gpu::kernels::targets_as_f32(targets);
         match &mut self.backend {
             Backend::Cpu(s) => s.load_data(x, &y, rows),
@@ -854,6 +880,26 @@ impl Trainer {
         };
         ops::check_len(ctx, "targets", len, want, "one per row and output")?;
         Ok(rows)
+    }
+
+    /// Checks that `rows` rows of training data can be loaded on the device (`load_data`):
+    /// each buffer within the binding limit and all of them in the memory left beside the
+    /// trainer's own buffers and any validation rows. Returns their bytes. Allocates nothing:
+    /// a run sizes the windows of a streamed data set with it.
+    pub fn check_resident(&self, rows: usize) -> Result<u64> {
+        let (input, output) = (self.model.input() as u64, self.model.output() as u64);
+        let rows = rows as u64;
+        let x = rows.saturating_mul(input).saturating_mul(4);
+        let y = rows.saturating_mul(output).saturating_mul(4);
+        if let Backend::Gpu(s) = &self.backend {
+            let ctx = s.context();
+            ctx.check_size("resident data x", x, true)?;
+            ctx.check_size("resident data targets", y, true)?;
+        }
+        // x, the targets and an order of every row.
+        let bytes = x.saturating_add(y).saturating_add(rows.saturating_mul(4));
+        self.check_device_room("resident data", bytes, self.resident.1)?;
+        Ok(bytes)
     }
 
     /// On a GPU whose memory is known: `bytes` more for `what` fit beside the trainer's own
