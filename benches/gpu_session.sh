@@ -4,15 +4,17 @@
 #   echo /.gl/ >> .git/info/exclude; echo /gpubin/ >> .git/info/exclude
 #   (fetch the Vulkan loader .debs into .gl as the device README says)
 #   cargo build --release && mkdir -p gpubin && cp target/release/kiln gpubin/
+#   cp -r ../shared/data/mnist gpubin/
 # then run `bash benches/gpu_session.sh` there with carry [".gl", "gpubin"].
-# Writes nvidia-smi.txt, devices.txt, tune.txt, kiln.json, torch.json, side_by_side.md and the
-# tile cache under $OUT.
+# Writes nvidia-smi.txt, devices.txt, tune.txt, kiln.json, torch.json, side_by_side.md,
+# mnist.txt (benches/mnist.toml on the GPU and the CPU device, and PyTorch's twin),
+# big-models.txt (models over one binding, and a 1B-parameter MLP) and the tile cache under $OUT.
 set -euo pipefail
 out=${OUT:-/tmp/kiln-gpu-session}
 mkdir -p "$out"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
-export NODEVICE_SELECT=1 KILN_CACHE_DIR="$out"
+export NODEVICE_SELECT=1 RUST_BACKTRACE=0 KILN_CACHE_DIR="$out"
 if ! gpubin/kiln devices 2>/dev/null | grep NVIDIA >/dev/null; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
@@ -24,3 +26,21 @@ python3 benches/pytorch_reference.py --json > "$out/torch.json"
 python3 benches/pytorch_reference.py --kiln "$out/kiln.json" --torch "$out/torch.json" \
     > "$out/side_by_side.md"
 cat "$out/side_by_side.md"
+{
+    for device in gpu gpu cpu; do
+        echo "== kiln --device $device"
+        gpubin/kiln train benches/mnist.toml --device "$device" --quiet 2>&1 | tail -2
+    done
+    python3 benches/mnist_reference.py gpubin/mnist --split-seed 1
+} 2>&1 | tee "$out/mnist.txt"
+# On digits, 3 updates with AdamW: 64→24576→24576→10 (~606M parameters, over one 2 GiB
+# binding) and 31 layers of 5792 (~1.007B parameters: each arena over one 4 GiB buffer).
+{
+    for layers in '{ dense = 24576 }, "relu", { dense = 24576 }, "relu", { dense = 10 }' \
+        "$(printf '{ dense = 5792 }, "relu", %.0s' $(seq 31)){ dense = 10 }"; do
+        printf '[model]\nlayers = [%s]\nloss = "cross_entropy"\n[data]\nsource = "digits"\n[optimizer]\nkind = "adamw"\nlr = 0.0001\n[train]\nsteps = 3\nbatch_size = 64\n' \
+            "$layers" > "$out/big.toml"
+        echo "== $(grep -o 'dense = [0-9]*' "$out/big.toml" | sort | uniq -c | tr '\n' ' ')"
+        /usr/bin/time -f "%e s wall, %M KB host" gpubin/kiln train "$out/big.toml" --device gpu --quiet 2>&1 | tail -3
+    done
+} 2>&1 | tee "$out/big-models.txt"

@@ -32,6 +32,11 @@ How each op is timed, to match Kiln:
 - train_step: the same MLP (Linear/ReLU, cross-entropy, SGD momentum 0.9), eager; the batch is
   copied from host memory each step, as `Trainer::step` uploads it; wall time around one step
   and a synchronize.
+- resident_step: the same step with the batch resident on the device, per step over a run of
+  20 steps and one synchronize (as Kiln's row: 20 `Trainer::step_data` and a read of the
+  losses). "resident_step" is eager; "resident_step-graph" (CUDA only) is the whole step —
+  forward, loss, backward, `opt.step()` — captured once in a CUDA graph with static tensors and
+  replayed, PyTorch's fastest form of such a step short of compiling it.
 - epoch: one whole epoch of the same MLP's training (SGD lr 0.01 momentum 0.9) from a data set
   resident on the device (x[i, j] = ((i·input + j) % 17) / 17, labels i % out): a
   `torch.randperm(rows, device=device)` at the start of the epoch, then batches of 256 in that
@@ -155,12 +160,54 @@ def bench(device, quick, ops=OPS):
 
         t = timed(device, step, kernel=False)
         shape = f"{inputs}->" + "->".join(map(str, widths)) + f" batch {batch}"
-        rows.append(row(device, "train_step", shape, t, "wall",
-                        gflops=mlp_flops(batch, inputs, widths) / t / 1e9))
+        flops = mlp_flops(batch, inputs, widths)
+        rows.append(row(device, "train_step", shape, t, "wall", gflops=flops / t / 1e9))
+        x_dev, y_dev = x_host.to(device), y_host.to(device)
+        for op, run in resident_steps(device, model, opt, loss_fn, x_dev, y_dev):
+            t = timed(device, run, kernel=False) / RESIDENT_RUN
+            rows.append(row(device, op, shape, t, "wall", gflops=flops / t / 1e9))
 
     if "epoch" in ops:
         rows.append(bench_epoch(device, quick))
     return rows
+
+
+# Steps per resident_step measurement, as Kiln's row.
+RESIDENT_RUN = 20
+
+
+def resident_steps(device, model, opt, loss_fn, x, y):
+    """(op, a run of RESIDENT_RUN steps) for the eager step on resident tensors and, on CUDA,
+    the whole step captured in a CUDA graph (PyTorch's "whole network capture" recipe)."""
+    def eager():
+        for _ in range(RESIDENT_RUN):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+    runs = [("resident_step", eager)]
+    if device == "cuda":
+        # Warm up on a side stream (allocations, the optimizer's state), then capture.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                loss_fn(model(x), y).backward()
+                opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+        def replay():
+            for _ in range(RESIDENT_RUN):
+                graph.replay()
+
+        runs.append(("resident_step-graph", replay))
+    return runs
 
 
 def mlp(device, inputs, widths):

@@ -102,7 +102,9 @@ pub enum Measured {
         /// Parameters updated.
         params: usize,
     },
-    /// One training step of an MLP (`Trainer::step` and a wait for the device).
+    /// One training step of an MLP: "train_step", `Trainer::step` with the batch from the
+    /// host and a wait for the device; "resident_step", a run of `Trainer::step_data` on a
+    /// batch resident on the device, per step (queued several per submission on a GPU).
     TrainStep {
         /// Input width.
         input: usize,
@@ -110,6 +112,8 @@ pub enum Measured {
         widths: Vec<usize>,
         /// Rows per step.
         batch: usize,
+        /// Whether the batch is resident ("resident_step").
+        resident: bool,
     },
     /// One epoch of an MLP from a resident data set (`Trainer::load_data`): the reshuffle
     /// and every step, to the device's last.
@@ -134,7 +138,10 @@ impl Measured {
             Measured::Copy { .. } => "copy",
             Measured::Matmul { .. } => "matmul",
             Measured::Update { optimizer, .. } => optimizer,
-            Measured::TrainStep { .. } => "train_step",
+            Measured::TrainStep {
+                resident: false, ..
+            } => "train_step",
+            Measured::TrainStep { resident: true, .. } => "resident_step",
             Measured::Epoch { .. } => "epoch",
         }
     }
@@ -156,6 +163,7 @@ impl Measured {
                 input,
                 widths,
                 batch,
+                ..
             } => format!("{} batch {batch}", layers_text(*input, widths)),
             Measured::Epoch {
                 rows,
@@ -762,6 +770,9 @@ fn bench_epoch(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> 
     Ok(out)
 }
 
+/// Steps a resident-step row times per measurement: the queue fills and drains as in an epoch.
+const RESIDENT_RUN: usize = 20;
+
 fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
     let mut cases = vec![(64usize, vec![128usize, 10], 32usize)];
     if !options.quick {
@@ -782,14 +793,42 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
             }
             Ok(start.elapsed().as_secs_f64())
         })?;
-        let measured = Measured::TrainStep {
+        let mut measured = Measured::TrainStep {
             input,
-            widths,
+            widths: widths.clone(),
             batch,
+            resident: false,
         };
-        let mut r = row(measured, device, t, Timing::Wall);
+        let mut r = row(measured.clone(), device, t, Timing::Wall);
         r.gflops = Some(flops_per_step / t / 1e9);
         // A CPU step is synchronous: its host time is the step itself.
+        if matches!(device, Device::Gpu(_)) {
+            r.host_s = Some(median(host.split_off(host.len().saturating_sub(REPS))));
+        }
+        rows.push(r);
+
+        // The same batch resident: what a step from a device data set costs, host and device.
+        trainer.load_data(&x, Targets::Classes(&labels))?;
+        trainer.set_order(&(0..batch as u32).collect::<Vec<_>>())?;
+        let mut host = Vec::new();
+        let t = measure(1, REPS, || {
+            let start = Instant::now();
+            let mut host_time = 0.0;
+            for _ in 0..RESIDENT_RUN {
+                let t0 = Instant::now();
+                trainer.step_data(0, batch)?;
+                host_time += t0.elapsed().as_secs_f64();
+            }
+            host.push(host_time / RESIDENT_RUN as f64);
+            // Submits what is still queued and waits for it.
+            trainer.losses()?;
+            Ok(start.elapsed().as_secs_f64() / RESIDENT_RUN as f64)
+        })?;
+        if let Measured::TrainStep { resident, .. } = &mut measured {
+            *resident = true;
+        }
+        let mut r = row(measured, device, t, Timing::Wall);
+        r.gflops = Some(flops_per_step / t / 1e9);
         if matches!(device, Device::Gpu(_)) {
             r.host_s = Some(median(host.split_off(host.len().saturating_sub(REPS))));
         }

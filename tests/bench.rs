@@ -47,7 +47,7 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
             !alone,
             "CPU row to compare with: {r:?}"
         );
-        if !matches!(r.measured.op(), "train_step" | "epoch") {
+        if !matches!(r.measured.op(), "train_step" | "resident_step" | "epoch") {
             let want = if timestamps {
                 Timing::Timestamp
             } else {
@@ -58,13 +58,18 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
             assert!(r.host_s.unwrap() > 0.0, "{r:?}");
         }
     }
-    // copy, one row per optimizer, the train step, the epoch with updates submitted together
-    // and one by one
+    // copy, one row per optimizer, the train step from the host and from resident data, the
+    // epoch with updates submitted together and one by one
     let optimizers = kiln::optim::REGISTRY.len();
     assert_eq!(
         rows.iter().filter(|r| r.device.kind() == "gpu").count(),
-        4 + optimizers
+        5 + optimizers
     );
+    let resident = rows
+        .iter()
+        .find(|r| r.measured.op() == "resident_step" && r.device.kind() == "gpu")
+        .unwrap();
+    assert_eq!(resident.measured.shape(), "64->128->10 batch 32");
     let epochs: Vec<String> = rows
         .iter()
         .filter(|r| r.measured.op() == "epoch" && r.device.kind() == "gpu")

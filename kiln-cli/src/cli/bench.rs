@@ -57,13 +57,13 @@ fn print_table(rows: &[BenchRow]) {
         println!("{}: {}", adapter.0, adapter.1);
     }
     println!(
-        "{:<11} {:<10} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  tiles",
+        "{:<13} {:<10} {:<44} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  tiles",
         "op", "dev", "shape", "median", "GFLOP/s", "GB/s", "% peak", "GPU/CPU", "host", "timing"
     );
     let f = |v: Option<f64>, p: usize| v.map_or("-".into(), |x| format!("{x:.p$}"));
     for r in rows {
         println!(
-            "{:<11} {:<10} {:<38} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  {}",
+            "{:<13} {:<10} {:<44} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  {}",
             r.measured.op(),
             r.device.kind(),
             r.measured.shape(),
