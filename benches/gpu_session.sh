@@ -29,7 +29,7 @@ cat "$out/side_by_side.md"
 {
     for device in gpu gpu cpu; do
         echo "== kiln --device $device"
-        gpubin/kiln train benches/mnist.toml --device "$device" --quiet 2>&1 | tail -2
+        gpubin/kiln train benches/mnist.toml --device "$device" 2>&1 | tail -2
     done
     python3 benches/mnist_reference.py gpubin/mnist --split-seed 1
 } 2>&1 | tee "$out/mnist.txt"
@@ -41,6 +41,6 @@ cat "$out/side_by_side.md"
         printf '[model]\nlayers = [%s]\nloss = "cross_entropy"\n[data]\nsource = "digits"\n[optimizer]\nkind = "adamw"\nlr = 0.0001\n[train]\nsteps = 3\nbatch_size = 64\n' \
             "$layers" > "$out/big.toml"
         echo "== $(grep -o 'dense = [0-9]*' "$out/big.toml" | sort | uniq -c | tr '\n' ' ')"
-        /usr/bin/time -f "%e s wall, %M KB host" gpubin/kiln train "$out/big.toml" --device gpu --quiet 2>&1 | tail -3
+        /usr/bin/time -f "%e s wall, %M KB host" gpubin/kiln train "$out/big.toml" --device gpu 2>&1 | tail -3
     done
 } 2>&1 | tee "$out/big-models.txt"
