@@ -6,6 +6,8 @@
 //           (relu, leaky_relu and gelu use x; sigmoid, tanh and softmax use y).
 // Elementwise kernels run on a 2-D grid of 256-thread workgroups, so tensors longer than
 // 65535·256 elements still fit the per-dimension dispatch limit.
+// The scalar functions are shaders/act_fn.wgsl's, which the host puts in front of this file.
+// prelude: act_fn.wgsl
 // CPU twin: src/cpu/activation.rs. Tests: tests/kernels.rs.
 
 struct ActParams {
@@ -26,32 +28,8 @@ struct ActParams {
 @group(1) @binding(3) var<storage, read_write> bdx: array<f32>;
 @group(1) @binding(4) var<uniform> bparams: ActParams;
 
-const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
-const GELU_KAPPA: f32 = 0.044715;
-const FRAC_1_SQRT_2: f32 = 0.7071067811865476;
-const FRAC_1_SQRT_2PI: f32 = 0.3989422804014327;
-
 fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.y * nwg.x * 256u + gid.x;
-}
-
-// erf for f32, Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), as WGSL has no erf builtin.
-fn erf_approx(v: f32) -> f32 {
-    let s = sign(v);
-    let z = abs(v);
-    let t = 1.0 / (1.0 + 0.3275911 * z);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return s * (1.0 - poly * exp(-z * z));
-}
-
-// tanh saturates to ±1 in f32 well before |v| = 10; clamping keeps drivers that build tanh from
-// exp from producing inf/inf.
-fn tanh_safe(v: f32) -> f32 {
-    return tanh(clamp(v, -10.0, 10.0));
-}
-
-fn sigmoid(v: f32) -> f32 {
-    return 1.0 / (1.0 + exp(-v));
 }
 
 // ---- forward ----
@@ -72,8 +50,7 @@ fn relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 fn leaky_relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if i < params.len {
-        let v = x[i];
-        y[i] = select(v * params.alpha, v, v > 0.0);
+        y[i] = leaky_relu(x[i], params.alpha);
     }
 }
 
@@ -93,8 +70,7 @@ fn tanh_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if i < params.len {
-        let v = x[i];
-        y[i] = 0.5 * v * (1.0 + erf_approx(v * FRAC_1_SQRT_2));
+        y[i] = gelu(x[i]);
     }
 }
 
@@ -102,9 +78,7 @@ fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 fn gelu_tanh_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if i < params.len {
-        let v = x[i];
-        let inner = SQRT_2_OVER_PI * (v + GELU_KAPPA * v * v * v);
-        y[i] = 0.5 * v * (1.0 + tanh_safe(inner));
+        y[i] = gelu_tanh(x[i]);
     }
 }
 

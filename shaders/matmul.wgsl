@@ -15,6 +15,12 @@
 //
 // Every output is one fma chain over k in increasing order, whatever the tile shape, so every
 // tile shape gives bit-identical results (the tuner may pick any of them).
+//
+// Epilogue: + bias[col] (the forward product), and with ACT ≠ 0 a dense layer's activation
+// fused in: C keeps the pre-activation (the backward pass reads it) and Y gets act(C), so the
+// step needs no separate activation kernel and never reads C back for it. The activation
+// functions are shaders/act_fn.wgsl's, which the host puts in front of this file.
+// prelude: act_fn.wgsl
 // CPU twin: src/cpu/matmul.rs. Tests: tests/kernels.rs. Tile shapes: src/gpu/matmul_tiles.rs.
 
 // The tile shape. The host rewrites these five lines for each shape it compiles
@@ -31,6 +37,8 @@ override TRANS_B: bool = false;
 // dimension is a multiple of 4, so a vec4 never straddles a row and bindings are whole vec4s.
 override VEC_A: bool = false;
 override VEC_B: bool = false;
+// The activation fused into the epilogue (act_fn.wgsl's ids; 0: none).
+override ACT: u32 = 0u;
 
 const WG_X: u32 = BN / TN;
 const WG_Y: u32 = BM / TM;
@@ -48,6 +56,11 @@ struct MatmulParams {
     k: u32,
     // Non-zero: add bias[col] to every output (the forward pass's fused epilogue).
     use_bias: u32,
+    // leaky_relu's slope, when ACT fuses it.
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -57,7 +70,9 @@ struct MatmulParams {
 @group(0) @binding(3) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
-@group(0) @binding(6) var<uniform> params: MatmulParams;
+// act(C) when ACT ≠ 0 (a placeholder otherwise), laid out as C.
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<uniform> params: MatmulParams;
 
 // k-major: a_tile[kk·BM4 + r] holds rows 4r..4r+3 of the tile at k = kk; b_tile likewise columns.
 var<workgroup> a_tile: array<vec4<f32>, BK * BM4>;
@@ -227,6 +242,9 @@ fn matmul(
                             out += bias[col + j];
                         }
                         c[row * params.n + col + j] = out;
+                        if ACT != 0u {
+                            y[row * params.n + col + j] = activate(ACT, out, params.alpha);
+                        }
                     }
                 }
             }

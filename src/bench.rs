@@ -207,6 +207,8 @@ pub enum BenchDevice {
         adapter: String,
         /// Whether kernels kept wgpu's runtime bounds checks.
         bounds_checks: bool,
+        /// Whether training steps ran each activation as a kernel of its own.
+        separate_activations: bool,
     },
 }
 
@@ -217,19 +219,26 @@ impl BenchDevice {
             Device::Gpu(ctx) => BenchDevice::Gpu {
                 adapter: ctx.info().name.clone(),
                 bounds_checks: ctx.bounds_checks(),
+                separate_activations: !ctx.fuses_activations(),
             },
         }
     }
 
-    /// "cpu", "gpu", or "gpu+checks" (kernels with runtime bounds checks).
+    /// "cpu", "gpu", "gpu+checks" (kernels with runtime bounds checks), "gpu+separate"
+    /// (activations not fused into the products) or "gpu+checks+separate".
     pub fn kind(&self) -> &'static str {
         match self {
             BenchDevice::Cpu => "cpu",
             BenchDevice::Gpu {
-                bounds_checks: true,
+                bounds_checks,
+                separate_activations,
                 ..
-            } => "gpu+checks",
-            BenchDevice::Gpu { .. } => "gpu",
+            } => match (bounds_checks, separate_activations) {
+                (false, false) => "gpu",
+                (true, false) => "gpu+checks",
+                (false, true) => "gpu+separate",
+                (true, true) => "gpu+checks+separate",
+            },
         }
     }
 
@@ -390,6 +399,7 @@ impl GpuOp {
             (&buffers[1]).into(),
             None,
             (&buffers[2]).into(),
+            ctx.dummy_output().into(),
             ctx.dummy(),
         );
         Ok(GpuOp {

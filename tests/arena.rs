@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use kiln::gpu::arena::ArenaSplit;
 use kiln::optim::OptimizerConfig;
-use kiln::run::{Placement, Run, RunConfig};
+use kiln::run::{Placement, Run, RunConfig, ValidationPlacement};
 use kiln::schedule::Scheduler;
 use kiln::train::{PARAM_ALIGN, TrainOptions};
 use kiln::{
@@ -256,9 +256,15 @@ fn rows_over_the_binding_limit_stream_and_train_like_resident_rows() {
     let base = Path::new(".");
     let streamed = Run::new(config.clone(), base, &small, None, None).unwrap();
     match streamed.placement() {
-        Placement::Streamed { window_rows, why } => {
+        Placement::Streamed {
+            window_rows,
+            why,
+            validation,
+        } => {
             assert_eq!(*window_rows, 200);
             assert!(why.contains("max_storage_buffer_binding_size"), "{why}");
+            // Validation rows are only copied, never bound: the binding limit does not apply.
+            assert_eq!(*validation, ValidationPlacement::Device { rows: 359 });
         }
         p => panic!("{p}"),
     }

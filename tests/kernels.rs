@@ -266,3 +266,83 @@ fn grad_norm_and_clip_match_cpu() {
         assert_close(&format!("clipped n={n}"), &g_gpu, &g_cpu, common::NORM);
     }
 }
+
+/// The forward product with its activation fused into the epilogue (as a training step runs a
+/// dense layer and the activation after it): C equals the plain product with bias, and Y equals
+/// the separate activation kernel applied to that C, to the bit, for every elementwise
+/// activation, on every tile shape and on shapes that are not tile multiples. Against the CPU
+/// within the matmul's and the activation's tolerances.
+#[test]
+fn matmul_with_fused_activation_matches_the_separate_kernels() {
+    let Some(Device::Gpu(ctx)) = both() else {
+        return;
+    };
+    let gpu = Device::Gpu(ctx.clone());
+    let mut acts: Vec<Activation> = Activation::ALL
+        .into_iter()
+        .filter(|&a| a != Activation::Softmax)
+        .collect();
+    acts.push(Activation::LeakyRelu(0.2));
+    let tiles: Vec<Option<TileConfig>> = std::iter::once(None)
+        .chain(
+            CANDIDATES
+                .iter()
+                .filter(|t| t.fits(ctx.limits()))
+                .map(|&t| Some(t)),
+        )
+        .collect();
+    for (i, &(m, n, k)) in [(65, 17, 33), (3, 129, 7), (64, 64, 16)].iter().enumerate() {
+        let dims = MatmulDims { m, n, k };
+        let seed = 7000 + 10 * i as u64;
+        // Scaled so that pre-activations spread over the activations' interesting range.
+        let a = random(m * k, -2.0, 2.0, seed);
+        let b = random(k * n, -1.0, 1.0, seed + 1);
+        let bias = random(n, -1.0, 1.0, seed + 2);
+        let cpu_c = Device::Cpu
+            .matmul(&a, &b, Some(&bias), dims, Transpose::Nt)
+            .unwrap();
+        for &act in &acts {
+            let cpu_y = Device::Cpu.activation_forward(act, &cpu_c, n).unwrap();
+            for tile in &tiles {
+                let what = format!("{} m={m} n={n} k={k} tiles {tile:?}", act.name());
+                let (c, y) = ctx
+                    .matmul_activation(&a, &b, Some(&bias), dims, Transpose::Nt, act, *tile)
+                    .unwrap();
+                let separate_c = match tile {
+                    Some(t) => ctx
+                        .matmul_with_tile(&a, &b, Some(&bias), dims, Transpose::Nt, *t)
+                        .unwrap(),
+                    None => gpu
+                        .matmul(&a, &b, Some(&bias), dims, Transpose::Nt)
+                        .unwrap(),
+                };
+                let separate_y = gpu.activation_forward(act, &separate_c, n).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&c), bits(&separate_c), "{what}: pre-activation");
+                assert_eq!(bits(&y), bits(&separate_y), "{what}: activation");
+                assert_close(&what, &c, &cpu_c, common::matmul_tolerance(k));
+                // C's error carries through the activation (slope at most ~1.13, GELU's), plus
+                // the activation's own.
+                let through = Tolerance {
+                    abs: 1.2 * common::matmul_tolerance(k).abs + common::ACTIVATION.abs,
+                    rel: 1.2 * common::matmul_tolerance(k).rel + common::ACTIVATION.rel,
+                };
+                assert_close(&what, &y, &cpu_y, through);
+            }
+        }
+    }
+    // Softmax needs whole rows: not fused, and asking is an error.
+    let e = ctx
+        .matmul_activation(
+            &[1.0],
+            &[1.0],
+            None,
+            MatmulDims { m: 1, n: 1, k: 1 },
+            Transpose::Nn,
+            Activation::Softmax,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("softmax"), "{e}");
+}

@@ -12,7 +12,12 @@ fn every_wgsl_file_parses_and_validates() {
         if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
             continue;
         }
-        let source = std::fs::read_to_string(&path).unwrap();
+        let mut source = std::fs::read_to_string(&path).unwrap();
+        // A file that names a prelude is compiled behind it (src/gpu/kernels.rs does the same).
+        if let Some(line) = source.lines().find(|l| l.starts_with("// prelude: ")) {
+            let prelude = dir.join(line.trim_start_matches("// prelude: ").trim());
+            source = std::fs::read_to_string(&prelude).unwrap() + &source;
+        }
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
         naga::valid::Validator::new(

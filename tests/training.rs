@@ -656,3 +656,50 @@ test_device!(
     resident_validation_is_exact,
     super::resident_validation_predicts_like_host_rows
 );
+
+/// Activations fused into the products before them (the default) train as the same model with
+/// every activation a kernel of its own (`AdapterOptions::separate_activations`): both compute
+/// each activation with the same WGSL function of the same pre-activation.
+#[test]
+fn fused_activations_train_like_separate_ones() {
+    let Some(fused) = common::gpu_device() else {
+        return;
+    };
+    let separate = Device::Gpu(std::sync::Arc::new(
+        kiln::GpuContext::new(&kiln::AdapterOptions {
+            separate_activations: true,
+            ..kiln::AdapterOptions::from_env()
+        })
+        .unwrap(),
+    ));
+    let model = Sequential::new(
+        4,
+        vec![
+            Layer::Dense { out: 19 },
+            Layer::Activation(Activation::Gelu),
+            Layer::Dense { out: 17 },
+            Layer::Activation(Activation::LeakyRelu(0.1)),
+            Layer::Dense { out: 9 },
+            Layer::Activation(Activation::Tanh),
+            Layer::Activation(Activation::Sigmoid),
+            Layer::Dense { out: 3 },
+        ],
+        Loss::CrossEntropy,
+    )
+    .unwrap();
+    let (x, labels) = task();
+    let run = |device: &Device| {
+        let mut t = Trainer::new(
+            device,
+            model.clone(),
+            options(),
+            Scheduler::fixed(0.1).unwrap(),
+        )
+        .unwrap();
+        train(&mut t, &x, &labels, 20);
+        (t.losses().unwrap().to_vec(), t.parameters().unwrap())
+    };
+    let (a, b) = (run(&fused), run(&separate));
+    common::assert_close("fused losses", &a.0, &b.0, common::LOSS_CURVE);
+    common::assert_close("fused parameters", &a.1, &b.1, common::LOSS_CURVE);
+}

@@ -25,6 +25,11 @@ pub struct AdapterOptions {
     pub max_storage_binding: Option<u64>,
     /// Caps the device memory Kiln budgets for, in bytes (as `max_buffer_size`).
     pub max_device_memory: Option<u64>,
+    /// Run each activation as a kernel of its own instead of in the epilogue of the dense
+    /// layer's product before it (`KILN_SEPARATE_ACTIVATIONS=1`): the same numbers, one more
+    /// launch and one more pass over the layer's output per activation. For measuring what the
+    /// fusion gains on a device.
+    pub separate_activations: bool,
 }
 
 impl AdapterOptions {
@@ -44,6 +49,12 @@ impl AdapterOptions {
             max_buffer_size: None,
             max_storage_binding: None,
             max_device_memory: None,
+            separate_activations: get("KILN_SEPARATE_ACTIVATIONS").is_some_and(|v| {
+                !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "0" | "false" | "off" | "no"
+                )
+            }),
         }
     }
 

@@ -42,6 +42,15 @@ impl ArenaSplit {
         }
         let floats = |bytes: u64| (bytes / 4) as usize / PARAM_ALIGN * PARAM_ALIGN;
         let (buffer_floats, binding_floats) = (floats(max_buffer), floats(max_binding));
+        if binding_floats == 0 {
+            // Chunks start at 256-byte boundaries, so a binding must hold at least one.
+            return Err(KilnError::OverLimit {
+                tensor: "arena chunk".into(),
+                size: PARAM_ALIGN as u64 * 4,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: max_binding,
+            });
+        }
         let tensors = crate::weights::tensors(layout, "");
         let mut parts = Vec::new();
         let mut part_start = 0;
@@ -59,7 +68,13 @@ impl ArenaSplit {
                 return Err(over("max_storage_buffer_binding_size", max_binding));
             }
             if end - start > buffer_floats {
-                return Err(over("max_buffer_size", max_buffer));
+                // With its padding, in the whole 256-byte units a buffer is split in.
+                return Err(KilnError::OverLimit {
+                    tensor: format!("parameter {name}"),
+                    size: (end - start) as u64 * 4,
+                    limit_name: "max_buffer_size",
+                    limit: buffer_floats as u64 * 4,
+                });
             }
             if end - part_start > buffer_floats {
                 parts.push(part_start..*start);
@@ -71,8 +86,8 @@ impl ArenaSplit {
             .iter()
             .flat_map(|p| {
                 (p.start..p.end)
-                    .step_by(binding_floats.max(PARAM_ALIGN))
-                    .map(move |s| s..(s + binding_floats.max(PARAM_ALIGN)).min(p.end))
+                    .step_by(binding_floats)
+                    .map(move |s| s..(s + binding_floats).min(p.end))
             })
             .collect();
         Ok(ArenaSplit { parts, chunks })
@@ -127,7 +142,14 @@ impl Arena {
                 let label = format!("{name} [{}..{})", p.start, p.end);
                 let b = ctx.arena_buffer(&label, p.len())?;
                 if fill != 0.0 {
-                    write_in_pieces(ctx, &b, &vec![fill; p.len()]);
+                    // One piece of the fill, written over and over.
+                    let piece = vec![fill; p.len().min(PIECE)];
+                    let mut at = 0;
+                    while at < p.len() {
+                        let n = (p.len() - at).min(PIECE);
+                        write_piece(ctx, &b, at, &piece[..n])?;
+                        at += n;
+                    }
                 }
                 Ok(b)
             })
@@ -146,16 +168,17 @@ impl Arena {
         values: &[f32],
     ) -> Result<Self> {
         let arena = Self::filled(ctx, name, split, 0.0)?;
-        arena.write(ctx, values);
+        arena.write(ctx, values)?;
         Ok(arena)
     }
 
     /// Overwrites the whole arena with `values`, from the next submission on.
-    pub fn write(&self, ctx: &GpuContext, values: &[f32]) {
+    pub fn write(&self, ctx: &GpuContext, values: &[f32]) -> Result<()> {
         debug_assert_eq!(values.len(), self.parts.last().map_or(0, |p| p.end));
         for (b, p) in self.buffers.iter().zip(&self.parts) {
-            write_in_pieces(ctx, b, &values[p.clone()]);
+            write_large(ctx, b, &values[p.clone()])?;
         }
+        Ok(())
     }
 
     /// The whole arena, read back (waits for the GPU).
@@ -184,14 +207,30 @@ impl Arena {
     }
 }
 
-/// `queue.write_buffer` in pieces of at most 64 MiB: wgpu stages each write whole, so one
-/// write of a multi-GiB arena would need as much staging memory again at once.
-fn write_in_pieces(ctx: &GpuContext, buffer: &wgpu::Buffer, values: &[f32]) {
-    const PIECE: usize = 16 << 20;
+/// Elements per `queue.write_buffer` of an arena: 64 MiB.
+const PIECE: usize = 16 << 20;
+
+/// Writes `values` at the start of `buffer` in pieces (see [`write_piece`]).
+pub(crate) fn write_large(ctx: &GpuContext, buffer: &wgpu::Buffer, values: &[f32]) -> Result<()> {
     for (i, piece) in values.chunks(PIECE).enumerate() {
-        ctx.queue
-            .write_buffer(buffer, (i * PIECE * 4) as u64, bytemuck::cast_slice(piece));
+        write_piece(ctx, buffer, i * PIECE, piece)?;
     }
+    Ok(())
+}
+
+/// Writes `values` at element `at` of `buffer`. wgpu stages every write whole and keeps the
+/// staging memory until a submission that follows it completes, so a piece that ends on a
+/// 256 MiB boundary is pushed through and waited for: writing a multi-GiB arena never holds
+/// more than that much staging memory beside it.
+fn write_piece(ctx: &GpuContext, buffer: &wgpu::Buffer, at: usize, values: &[f32]) -> Result<()> {
+    ctx.queue
+        .write_buffer(buffer, (at * 4) as u64, bytemuck::cast_slice(values));
+    const FLUSH: usize = 4 * PIECE;
+    if (at + values.len()).is_multiple_of(FLUSH) {
+        ctx.queue.submit(std::iter::empty::<wgpu::CommandBuffer>());
+        ctx.wait_idle()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

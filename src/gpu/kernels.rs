@@ -37,9 +37,16 @@ pub struct Kernel {
 
 use Binding::{Read, ReadWrite, Uniform};
 
-const MATMUL_SRC: &str = include_str!("../../shaders/matmul.wgsl");
+// Files whose first lines say `// prelude: act_fn.wgsl` are compiled behind it.
+const MATMUL_SRC: &str = concat!(
+    include_str!("../../shaders/act_fn.wgsl"),
+    include_str!("../../shaders/matmul.wgsl")
+);
 const BIAS_SRC: &str = include_str!("../../shaders/bias.wgsl");
-const ACTIVATION_SRC: &str = include_str!("../../shaders/activation.wgsl");
+const ACTIVATION_SRC: &str = concat!(
+    include_str!("../../shaders/act_fn.wgsl"),
+    include_str!("../../shaders/activation.wgsl")
+);
 const LOSS_SRC: &str = include_str!("../../shaders/loss.wgsl");
 const NORM_SRC: &str = include_str!("../../shaders/norm.wgsl");
 const COPY_SRC: &str = include_str!("../../shaders/copy.wgsl");
@@ -51,7 +58,7 @@ pub static MATMUL: Kernel = Kernel {
     source: MATMUL_SRC,
     entry: "matmul",
     group: 0,
-    bindings: &[Read, Read, Read, Read, Read, ReadWrite, Uniform],
+    bindings: &[Read, Read, Read, Read, Read, ReadWrite, ReadWrite, Uniform],
 };
 
 /// dy, db, params
@@ -244,6 +251,9 @@ pub(crate) struct MatmulParams {
     pub n: u32,
     pub k: u32,
     pub use_bias: u32,
+    /// leaky_relu's slope, when the launch fuses it.
+    pub alpha: f32,
+    pub _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -394,6 +404,7 @@ pub(crate) fn matmul(
         n: dims.n as u32,
         k: dims.k as u32,
         use_bias: use_bias as u32,
+        ..Default::default()
     };
     let (trans_a, trans_b) = match t {
         Transpose::Nn => (false, false),
@@ -416,9 +427,38 @@ pub(crate) fn matmul(
     Ok(launch)
 }
 
+/// The id act_fn.wgsl gives an activation the matmul can fuse into its epilogue: every one
+/// that works elementwise (not softmax, which needs the whole row).
+pub(crate) fn fused_activation_id(act: Activation) -> Option<u32> {
+    Some(match act {
+        Activation::Identity => 1,
+        Activation::Relu => 2,
+        Activation::LeakyRelu(_) => 3,
+        Activation::Sigmoid => 4,
+        Activation::Tanh => 5,
+        Activation::Gelu => 6,
+        Activation::GeluTanh => 7,
+        Activation::Softmax => return None,
+    })
+}
+
+/// `launch` (a matmul's) with `act` applied in its epilogue: C keeps the pre-activation and Y
+/// (the binding after C) gets act(C). `act` must be one [`fused_activation_id`] numbers.
+pub(crate) fn fuse_activation(mut launch: Launch, act: Activation) -> Launch {
+    let id = fused_activation_id(act).expect("the program fuses elementwise activations only");
+    let mut params: MatmulParams = bytemuck::pod_read_unaligned(&launch.uniform);
+    params.alpha = act.alpha();
+    launch.uniform = bytemuck::bytes_of(&params).to_vec();
+    launch.constants.push(("ACT", id as f64));
+    launch
+}
+
 /// The bindings of a matmul launch, in order: A, B, their vec4 views (the placeholder where
-/// the launch reads scalars), the bias (or the placeholder), C. `a` and `b` must start at
-/// their matrices; the views cover exactly `dims`' elements, so they are whole vec4s.
+/// the launch reads scalars), the bias (or the placeholder), C, then Y for a fused activation
+/// (the caller's writable placeholder, `GpuContext::dummy_output`, without one). `a` and `b`
+/// must start at their matrices; the views cover exactly `dims`' elements, so they are whole
+/// vec4s.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_bindings<'a>(
     launch: &Launch,
     dims: MatmulDims,
@@ -426,6 +466,7 @@ pub(crate) fn matmul_bindings<'a>(
     b: BufferRange<'a>,
     bias: Option<BufferRange<'a>>,
     c: BufferRange<'a>,
+    y: BufferRange<'a>,
     placeholder: &'a wgpu::Buffer,
 ) -> Vec<BufferRange<'a>> {
     let view = |on: &str, r: BufferRange<'a>, len: usize| {
@@ -445,6 +486,7 @@ pub(crate) fn matmul_bindings<'a>(
         view("VEC_B", b, dims.k * dims.n),
         bias.unwrap_or(placeholder.into()),
         c,
+        y,
     ]
 }
 

@@ -45,6 +45,7 @@ pub struct GpuContext {
     memory: Option<u64>,
     /// Whether `AdapterOptions` capped the buffer limits below the adapter's.
     capped: bool,
+    separate_activations: bool,
     modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<CachedPipeline>>>,
     /// Errors wgpu reported outside any call that could return them (validation, out of
@@ -52,6 +53,9 @@ pub struct GpuContext {
     errors: Arc<Mutex<Vec<String>>>,
     /// A small read-only buffer bound where a kernel's optional input is absent.
     dummy: wgpu::Buffer,
+    /// Its writable twin, bound where an optional output is absent (a buffer may not be bound
+    /// read-only and writable in one dispatch).
+    dummy_output: wgpu::Buffer,
     bounds_checks: bool,
     /// The matmul tile shapes, chosen on first use (`matmul_tiling`); the lock also keeps two
     /// threads from tuning at once.
@@ -84,6 +88,20 @@ impl GpuContext {
             (m, cap) => m.or(cap),
         };
         let mut limits = adapter.limits();
+        // Below a few KiB not even Kiln's small fixed buffers (placeholders, uniform blocks,
+        // the loss history) fit.
+        const SMALLEST_CAP: u64 = 4 << 10;
+        for (field, cap) in [
+            ("max_buffer_size", opts.max_buffer_size),
+            ("max_storage_binding", opts.max_storage_binding),
+        ] {
+            if let Some(cap) = cap.filter(|&c| c < SMALLEST_CAP) {
+                return Err(KilnError::invalid(
+                    field,
+                    format!("a cap of {cap} bytes is below the {SMALLEST_CAP} bytes Kiln needs"),
+                ));
+            }
+        }
         if let Some(cap) = opts.max_buffer_size {
             limits.max_buffer_size = limits.max_buffer_size.min(cap);
         }
@@ -123,6 +141,12 @@ impl GpuContext {
             contents: &[0u8; 16],
             usage: wgpu::BufferUsages::STORAGE,
         });
+        let dummy_output = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln.dummy_output"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Ok(GpuContext {
             device,
             queue,
@@ -131,10 +155,12 @@ impl GpuContext {
             features,
             memory,
             capped,
+            separate_activations: opts.separate_activations,
             modules: Mutex::default(),
             pipelines: Mutex::default(),
             errors,
             dummy,
+            dummy_output,
             bounds_checks,
             tiling: Mutex::new(None),
         })
@@ -159,6 +185,12 @@ impl GpuContext {
     /// The optional features enabled (timestamps, subgroups, f16 where the adapter has them).
     pub fn features(&self) -> wgpu::Features {
         self.features
+    }
+
+    /// Whether training steps fold each elementwise activation into the product before it
+    /// (see [`AdapterOptions::separate_activations`]).
+    pub fn fuses_activations(&self) -> bool {
+        !self.separate_activations
     }
 
     /// Whether kernels are compiled with wgpu's runtime bounds checks.
@@ -247,6 +279,11 @@ impl GpuContext {
         &self.dummy
     }
 
+    /// The writable placeholder bound where an optional output is absent.
+    pub fn dummy_output(&self) -> &wgpu::Buffer {
+        &self.dummy_output
+    }
+
     /// The matmul tile shape for each output size on this device. Chosen on the first call:
     /// `KILN_MATMUL_TILES` if set, else the choice cached for this adapter and driver in
     /// [`matmul_tiles::cache_dir`], else measured now (well under a second on a GPU) and
@@ -331,6 +368,7 @@ impl GpuContext {
                 b.into(),
                 None,
                 c.into(),
+                self.dummy_output().into(),
                 self.dummy(),
             );
             let recorded = self.record(&launch, &bindings);

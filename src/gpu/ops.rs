@@ -178,15 +178,60 @@ impl GpuContext {
         t: Transpose,
         tile: Option<TileConfig>,
     ) -> Result<Vec<f32>> {
+        Ok(self.matmul_then(a, b, bias, dims, t, tile, None)?.0)
+    }
+
+    /// The product as a training step's forward pass runs it with the layer's activation fused
+    /// into its epilogue: (pre-activation C, act(C)). How tests hold the fused epilogue to the
+    /// CPU's matmul and activation. `act` must work elementwise (not softmax).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_activation(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        dims: MatmulDims,
+        t: Transpose,
+        act: Activation,
+        tile: Option<TileConfig>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        crate::ops::check_matmul(a.len(), b.len(), bias.map(<[f32]>::len), dims, t)?;
+        if kernels::fused_activation_id(act).is_none() {
+            return Err(crate::KilnError::invalid(
+                "act",
+                format!("{} works on whole rows; it is not fused", act.name()),
+            ));
+        }
+        let (c, y) = self.matmul_then(a, b, bias, dims, t, tile, Some(act))?;
+        Ok((c, y.expect("asked for")))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_then(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        dims: MatmulDims,
+        t: Transpose,
+        tile: Option<TileConfig>,
+        act: Option<Activation>,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         let tile = match tile {
             Some(tile) => tile,
             None => self.matmul_tiling()?.pick(dims),
         };
-        let launch = kernels::matmul(t, dims, bias.is_some(), tile, self.max_dim())?;
+        let mut launch = kernels::matmul(t, dims, bias.is_some(), tile, self.max_dim())?;
+        if let Some(act) = act {
+            launch = kernels::fuse_activation(launch, act);
+        }
         let a_buf = self.upload("a", a)?;
         let b_buf = self.upload("b", b)?;
         let bias_buf = bias.map(|b| self.upload("bias", b)).transpose()?;
         let c = self.storage_buffer("c", dims.m * dims.n)?;
+        let y = act
+            .map(|_| self.storage_buffer("y", dims.m * dims.n))
+            .transpose()?;
         let bindings = kernels::matmul_bindings(
             &launch,
             dims,
@@ -194,10 +239,14 @@ impl GpuContext {
             (&b_buf).into(),
             bias_buf.as_ref().map(Into::into),
             (&c).into(),
+            y.as_ref().unwrap_or(self.dummy_output()).into(),
             self.dummy(),
         );
         self.run(&launch, &bindings)?;
-        self.read_back(&c, 0, dims.m * dims.n)
+        let y = y
+            .map(|y| self.read_back(&y, 0, dims.m * dims.n))
+            .transpose()?;
+        Ok((self.read_back(&c, 0, dims.m * dims.n)?, y))
     }
 
     pub(crate) fn bias_grad(&self, dy: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {

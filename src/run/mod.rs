@@ -159,29 +159,30 @@ impl Prepared {
             Device::Gpu(_) => match trainer.load_data(&self.train.x, train_targets.as_targets()) {
                 Ok(()) => Placement::Device {
                     rows,
-                    validation: match &self.validation {
-                        None => ValidationPlacement::None,
-                        Some(v) => match trainer.load_validation(&v.x) {
-                            Ok(()) => ValidationPlacement::Device { rows: v.rows() },
-                            Err(e @ KilnError::OverLimit { .. }) => {
-                                ValidationPlacement::Host { why: e.to_string() }
-                            }
-                            Err(e) => return Err(e),
-                        },
-                    },
+                    validation: place_validation(&mut trainer, self.validation.as_ref())?,
                 },
                 Err(e @ KilnError::OverLimit { .. }) => {
                     // Streamed: windows of whole batches, each gathered on the host, uploaded
-                    // in one write and its batches gathered on the device.
+                    // in one write and its batches gathered on the device. The window's room
+                    // is held before the validation rows take theirs.
                     let batches = (0..=STREAM_WINDOW_BATCHES.ilog2())
                         .rev()
                         .map(|p| 1usize << p)
                         .find(|&b| trainer.check_resident(b * self.batch).is_ok());
                     match batches {
-                        Some(b) => Placement::Streamed {
-                            window_rows: (b * self.batch).min(rows),
-                            why: e.to_string(),
-                        },
+                        Some(b) => {
+                            let window_rows = (b * self.batch).min(rows);
+                            let bytes = trainer.check_resident(window_rows)?;
+                            trainer.reserve_resident(bytes);
+                            Placement::Streamed {
+                                window_rows,
+                                why: e.to_string(),
+                                validation: place_validation(
+                                    &mut trainer,
+                                    self.validation.as_ref(),
+                                )?,
+                            }
+                        }
                         None => Placement::Host { why: e.to_string() },
                     }
                 }
@@ -243,6 +244,23 @@ pub struct Evaluation {
 /// Batches a streamed window holds at most.
 const STREAM_WINDOW_BATCHES: usize = 64;
 
+/// Puts the validation rows on the trainer's device when they fit beside what is there.
+fn place_validation(
+    trainer: &mut Trainer,
+    validation: Option<&Dataset>,
+) -> Result<ValidationPlacement> {
+    let Some(v) = validation else {
+        return Ok(ValidationPlacement::None);
+    };
+    match trainer.load_validation(&v.x) {
+        Ok(()) => Ok(ValidationPlacement::Device { rows: v.rows() }),
+        Err(e @ KilnError::OverLimit { .. }) => {
+            Ok(ValidationPlacement::Host { why: e.to_string() })
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Where a run's training rows are while it trains.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -261,12 +279,43 @@ pub enum Placement {
         window_rows: usize,
         /// Why the whole set is not on the device.
         why: String,
+        /// Where the validation rows are.
+        validation: ValidationPlacement,
     },
     /// On the host; each step's batch is gathered there and uploaded.
     Host {
         /// Why.
         why: String,
     },
+}
+
+impl Placement {
+    /// Whether the validation rows are on the device (evaluations predict there).
+    pub fn validation_on_device(&self) -> bool {
+        matches!(
+            self,
+            Placement::Device {
+                validation: ValidationPlacement::Device { .. },
+                ..
+            } | Placement::Streamed {
+                validation: ValidationPlacement::Device { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// "; … validation rows there too" and the like, after a placement's training rows.
+impl std::fmt::Display for ValidationPlacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValidationPlacement::None => Ok(()),
+            ValidationPlacement::Device { rows } => write!(f, "; {rows} validation rows there too"),
+            ValidationPlacement::Host { why } => {
+                write!(f, "; validation rows sent at each evaluation ({why})")
+            }
+        }
+    }
 }
 
 /// Where a run's validation rows are, when its training rows are on the device.
@@ -292,22 +341,17 @@ impl std::fmt::Display for Placement {
             Placement::Device { rows, validation } => {
                 write!(
                     f,
-                    "data: {rows} training rows on the device, batches gathered there"
-                )?;
-                match validation {
-                    ValidationPlacement::None => Ok(()),
-                    ValidationPlacement::Device { rows } => {
-                        write!(f, "; {rows} validation rows there too")
-                    }
-                    ValidationPlacement::Host { why } => {
-                        write!(f, "; validation rows sent at each evaluation ({why})")
-                    }
-                }
+                    "data: {rows} training rows on the device, batches gathered there{validation}"
+                )
             }
-            Placement::Streamed { window_rows, why } => write!(
+            Placement::Streamed {
+                window_rows,
+                why,
+                validation,
+            } => write!(
                 f,
                 "data: streamed to the device {window_rows} rows at a time, batches gathered \
-                 there (not all at once: {why})"
+                 there (not all at once: {why}){validation}"
             ),
             Placement::Host { why } => write!(f, "data: batches gathered on the host ({why})"),
         }
@@ -785,14 +829,7 @@ impl Run {
         let Some((data, targets)) = &self.validation else {
             return Ok(None);
         };
-        let resident = matches!(
-            self.placement,
-            Placement::Device {
-                validation: ValidationPlacement::Device { .. },
-                ..
-            }
-        );
-        let out = if resident {
+        let out = if self.placement.validation_on_device() {
             self.trainer.predict_validation()?
         } else {
             self.trainer.predict_loaded(&data.x)?

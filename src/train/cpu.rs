@@ -359,6 +359,17 @@ impl CpuStep {
             Slot::ActGrad(i) => self.act_grads[i] = out,
             _ => self.grads = out,
         }
+        // An activation fused into a product runs after it, as its own forward would.
+        if let Instr::Matmul {
+            c,
+            n,
+            act: Some((act, y)),
+            ..
+        } = *instr
+        {
+            let cols = n.at(rows);
+            self.exec(&Instr::ActForward { act, x: c, y, cols }, b)?;
+        }
         Ok(())
     }
 }

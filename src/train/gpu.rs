@@ -212,6 +212,7 @@ impl Buffers<'_> {
                 m,
                 n,
                 k,
+                act,
                 ..
             } => vec![kernels::matmul_bindings(
                 &launches[0],
@@ -220,6 +221,7 @@ impl Buffers<'_> {
                 self.bind(b),
                 bias.map(|s| self.bind(s)),
                 self.bind(c),
+                act.map_or(ctx.dummy_output().into(), |(_, y)| self.bind(y)),
                 ctx.dummy(),
             )],
             Instr::BiasGrad { dy, db, .. } => vec![vec![self.bind(dy), self.bind(db)]],
@@ -473,15 +475,27 @@ impl GpuStep {
         let max_dim = self.ctx.max_dim();
         Ok(match *instr {
             Instr::Matmul {
-                t, bias, m, n, k, ..
-            } => vec![kernels::matmul(
                 t,
-                Instr::matmul_dims(m, n, k, batch),
-                bias.is_some(),
-                self.tiling
-                    .pick(Instr::matmul_dims(m, n, k, self.max_batch)),
-                max_dim,
-            )?],
+                bias,
+                m,
+                n,
+                k,
+                act,
+                ..
+            } => {
+                let launch = kernels::matmul(
+                    t,
+                    Instr::matmul_dims(m, n, k, batch),
+                    bias.is_some(),
+                    self.tiling
+                        .pick(Instr::matmul_dims(m, n, k, self.max_batch)),
+                    max_dim,
+                )?;
+                vec![match act {
+                    Some((act, _)) => kernels::fuse_activation(launch, act),
+                    None => launch,
+                }]
+            }
             Instr::BiasGrad { cols, .. } => vec![kernels::bias_grad(batch, cols, max_dim)],
             Instr::ActForward { act, cols, .. } => {
                 vec![kernels::activation_forward(
@@ -587,12 +601,12 @@ impl GpuStep {
         {
             // The next window of a streamed data set: written over the last, in place. The
             // updates submitted before read the last; the write lands after them.
-            let queue = &self.ctx.queue;
-            queue.write_buffer(&d.x, 0, bytemuck::cast_slice(x));
-            queue.write_buffer(&d.y, 0, bytemuck::cast_slice(y));
+            crate::gpu::arena::write_large(&self.ctx, &d.x, x)?;
+            crate::gpu::arena::write_large(&self.ctx, &d.y, y)?;
             return Ok(());
         }
-        let x_buf = self.ctx.upload("resident data x", x)?;
+        let x_buf = self.ctx.storage_buffer("resident data x", x.len())?;
+        crate::gpu::arena::write_large(&self.ctx, &x_buf, x)?;
         let y_buf = self.ctx.upload("resident data targets", y)?;
         // Room for an order of every row; `set_order` makes a larger one if needed.
         let order = self.ctx.storage_buffer("batch order", rows)?;
@@ -614,8 +628,11 @@ impl GpuStep {
         let outputs = rows
             .checked_mul(self.output_width())
             .ok_or_else(|| KilnError::shape("validation rows", format!("{rows} rows")))?;
-        let outputs = self.ctx.storage_buffer("validation outputs", outputs)?;
-        let x = self.ctx.upload("validation x", x)?;
+        // Only copied to and from, never bound: held to max_buffer_size, not the binding limit.
+        let outputs = self.ctx.arena_buffer("validation outputs", outputs)?;
+        let x_buf = self.ctx.arena_buffer("validation x", x.len())?;
+        crate::gpu::arena::write_large(&self.ctx, &x_buf, x)?;
+        let x = x_buf;
         self.validation = Some(ResidentValidation { x, outputs, rows });
         Ok(())
     }
@@ -967,7 +984,7 @@ impl GpuStep {
         self.submit_queued()?;
         for (values, buf) in blocks.iter().zip(&self.state) {
             if let (StateBuffer::Used(arena), false) = (buf, values.is_empty()) {
-                arena.write(&self.ctx, values);
+                arena.write(&self.ctx, values)?;
             }
         }
         self.scalars = scalars;
@@ -982,7 +999,6 @@ impl GpuStep {
 
     pub fn set_parameters(&mut self, params: &[f32]) -> Result<()> {
         self.submit_queued()?;
-        self.params.write(&self.ctx, params);
-        Ok(())
+        self.params.write(&self.ctx, params)
     }
 }

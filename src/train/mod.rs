@@ -300,7 +300,19 @@ impl Trainer {
             crate::device::check_max_norm(max_norm)?;
         }
         let needs = per_update_needs(&schedule, options.schedule_interval);
-        let program = Program::new(&model, &layout, needs.grad_norm, options.clip_grad_norm);
+        // The CPU device runs a fused product and its activation one after the other, the same
+        // numbers either way.
+        let fuse = match device {
+            Device::Cpu => true,
+            Device::Gpu(ctx) => ctx.fuses_activations(),
+        };
+        let program = Program::new(
+            &model,
+            &layout,
+            needs.grad_norm,
+            options.clip_grad_norm,
+            fuse,
+        );
         let backend = match device {
             Device::Cpu => Backend::Cpu(cpu::CpuStep::new(
                 &model, &layout, program, &options, params, needs,
@@ -433,7 +445,8 @@ impl Trainer {
         }
         self.data_rows = Some(rows);
         self.order_len = 0;
-        self.resident.0 = bytes;
+        // Fewer rows reuse the buffers of more (a streamed data set's last window).
+        self.resident.0 = self.resident.0.max(bytes);
         Ok(())
     }
 
@@ -615,9 +628,12 @@ impl Trainer {
         let rows = ops::check_rows("validation rows", "x", x.len(), self.model.input())?;
         ops::check_finite("validation rows `x`", x)?;
         // x and room for every output.
-        let bytes = (x.len() as u64 + (rows * self.model.output()) as u64) * 4;
+        let outputs = (rows as u64).saturating_mul(self.model.output() as u64);
+        let bytes = (x.len() as u64).saturating_add(outputs).saturating_mul(4);
         self.check_device_room("validation rows", bytes, self.resident.0)?;
+        // The device lets the old rows go before it loads these.
         self.validation_rows = None;
+        self.resident.1 = 0;
         match &mut self.backend {
             Backend::Cpu(s) => s.load_validation(x),
             Backend::Gpu(s) => s.load_validation(x, rows)?,
@@ -896,10 +912,22 @@ impl Trainer {
             ctx.check_size("resident data x", x, true)?;
             ctx.check_size("resident data targets", y, true)?;
         }
-        // x, the targets and an order of every row.
+        // x, the targets and an order of every row (a longer order set later is not counted).
         let bytes = x.saturating_add(y).saturating_add(rows.saturating_mul(4));
-        self.check_device_room("resident data", bytes, self.resident.1)?;
+        // Data that grows is allocated beside the old before the old is let go.
+        let old = if bytes > self.resident.0 {
+            self.resident.0
+        } else {
+            0
+        };
+        self.check_device_room("resident data", bytes, self.resident.1.saturating_add(old))?;
         Ok(bytes)
+    }
+
+    /// Holds `bytes` of device memory for training data loaded later (a streamed data set's
+    /// window), so that rows loaded before it (validation rows) leave room for it.
+    pub(crate) fn reserve_resident(&mut self, bytes: u64) {
+        self.resident.0 = self.resident.0.max(bytes);
     }
 
     /// On a GPU whose memory is known: `bytes` more for `what` fit beside the trainer's own

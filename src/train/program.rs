@@ -48,6 +48,9 @@ pub enum Instr {
         m: Extent,
         n: Extent,
         k: Extent,
+        /// An activation applied in the product's epilogue, with where act(C) goes (C keeps
+        /// the pre-activation): the forward pass's `ActForward` folded in.
+        act: Option<(Activation, Slot)>,
     },
     BiasGrad {
         dy: Slot,
@@ -105,12 +108,14 @@ pub struct Program {
 
 impl Program {
     /// `grad_norm`: whether the step computes ‖g‖² (a schedule reads it, or clipping needs
-    /// it; clipping implies it).
+    /// it; clipping implies it). `fuse`: fold each elementwise activation that follows a dense
+    /// layer into that layer's product (see [`fuse_activations`]).
     pub fn new(
         model: &Sequential,
         layout: &ParamLayout,
         grad_norm: bool,
         clip_grad_norm: Option<f32>,
+        fuse: bool,
     ) -> Program {
         let widths = model.widths();
         let input_of = |i: usize| {
@@ -146,6 +151,7 @@ impl Program {
                         m: Extent::Batch,
                         n: Extent::Fixed(out),
                         k: Extent::Fixed(d.fan_in),
+                        act: None,
                     });
                 }
                 Layer::Activation(act) => {
@@ -176,6 +182,7 @@ impl Program {
                         m: Extent::Fixed(out),
                         n: Extent::Fixed(d.fan_in),
                         k: Extent::Batch,
+                        act: None,
                     });
                     backward.push(Instr::BiasGrad {
                         dy,
@@ -199,6 +206,7 @@ impl Program {
                             m: Extent::Batch,
                             n: Extent::Fixed(d.fan_in),
                             k: Extent::Fixed(out),
+                            act: None,
                         });
                     }
                 }
@@ -212,6 +220,9 @@ impl Program {
                 }),
                 _ => {}
             }
+        }
+        if fuse {
+            forward = fuse_activations(forward);
         }
         let last = widths.len() - 1;
         let mut step = forward.clone();
@@ -228,5 +239,84 @@ impl Program {
         }
         step.push(Instr::Update);
         Program { forward, step }
+    }
+}
+
+/// `forward` with every elementwise activation that reads a product's output folded into that
+/// product's epilogue: one launch instead of two, and the pre-activation is not read back to
+/// apply it. The pre-activation is still written (the backward pass reads it), so the step
+/// computes the same numbers. Softmax, which needs whole rows, stays a launch of its own.
+fn fuse_activations(forward: Vec<Instr>) -> Vec<Instr> {
+    let mut out: Vec<Instr> = Vec::with_capacity(forward.len());
+    for instr in forward {
+        if let Instr::ActForward { act, x, y, .. } = instr
+            && crate::gpu::kernels::fused_activation_id(act).is_some()
+            && let Some(Instr::Matmul {
+                c,
+                act: fused @ None,
+                ..
+            }) = out.last_mut()
+            && *c == x
+        {
+            *fused = Some((act, y));
+            continue;
+        }
+        out.push(instr);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Loss;
+    use crate::train::PARAM_ALIGN;
+
+    #[test]
+    fn elementwise_activations_fold_into_the_product_before_them() {
+        let model = Sequential::new(
+            3,
+            vec![
+                Layer::Dense { out: 5 },
+                Layer::Activation(Activation::Relu),
+                Layer::Activation(Activation::Tanh),
+                Layer::Dense { out: 4 },
+                Layer::Activation(Activation::Softmax),
+            ],
+            Loss::Mse,
+        )
+        .unwrap();
+        let layout = model.param_layout(PARAM_ALIGN);
+        let separate = Program::new(&model, &layout, false, None, false);
+        let fused = Program::new(&model, &layout, false, None, true);
+        // Relu folds into the first product; tanh reads relu's output, not a product's, and
+        // softmax needs whole rows: both stay launches.
+        assert_eq!(separate.forward.len(), 5);
+        assert_eq!(fused.forward.len(), 4);
+        match fused.forward[0] {
+            Instr::Matmul {
+                c: Slot::Act(0),
+                act: Some((Activation::Relu, Slot::Act(1))),
+                ..
+            } => {}
+            ref other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            fused.forward[1],
+            Instr::ActForward {
+                act: Activation::Tanh,
+                ..
+            }
+        ));
+        assert!(matches!(
+            fused.forward[3],
+            Instr::ActForward {
+                act: Activation::Softmax,
+                ..
+            }
+        ));
+        // The backward pass is the same list.
+        let tail = |p: &Program| p.step[p.forward.len()..].to_vec();
+        assert_eq!(tail(&fused), tail(&separate));
     }
 }

@@ -19,13 +19,22 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "both" => &[false, true],
         other => bail!("--bounds-checks must be off, on or both, got {other:?}"),
     };
+    let separate: &[bool] = match args.activations.as_str() {
+        "fused" => &[false],
+        "separate" => &[true],
+        "both" => &[false, true],
+        other => bail!("--activations must be fused, separate or both, got {other:?}"),
+    };
     if matches!(args.device.as_str(), "gpu" | "both") {
         for &bounds_checks in checks {
-            let opts = kiln::AdapterOptions {
-                bounds_checks,
-                ..args.adapter.options()
-            };
-            devices.push(Device::select(DeviceChoice::Gpu, &opts)?.0);
+            for &separate_activations in separate {
+                let opts = kiln::AdapterOptions {
+                    bounds_checks,
+                    separate_activations,
+                    ..args.adapter.options()
+                };
+                devices.push(Device::select(DeviceChoice::Gpu, &opts)?.0);
+            }
         }
     }
     if matches!(args.device.as_str(), "cpu" | "both") {
@@ -37,7 +46,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let options = BenchOptions { quick: args.quick };
     let mut rows = Vec::new();
     for device in &devices {
-        rows.extend(bench::run(device, &ops, options)?);
+        // Beside the fused device, the separate one adds only the rows fusion changes.
+        let separate_beside_fused =
+            separate.len() > 1 && matches!(device, Device::Gpu(ctx) if !ctx.fuses_activations());
+        let device_ops: Vec<BenchOp> = ops
+            .iter()
+            .copied()
+            .filter(|o| !separate_beside_fused || matches!(o, BenchOp::TrainStep | BenchOp::Epoch))
+            .collect();
+        rows.extend(bench::run(device, &device_ops, options)?);
     }
     bench::compare(&mut rows);
     if args.json {
@@ -57,13 +74,13 @@ fn print_table(rows: &[BenchRow]) {
         println!("{}: {}", adapter.0, adapter.1);
     }
     println!(
-        "{:<13} {:<10} {:<44} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  tiles",
+        "{:<13} {:<19} {:<44} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  tiles",
         "op", "dev", "shape", "median", "GFLOP/s", "GB/s", "% peak", "GPU/CPU", "host", "timing"
     );
     let f = |v: Option<f64>, p: usize| v.map_or("-".into(), |x| format!("{x:.p$}"));
     for r in rows {
         println!(
-            "{:<13} {:<10} {:<44} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  {}",
+            "{:<13} {:<19} {:<44} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  {}",
             r.measured.op(),
             r.device.kind(),
             r.measured.shape(),

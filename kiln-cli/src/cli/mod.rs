@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// default build), on, or both side by side.
     #[arg(long, default_value = "off")]
     pub bounds_checks: String,
+    /// Training steps with each elementwise activation fused into the product before it
+    /// (the default), run as kernels of their own, or both side by side (the separate rows
+    /// are marked gpu+separate; only train_step and epoch differ).
+    #[arg(long, default_value = "fused")]
+    pub activations: String,
     /// Comma-separated: matmul, optimizers, train_step, epoch, copy.
     #[arg(
         long,
