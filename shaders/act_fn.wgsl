@@ -1,8 +1,8 @@
-// The elementwise activations as functions of one value: what activation.wgsl's forward
-// kernels apply, and what the matmul applies in its epilogue when a dense layer's activation is
-// fused into it (`ACT`). One definition, so the fused and the separate forward compute the same
-// expression. The host puts this file in front of both (src/gpu/kernels.rs); it stands alone too.
-// CPU twin: src/cpu/activation.rs.
+// The elementwise activations and their gradients as functions of one value: what
+// activation.wgsl's kernels apply, and what the matmul applies in its epilogue when an
+// activation is fused into it (`EPI`, `ACT`). One definition, so the fused and the separate
+// kernels compute the same expression. The host puts this file in front of both
+// (src/gpu/kernels.rs); it stands alone too. CPU twin: src/cpu/activation.rs.
 
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 const GELU_KAPPA: f32 = 0.044715;
@@ -61,5 +61,31 @@ fn activate(id: u32, v: f32, alpha: f32) -> f32 {
         case ACT_GELU: { return gelu(v); }
         case ACT_GELU_TANH: { return gelu_tanh(v); }
         default: { return v; }
+    }
+}
+
+// dL/dx = g · act'(·), as PyTorch writes each backward: from the input x (relu, leaky_relu,
+// gelu) or the output y (sigmoid, tanh) — `v` is whichever `Activation::grad_reads_output`
+// says.
+fn act_grad(id: u32, g: f32, v: f32, alpha: f32) -> f32 {
+    switch id {
+        case ACT_RELU: { return select(0.0, g, v > 0.0); }
+        case ACT_LEAKY_RELU: { return select(g * alpha, g, v > 0.0); }
+        case ACT_SIGMOID: { return g * (1.0 - v) * v; }
+        case ACT_TANH: { return g * (1.0 - v * v); }
+        case ACT_GELU: {
+            let cdf = 0.5 * (1.0 + erf_approx(v * FRAC_1_SQRT_2));
+            let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
+            return g * (cdf + v * pdf);
+        }
+        // PyTorch's GeluBackward with approximate='tanh'.
+        case ACT_GELU_TANH: {
+            let v2 = v * v;
+            let t = tanh_safe(SQRT_2_OVER_PI * (v + GELU_KAPPA * v2 * v));
+            let left_derivative = 0.5 * (1.0 + t);
+            let right_derivative = 0.5 * v * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_KAPPA * v2);
+            return g * (left_derivative + right_derivative);
+        }
+        default: { return g; }
     }
 }

@@ -112,59 +112,37 @@ fn identity_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
 @compute @workgroup_size(256)
 fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if i < bparams.len { bdx[i] = select(0.0, bdy[i], bx[i] > 0.0); }
+    if i < bparams.len { bdx[i] = act_grad(ACT_RELU, bdy[i], bx[i], 0.0); }
 }
 
 @compute @workgroup_size(256)
 fn leaky_relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if i < bparams.len {
-        let g = bdy[i];
-        bdx[i] = select(g * bparams.alpha, g, bx[i] > 0.0);
-    }
+    if i < bparams.len { bdx[i] = act_grad(ACT_LEAKY_RELU, bdy[i], bx[i], bparams.alpha); }
 }
 
 @compute @workgroup_size(256)
 fn sigmoid_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if i < bparams.len {
-        let s = by[i];
-        bdx[i] = bdy[i] * (1.0 - s) * s;
-    }
+    if i < bparams.len { bdx[i] = act_grad(ACT_SIGMOID, bdy[i], by[i], 0.0); }
 }
 
 @compute @workgroup_size(256)
 fn tanh_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if i < bparams.len {
-        let t = by[i];
-        bdx[i] = bdy[i] * (1.0 - t * t);
-    }
+    if i < bparams.len { bdx[i] = act_grad(ACT_TANH, bdy[i], by[i], 0.0); }
 }
 
 @compute @workgroup_size(256)
 fn gelu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if i < bparams.len {
-        let v = bx[i];
-        let cdf = 0.5 * (1.0 + erf_approx(v * FRAC_1_SQRT_2));
-        let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
-        bdx[i] = bdy[i] * (cdf + v * pdf);
-    }
+    if i < bparams.len { bdx[i] = act_grad(ACT_GELU, bdy[i], bx[i], 0.0); }
 }
 
-// PyTorch's GeluBackward with approximate='tanh'.
 @compute @workgroup_size(256)
 fn gelu_tanh_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if i < bparams.len {
-        let v = bx[i];
-        let v2 = v * v;
-        let t = tanh_safe(SQRT_2_OVER_PI * (v + GELU_KAPPA * v2 * v));
-        let left_derivative = 0.5 * (1.0 + t);
-        let right_derivative = 0.5 * v * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_KAPPA * v2);
-        bdx[i] = bdy[i] * (left_derivative + right_derivative);
-    }
+    if i < bparams.len { bdx[i] = act_grad(ACT_GELU_TANH, bdy[i], bx[i], 0.0); }
 }
 
 // dx_j = y_j · (dy_j − Σ_k dy_k·y_k), one thread per row.

@@ -16,10 +16,13 @@
 // Every output is one fma chain over k in increasing order, whatever the tile shape, so every
 // tile shape gives bit-identical results (the tuner may pick any of them).
 //
-// Epilogue: + bias[col] (the forward product), and with ACT ≠ 0 a dense layer's activation
-// fused in: C keeps the pre-activation (the backward pass reads it) and Y gets act(C), so the
-// step needs no separate activation kernel and never reads C back for it. The activation
-// functions are shaders/act_fn.wgsl's, which the host puts in front of this file.
+// Epilogue: + bias[col] (the forward product), and with EPI an activation fused in:
+//   EPI = 1: the forward activation after a dense layer. C keeps the pre-activation (the
+//            backward pass reads it) and Y gets act(C).
+//   EPI = 2: the backward activation before a dense layer, in dX = dY·W: C gets
+//            dX·act'(V), V the activation's input or output bound where the bias would be.
+// Either way the step needs no separate activation kernel and never reads C back for it. The
+// activation functions are shaders/act_fn.wgsl's, which the host puts in front of this file.
 // prelude: act_fn.wgsl
 // CPU twin: src/cpu/matmul.rs. Tests: tests/kernels.rs. Tile shapes: src/gpu/matmul_tiles.rs.
 
@@ -37,7 +40,9 @@ override TRANS_B: bool = false;
 // dimension is a multiple of 4, so a vec4 never straddles a row and bindings are whole vec4s.
 override VEC_A: bool = false;
 override VEC_B: bool = false;
-// The activation fused into the epilogue (act_fn.wgsl's ids; 0: none).
+// The epilogue (see above; 0: the product and bias alone) and its activation (act_fn.wgsl's
+// ids).
+override EPI: u32 = 0u;
 override ACT: u32 = 0u;
 
 const WG_X: u32 = BN / TN;
@@ -56,7 +61,7 @@ struct MatmulParams {
     k: u32,
     // Non-zero: add bias[col] to every output (the forward pass's fused epilogue).
     use_bias: u32,
-    // leaky_relu's slope, when ACT fuses it.
+    // leaky_relu's slope, when the epilogue applies it.
     alpha: f32,
     _pad0: u32,
     _pad1: u32,
@@ -68,9 +73,10 @@ struct MatmulParams {
 // The same buffers as a and b seen as vec4s when VEC_A / VEC_B (a placeholder otherwise).
 @group(0) @binding(2) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> b4: array<vec4<f32>>;
+// bias[N]; with EPI = 2 instead V[M,N], laid out as C.
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
-// act(C) when ACT ≠ 0 (a placeholder otherwise), laid out as C.
+// act(C) when EPI = 1 (a placeholder otherwise), laid out as C.
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 @group(0) @binding(7) var<uniform> params: MatmulParams;
 
@@ -237,13 +243,17 @@ fn matmul(
                 let v = acc[r * 4u + i][cn];
                 for (var j = 0u; j < 4u; j++) {
                     if col + j < params.n {
+                        let at = row * params.n + col + j;
                         var out = v[j];
                         if params.use_bias != 0u {
                             out += bias[col + j];
                         }
-                        c[row * params.n + col + j] = out;
-                        if ACT != 0u {
-                            y[row * params.n + col + j] = activate(ACT, out, params.alpha);
+                        if EPI == 2u {
+                            out = act_grad(ACT, out, bias[at], params.alpha);
+                        }
+                        c[at] = out;
+                        if EPI == 1u {
+                            y[at] = activate(ACT, out, params.alpha);
                         }
                     }
                 }

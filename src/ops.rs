@@ -87,6 +87,15 @@ impl Activation {
         by_name("activation", &Activation::ALL, Activation::name, name)
     }
 
+    /// Whether its backward reads the output y (sigmoid, tanh, softmax) rather than the
+    /// input x (relu, leaky_relu, gelu; identity reads neither), as PyTorch's do.
+    pub(crate) fn grad_reads_output(self) -> bool {
+        matches!(
+            self,
+            Activation::Sigmoid | Activation::Tanh | Activation::Softmax
+        )
+    }
+
     /// The extra scalar a kernel needs (leaky_relu's slope), 0 otherwise.
     pub(crate) fn alpha(self) -> f32 {
         match self {

@@ -25,10 +25,11 @@ pub struct AdapterOptions {
     pub max_storage_binding: Option<u64>,
     /// Caps the device memory Kiln budgets for, in bytes (as `max_buffer_size`).
     pub max_device_memory: Option<u64>,
-    /// Run each activation as a kernel of its own instead of in the epilogue of the dense
-    /// layer's product before it (`KILN_SEPARATE_ACTIVATIONS=1`): the same numbers, one more
-    /// launch and one more pass over the layer's output per activation. For measuring what the
-    /// fusion gains on a device.
+    /// Run each activation as a kernel of its own instead of in the epilogue of the product
+    /// next to it (forward: the dense layer's before it; backward: the dX product of the one
+    /// after it) (`KILN_SEPARATE_ACTIVATIONS=1`): the same numbers, two more launches and two
+    /// more passes over the layer's output per activation. For measuring what the fusion
+    /// gains on a device.
     pub separate_activations: bool,
 }
 

@@ -444,11 +444,27 @@ pub(crate) fn fused_activation_id(act: Activation) -> Option<u32> {
 
 /// `launch` (a matmul's) with `act` applied in its epilogue: C keeps the pre-activation and Y
 /// (the binding after C) gets act(C). `act` must be one [`fused_activation_id`] numbers.
-pub(crate) fn fuse_activation(mut launch: Launch, act: Activation) -> Launch {
+pub(crate) fn fuse_activation(launch: Launch, act: Activation) -> Launch {
+    with_epilogue(launch, 1, act)
+}
+
+/// `launch` (a bias-free matmul's, dX = dY·W) with `act`'s backward applied in its epilogue:
+/// C gets dX·act'(V), V bound in the bias's place ([`Activation::grad_reads_output`] says
+/// whether it is the activation's input or output).
+pub(crate) fn fuse_activation_grad(launch: Launch, act: Activation) -> Launch {
+    with_epilogue(launch, 2, act)
+}
+
+fn with_epilogue(mut launch: Launch, epilogue: u32, act: Activation) -> Launch {
     let id = fused_activation_id(act).expect("the program fuses elementwise activations only");
     let mut params: MatmulParams = bytemuck::pod_read_unaligned(&launch.uniform);
+    debug_assert!(
+        epilogue == 1 || params.use_bias == 0,
+        "V takes the bias's binding"
+    );
     params.alpha = act.alpha();
     launch.uniform = bytemuck::bytes_of(&params).to_vec();
+    launch.constants.push(("EPI", epilogue as f64));
     launch.constants.push(("ACT", id as f64));
     launch
 }

@@ -202,8 +202,42 @@ impl GpuContext {
                 format!("{} works on whole rows; it is not fused", act.name()),
             ));
         }
-        let (c, y) = self.matmul_then(a, b, bias, dims, t, tile, Some(act))?;
+        let (c, y) = self.matmul_then(a, b, bias, dims, t, tile, Some((act, None)))?;
         Ok((c, y.expect("asked for")))
+    }
+
+    /// The backward product dX = op(A)·op(B) as a training step runs it with the activation
+    /// before the layer folded into its epilogue: dX·act'(v), `v` the activation's input or
+    /// output as its backward reads it (`x` for relu, leaky_relu and gelu, `y` for sigmoid and
+    /// tanh), laid out as dX. How tests hold that epilogue to the separate kernels.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_activation_grad(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        v: &[f32],
+        dims: MatmulDims,
+        t: Transpose,
+        act: Activation,
+        tile: Option<TileConfig>,
+    ) -> Result<Vec<f32>> {
+        crate::ops::check_matmul(a.len(), b.len(), None, dims, t)?;
+        crate::ops::check_len(
+            "fused activation gradient",
+            "v",
+            v.len(),
+            dims.m * dims.n,
+            "m·n",
+        )?;
+        if kernels::fused_activation_id(act).is_none() {
+            return Err(crate::KilnError::invalid(
+                "act",
+                format!("{} works on whole rows; it is not fused", act.name()),
+            ));
+        }
+        Ok(self
+            .matmul_then(a, b, None, dims, t, tile, Some((act, Some(v))))?
+            .0)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -215,23 +249,29 @@ impl GpuContext {
         dims: MatmulDims,
         t: Transpose,
         tile: Option<TileConfig>,
-        act: Option<Activation>,
+        // An activation to fold in: forward (None), or its gradient read from V (Some).
+        act: Option<(Activation, Option<&[f32]>)>,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         let tile = match tile {
             Some(tile) => tile,
             None => self.matmul_tiling()?.pick(dims),
         };
         let mut launch = kernels::matmul(t, dims, bias.is_some(), tile, self.max_dim())?;
-        if let Some(act) = act {
-            launch = kernels::fuse_activation(launch, act);
-        }
+        launch = match act {
+            None => launch,
+            Some((act, None)) => kernels::fuse_activation(launch, act),
+            Some((act, Some(_))) => kernels::fuse_activation_grad(launch, act),
+        };
         let a_buf = self.upload("a", a)?;
         let b_buf = self.upload("b", b)?;
+        // V rides in the bias's binding.
+        let bias = bias.or(act.and_then(|(_, v)| v));
         let bias_buf = bias.map(|b| self.upload("bias", b)).transpose()?;
         let c = self.storage_buffer("c", dims.m * dims.n)?;
-        let y = act
-            .map(|_| self.storage_buffer("y", dims.m * dims.n))
-            .transpose()?;
+        let y = match act {
+            Some((_, None)) => Some(self.storage_buffer("y", dims.m * dims.n)?),
+            _ => None,
+        };
         let bindings = kernels::matmul_bindings(
             &launch,
             dims,

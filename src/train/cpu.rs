@@ -1,7 +1,7 @@
 //! The training step on the CPU device: the step's program interpreted over host vectors with
 //! the CPU twins of the kernels.
 
-use super::program::{Instr, Program, Slot};
+use super::program::{Epilogue, Instr, Program, Slot};
 use super::{OptimizerSnapshot, TrainOptions};
 use crate::cpu;
 use crate::error::Result;
@@ -245,6 +245,51 @@ impl CpuStep {
     /// borrowed; no kernel reads the vector it writes.
     fn exec(&mut self, instr: &Instr, b: &StepInput<'_>) -> Result<()> {
         let rows = b.rows;
+        // A product with an activation folded in runs as the two instructions it replaced.
+        if let Instr::Matmul {
+            t,
+            a,
+            b: w,
+            bias,
+            c,
+            m,
+            n,
+            k,
+            epilogue,
+        } = *instr
+        {
+            let plain = |c| Instr::Matmul {
+                t,
+                a,
+                b: w,
+                bias,
+                c,
+                m,
+                n,
+                k,
+                epilogue: Epilogue::None,
+            };
+            let cols = n.at(rows);
+            match epilogue {
+                Epilogue::None => {}
+                Epilogue::Activation { act, y } => {
+                    self.exec(&plain(c), b)?;
+                    return self.exec(&Instr::ActForward { act, x: c, y, cols }, b);
+                }
+                Epilogue::ActivationGrad { act, x, y, product } => {
+                    self.exec(&plain(product), b)?;
+                    let back = Instr::ActBackward {
+                        act,
+                        x,
+                        y,
+                        dy: product,
+                        dx: c,
+                        cols,
+                    };
+                    return self.exec(&back, b);
+                }
+            }
+        }
         let out_slot = match *instr {
             Instr::Matmul { c, .. } => c,
             Instr::BiasGrad { db, .. } => db,
@@ -358,17 +403,6 @@ impl CpuStep {
             Slot::Act(i) => self.acts[i] = out,
             Slot::ActGrad(i) => self.act_grads[i] = out,
             _ => self.grads = out,
-        }
-        // An activation fused into a product runs after it, as its own forward would.
-        if let Instr::Matmul {
-            c,
-            n,
-            act: Some((act, y)),
-            ..
-        } = *instr
-        {
-            let cols = n.at(rows);
-            self.exec(&Instr::ActForward { act, x: c, y, cols }, b)?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use kiln_schedule::Observation;
 
-use super::program::{Instr, Program, Slot};
+use super::program::{Epilogue, Instr, Program, Slot};
 use super::{LOSS_HISTORY, OptimizerSnapshot, TrainOptions};
 use crate::error::{KilnError, Result};
 use crate::gpu::arena::{Arena, ArenaSplit};
@@ -212,18 +212,28 @@ impl Buffers<'_> {
                 m,
                 n,
                 k,
-                act,
+                epilogue,
                 ..
-            } => vec![kernels::matmul_bindings(
-                &launches[0],
-                Instr::matmul_dims(m, n, k, max_batch),
-                self.bind(a),
-                self.bind(b),
-                bias.map(|s| self.bind(s)),
-                self.bind(c),
-                act.map_or(ctx.dummy_output().into(), |(_, y)| self.bind(y)),
-                ctx.dummy(),
-            )],
+            } => {
+                // The bias's binding carries V for a fused activation gradient.
+                let (bias, y) = match epilogue {
+                    Epilogue::None => (bias, None),
+                    Epilogue::Activation { y, .. } => (bias, Some(y)),
+                    Epilogue::ActivationGrad { act, x, y, .. } => {
+                        (Some(if act.grad_reads_output() { y } else { x }), None)
+                    }
+                };
+                vec![kernels::matmul_bindings(
+                    &launches[0],
+                    Instr::matmul_dims(m, n, k, max_batch),
+                    self.bind(a),
+                    self.bind(b),
+                    bias.map(|s| self.bind(s)),
+                    self.bind(c),
+                    y.map_or(ctx.dummy_output().into(), |y| self.bind(y)),
+                    ctx.dummy(),
+                )]
+            }
             Instr::BiasGrad { dy, db, .. } => vec![vec![self.bind(dy), self.bind(db)]],
             Instr::ActForward { x, y, .. } => vec![vec![self.bind(x), self.bind(y)]],
             Instr::ActBackward { x, y, dy, dx, .. } => vec![vec![
@@ -480,7 +490,7 @@ impl GpuStep {
                 m,
                 n,
                 k,
-                act,
+                epilogue,
                 ..
             } => {
                 let launch = kernels::matmul(
@@ -491,9 +501,12 @@ impl GpuStep {
                         .pick(Instr::matmul_dims(m, n, k, self.max_batch)),
                     max_dim,
                 )?;
-                vec![match act {
-                    Some((act, _)) => kernels::fuse_activation(launch, act),
-                    None => launch,
+                vec![match epilogue {
+                    Epilogue::None => launch,
+                    Epilogue::Activation { act, .. } => kernels::fuse_activation(launch, act),
+                    Epilogue::ActivationGrad { act, .. } => {
+                        kernels::fuse_activation_grad(launch, act)
+                    }
                 }]
             }
             Instr::BiasGrad { cols, .. } => vec![kernels::bias_grad(batch, cols, max_dim)],

@@ -48,9 +48,8 @@ pub enum Instr {
         m: Extent,
         n: Extent,
         k: Extent,
-        /// An activation applied in the product's epilogue, with where act(C) goes (C keeps
-        /// the pre-activation): the forward pass's `ActForward` folded in.
-        act: Option<(Activation, Slot)>,
+        /// What the product's epilogue does besides the bias.
+        epilogue: Epilogue,
     },
     BiasGrad {
         dy: Slot,
@@ -85,6 +84,26 @@ pub enum Instr {
     /// The optimizer's update of the whole parameter arena. With non-finite skipping on, an
     /// update whose loss is NaN or infinite changes nothing (for every optimizer alike).
     Update,
+}
+
+/// An activation folded into a product (see [`fuse_activations`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Epilogue {
+    /// C alone.
+    None,
+    /// The forward pass's `ActForward` after the product: C keeps the pre-activation and
+    /// `y` gets act(C).
+    Activation { act: Activation, y: Slot },
+    /// The backward pass's `ActBackward` after the product dX = dY·W: C gets dX·act'(·)
+    /// straight away, act' read from the layer's input `x` or output `y` as the activation's
+    /// backward reads it; `product` is where dX alone went before (the CPU still puts it
+    /// there).
+    ActivationGrad {
+        act: Activation,
+        x: Slot,
+        y: Slot,
+        product: Slot,
+    },
 }
 
 impl Instr {
@@ -151,7 +170,7 @@ impl Program {
                         m: Extent::Batch,
                         n: Extent::Fixed(out),
                         k: Extent::Fixed(d.fan_in),
-                        act: None,
+                        epilogue: Epilogue::None,
                     });
                 }
                 Layer::Activation(act) => {
@@ -182,7 +201,7 @@ impl Program {
                         m: Extent::Fixed(out),
                         n: Extent::Fixed(d.fan_in),
                         k: Extent::Batch,
-                        act: None,
+                        epilogue: Epilogue::None,
                     });
                     backward.push(Instr::BiasGrad {
                         dy,
@@ -206,7 +225,7 @@ impl Program {
                             m: Extent::Batch,
                             n: Extent::Fixed(d.fan_in),
                             k: Extent::Fixed(out),
-                            act: None,
+                            epilogue: Epilogue::None,
                         });
                     }
                 }
@@ -223,6 +242,7 @@ impl Program {
         }
         if fuse {
             forward = fuse_activations(forward);
+            backward = fuse_activations(backward);
         }
         let last = widths.len() - 1;
         let mut step = forward.clone();
@@ -242,26 +262,49 @@ impl Program {
     }
 }
 
-/// `forward` with every elementwise activation that reads a product's output folded into that
-/// product's epilogue: one launch instead of two, and the pre-activation is not read back to
-/// apply it. The pre-activation is still written (the backward pass reads it), so the step
-/// computes the same numbers. Softmax, which needs whole rows, stays a launch of its own.
-fn fuse_activations(forward: Vec<Instr>) -> Vec<Instr> {
-    let mut out: Vec<Instr> = Vec::with_capacity(forward.len());
-    for instr in forward {
-        if let Instr::ActForward { act, x, y, .. } = instr
-            && crate::gpu::kernels::fused_activation_id(act).is_some()
-            && let Some(Instr::Matmul {
-                c,
-                act: fused @ None,
-                ..
-            }) = out.last_mut()
-            && *c == x
-        {
-            *fused = Some((act, y));
-            continue;
+/// `instrs` (a forward or a backward pass) with every elementwise activation that reads a
+/// product's output folded into that product's epilogue: one launch instead of two, and the
+/// product's output is not read back to apply it. Forward, the pre-activation is still written
+/// (the backward pass reads it); backward, dX·act' is written instead of dX, which nothing else
+/// reads. The step computes the same numbers. Softmax, which needs whole rows, stays a launch
+/// of its own.
+fn fuse_activations(instrs: Vec<Instr>) -> Vec<Instr> {
+    let mut out: Vec<Instr> = Vec::with_capacity(instrs.len());
+    for instr in instrs {
+        let elementwise = |act| crate::gpu::kernels::fused_activation_id(act).is_some();
+        let prev = out.last_mut();
+        match (instr, prev) {
+            (
+                Instr::ActForward { act, x, y, .. },
+                Some(Instr::Matmul {
+                    c,
+                    epilogue: e @ Epilogue::None,
+                    ..
+                }),
+            ) if elementwise(act) && *c == x => {
+                *e = Epilogue::Activation { act, y };
+            }
+            (
+                Instr::ActBackward {
+                    act, x, y, dy, dx, ..
+                },
+                Some(Instr::Matmul {
+                    c,
+                    bias: None,
+                    epilogue: e @ Epilogue::None,
+                    ..
+                }),
+            ) if elementwise(act) && *c == dy => {
+                *e = Epilogue::ActivationGrad {
+                    act,
+                    x,
+                    y,
+                    product: dy,
+                };
+                *c = dx;
+            }
+            (instr, _) => out.push(instr),
         }
-        out.push(instr);
     }
     out
 }
@@ -296,7 +339,11 @@ mod tests {
         match fused.forward[0] {
             Instr::Matmul {
                 c: Slot::Act(0),
-                act: Some((Activation::Relu, Slot::Act(1))),
+                epilogue:
+                    Epilogue::Activation {
+                        act: Activation::Relu,
+                        y: Slot::Act(1),
+                    },
                 ..
             } => {}
             ref other => panic!("{other:?}"),
@@ -315,8 +362,32 @@ mod tests {
                 ..
             }
         ));
-        // The backward pass is the same list.
-        let tail = |p: &Program| p.step[p.forward.len()..].to_vec();
-        assert_eq!(tail(&fused), tail(&separate));
+        // Backward, tanh's gradient folds into the product dX = dY·W of the dense layer after
+        // it; softmax's stays (it needs rows), and so does relu's (it follows tanh's, not a
+        // product).
+        let back = |p: &Program| p.step[p.forward.len()..].to_vec();
+        let (fused_back, separate_back) = (back(&fused), back(&separate));
+        assert_eq!(fused_back.len() + 1, separate_back.len());
+        let folded = fused_back
+            .iter()
+            .find_map(|i| match *i {
+                Instr::Matmul {
+                    c,
+                    epilogue: Epilogue::ActivationGrad { act, x, y, product },
+                    ..
+                } => Some((c, act, x, y, product)),
+                _ => None,
+            })
+            .expect("tanh's gradient is folded");
+        assert_eq!(
+            folded,
+            (
+                Slot::ActGrad(1),
+                Activation::Tanh,
+                Slot::Act(1),
+                Slot::Act(2),
+                Slot::ActGrad(2)
+            )
+        );
     }
 }
