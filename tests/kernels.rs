@@ -426,3 +426,16 @@ fn tiles_for(tiles: &[Option<TileConfig>], act: Activation) -> &[Option<TileConf
         &tiles[..1]
     }
 }
+
+/// The bandwidth yardstick copies every element, whole vec4s (lengths that are multiples of 4)
+/// and single floats alike, across many workgroups.
+#[test]
+fn copy_moves_every_element() {
+    let Some(Device::Gpu(ctx)) = both() else {
+        return;
+    };
+    for len in [1usize, 3, 4, 257, 1024, 1027, 70_000] {
+        let x = random(len, -1.0, 1.0, len as u64);
+        assert_eq!(ctx.copy(&x).unwrap(), x, "{len} floats");
+    }
+}

@@ -88,6 +88,15 @@ pub static COPY: Kernel = Kernel {
     bindings: &[Read, ReadWrite, Uniform],
 };
 
+/// src, dst as vec4s, params
+pub static COPY4: Kernel = Kernel {
+    file: "copy.wgsl",
+    source: COPY_SRC,
+    entry: "copy4",
+    group: 1,
+    bindings: &[Read, ReadWrite, Uniform],
+};
+
 /// src, order, dst, params
 pub static GATHER: Kernel = Kernel {
     file: "gather.wgsl",
@@ -173,9 +182,10 @@ loss_kernels!(
 
 /// Every kernel the engine dispatches apart from the optimizers' (`crate::optim::kernels`);
 /// tests/shaders.rs checks each entry point exists.
-pub static ALL: [&Kernel; 28] = [
+pub static ALL: [&Kernel; 29] = [
     &MATMUL,
     &COPY,
+    &COPY4,
     &GATHER,
     &SUM_SQUARES_PARTIAL,
     &SUM_SQUARES_FINAL,
@@ -596,12 +606,18 @@ pub(crate) fn loss(
     )
 }
 
-/// dst ← src over `len` elements.
+/// dst ← src over `len` floats: a vec4 per thread when `len` is a multiple of 4 (the buffers
+/// are then whole vec4s), a float per thread otherwise.
 pub(crate) fn copy(len: usize, max_per_dim: u32) -> Launch {
+    let (kernel, threads) = if len.is_multiple_of(4) {
+        (&COPY4, len / 4)
+    } else {
+        (&COPY, len)
+    };
     Launch::new(
-        &COPY,
-        &[len as u32, 0, 0, 0],
-        elementwise_grid(len, max_per_dim),
+        kernel,
+        &[threads as u32, 0, 0, 0],
+        elementwise_grid(threads, max_per_dim),
     )
 }
 

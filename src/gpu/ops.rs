@@ -402,6 +402,18 @@ impl GpuContext {
             .collect()
     }
 
+    /// `x` copied by the copy kernel `kiln bench` measures bandwidth with (how tests check
+    /// it moves every element, vec4 path and scalar path).
+    pub fn copy(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let src = self.upload("copy source", x)?;
+        let dst = self.storage_buffer("copy destination", x.len())?;
+        self.run(
+            &kernels::copy(x.len(), self.max_dim()),
+            &[(&src).into(), (&dst).into()],
+        )?;
+        self.read_back(&dst, 0, x.len())
+    }
+
     /// One optimizer update through the kernel a training step uses.
     pub(crate) fn update(
         &self,
