@@ -391,7 +391,8 @@ impl GpuOp {
         tile: TileConfig,
     ) -> Result<GpuOp> {
         let launch = kernels::matmul(t, dims, false, tile, ctx.max_dim())?;
-        let buffers = operands(ctx, &[dims.m * dims.k, dims.k * dims.n, dims.m * dims.n])?;
+        // The fourth: where a fused activation would go, unused here.
+        let buffers = operands(ctx, &[dims.m * dims.k, dims.k * dims.n, dims.m * dims.n, 1])?;
         let bindings = kernels::matmul_bindings(
             &launch,
             dims,
@@ -399,7 +400,7 @@ impl GpuOp {
             (&buffers[1]).into(),
             None,
             (&buffers[2]).into(),
-            ctx.dummy_output().into(),
+            (&buffers[3]).into(),
             ctx.dummy(),
         );
         Ok(GpuOp {

@@ -434,7 +434,7 @@ fn copy_moves_every_element() {
     let Some(Device::Gpu(ctx)) = both() else {
         return;
     };
-    for len in [1usize, 3, 4, 257, 1024, 1027, 70_000] {
+    for len in [0usize, 1, 3, 4, 257, 1024, 1027, 70_000] {
         let x = random(len, -1.0, 1.0, len as u64);
         assert_eq!(ctx.copy(&x).unwrap(), x, "{len} floats");
     }

@@ -34,7 +34,8 @@ pub struct AdapterOptions {
 }
 
 impl AdapterOptions {
-    /// Reads `KILN_BACKEND` and `KILN_ADAPTER`.
+    /// Reads `KILN_BACKEND`, `KILN_ADAPTER`, `KILN_BOUNDS_CHECKS` and
+    /// `KILN_SEPARATE_ACTIVATIONS`.
     pub fn from_env() -> Self {
         let get = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
         AdapterOptions {

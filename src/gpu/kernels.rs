@@ -52,7 +52,8 @@ const NORM_SRC: &str = include_str!("../../shaders/norm.wgsl");
 const COPY_SRC: &str = include_str!("../../shaders/copy.wgsl");
 const GATHER_SRC: &str = include_str!("../../shaders/gather.wgsl");
 
-/// a, b, a as vec4s, b as vec4s, bias, c, params
+/// a, b, a as vec4s, b as vec4s, bias (or V of a fused activation gradient), c, y (a fused
+/// activation's output), params
 pub static MATMUL: Kernel = Kernel {
     file: "matmul.wgsl",
     source: MATMUL_SRC,
@@ -326,7 +327,7 @@ pub(crate) const ELEMENTWISE_WORKGROUP: u32 = 256;
 pub struct Launch {
     /// What runs.
     pub kernel: &'static Kernel,
-    /// Pipeline override constants (the matmul's transposes and vec4 loads).
+    /// Pipeline override constants (the matmul's transposes, vec4 loads and epilogue).
     pub constants: Vec<(&'static str, f64)>,
     /// `const NAME: u32` lines of the source to rewrite (the matmul's tile shape); each set
     /// of values is compiled as its own shader module.
@@ -480,10 +481,11 @@ fn with_epilogue(mut launch: Launch, epilogue: u32, act: Activation) -> Launch {
 }
 
 /// The bindings of a matmul launch, in order: A, B, their vec4 views (the placeholder where
-/// the launch reads scalars), the bias (or the placeholder), C, then Y for a fused activation
-/// (the caller's writable placeholder, `GpuContext::dummy_output`, without one). `a` and `b`
-/// must start at their matrices; the views cover exactly `dims`' elements, so they are whole
-/// vec4s.
+/// the launch reads scalars), the bias (V for a fused activation gradient; the placeholder
+/// without either), C, then Y for a fused activation (without one, a small writable buffer of
+/// the launch's own: a writable placeholder shared between launches would order them). `a` and
+/// `b` must start at their matrices; the views cover exactly `dims`' elements, so they are
+/// whole vec4s.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_bindings<'a>(
     launch: &Launch,
@@ -606,10 +608,10 @@ pub(crate) fn loss(
     )
 }
 
-/// dst ← src over `len` floats: a vec4 per thread when `len` is a multiple of 4 (the buffers
-/// are then whole vec4s), a float per thread otherwise.
+/// dst ← src over `len` floats: a vec4 per thread when `len` is a positive multiple of 4 (the
+/// buffers are then whole vec4s), a float per thread otherwise.
 pub(crate) fn copy(len: usize, max_per_dim: u32) -> Launch {
-    let (kernel, threads) = if len.is_multiple_of(4) {
+    let (kernel, threads) = if len > 0 && len.is_multiple_of(4) {
         (&COPY4, len / 4)
     } else {
         (&COPY, len)
@@ -742,6 +744,31 @@ mod tests {
                 "{threads}: {x}×{y} too large"
             );
         }
+    }
+
+    /// The matmul's uniform block as the host writes it is the WGSL struct, size for size
+    /// (a field added on one side only would shift every later one), and the kernel table
+    /// lists every binding the shader declares.
+    #[test]
+    fn matmul_params_match_the_shader() {
+        let module = naga::front::wgsl::parse_str(MATMUL.source).unwrap();
+        let mut bindings: Vec<(u32, naga::AddressSpace, u32)> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, v)| {
+                let b = v.binding.as_ref().filter(|b| b.group == MATMUL.group)?;
+                Some((
+                    b.binding,
+                    v.space,
+                    module.types[v.ty].inner.size(module.to_ctx()),
+                ))
+            })
+            .collect();
+        bindings.sort_by_key(|b| b.0);
+        assert_eq!(bindings.len(), MATMUL.bindings.len());
+        let (_, space, size) = *bindings.last().unwrap();
+        assert_eq!(space, naga::AddressSpace::Uniform);
+        assert_eq!(size as usize, std::mem::size_of::<MatmulParams>());
     }
 
     #[test]

@@ -53,9 +53,6 @@ pub struct GpuContext {
     errors: Arc<Mutex<Vec<String>>>,
     /// A small read-only buffer bound where a kernel's optional input is absent.
     dummy: wgpu::Buffer,
-    /// Its writable twin, bound where an optional output is absent (a buffer may not be bound
-    /// read-only and writable in one dispatch).
-    dummy_output: wgpu::Buffer,
     bounds_checks: bool,
     /// The matmul tile shapes, chosen on first use (`matmul_tiling`); the lock also keeps two
     /// threads from tuning at once.
@@ -141,12 +138,6 @@ impl GpuContext {
             contents: &[0u8; 16],
             usage: wgpu::BufferUsages::STORAGE,
         });
-        let dummy_output = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kiln.dummy_output"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
         Ok(GpuContext {
             device,
             queue,
@@ -160,7 +151,6 @@ impl GpuContext {
             pipelines: Mutex::default(),
             errors,
             dummy,
-            dummy_output,
             bounds_checks,
             tiling: Mutex::new(None),
         })
@@ -279,11 +269,6 @@ impl GpuContext {
         &self.dummy
     }
 
-    /// The writable placeholder bound where an optional output is absent.
-    pub fn dummy_output(&self) -> &wgpu::Buffer {
-        &self.dummy_output
-    }
-
     /// The matmul tile shape for each output size on this device. Chosen on the first call:
     /// `KILN_MATMUL_TILES` if set, else the choice cached for this adapter and driver in
     /// [`matmul_tiles::cache_dir`], else measured now (well under a second on a GPU) and
@@ -344,10 +329,10 @@ impl GpuContext {
     /// Times the candidates ([`matmul_tiles::tune`]) and caches the choice. A cache that
     /// cannot be written costs only a measurement next time, so it is a warning.
     fn tune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>)> {
-        let mut operands: HashMap<(usize, usize, usize), [wgpu::Buffer; 3]> = HashMap::new();
+        let mut operands: HashMap<(usize, usize, usize), [wgpu::Buffer; 4]> = HashMap::new();
         let (chosen, rows) = matmul_tiles::tune(&self.limits, |tile, dims| {
             let key = (dims.m, dims.n, dims.k);
-            let [a, b, c] = match operands.entry(key) {
+            let [a, b, c, unused] = match operands.entry(key) {
                 std::collections::hash_map::Entry::Occupied(o) => &*o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let ramp =
@@ -356,6 +341,7 @@ impl GpuContext {
                         self.upload("tuning a", &ramp(dims.m * dims.k))?,
                         self.upload("tuning b", &ramp(dims.k * dims.n))?,
                         self.storage_buffer("tuning c", dims.m * dims.n)?,
+                        self.storage_buffer("unused output", 1)?,
                     ])
                 }
             };
@@ -368,7 +354,7 @@ impl GpuContext {
                 b.into(),
                 None,
                 c.into(),
-                self.dummy_output().into(),
+                unused.into(),
                 self.dummy(),
             );
             let recorded = self.record(&launch, &bindings);

@@ -269,9 +269,10 @@ impl GpuContext {
         let bias_buf = bias.map(|b| self.upload("bias", b)).transpose()?;
         let c = self.storage_buffer("c", dims.m * dims.n)?;
         let y = match act {
-            Some((_, None)) => Some(self.storage_buffer("y", dims.m * dims.n)?),
-            _ => None,
+            Some((_, None)) => self.storage_buffer("y", dims.m * dims.n)?,
+            _ => self.storage_buffer("unused output", 1)?,
         };
+        let wants_y = matches!(act, Some((_, None)));
         let bindings = kernels::matmul_bindings(
             &launch,
             dims,
@@ -279,12 +280,12 @@ impl GpuContext {
             (&b_buf).into(),
             bias_buf.as_ref().map(Into::into),
             (&c).into(),
-            y.as_ref().unwrap_or(self.dummy_output()).into(),
+            (&y).into(),
             self.dummy(),
         );
         self.run(&launch, &bindings)?;
-        let y = y
-            .map(|y| self.read_back(&y, 0, dims.m * dims.n))
+        let y = wants_y
+            .then(|| self.read_back(&y, 0, dims.m * dims.n))
             .transpose()?;
         Ok((self.read_back(&c, 0, dims.m * dims.n)?, y))
     }

@@ -196,12 +196,15 @@ impl Buffers<'_> {
 
     /// The buffers of each launch of `instr` recorded at `max_batch`, in the order of
     /// [`GpuStep::launches`].
+    /// `placeholder` is bound where a matmul writes no activation: a buffer of its own, as a
+    /// writable binding shared between launches would order launches that are independent.
     fn of<'b>(
         &'b self,
         ctx: &'b GpuContext,
         instr: &Instr,
         launches: &[Launch],
         max_batch: usize,
+        placeholder: &'b wgpu::Buffer,
     ) -> Vec<Vec<BufferRange<'b>>> {
         match *instr {
             Instr::Matmul {
@@ -230,7 +233,7 @@ impl Buffers<'_> {
                     self.bind(b),
                     bias.map(|s| self.bind(s)),
                     self.bind(c),
-                    y.map_or(ctx.dummy_output().into(), |y| self.bind(y)),
+                    y.map_or(placeholder.into(), |y| self.bind(y)),
                     ctx.dummy(),
                 )]
             }
@@ -414,9 +417,13 @@ impl GpuStep {
         };
         let mut step = Vec::with_capacity(program.step.len());
         let (mut per_update_launches, mut per_update_buffers) = (Vec::new(), Vec::new());
-        for instr in &program.step {
+        // One tiny placeholder per instruction (the bind groups keep them alive).
+        let placeholders = (0..program.step.len())
+            .map(|_| ctx.storage_buffer("unused output", 4))
+            .collect::<Result<Vec<_>>>()?;
+        for (instr, placeholder) in program.step.iter().zip(&placeholders) {
             let launches = gpu_step.launches(instr, max_batch, 0, &UpdateUniform::default())?;
-            let bound = buffers.of(&ctx, instr, &launches, max_batch);
+            let bound = buffers.of(&ctx, instr, &launches, max_batch, placeholder);
             let recording = if per_update(instr) {
                 let first = per_update_launches.len();
                 per_update_launches.extend(launches);

@@ -107,6 +107,31 @@ pub enum Epilogue {
 }
 
 impl Instr {
+    /// The slots the instruction reads (its launch on the GPU binds them read-only).
+    fn reads(&self) -> Vec<Slot> {
+        match *self {
+            Instr::Matmul {
+                a,
+                b,
+                bias,
+                epilogue,
+                ..
+            } => {
+                let mut r = vec![a, b];
+                r.extend(bias);
+                if let Epilogue::ActivationGrad { act, x, y, .. } = epilogue {
+                    r.push(if act.grad_reads_output() { y } else { x });
+                }
+                r
+            }
+            Instr::BiasGrad { dy, .. } => vec![dy],
+            Instr::ActForward { x, .. } => vec![x],
+            Instr::ActBackward { x, y, dy, .. } => vec![x, y, dy],
+            Instr::Loss { last, .. } => vec![Slot::Act(last)],
+            Instr::GradNorm | Instr::Clip { .. } | Instr::Update => Vec::new(),
+        }
+    }
+
     pub fn matmul_dims(m: Extent, n: Extent, k: Extent, batch: usize) -> MatmulDims {
         MatmulDims {
             m: m.at(batch),
@@ -306,6 +331,14 @@ fn fuse_activations(instrs: Vec<Instr>) -> Vec<Instr> {
             (instr, _) => out.push(instr),
         }
     }
+    // A folded gradient product is no longer written: nothing may read it.
+    debug_assert!(out.iter().all(|i| match i {
+        Instr::Matmul {
+            epilogue: Epilogue::ActivationGrad { product, .. },
+            ..
+        } => out.iter().all(|j| !j.reads().contains(product)),
+        _ => true,
+    }));
     out
 }
 
