@@ -167,13 +167,25 @@ fn a_model_over_the_device_memory_is_refused_naming_the_sizes() {
     .unwrap();
     let e = Trainer::new(
         &device,
-        big,
+        big.clone(),
         TrainOptions::default(),
         Scheduler::fixed(0.1).unwrap(),
     )
     .unwrap_err()
     .to_string();
     assert!(e.contains("GPU memory") && e.contains("has 1.0 MiB"), "{e}");
+    // Starting from given weights is checked the same way.
+    let params = vec![0.0; big.param_layout(PARAM_ALIGN).len];
+    let e = Trainer::with_params(
+        &device,
+        big,
+        TrainOptions::default(),
+        Scheduler::fixed(0.1).unwrap(),
+        params,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("GPU memory"), "{e}");
 }
 
 /// Rows that do not fit beside the model are streamed in windows that do, or, when not even

@@ -276,7 +276,8 @@ impl Trainer {
     }
 
     /// A trainer starting from given parameters, laid out as [`Sequential::param_layout`]
-    /// with [`PARAM_ALIGN`].
+    /// with [`PARAM_ALIGN`]. Like [`Trainer::new`], checks the device's memory before
+    /// allocating anything on it ([`check_memory`]).
     pub fn with_params(
         device: &Device,
         model: Sequential,
@@ -287,6 +288,7 @@ impl Trainer {
         if options.max_batch == 0 {
             return Err(KilnError::invalid("max_batch", "must be at least 1"));
         }
+        check_memory(device, &model, &options)?;
         let layout = model.param_layout(PARAM_ALIGN);
         ops::check_len(
             "parameters",
