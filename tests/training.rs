@@ -605,8 +605,8 @@ test_device!(
     super::queued_updates_match_one_per_submit
 );
 
-/// Validation rows loaded on the device predict to the bit as the same rows given from the
-/// host, whatever the device's queue holds (chunks of max_batch, a short last chunk, queued
+/// Validation rows loaded on the device, and rows given all at once, predict to the bit as
+/// the same rows given from the host a batch at a time, whatever the device's queue holds (chunks of max_batch, a short last chunk, queued
 /// updates before the prediction and a changed batch size after it).
 fn resident_validation_predicts_like_host_rows(device: &Device) {
     let (x, labels) = task();
@@ -643,9 +643,16 @@ fn resident_validation_predicts_like_host_rows(device: &Device) {
         }
         let resident = trainer.predict_validation().unwrap();
         assert_eq!(resident.len(), 45 * 3);
+        // The same rows a batch at a time from the host (each call within max_batch), and all
+        // at once (more than max_batch: uploaded whole and predicted on the device).
+        let batch_by_batch: Vec<f32> = held_out
+            .chunks(16 * 4)
+            .flat_map(|c| trainer.predict(c).unwrap())
+            .collect();
+        assert_eq!(bits(&resident), bits(&batch_by_batch), "round {round}");
         assert_eq!(
-            bits(&resident),
             bits(&trainer.predict(held_out).unwrap()),
+            bits(&batch_by_batch),
             "round {round}"
         );
         // A short batch after a prediction trains on its own batch size.

@@ -657,14 +657,40 @@ impl GpuStep {
         Ok(())
     }
 
-    /// The model's outputs for the loaded validation rows, in chunks of `max_batch` as
-    /// `predict` takes them (so the same numbers): each chunk copied into the input buffer,
-    /// the forward pass, its outputs copied out, all full chunks in one submission, and the
-    /// outputs read back in one transfer.
+    /// The model's outputs for the loaded validation rows (see `predict_rows`).
     pub fn predict_validation(&mut self) -> Result<Vec<f32>> {
-        const LOADED: &str = "the trainer checks validation rows are loaded";
+        let v = self
+            .validation
+            .as_ref()
+            .expect("the trainer checks validation rows are loaded");
+        let (x, outputs, rows) = (v.x.clone(), v.outputs.clone(), v.rows);
+        self.predict_rows(&x, &outputs, rows)
+    }
+
+    /// The model's outputs for `x` (rows × input, more than `max_batch` rows) in one go: the
+    /// rows uploaded in one write and predicted as `predict_rows` does. Errs with `OverLimit`
+    /// where the rows do not fit one buffer (the caller then predicts batch by batch).
+    pub fn predict_all(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let outputs = rows
+            .checked_mul(self.output_width())
+            .ok_or_else(|| KilnError::shape("prediction input", format!("{rows} rows")))?;
+        let outputs = self.ctx.arena_buffer("prediction outputs", outputs)?;
+        let x_buf = self.ctx.arena_buffer("prediction input", x.len())?;
+        crate::gpu::arena::write_large(&self.ctx, &x_buf, x)?;
+        self.predict_rows(&x_buf, &outputs, rows)
+    }
+
+    /// The model's outputs for `rows` rows held in `x` on the device, into `outputs` and read
+    /// back in one transfer. Chunks of `max_batch` rows as `predict` takes them (so the same
+    /// numbers): each chunk copied into the input buffer, the forward pass, its outputs copied
+    /// out; all full chunks in one submission.
+    fn predict_rows(
+        &mut self,
+        x: &wgpu::Buffer,
+        outputs: &wgpu::Buffer,
+        rows: usize,
+    ) -> Result<Vec<f32>> {
         self.submit_queued()?;
-        let rows = self.validation.as_ref().expect(LOADED).rows;
         let (input, out) = (self.input_width as u64 * 4, self.output_width() as u64 * 4);
         let full = rows / self.max_batch;
         let chunks = [
@@ -679,20 +705,17 @@ impl GpuStep {
                 continue;
             }
             self.set_batch(batch)?;
-            let v = self.validation.as_ref().expect(LOADED);
             let last = &self.acts[self.acts.len() - 1];
             let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
             for c in range {
                 let (at, n) = ((c * self.max_batch) as u64, batch as u64);
-                encoder.copy_buffer_to_buffer(&v.x, at * input, &self.input, 0, n * input);
+                encoder.copy_buffer_to_buffer(x, at * input, &self.input, 0, n * input);
                 encode_pass(&mut encoder, self.forward());
-                encoder.copy_buffer_to_buffer(last, 0, &v.outputs, at * out, n * out);
+                encoder.copy_buffer_to_buffer(last, 0, outputs, at * out, n * out);
             }
             self.ctx.submit_encoder(encoder)?;
         }
-        let v = self.validation.as_ref().expect(LOADED);
-        self.ctx
-            .read_back(&v.outputs, 0, rows * self.output_width())
+        self.ctx.read_back(outputs, 0, rows * self.output_width())
     }
 
     /// The forward pass's dispatches.

@@ -611,7 +611,24 @@ impl Trainer {
     /// rows): their shape is checked, their values not again at every evaluation.
     pub(crate) fn predict_loaded(&mut self, x: &[f32]) -> Result<Vec<f32>> {
         let input = self.model.input();
-        ops::check_rows("prediction input", "x", x.len(), input)?;
+        let rows = ops::check_rows("prediction input", "x", x.len(), input)?;
+        // More rows than a batch on a GPU: up in one write, predicted there, back in one read,
+        // when they fit beside what the device holds; else batch by batch.
+        if rows > self.options.max_batch && matches!(self.backend, Backend::Gpu(_)) {
+            let outputs = (rows as u64).saturating_mul(self.model.output() as u64);
+            let bytes = (x.len() as u64).saturating_add(outputs).saturating_mul(4);
+            let resident = self.resident.0.saturating_add(self.resident.1);
+            if self
+                .check_device_room("prediction rows", bytes, resident)
+                .is_ok()
+                && let Backend::Gpu(s) = &mut self.backend
+            {
+                match s.predict_all(x, rows) {
+                    Err(KilnError::OverLimit { .. }) => {}
+                    done => return done,
+                }
+            }
+        }
         let mut out = Vec::with_capacity(x.len() / input * self.model.output());
         for chunk in x.chunks(self.options.max_batch * input) {
             let rows = chunk.len() / input;
