@@ -278,19 +278,7 @@ fn matmul_with_fused_activation_matches_the_separate_kernels() {
         return;
     };
     let gpu = Device::Gpu(ctx.clone());
-    let mut acts: Vec<Activation> = Activation::ALL
-        .into_iter()
-        .filter(|&a| a != Activation::Softmax)
-        .collect();
-    acts.push(Activation::LeakyRelu(0.2));
-    let tiles: Vec<Option<TileConfig>> = std::iter::once(None)
-        .chain(
-            CANDIDATES
-                .iter()
-                .filter(|t| t.fits(ctx.limits()))
-                .map(|&t| Some(t)),
-        )
-        .collect();
+    let (acts, tiles) = fusable_activations_and_tiles(&ctx);
     for (i, &(m, n, k)) in [(65, 17, 33), (3, 129, 7), (64, 64, 16)].iter().enumerate() {
         let dims = MatmulDims { m, n, k };
         let seed = 7000 + 10 * i as u64;
@@ -359,19 +347,7 @@ fn matmul_with_fused_activation_gradient_matches_the_separate_kernels() {
         return;
     };
     let gpu = Device::Gpu(ctx.clone());
-    let mut acts: Vec<Activation> = Activation::ALL
-        .into_iter()
-        .filter(|&a| a != Activation::Softmax)
-        .collect();
-    acts.push(Activation::LeakyRelu(0.2));
-    let tiles: Vec<Option<TileConfig>> = std::iter::once(None)
-        .chain(
-            CANDIDATES
-                .iter()
-                .filter(|t| t.fits(ctx.limits()))
-                .map(|&t| Some(t)),
-        )
-        .collect();
+    let (acts, tiles) = fusable_activations_and_tiles(&ctx);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for (i, &(m, n, k)) in [(65, 17, 33), (3, 129, 7), (64, 64, 16)].iter().enumerate() {
         let dims = MatmulDims { m, n, k };
@@ -415,6 +391,27 @@ fn matmul_with_fused_activation_gradient_matches_the_separate_kernels() {
             }
         }
     }
+}
+
+/// Every activation a product can fuse (leaky_relu at two slopes), and the tile shapes that
+/// fit `ctx` (`None`: the tuned one first).
+fn fusable_activations_and_tiles(
+    ctx: &kiln::GpuContext,
+) -> (Vec<Activation>, Vec<Option<TileConfig>>) {
+    let mut acts: Vec<Activation> = Activation::ALL
+        .into_iter()
+        .filter(|&a| a != Activation::Softmax)
+        .collect();
+    acts.push(Activation::LeakyRelu(0.2));
+    let tiles = std::iter::once(None)
+        .chain(
+            CANDIDATES
+                .iter()
+                .filter(|t| t.fits(ctx.limits()))
+                .map(|&t| Some(t)),
+        )
+        .collect();
+    (acts, tiles)
 }
 
 /// The tile shapes a fused-epilogue test runs `act` on: all of them for GELU (the longest

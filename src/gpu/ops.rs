@@ -13,6 +13,17 @@ use crate::ops::{Activation, Loss, MatmulDims, Targets, Transpose};
 use crate::optim::{Optimizer, StateBlock, UpdateUniform};
 use crate::timing::measure;
 
+/// Errs for an activation no product fuses (softmax: it needs whole rows).
+fn check_fusable(act: Activation) -> Result<()> {
+    if kernels::fused_activation_id(act).is_none() {
+        return Err(crate::KilnError::invalid(
+            "act",
+            format!("{} works on whole rows; it is not fused", act.name()),
+        ));
+    }
+    Ok(())
+}
+
 /// Records `dispatches`, in order, into one compute pass of `encoder`.
 pub fn encode_pass<'a>(
     encoder: &mut wgpu::CommandEncoder,
@@ -196,12 +207,7 @@ impl GpuContext {
         tile: Option<TileConfig>,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         crate::ops::check_matmul(a.len(), b.len(), bias.map(<[f32]>::len), dims, t)?;
-        if kernels::fused_activation_id(act).is_none() {
-            return Err(crate::KilnError::invalid(
-                "act",
-                format!("{} works on whole rows; it is not fused", act.name()),
-            ));
-        }
+        check_fusable(act)?;
         let (c, y) = self.matmul_then(a, b, bias, dims, t, tile, Some((act, None)))?;
         Ok((c, y.expect("asked for")))
     }
@@ -229,12 +235,7 @@ impl GpuContext {
             dims.m * dims.n,
             "m·n",
         )?;
-        if kernels::fused_activation_id(act).is_none() {
-            return Err(crate::KilnError::invalid(
-                "act",
-                format!("{} works on whole rows; it is not fused", act.name()),
-            ));
-        }
+        check_fusable(act)?;
         Ok(self
             .matmul_then(a, b, None, dims, t, tile, Some((act, Some(v))))?
             .0)

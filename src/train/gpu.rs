@@ -645,16 +645,28 @@ impl GpuStep {
     pub fn load_validation(&mut self, x: &[f32], rows: usize) -> Result<()> {
         // Dropped first: the new buffers may need its memory.
         self.validation = None;
-        let outputs = rows
-            .checked_mul(self.output_width())
-            .ok_or_else(|| KilnError::shape("validation rows", format!("{rows} rows")))?;
-        // Only copied to and from, never bound: held to max_buffer_size, not the binding limit.
-        let outputs = self.ctx.arena_buffer("validation outputs", outputs)?;
-        let x_buf = self.ctx.arena_buffer("validation x", x.len())?;
-        crate::gpu::arena::write_large(&self.ctx, &x_buf, x)?;
-        let x = x_buf;
+        let (x, outputs) = self.rows_to_predict("validation rows", x, rows)?;
         self.validation = Some(ResidentValidation { x, outputs, rows });
         Ok(())
+    }
+
+    /// `x` (rows × input) uploaded, and room for its outputs. Both are only copied to and
+    /// from, never bound: held to max_buffer_size, not the binding limit.
+    fn rows_to_predict(
+        &self,
+        what: &str,
+        x: &[f32],
+        rows: usize,
+    ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let outputs = rows
+            .checked_mul(self.output_width())
+            .ok_or_else(|| KilnError::shape(what, format!("{rows} rows")))?;
+        let outputs = self
+            .ctx
+            .arena_buffer(&format!("{what}: outputs"), outputs)?;
+        let x_buf = self.ctx.arena_buffer(what, x.len())?;
+        crate::gpu::arena::write_large(&self.ctx, &x_buf, x)?;
+        Ok((x_buf, outputs))
     }
 
     /// The model's outputs for the loaded validation rows (see `predict_rows`).
@@ -671,13 +683,8 @@ impl GpuStep {
     /// rows uploaded in one write and predicted as `predict_rows` does. Errs with `OverLimit`
     /// where the rows do not fit one buffer (the caller then predicts batch by batch).
     pub fn predict_all(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let outputs = rows
-            .checked_mul(self.output_width())
-            .ok_or_else(|| KilnError::shape("prediction input", format!("{rows} rows")))?;
-        let outputs = self.ctx.arena_buffer("prediction outputs", outputs)?;
-        let x_buf = self.ctx.arena_buffer("prediction input", x.len())?;
-        crate::gpu::arena::write_large(&self.ctx, &x_buf, x)?;
-        self.predict_rows(&x_buf, &outputs, rows)
+        let (x, outputs) = self.rows_to_predict("prediction input", x, rows)?;
+        self.predict_rows(&x, &outputs, rows)
     }
 
     /// The model's outputs for `rows` rows held in `x` on the device, into `outputs` and read
