@@ -436,3 +436,23 @@ fn copy_moves_every_element() {
         assert_eq!(ctx.copy(&x).unwrap(), x, "{len} floats");
     }
 }
+
+/// Writes over one piece (`WRITE_PIECE`) go up in pieces, each pushed through before the next:
+/// every element arrives, for data and for a fill alike.
+#[test]
+fn writes_larger_than_a_piece_arrive_whole() {
+    let Some(Device::Gpu(ctx)) = both() else {
+        return;
+    };
+    let len = kiln::gpu::WRITE_PIECE / 4 + 1001;
+    let data: Vec<f32> = (0..len).map(|i| (i % 65_521) as f32).collect();
+    let buffer = ctx.arena_buffer("large write", len).unwrap();
+    ctx.write(&buffer, &data).unwrap();
+    assert!(
+        ctx.read_back(&buffer, 0, len).unwrap() == data,
+        "written data"
+    );
+    ctx.fill(&buffer, len, 7.0).unwrap();
+    let back = ctx.read_back(&buffer, 0, len).unwrap();
+    assert!(back.iter().all(|&v| v == 7.0), "filled");
+}

@@ -142,14 +142,7 @@ impl Arena {
                 let label = format!("{name} [{}..{})", p.start, p.end);
                 let b = ctx.arena_buffer(&label, p.len())?;
                 if fill != 0.0 {
-                    // One piece of the fill, written over and over.
-                    let piece = vec![fill; p.len().min(PIECE)];
-                    let mut at = 0;
-                    while at < p.len() {
-                        let n = (p.len() - at).min(PIECE);
-                        write_piece(ctx, &b, at, &piece[..n])?;
-                        at += n;
-                    }
+                    ctx.fill(&b, p.len(), fill)?;
                 }
                 Ok(b)
             })
@@ -176,7 +169,7 @@ impl Arena {
     pub fn write(&self, ctx: &GpuContext, values: &[f32]) -> Result<()> {
         debug_assert_eq!(values.len(), self.parts.last().map_or(0, |p| p.end));
         for (b, p) in self.buffers.iter().zip(&self.parts) {
-            write_large(ctx, b, &values[p.clone()])?;
+            ctx.write(b, &values[p.clone()])?;
         }
         Ok(())
     }
@@ -205,32 +198,6 @@ impl Arena {
     pub fn chunk(&self, chunk: &Range<usize>) -> BufferRange<'_> {
         self.range(chunk.start, chunk.len())
     }
-}
-
-/// Elements per `queue.write_buffer` of an arena: 64 MiB.
-const PIECE: usize = 16 << 20;
-
-/// Writes `values` at the start of `buffer` in pieces (see [`write_piece`]).
-pub(crate) fn write_large(ctx: &GpuContext, buffer: &wgpu::Buffer, values: &[f32]) -> Result<()> {
-    for (i, piece) in values.chunks(PIECE).enumerate() {
-        write_piece(ctx, buffer, i * PIECE, piece)?;
-    }
-    Ok(())
-}
-
-/// Writes `values` at element `at` of `buffer`. wgpu stages every write whole and keeps the
-/// staging memory until a submission that follows it completes, so a piece that ends on a
-/// 256 MiB boundary is pushed through and waited for: writing a multi-GiB arena never holds
-/// more than that much staging memory beside it.
-fn write_piece(ctx: &GpuContext, buffer: &wgpu::Buffer, at: usize, values: &[f32]) -> Result<()> {
-    ctx.queue
-        .write_buffer(buffer, (at * 4) as u64, bytemuck::cast_slice(values));
-    const FLUSH: usize = 4 * PIECE;
-    if (at + values.len()).is_multiple_of(FLUSH) {
-        ctx.queue.submit(std::iter::empty::<wgpu::CommandBuffer>());
-        ctx.wait_idle()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ pub struct CachedPipeline {
 }
 
 type ModuleKey = (&'static str, Vec<(&'static str, u32)>);
+
+/// Bytes of one piece of a large [`GpuContext::write`]: 256 MiB.
+pub const WRITE_PIECE: usize = 256 << 20;
 type PipelineKey = (ModuleKey, &'static str, Vec<(&'static str, u64)>);
 
 /// One wgpu device and everything Kiln keeps per device.
@@ -250,8 +253,47 @@ impl GpuContext {
     pub fn upload<T: bytemuck::Pod>(&self, tensor: &str, data: &[T]) -> Result<wgpu::Buffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.storage_buffer(tensor, bytes.len().div_ceil(4))?;
-        self.queue.write_buffer(&buffer, 0, bytes);
+        self.write(&buffer, bytes)?;
         Ok(buffer)
+    }
+
+    /// Writes `data` at the start of `buffer`, from the next submission on. wgpu stages a
+    /// write whole and keeps the staging memory until a submission after it completes, so a
+    /// write larger than [`WRITE_PIECE`] bytes goes in pieces, each pushed through and waited
+    /// for before the next: a multi-GiB upload never holds more than one piece of staging
+    /// memory beside the data.
+    pub fn write<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, data: &[T]) -> Result<()> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        for (i, piece) in bytes.chunks(WRITE_PIECE).enumerate() {
+            if i > 0 {
+                self.push_writes()?;
+            }
+            self.queue
+                .write_buffer(buffer, (i * WRITE_PIECE) as u64, piece);
+        }
+        Ok(())
+    }
+
+    /// `len` copies of `value` at the start of `buffer`, written as [`GpuContext::write`]
+    /// writes, from one piece of the fill on the host.
+    pub fn fill(&self, buffer: &wgpu::Buffer, len: usize, value: f32) -> Result<()> {
+        let per_piece = WRITE_PIECE / 4;
+        let piece = vec![value; len.min(per_piece)];
+        for (i, at) in (0..len).step_by(per_piece).enumerate() {
+            if i > 0 {
+                self.push_writes()?;
+            }
+            let n = (len - at).min(per_piece);
+            self.queue
+                .write_buffer(buffer, (at * 4) as u64, bytemuck::cast_slice(&piece[..n]));
+        }
+        Ok(())
+    }
+
+    /// Submits the writes staged so far and waits for them, freeing their staging memory.
+    fn push_writes(&self) -> Result<()> {
+        self.queue.submit(std::iter::empty::<wgpu::CommandBuffer>());
+        self.wait_idle()
     }
 
     /// A uniform buffer holding `bytes`, rewritable with `queue.write_buffer`.

@@ -399,7 +399,11 @@ impl GpuContext {
                 (false, _) => self.storage_buffer(b.name, 1),
                 // Storage buffers start zeroed.
                 (true, 0.0) => self.storage_buffer(b.name, len),
-                (true, init) => self.upload(b.name, &vec![init; len]),
+                (true, init) => {
+                    let buffer = self.storage_buffer(b.name, len)?;
+                    self.fill(&buffer, len, init)?;
+                    Ok(buffer)
+                }
             })
             .collect()
     }

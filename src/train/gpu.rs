@@ -621,12 +621,11 @@ impl GpuStep {
         {
             // The next window of a streamed data set: written over the last, in place. The
             // updates submitted before read the last; the write lands after them.
-            crate::gpu::arena::write_large(&self.ctx, &d.x, x)?;
-            crate::gpu::arena::write_large(&self.ctx, &d.y, y)?;
+            self.ctx.write(&d.x, x)?;
+            self.ctx.write(&d.y, y)?;
             return Ok(());
         }
-        let x_buf = self.ctx.storage_buffer("resident data x", x.len())?;
-        crate::gpu::arena::write_large(&self.ctx, &x_buf, x)?;
+        let x_buf = self.ctx.upload("resident data x", x)?;
         let y_buf = self.ctx.upload("resident data targets", y)?;
         // Room for an order of every row; `set_order` makes a larger one if needed.
         let order = self.ctx.storage_buffer("batch order", rows)?;
@@ -665,7 +664,7 @@ impl GpuStep {
             .ctx
             .arena_buffer(&format!("{what}: outputs"), outputs)?;
         let x_buf = self.ctx.arena_buffer(what, x.len())?;
-        crate::gpu::arena::write_large(&self.ctx, &x_buf, x)?;
+        self.ctx.write(&x_buf, x)?;
         Ok((x_buf, outputs))
     }
 
