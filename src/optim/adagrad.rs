@@ -56,7 +56,6 @@ pub(super) const REGISTRATION: Registration = Registration {
     name: "adagrad",
     default_lr: 1e-2,
     from_table: super::read_rule::<Adagrad>,
-    kernel: &KERNEL,
 };
 
 impl UpdateRule for Adagrad {

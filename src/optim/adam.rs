@@ -99,14 +99,12 @@ pub(super) const REGISTRATION: Registration = Registration {
     name: "adam",
     default_lr: 1e-3,
     from_table: super::read_rule::<Adam>,
-    kernel: &KERNEL,
 };
 
 pub(super) const ADAMW_REGISTRATION: Registration = Registration {
     name: "adamw",
     default_lr: 1e-3,
     from_table: adamw_from_table,
-    kernel: &KERNEL,
 };
 
 fn adamw_from_table(kind: &'static str, table: toml::Table) -> Result<Optimizer> {

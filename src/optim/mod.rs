@@ -382,8 +382,6 @@ pub struct Registration {
     /// Reads the table's other keys (PyTorch's argument names) into the rule; called with
     /// `name`, which its errors give.
     pub from_table: fn(&'static str, toml::Table) -> Result<Optimizer>,
-    /// Its GPU kernel.
-    pub kernel: &'static Kernel,
 }
 
 /// Every optimizer Kiln has.
@@ -397,12 +395,17 @@ pub static REGISTRY: [Registration; 7] = [
     radam::REGISTRATION,
 ];
 
-/// Every optimizer kernel, once each (Adam and AdamW share one), for the shader tests.
+/// Every optimizer kernel, once each (Adam and AdamW share one), for the shader tests: each
+/// registration's rule at its defaults names its kernel.
 pub fn kernels() -> Vec<&'static Kernel> {
     let mut all: Vec<&'static Kernel> = Vec::new();
     for r in &REGISTRY {
-        if !all.iter().any(|k| std::ptr::eq(*k, r.kernel)) {
-            all.push(r.kernel);
+        let kernel = (r.from_table)(r.name, toml::Table::new())
+            .expect("the defaults are valid")
+            .rule()
+            .kernel();
+        if !all.iter().any(|k| std::ptr::eq(*k, kernel)) {
+            all.push(kernel);
         }
     }
     all

@@ -62,7 +62,6 @@ pub(super) const REGISTRATION: Registration = Registration {
     name: "nadam",
     default_lr: 2e-3,
     from_table: super::read_rule::<NAdam>,
-    kernel: &KERNEL,
 };
 
 impl UpdateRule for NAdam {

@@ -63,7 +63,6 @@ pub(super) const REGISTRATION: Registration = Registration {
     name: "radam",
     default_lr: 1e-3,
     from_table: super::read_rule::<RAdam>,
-    kernel: &KERNEL,
 };
 
 impl UpdateRule for RAdam {

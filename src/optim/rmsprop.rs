@@ -64,7 +64,6 @@ pub(super) const REGISTRATION: Registration = Registration {
     name: "rmsprop",
     default_lr: 1e-2,
     from_table: super::read_rule::<RmsProp>,
-    kernel: &KERNEL,
 };
 
 impl UpdateRule for RmsProp {

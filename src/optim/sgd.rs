@@ -59,7 +59,6 @@ pub(super) const REGISTRATION: Registration = Registration {
     name: "sgd",
     default_lr: 1e-3,
     from_table: super::read_rule::<Sgd>,
-    kernel: &KERNEL,
 };
 
 impl UpdateRule for Sgd {
