@@ -90,14 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             smooth[smooth.len() - 1],
             100.0 * eval.accuracy.unwrap_or(0.0)
         );
-        curves.push(Series {
-            name: name.into(),
-            points: smooth
-                .iter()
-                .enumerate()
-                .map(|(t, &l)| (t as f64, l as f64))
-                .collect(),
-        });
+        curves.push(Series::over_updates(name, smooth.iter().map(|&l| l as f64)));
     }
     let panel = Panel {
         title: "digits: training loss (mean of last 20) under ten schedules".into(),

@@ -60,14 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{name:<24} {:>12.1} {:>12.1} {:>12.1} {:>14.1}",
             losses[9], losses[99], losses[299], val.loss
         );
-        curves.push(Series {
-            name: name.into(),
-            points: losses
-                .iter()
-                .enumerate()
-                .map(|(t, &l)| (t as f64, l as f64))
-                .collect(),
-        });
+        curves.push(Series::over_updates(name, losses.iter().map(|&l| l as f64)));
     }
     let panel = Panel {
         title: "diabetes: linear regression, MSE".into(),

@@ -19,6 +19,20 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+impl Series {
+    /// A curve over the update index: `values[t]` at x = t.
+    pub fn over_updates(name: &str, values: impl IntoIterator<Item = f64>) -> Series {
+        Series {
+            name: name.into(),
+            points: values
+                .into_iter()
+                .enumerate()
+                .map(|(t, v)| (t as f64, v))
+                .collect(),
+        }
+    }
+}
+
 /// One chart: a title, a y label and its curves.
 #[derive(Clone, Debug)]
 pub struct Panel {

@@ -67,14 +67,7 @@ pub fn schedule(args: &ScheduleArgs) -> Result<()> {
     }
     out.flush()?;
     if let Some(out) = &args.plot {
-        let series = Series {
-            name: "lr".into(),
-            points: rates
-                .iter()
-                .enumerate()
-                .map(|(t, &lr)| (t as f64, lr))
-                .collect(),
-        };
+        let series = Series::over_updates("lr", rates.iter().copied());
         let title = format!("learning rate: {}", args.file.display());
         plot(
             out,
