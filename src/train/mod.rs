@@ -419,25 +419,12 @@ impl Trainer {
     }
 
     fn load_data_checked(&mut self, x: &[f32], targets: Targets, values: bool) -> Result<()> {
-        let (input, output) = (self.model.input(), self.model.output());
         let rows = if values {
             let rows = self.check_batch(x, None)?;
-            ops::check_targets(self.model.loss(), targets, rows, output)?;
+            ops::check_targets(self.model.loss(), targets, rows, self.model.output())?;
             rows
         } else {
-            let rows = ops::check_rows("resident data", "x", x.len(), input)?;
-            let (len, want) = match targets {
-                Targets::Classes(c) => (c.len(), rows),
-                Targets::Values(v) => (v.len(), rows * output),
-            };
-            ops::check_len(
-                "resident data",
-                "targets",
-                len,
-                want,
-                "one per row and output",
-            )?;
-            rows
+            self.check_shapes("resident data", x, targets)?
         };
         let bytes = self.check_resident(rows)?;
         let y = crate::gpu::kernels::targets_as_f32(targets);
@@ -906,9 +893,15 @@ impl Trainer {
 
     /// The shape checks of [`Trainer::check_batch`] alone: rows, max_batch, target count.
     fn check_batch_shape(&self, x: &[f32], targets: Targets) -> Result<usize> {
-        let ctx = "training batch";
-        let rows = ops::check_rows(ctx, "x", x.len(), self.model.input())?;
+        let rows = self.check_shapes("training batch", x, targets)?;
         self.check_max_batch(rows)?;
+        Ok(rows)
+    }
+
+    /// `x` whole rows of the model's input and `targets` one per row (labels) or per row and
+    /// output (values); returns the rows. Shapes only, not values.
+    fn check_shapes(&self, ctx: &str, x: &[f32], targets: Targets) -> Result<usize> {
+        let rows = ops::check_rows(ctx, "x", x.len(), self.model.input())?;
         let (len, want) = match targets {
             Targets::Classes(c) => (c.len(), rows),
             Targets::Values(v) => (v.len(), rows * self.model.output()),
