@@ -165,14 +165,12 @@ impl Prepared {
                     // Streamed: windows of whole batches, each gathered on the host, uploaded
                     // in one write and its batches gathered on the device. The window's room
                     // is held before the validation rows take theirs.
-                    let batches = (0..=STREAM_WINDOW_BATCHES.ilog2())
+                    let window = (0..=STREAM_WINDOW_BATCHES.ilog2())
                         .rev()
-                        .map(|p| 1usize << p)
-                        .find(|&b| trainer.check_resident(b * self.batch).is_ok());
-                    match batches {
-                        Some(b) => {
-                            let window_rows = (b * self.batch).min(rows);
-                            let bytes = trainer.check_resident(window_rows)?;
+                        .map(|p| ((1usize << p) * self.batch).min(rows))
+                        .find_map(|w| Some((w, trainer.check_resident(w).ok()?)));
+                    match window {
+                        Some((window_rows, bytes)) => {
                             trainer.reserve_resident(bytes);
                             Placement::Streamed {
                                 window_rows,
