@@ -34,6 +34,10 @@ struct AdamParams {
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = update_index(gid, nwg);
     if i >= params.h.len || update_skipped(params.h) { return; }
+    var v_max_in = 0.0;
+    if params.amsgrad != 0u {
+        v_max_in = max_exp_avg_sq[i];
+    }
     let o = adam_moments(
         params.h,
         i,
@@ -47,7 +51,7 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     );
     var v_used = o.v;
     if params.amsgrad != 0u {
-        v_used = max(max_exp_avg_sq[i], o.v);
+        v_used = max(v_max_in, o.v);
         max_exp_avg_sq[i] = v_used;
     }
     let denom = sqrt(v_used) / params.bias_correction2_sqrt + params.eps;

@@ -28,8 +28,11 @@ fn adam_moments(
     maximize: bool,
     decoupled: bool,
 ) -> Moved {
+    // All four loads go out before the first arithmetic on a loaded value (see sgd.wgsl).
     var p = param[i];
     var g = grad[i];
+    let m_in = exp_avg[i];
+    let v_in = exp_avg_sq[i];
     if maximize {
         g = -g;
     }
@@ -40,9 +43,9 @@ fn adam_moments(
             g = g + weight_decay * p;
         }
     }
-    let m = lerp_pt(exp_avg[i], g, one_minus_beta1);
+    let m = lerp_pt(m_in, g, one_minus_beta1);
     exp_avg[i] = m;
-    let v = exp_avg_sq[i] * beta2 + one_minus_beta2 * g * g;
+    let v = v_in * beta2 + one_minus_beta2 * g * g;
     exp_avg_sq[i] = v;
     return Moved(p, g, m, v);
 }

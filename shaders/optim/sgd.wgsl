@@ -31,14 +31,21 @@ struct SgdParams {
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = update_index(gid, nwg);
     if i >= params.h.len || update_skipped(params.h) { return; }
+    // Every load is issued before the first arithmetic on a loaded value: the negation for
+    // `maximize` waits for g, and a load behind it would cost a second trip to memory.
     let p = param[i];
-    var g = l2_grad(params.h, i, p, grad[i], params.weight_decay, params.maximize != 0u);
+    let g_in = grad[i];
+    var buf_in = 0.0;
+    if params.momentum != 0.0 && params.first_step == 0u {
+        buf_in = momentum_buffer[i];
+    }
+    var g = l2_grad(params.h, i, p, g_in, params.weight_decay, params.maximize != 0u);
     if params.momentum != 0.0 {
         var buf: f32;
         if params.first_step != 0u {
             buf = g;
         } else {
-            buf = params.momentum * momentum_buffer[i] + (1.0 - params.dampening) * g;
+            buf = params.momentum * buf_in + (1.0 - params.dampening) * g;
         }
         momentum_buffer[i] = buf;
         if params.nesterov != 0u {
