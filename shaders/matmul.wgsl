@@ -11,7 +11,9 @@
 // block of outputs in registers. Both tiles sit k-major in workgroup memory as vec4s, so a thread
 // reads the four rows (or columns) it needs for one k in one load. A thread's rows are TM/4 runs
 // of four, WG_Y·4 apart, and likewise its columns: neighbouring threads then read neighbouring
-// vec4s of workgroup memory and write neighbouring words of C.
+// vec4s of workgroup memory and write neighbouring words of C. The tiles of the next step
+// through k are fetched into registers before this step's products run, so a workgroup waits
+// for memory once per step at most, not once per load.
 //
 // Every output is one fma chain over k in increasing order, whatever the tile shape, so every
 // tile shape gives bit-identical results (the tuner may pick any of them).
@@ -161,37 +163,65 @@ fn b_along_k(kk: u32, col: u32) -> vec4<f32> {
     return v;
 }
 
-// Fills the workgroup tiles for k0..k0+BK. Consecutive threads read consecutive vec4s of the
-// stored matrix whichever way it is laid out; a vec4 along k is spread over four k rows of the
-// tile, one along m or n lands whole.
-fn load_tiles(tid: u32, row0: u32, col0: u32, k0: u32) {
-    for (var s = tid; s < BK * BM4; s += THREADS) {
-        if TRANS_A {
-            let kk = s / BM4;
-            let r4 = s % BM4;
-            a_tile[kk * BM4 + r4] = a_along_m(row0 + 4u * r4, k0 + kk);
-        } else {
-            let row = s / BK4;
-            let kq = s % BK4;
-            let v = a_along_k(row0 + row, k0 + 4u * kq);
-            for (var i = 0u; i < 4u; i++) {
-                a_tile[(4u * kq + i) * BM4 + row / 4u][row % 4u] = v[i];
-            }
-        }
+// The tiles for k0..k0+BK are BK·BM4 (BK·BN4) vec4 slots; thread tid moves slots tid,
+// tid + THREADS, … . Consecutive threads read consecutive vec4s of the stored matrix whichever
+// way it is laid out; a vec4 along k is spread over four k rows of the tile, one along m or n
+// lands whole. A thread first fetches all its slots into registers and only then writes them
+// to workgroup memory: every load is in flight at once, and the next tile's loads overlap the
+// products of this one (the main loop fetches before it computes).
+const A_SLOTS: u32 = BK * BM4;
+const B_SLOTS: u32 = BK * BN4;
+const A_LOADS: u32 = (A_SLOTS + THREADS - 1u) / THREADS;
+const B_LOADS: u32 = (B_SLOTS + THREADS - 1u) / THREADS;
+
+fn a_fetch(s: u32, row0: u32, k0: u32) -> vec4<f32> {
+    if s >= A_SLOTS {
+        return vec4(0.0);
     }
-    for (var s = tid; s < BK * BN4; s += THREADS) {
-        if TRANS_B {
-            let col = s / BK4;
-            let kq = s % BK4;
-            let v = b_along_k(k0 + 4u * kq, col0 + col);
-            for (var i = 0u; i < 4u; i++) {
-                b_tile[(4u * kq + i) * BN4 + col / 4u][col % 4u] = v[i];
-            }
-        } else {
-            let kk = s / BN4;
-            let c4 = s % BN4;
-            b_tile[kk * BN4 + c4] = b_along_n(k0 + kk, col0 + 4u * c4);
-        }
+    if TRANS_A {
+        return a_along_m(row0 + 4u * (s % BM4), k0 + s / BM4);
+    }
+    return a_along_k(row0 + s / BK4, k0 + 4u * (s % BK4));
+}
+
+fn a_stash(s: u32, v: vec4<f32>) {
+    if s >= A_SLOTS {
+        return;
+    }
+    if TRANS_A {
+        // s = kk·BM4 + r4: the slot's own place in the k-major tile.
+        a_tile[s] = v;
+        return;
+    }
+    let row = s / BK4;
+    let kq = s % BK4;
+    for (var i = 0u; i < 4u; i++) {
+        a_tile[(4u * kq + i) * BM4 + row / 4u][row % 4u] = v[i];
+    }
+}
+
+fn b_fetch(s: u32, col0: u32, k0: u32) -> vec4<f32> {
+    if s >= B_SLOTS {
+        return vec4(0.0);
+    }
+    if TRANS_B {
+        return b_along_k(k0 + 4u * (s % BK4), col0 + s / BK4);
+    }
+    return b_along_n(k0 + s / BN4, col0 + 4u * (s % BN4));
+}
+
+fn b_stash(s: u32, v: vec4<f32>) {
+    if s >= B_SLOTS {
+        return;
+    }
+    if !TRANS_B {
+        b_tile[s] = v;
+        return;
+    }
+    let col = s / BK4;
+    let kq = s % BK4;
+    for (var i = 0u; i < 4u; i++) {
+        b_tile[(4u * kq + i) * BN4 + col / 4u][col % 4u] = v[i];
     }
 }
 
@@ -208,10 +238,36 @@ fn matmul(
     var acc: array<array<vec4<f32>, RN>, TM>;
     var a_reg: array<vec4<f32>, RM>;
     var b_reg: array<vec4<f32>, RN>;
+    // The slots this thread fetched and has yet to write to workgroup memory.
+    var a_next: array<vec4<f32>, A_LOADS>;
+    var b_next: array<vec4<f32>, B_LOADS>;
 
+    for (var j = 0u; j < A_LOADS; j++) {
+        a_next[j] = a_fetch(j * THREADS + tid, row0, 0u);
+    }
+    for (var j = 0u; j < B_LOADS; j++) {
+        b_next[j] = b_fetch(j * THREADS + tid, col0, 0u);
+    }
     for (var k0 = 0u; k0 < params.k; k0 += BK) {
-        load_tiles(tid, row0, col0, k0);
+        for (var j = 0u; j < A_LOADS; j++) {
+            a_stash(j * THREADS + tid, a_next[j]);
+        }
+        for (var j = 0u; j < B_LOADS; j++) {
+            b_stash(j * THREADS + tid, b_next[j]);
+        }
         workgroupBarrier();
+
+        // The next tile's loads, in flight while this tile's products run. The last tile's
+        // overhang past k reads zeros (the bounds in a_along_k & co.).
+        let k_next = k0 + BK;
+        if k_next < params.k {
+            for (var j = 0u; j < A_LOADS; j++) {
+                a_next[j] = a_fetch(j * THREADS + tid, row0, k_next);
+            }
+            for (var j = 0u; j < B_LOADS; j++) {
+                b_next[j] = b_fetch(j * THREADS + tid, col0, k_next);
+            }
+        }
 
         for (var kk = 0u; kk < BK; kk++) {
             for (var r = 0u; r < RM; r++) {

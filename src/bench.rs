@@ -379,7 +379,7 @@ impl GpuOp {
 
     /// `C[M,N] = op(A)·op(B)`, no bias.
     pub fn matmul(ctx: &Arc<GpuContext>, dims: MatmulDims, t: Transpose) -> Result<GpuOp> {
-        let tile = ctx.matmul_tiling()?.pick(dims);
+        let tile = ctx.matmul_tile(dims, t)?;
         GpuOp::matmul_with(ctx, dims, t, tile)
     }
 
@@ -583,7 +583,7 @@ fn bench_matmul(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>>
                 (t, Timing::Wall, None)
             }
             Device::Gpu(ctx) => {
-                let tile = ctx.matmul_tiling()?.pick(dims);
+                let tile = ctx.matmul_tile(dims, t)?;
                 let (time, timing) = time_gpu(&GpuOp::matmul_with(ctx, dims, t, tile)?)?;
                 (time, timing, Some(tile))
             }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use kiln::schedule::{Kind, Scheduler};
 use kiln::train::TrainOptions;
 use kiln::{Activation, Device, Layer, Loss, Sequential, Targets, Trainer};
@@ -663,6 +665,72 @@ test_device!(
     resident_validation_is_exact,
     super::resident_validation_predicts_like_host_rows
 );
+
+/// Each product's tile shape tuned on that product (a GPU's default; forced on here, where
+/// lavapipe would skip it) trains the same model to the bit as the size classes' shapes:
+/// every shape computes each output as one fma chain over k in order.
+#[test]
+fn tiles_tuned_per_product_train_like_the_size_classes() {
+    if common::gpu_device().is_none() {
+        return;
+    }
+    let device = |tune_shapes| {
+        Arc::new(
+            kiln::GpuContext::new(&kiln::AdapterOptions {
+                tune_shapes: Some(tune_shapes),
+                ..kiln::AdapterOptions::from_env()
+            })
+            .unwrap(),
+        )
+    };
+    let (tuned, classes) = (device(true), device(false));
+    let model = Sequential::new(
+        4,
+        vec![
+            Layer::Dense { out: 37 },
+            Layer::Activation(Activation::Relu),
+            Layer::Dense { out: 3 },
+        ],
+        Loss::CrossEntropy,
+    )
+    .unwrap();
+    let (x, labels) = task();
+    let run = |ctx: &Arc<kiln::GpuContext>| {
+        let device = Device::Gpu(ctx.clone());
+        let mut t = Trainer::new(
+            &device,
+            model.clone(),
+            options(),
+            Scheduler::fixed(0.1).unwrap(),
+        )
+        .unwrap();
+        train(&mut t, &x, &labels, 10);
+        (t.losses().unwrap().to_vec(), t.parameters().unwrap())
+    };
+    let (a, b) = (run(&tuned), run(&classes));
+    assert!(classes.product_tiles().is_empty());
+    let products = tuned.product_tiles();
+    let batch = options().max_batch;
+    for (shape, tile) in &products {
+        assert!(tile.fits(tuned.limits()), "{shape}: {tile}");
+    }
+    // The first layer's forward product, its weight gradient, the second layer's three.
+    for want in [
+        format!("{batch}x37x4 Nt"),
+        format!("37x4x{batch} Tn"),
+        format!("{batch}x3x37 Nt"),
+        format!("3x37x{batch} Tn"),
+        format!("{batch}x37x3 Nn"),
+    ] {
+        assert!(
+            products.iter().any(|(s, _)| *s == want),
+            "{want} not tuned: {products:?}"
+        );
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a.0), bits(&b.0), "losses, bit for bit");
+    assert_eq!(bits(&a.1), bits(&b.1), "parameters, bit for bit");
+}
 
 /// Activations fused into the products before them (the default) train as the same model with
 /// every activation a kernel of its own (`AdapterOptions::separate_activations`): both compute

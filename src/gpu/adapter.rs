@@ -31,32 +31,36 @@ pub struct AdapterOptions {
     /// more passes over the layer's output per activation. For measuring what the fusion
     /// gains on a device.
     pub separate_activations: bool,
+    /// Tune each product's tile shape on that product (`GpuContext::matmul_tile`): `None`
+    /// does it on GPUs and not on software adapters, where timing every candidate on every
+    /// new shape costs seconds (`KILN_TUNE_SHAPES=0` or `1`).
+    pub tune_shapes: Option<bool>,
 }
 
 impl AdapterOptions {
-    /// Reads `KILN_BACKEND`, `KILN_ADAPTER`, `KILN_BOUNDS_CHECKS` and
-    /// `KILN_SEPARATE_ACTIVATIONS`.
+    /// Reads `KILN_BACKEND`, `KILN_ADAPTER`, `KILN_BOUNDS_CHECKS`,
+    /// `KILN_SEPARATE_ACTIVATIONS` and `KILN_TUNE_SHAPES`.
     pub fn from_env() -> Self {
         let get = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+        // Set, and anything but a clear "off", is on.
+        let on = |k| {
+            get(k).map(|v| {
+                !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "0" | "false" | "off" | "no"
+                )
+            })
+        };
         AdapterOptions {
             backend: get("KILN_BACKEND"),
             adapter: get("KILN_ADAPTER"),
             // Anything but a clear "off" keeps the checks: the checked build is the safe one.
-            bounds_checks: get("KILN_BOUNDS_CHECKS").is_some_and(|v| {
-                !matches!(
-                    v.to_ascii_lowercase().as_str(),
-                    "0" | "false" | "off" | "no"
-                )
-            }),
+            bounds_checks: on("KILN_BOUNDS_CHECKS").unwrap_or(false),
             max_buffer_size: None,
             max_storage_binding: None,
             max_device_memory: None,
-            separate_activations: get("KILN_SEPARATE_ACTIVATIONS").is_some_and(|v| {
-                !matches!(
-                    v.to_ascii_lowercase().as_str(),
-                    "0" | "false" | "off" | "no"
-                )
-            }),
+            separate_activations: on("KILN_SEPARATE_ACTIVATIONS").unwrap_or(false),
+            tune_shapes: on("KILN_TUNE_SHAPES"),
         }
     }
 

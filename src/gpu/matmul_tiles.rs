@@ -50,16 +50,25 @@ const fn shape(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> TileConfig {
 
 /// The shapes the tuner tries (each also with scalar loads). From 64 threads holding 4×4
 /// outputs each, for small products and small adapters, to 256 threads holding 8×8 over a
-/// 128×128 tile, for large products on large GPUs.
-pub const CANDIDATES: [TileConfig; 8] = [
+/// 128×128 tile, for large products on large GPUs. Each step through k costs a round trip to
+/// memory that few threads cannot hide, so the small tiles also come with deep steps (BK 32 and
+/// 64): a product with a small output and a long k (a layer's forward pass at a small batch)
+/// makes few trips.
+pub const CANDIDATES: [TileConfig; 14] = [
     shape(32, 32, 16, 4, 4),
+    shape(32, 32, 32, 4, 4),
+    shape(32, 32, 64, 4, 4),
+    shape(32, 64, 32, 4, 4),
+    shape(64, 32, 32, 4, 4),
     shape(64, 64, 8, 4, 4),
     shape(64, 64, 16, 4, 4),
+    shape(64, 64, 32, 4, 4),
     shape(64, 64, 16, 8, 8),
     shape(128, 64, 8, 8, 4),
     shape(64, 128, 8, 4, 8),
     shape(128, 128, 8, 8, 8),
     shape(128, 128, 16, 8, 8),
+    shape(128, 128, 32, 8, 8),
 ];
 
 impl TileConfig {
@@ -338,17 +347,21 @@ impl MatmulTiling {
     /// adapter's limits (bigger tiles for bigger outputs). `None` if not even the smallest
     /// candidate fits.
     pub fn from_limits(limits: &wgpu::Limits) -> Option<MatmulTiling> {
-        let first_fitting = |order: &[usize]| {
-            order
-                .iter()
-                .map(|&i| CANDIDATES[i])
-                .find(|c| c.fits(limits))
-        };
+        let first_fitting = |order: &[TileConfig]| order.iter().copied().find(|c| c.fits(limits));
+        let small = shape(32, 32, 16, 4, 4);
+        let medium = shape(64, 64, 16, 4, 4);
         Some(MatmulTiling {
-            tiny: first_fitting(&[0])?,
-            small: first_fitting(&[0, 2])?,
-            medium: first_fitting(&[2, 1, 0])?,
-            large: first_fitting(&[6, 7, 4, 2, 1, 0])?,
+            tiny: first_fitting(&[small])?,
+            small: first_fitting(&[small, medium])?,
+            medium: first_fitting(&[medium, shape(64, 64, 8, 4, 4), small])?,
+            large: first_fitting(&[
+                shape(128, 128, 8, 8, 8),
+                shape(128, 128, 16, 8, 8),
+                shape(128, 64, 8, 8, 4),
+                medium,
+                shape(64, 64, 8, 4, 4),
+                small,
+            ])?,
             source: TilingSource::Limits,
         })
     }
@@ -441,6 +454,50 @@ pub fn tune(
     Ok((tiling, rows))
 }
 
+/// A longest time one product may take to be tuned on its own shape
+/// ([`GpuContext::matmul_tile`](crate::GpuContext::matmul_tile)): every candidate runs several
+/// times, so a product slower than this keeps its size class's shape.
+pub const SHAPE_TUNE_BUDGET_S: f64 = 0.02;
+
+/// The largest operands (A, B and C together, in bytes) a product is tuned on its own shape
+/// with: the tuner allocates its own, and a model near the device's memory should not fail for
+/// them.
+pub const SHAPE_TUNE_MAX_BYTES: u64 = 256 << 20;
+
+/// One product's shape and layout, as the per-shape choices are keyed (`MxNxK Nt`).
+pub fn shape_key(dims: MatmulDims, t: crate::ops::Transpose) -> String {
+    format!("{}x{}x{} {t:?}", dims.m, dims.n, dims.k)
+}
+
+/// Times every shape of `fitting` on one product through `time` (seconds for one product) and
+/// returns the fastest with every timing. `known` (the size class's choice, known to run) is
+/// timed first: if it takes over [`SHAPE_TUNE_BUDGET_S`] it is kept untimed against the rest.
+/// A shape whose timing fails is passed over; only `known` failing is an error.
+pub fn tune_shape(
+    fitting: &[TileConfig],
+    known: TileConfig,
+    mut time: impl FnMut(TileConfig) -> Result<f64>,
+) -> Result<(TileConfig, Vec<(TileConfig, f64)>)> {
+    let probe = time(known)?;
+    let mut rows = vec![(known, probe)];
+    if probe > SHAPE_TUNE_BUDGET_S {
+        return Ok((known, rows));
+    }
+    let mut best = (known, probe);
+    for &config in fitting.iter().filter(|&&c| c != known) {
+        match time(config) {
+            Ok(t) => {
+                rows.push((config, t));
+                if t < best.1 {
+                    best = (config, t);
+                }
+            }
+            Err(e) => log::warn!("matmul tiles {config} skipped: {e}"),
+        }
+    }
+    Ok((best.0, rows))
+}
+
 /// The directory of Kiln's caches: `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else
 /// `~/.cache/kiln`. `None` if none of those is set.
 pub fn cache_dir() -> Option<PathBuf> {
@@ -460,6 +517,9 @@ const CACHE_FILE: &str = "matmul-tiles.json";
 struct CacheFile {
     /// Adapter key → choice.
     adapters: std::collections::BTreeMap<String, MatmulTiling>,
+    /// Adapter key → [`shape_key`] → the shape tuned on that product alone.
+    #[serde(default)]
+    shapes: std::collections::BTreeMap<String, std::collections::BTreeMap<String, TileConfig>>,
 }
 
 /// The cache key of an adapter: what it is and its driver (see [`adapter_identity`]), and the
@@ -508,12 +568,48 @@ pub fn load_cached(dir: &std::path::Path, key: &str) -> Option<MatmulTiling> {
 
 /// Adds (or replaces) `key`'s choice in the cache file, written atomically.
 pub fn store_cached(dir: &std::path::Path, key: &str, tiling: &MatmulTiling) -> Result<()> {
+    update_cache(dir, |cache| {
+        cache.adapters.insert(key.to_string(), *tiling);
+    })
+}
+
+/// Reads the cache file, changes it and writes it back atomically.
+fn update_cache(dir: &std::path::Path, change: impl FnOnce(&mut CacheFile)) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| KilnError::file(dir.join(CACHE_FILE), format!("creating its folder: {e}")))?;
     let mut cache = read_cache(dir);
-    cache.adapters.insert(key.to_string(), *tiling);
+    change(&mut cache);
     let text = serde_json::to_vec_pretty(&cache).expect("plain data serialises");
     crate::weights::write_atomic(&dir.join(CACHE_FILE), &text)
+}
+
+/// The cached choice for one product's `shape` (a [`shape_key`]) on adapter `key`, if any and
+/// valid.
+pub fn load_cached_shape(dir: &std::path::Path, key: &str, shape: &str) -> Option<TileConfig> {
+    let config = *read_cache(dir).shapes.get(key)?.get(shape)?;
+    config.check().ok()?;
+    Some(config)
+}
+
+/// Adds (or replaces) one product's choice in the cache file, written atomically; `None`
+/// forgets every product's choice for `key` (a new measurement of the classes).
+pub fn store_cached_shape(
+    dir: &std::path::Path,
+    key: &str,
+    shape: Option<(&str, TileConfig)>,
+) -> Result<()> {
+    update_cache(dir, |cache| match shape {
+        Some((shape, config)) => {
+            cache
+                .shapes
+                .entry(key.to_string())
+                .or_default()
+                .insert(shape.to_string(), config);
+        }
+        None => {
+            cache.shapes.remove(key);
+        }
+    })
 }
 
 #[cfg(test)]
@@ -552,7 +648,8 @@ mod tests {
         }
         // 128×128×16 needs all 16 KiB of workgroup memory and 256 threads: at the minimum it
         // fits exactly, one byte less and it does not.
-        let big = CANDIDATES[7];
+        let big = shape(128, 128, 16, 8, 8);
+        assert!(CANDIDATES.contains(&big));
         let mut limits = wgpu::Limits::defaults();
         assert!(big.fits(&limits));
         limits.max_compute_workgroup_storage_size = big.workgroup_bytes() - 1;
@@ -623,7 +720,9 @@ mod tests {
         assert_eq!(tiling.medium, fastest_medium);
         assert_eq!(tiling.large, fastest_medium);
         assert_eq!(tiling.source, TilingSource::Measured);
-        assert_eq!(rows.len(), 3 * 2 * CANDIDATES.len());
+        let fitting = CANDIDATES.iter().filter(|c| c.fits(&limits)).count();
+        assert!(fitting < CANDIDATES.len(), "128×128×32 needs 32 KiB");
+        assert_eq!(rows.len(), 3 * 2 * fitting);
 
         // Nothing within budget: the limits' choice, said so.
         let (tiling, rows) = tune(&limits, |_, _| Ok(1.0)).unwrap();
@@ -645,13 +744,89 @@ mod tests {
         })
         .unwrap();
         for class in SizeClass::ALL {
-            assert_eq!(tiling.get(class), CANDIDATES[5], "{class:?}");
+            assert_eq!(tiling.get(class), shape(64, 128, 8, 4, 8), "{class:?}");
         }
         assert!(rows.iter().all(|r| !refused(r.config)));
-        assert_eq!(rows.len(), 4 * 2 * 5);
+        let allowed = CANDIDATES
+            .iter()
+            .filter(|c| c.fits(&limits) && !refused(**c))
+            .count();
+        assert_eq!(allowed, 10);
+        assert_eq!(rows.len(), 4 * 2 * allowed);
 
         // The first shape failing is an error: nothing is known to run.
         assert!(tune(&limits, |_, _| Err(KilnError::Gpu("lost".into()))).is_err());
+    }
+
+    /// A fake clock: one product keeps its fastest shape, a failing shape is passed over, a
+    /// product too slow to time keeps the class's shape, and the class's shape failing is an
+    /// error.
+    #[test]
+    fn tuning_one_product_keeps_its_fastest_shape_within_the_budget() {
+        let fitting: Vec<TileConfig> = CANDIDATES.iter().flat_map(|&c| [c, c.scalar()]).collect();
+        let known = CANDIDATES[4];
+        let fastest = CANDIDATES[2];
+        let (tile, rows) = tune_shape(&fitting, known, |c| {
+            if c == CANDIDATES[0] {
+                return Err(KilnError::Gpu("refused".into()));
+            }
+            Ok(if c == fastest { 1e-4 } else { 2e-4 })
+        })
+        .unwrap();
+        assert_eq!(tile, fastest);
+        assert_eq!(rows[0].0, known, "the class's shape is timed first");
+        assert_eq!(rows.len(), fitting.len() - 1, "all but the refused one");
+
+        let mut timed = 0;
+        let (tile, rows) = tune_shape(&fitting, known, |_| {
+            timed += 1;
+            Ok(SHAPE_TUNE_BUDGET_S * 2.0)
+        })
+        .unwrap();
+        assert_eq!((tile, rows.len(), timed), (known, 1, 1));
+
+        assert!(tune_shape(&fitting, known, |_| Err(KilnError::Gpu("lost".into()))).is_err());
+    }
+
+    /// Per-product choices live beside the adapter's, are dropped when invalid, and are all
+    /// forgotten at once.
+    #[test]
+    fn the_cache_keeps_per_product_choices_until_forgotten() {
+        let dir = std::env::temp_dir().join(format!("kiln-shape-tiles-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let shape = shape_key(
+            MatmulDims {
+                m: 256,
+                n: 1024,
+                k: 784,
+            },
+            crate::ops::Transpose::Nt,
+        );
+        assert_eq!(shape, "256x1024x784 Nt");
+        assert_eq!(load_cached_shape(&dir, "a", &shape), None);
+        store_cached(
+            &dir,
+            "a",
+            &MatmulTiling::uniform(CANDIDATES[0], TilingSource::Measured),
+        )
+        .unwrap();
+        store_cached_shape(&dir, "a", Some((&shape, CANDIDATES[2]))).unwrap();
+        store_cached_shape(&dir, "b", Some((&shape, CANDIDATES[3]))).unwrap();
+        assert_eq!(load_cached_shape(&dir, "a", &shape), Some(CANDIDATES[2]));
+        assert_eq!(load_cached_shape(&dir, "b", &shape), Some(CANDIDATES[3]));
+        assert_eq!(load_cached_shape(&dir, "a", "1x1x1 Nn"), None);
+        // An invalid shape in the file is not used.
+        let bad = TileConfig {
+            tm: 3,
+            ..CANDIDATES[0]
+        };
+        store_cached_shape(&dir, "a", Some(("1x1x1 Nn", bad))).unwrap();
+        assert_eq!(load_cached_shape(&dir, "a", "1x1x1 Nn"), None);
+        store_cached_shape(&dir, "a", None).unwrap();
+        assert_eq!(load_cached_shape(&dir, "a", &shape), None);
+        assert_eq!(load_cached_shape(&dir, "b", &shape), Some(CANDIDATES[3]));
+        assert!(load_cached(&dir, "a").is_some(), "the class choice stays");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::error::{KilnError, Result};
+use crate::ops::{MatmulDims, Transpose};
 pub use adapter::AdapterOptions;
 use kernels::{Binding, Kernel};
 use matmul_tiles::{MatmulTiling, TileConfig, TilingSource, TuneRow};
@@ -60,6 +61,10 @@ pub struct GpuContext {
     /// The matmul tile shapes, chosen on first use (`matmul_tiling`); the lock also keeps two
     /// threads from tuning at once.
     tiling: Mutex<Option<MatmulTiling>>,
+    /// Whether each product's shape is tuned on its own (`matmul_tile`).
+    tune_shapes: bool,
+    /// The shapes tuned per product so far ([`matmul_tiles::shape_key`] → shape).
+    shape_tiles: Mutex<HashMap<String, TileConfig>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -141,6 +146,9 @@ impl GpuContext {
             contents: &[0u8; 16],
             usage: wgpu::BufferUsages::STORAGE,
         });
+        let tune_shapes = opts
+            .tune_shapes
+            .unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
         Ok(GpuContext {
             device,
             queue,
@@ -156,6 +164,8 @@ impl GpuContext {
             dummy,
             bounds_checks,
             tiling: Mutex::new(None),
+            tune_shapes,
+            shape_tiles: Mutex::default(),
         })
     }
 
@@ -353,12 +363,127 @@ impl GpuContext {
     }
 
     /// Measures every tile shape again (ignoring the cache and `KILN_MATMUL_TILES`), uses the
-    /// result from now on and caches it. Returns the choice and every timing.
+    /// result from now on and caches it. Returns the choice and every timing. Choices made for
+    /// single products are forgotten too: they are measured again when next used.
     pub fn retune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>)> {
         let mut tiling = self.tiling.lock().unwrap();
         let (chosen, rows) = self.tune_matmul()?;
         *tiling = Some(chosen);
+        self.shape_tiles.lock().unwrap().clear();
+        if let Some(dir) = matmul_tiles::cache_dir()
+            && let Err(e) = matmul_tiles::store_cached_shape(&dir, &self.tiling_key(), None)
+        {
+            log::warn!("matmul tiles per product not forgotten in the cache: {e}");
+        }
         Ok((chosen, rows))
+    }
+
+    /// The tile shape for one product, `op(A)·op(B)` of `dims` in layout `t`. On a GPU (not a
+    /// software adapter, unless `AdapterOptions::tune_shapes` says otherwise) each product's
+    /// shape and layout is timed with every candidate the first time it is asked for, and the
+    /// choice is cached beside the size classes': a size class is one product timed at k =
+    /// 512, and the best shape also depends on k, on the layout and on how many workgroups the
+    /// output makes. Otherwise, and where `KILN_MATMUL_TILES` forces a shape, the product is too
+    /// slow to time often ([`matmul_tiles::SHAPE_TUNE_BUDGET_S`]) or its operands too large
+    /// ([`matmul_tiles::SHAPE_TUNE_MAX_BYTES`]): the size class's shape. Every shape gives the
+    /// same values, so this changes speed only.
+    pub fn matmul_tile(&self, dims: MatmulDims, t: Transpose) -> Result<TileConfig> {
+        let tiling = self.matmul_tiling()?;
+        let class_choice = tiling.pick(dims);
+        let operand_bytes = 4 * (dims.m * dims.k + dims.k * dims.n + dims.m * dims.n) as u64;
+        let tunable = self.tune_shapes
+            && !self.capped
+            && matches!(tiling.source, TilingSource::Measured | TilingSource::Cached)
+            && operand_bytes <= matmul_tiles::SHAPE_TUNE_MAX_BYTES
+            && dims.m * dims.n * dims.k > 0;
+        if !tunable {
+            return Ok(class_choice);
+        }
+        let shape = matmul_tiles::shape_key(dims, t);
+        // Held while tuning: two threads asking for one shape measure it once.
+        let mut shapes = self.shape_tiles.lock().unwrap();
+        if let Some(&tile) = shapes.get(&shape) {
+            return Ok(tile);
+        }
+        let key = self.tiling_key();
+        let dir = matmul_tiles::cache_dir();
+        let cached = dir
+            .as_ref()
+            .and_then(|dir| matmul_tiles::load_cached_shape(dir, &key, &shape))
+            .filter(|c| c.fits(&self.limits));
+        let tile = match cached {
+            Some(tile) => tile,
+            None => {
+                let operands = self.tuning_operands(dims)?;
+                let fitting: Vec<TileConfig> = matmul_tiles::CANDIDATES
+                    .iter()
+                    .filter(|c| c.fits(&self.limits))
+                    .flat_map(|&c| [c, c.scalar()])
+                    .collect();
+                let (tile, _) = matmul_tiles::tune_shape(&fitting, class_choice, |tile| {
+                    self.time_matmul(&operands, tile, dims, t)
+                })?;
+                log::info!("{}: matmul {shape} tiles {tile}", self.info.name);
+                if let Some(dir) = &dir
+                    && let Err(e) =
+                        matmul_tiles::store_cached_shape(dir, &key, Some((&shape, tile)))
+                {
+                    log::warn!("matmul tiles for {shape} not cached: {e}");
+                }
+                tile
+            }
+        };
+        shapes.insert(shape, tile);
+        Ok(tile)
+    }
+
+    /// The products whose tile shape was chosen on their own so far ([`Self::matmul_tile`]),
+    /// by [`matmul_tiles::shape_key`], sorted.
+    pub fn product_tiles(&self) -> Vec<(String, TileConfig)> {
+        let mut tiles: Vec<_> = self
+            .shape_tiles
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, &v)| (k.clone(), v))
+            .collect();
+        tiles.sort_by(|a, b| a.0.cmp(&b.0));
+        tiles
+    }
+
+    /// A, B, C and an unused output for timing products of `dims`.
+    fn tuning_operands(&self, dims: MatmulDims) -> Result<[wgpu::Buffer; 4]> {
+        let ramp = |len: usize| (0..len).map(|i| (i % 7) as f32 * 0.125).collect::<Vec<_>>();
+        Ok([
+            self.upload("tuning a", &ramp(dims.m * dims.k))?,
+            self.upload("tuning b", &ramp(dims.k * dims.n))?,
+            self.storage_buffer("tuning c", dims.m * dims.n)?,
+            self.storage_buffer("unused output", 1)?,
+        ])
+    }
+
+    /// Median seconds of one product of `dims` in layout `t` with `tile`, on `operands`.
+    fn time_matmul(
+        &self,
+        operands: &[wgpu::Buffer; 4],
+        tile: TileConfig,
+        dims: MatmulDims,
+        t: Transpose,
+    ) -> Result<f64> {
+        let [a, b, c, unused] = operands;
+        let launch = kernels::matmul(t, dims, false, tile, self.max_dim())?;
+        let bindings = kernels::matmul_bindings(
+            &launch,
+            dims,
+            a.into(),
+            b.into(),
+            None,
+            c.into(),
+            unused.into(),
+            self.dummy(),
+        );
+        let recorded = self.record(&launch, &bindings);
+        Ok(self.time_dispatch(&recorded.dispatch, 1, 3)?.0)
     }
 
     fn tiling_key(&self) -> String {
@@ -373,34 +498,13 @@ impl GpuContext {
     fn tune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>)> {
         let mut operands: HashMap<(usize, usize, usize), [wgpu::Buffer; 4]> = HashMap::new();
         let (chosen, rows) = matmul_tiles::tune(&self.limits, |tile, dims| {
-            let key = (dims.m, dims.n, dims.k);
-            let [a, b, c, unused] = match operands.entry(key) {
-                std::collections::hash_map::Entry::Occupied(o) => &*o.into_mut(),
+            let buffers = match operands.entry((dims.m, dims.n, dims.k)) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    let ramp =
-                        |len: usize| (0..len).map(|i| (i % 7) as f32 * 0.125).collect::<Vec<_>>();
-                    &*v.insert([
-                        self.upload("tuning a", &ramp(dims.m * dims.k))?,
-                        self.upload("tuning b", &ramp(dims.k * dims.n))?,
-                        self.storage_buffer("tuning c", dims.m * dims.n)?,
-                        self.storage_buffer("unused output", 1)?,
-                    ])
+                    v.insert(self.tuning_operands(dims)?)
                 }
             };
-            let launch =
-                kernels::matmul(crate::ops::Transpose::Nn, dims, false, tile, self.max_dim())?;
-            let bindings = kernels::matmul_bindings(
-                &launch,
-                dims,
-                a.into(),
-                b.into(),
-                None,
-                c.into(),
-                unused.into(),
-                self.dummy(),
-            );
-            let recorded = self.record(&launch, &bindings);
-            Ok(self.time_dispatch(&recorded.dispatch, 1, 3)?.0)
+            self.time_matmul(buffers, tile, dims, Transpose::Nn)
         })?;
         if chosen.source == TilingSource::Measured {
             log::info!("{}: matmul tiles {:?}", self.info.name, chosen);

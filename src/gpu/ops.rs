@@ -255,7 +255,7 @@ impl GpuContext {
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         let tile = match tile {
             Some(tile) => tile,
-            None => self.matmul_tiling()?.pick(dims),
+            None => self.matmul_tile(dims, t)?,
         };
         let mut launch = kernels::matmul(t, dims, bias.is_some(), tile, self.max_dim())?;
         launch = match act {

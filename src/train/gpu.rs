@@ -8,6 +8,7 @@
 //! or writes what the queued updates use submits them first, so nothing can tell the
 //! difference but the host's time.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kiln_schedule::Observation;
@@ -17,13 +18,13 @@ use super::{LOSS_HISTORY, OptimizerSnapshot, TrainOptions};
 use crate::error::{KilnError, Result};
 use crate::gpu::arena::{Arena, ArenaSplit};
 use crate::gpu::kernels::{self, Launch};
-use crate::gpu::matmul_tiles::MatmulTiling;
+use crate::gpu::matmul_tiles::TileConfig;
 use crate::gpu::{
     BufferRange, Dispatch, GpuContext, MapReceiver, Recorded, RecordedCopies, encode_pass,
     map_read, wait_mapped,
 };
 use crate::model::{ParamLayout, Sequential};
-use crate::ops::Loss;
+use crate::ops::{Loss, MatmulDims, Transpose};
 use crate::optim::{NO_SKIP, Optimizer, Scalars, UpdateUniform};
 use kiln_schedule::Needs;
 
@@ -52,9 +53,10 @@ pub struct GpuStep {
     /// Resident-data updates queued before one submission (1: each submitted at once).
     steps_per_submit: usize,
     forward_len: usize,
-    /// The batch the buffers were sized for, and the matmul tile shapes chosen for it.
+    /// The batch the buffers were sized for, and the tile shape of each product at that
+    /// batch (see `GpuContext::matmul_tile`).
     max_batch: usize,
-    tiling: MatmulTiling,
+    tiles: HashMap<(MatmulDims, Transpose), TileConfig>,
     history: wgpu::Buffer,
     /// ‖g‖² of every step, slot for slot with `history`.
     grad_norm_history: wgpu::Buffer,
@@ -360,7 +362,16 @@ impl GpuStep {
                 ctx.storage_buffer("gradient norm partials", chunks.len() * PARTIALS_PER_CHUNK)?,
             ),
         };
-        let tiling = ctx.matmul_tiling()?;
+        // Each product's tile shape, chosen (and on a GPU tuned) before anything is recorded.
+        let mut tiles = HashMap::new();
+        for instr in program.forward.iter().chain(&program.step) {
+            if let Instr::Matmul { t, m, n, k, .. } = *instr {
+                let dims = Instr::matmul_dims(m, n, k, max_batch);
+                if let std::collections::hash_map::Entry::Vacant(v) = tiles.entry((dims, t)) {
+                    v.insert(ctx.matmul_tile(dims, t)?);
+                }
+            }
+        }
         let buffers = Buffers {
             input: &input,
             targets: &targets,
@@ -407,7 +418,7 @@ impl GpuStep {
             skip_non_finite: false,
             batch: max_batch,
             max_batch,
-            tiling,
+            tiles,
             losses: Vec::new(),
             pending: 0,
             data: None,
@@ -479,6 +490,14 @@ impl GpuStep {
         *self.widths.last().expect("a model has layers")
     }
 
+    /// The tile shape of a product at `max_batch`: chosen when the program was built.
+    fn tile(&self, dims: MatmulDims, t: Transpose) -> Result<TileConfig> {
+        match self.tiles.get(&(dims, t)) {
+            Some(&tile) => Ok(tile),
+            None => self.ctx.matmul_tile(dims, t),
+        }
+    }
+
     /// The launches of one instruction at a batch size, writing into history slot `slot`;
     /// `update` is the optimizer's uniform block. A matmul's tile shape is the one for
     /// `max_batch`, whatever the batch, so a short last batch keeps the recorded pipeline.
@@ -504,8 +523,7 @@ impl GpuStep {
                     t,
                     Instr::matmul_dims(m, n, k, batch),
                     bias.is_some(),
-                    self.tiling
-                        .pick(Instr::matmul_dims(m, n, k, self.max_batch)),
+                    self.tile(Instr::matmul_dims(m, n, k, self.max_batch), t)?,
                     max_dim,
                 )?;
                 vec![match epilogue {
