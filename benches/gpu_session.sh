@@ -5,32 +5,47 @@
 #   (fetch the Vulkan loader .debs into .gl as the device README says)
 #   cargo build --release && mkdir -p gpubin && cp target/release/kiln gpubin/
 #   cp -r ../shared/data/mnist gpubin/
-# then run `bash benches/gpu_session.sh` there with carry [".gl", "gpubin"].
+# then run `bash benches/gpu_session.sh` there with carry [".gl", "gpubin"] (KILN=path runs
+# another build).
 # Writes nvidia-smi.txt, devices.txt, tune.txt, kiln.json, torch.json, side_by_side.md,
 # mnist.txt (benches/mnist.toml on the GPU and the CPU device, and PyTorch's twin),
-# big-models.txt (models over one binding, and a 1B-parameter MLP) and the tile cache under $OUT.
+# big-models.txt (models over one binding, and a 1B-parameter MLP), tiles.txt (the matmul rows
+# with each tile shape forced) and the tile cache, packed into $OUT/session.tgz (the device tool
+# brings back at most 8 files), also when a step fails or the call runs out of time.
 set -euo pipefail
-out=${OUT:-/tmp/kiln-gpu-session}
+out=/tmp/kiln-gpu-session
 mkdir -p "$out"
+pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/session.tgz" -C "$(dirname "$out")" "$(basename "$out")"; }
+trap pack EXIT TERM
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export NODEVICE_SELECT=1 RUST_BACKTRACE=0 KILN_CACHE_DIR="$out"
-if ! gpubin/kiln devices 2>/dev/null | grep NVIDIA >/dev/null; then
+kiln=${KILN:-gpubin/kiln}
+if ! "$kiln" devices 2>/dev/null | grep NVIDIA >/dev/null; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-gpubin/kiln devices | tee "$out/devices.txt"
-gpubin/kiln tune | tee "$out/tune.txt"
-gpubin/kiln bench --device both --activations both --json > "$out/kiln.json"
+"$kiln" devices | tee "$out/devices.txt"
+"$kiln" tune | tee "$out/tune.txt"
+"$kiln" bench --device both --activations both --json > "$out/kiln.json"
 python3 benches/pytorch_reference.py --json > "$out/torch.json"
 python3 benches/pytorch_reference.py --kiln "$out/kiln.json" --torch "$out/torch.json" \
     > "$out/side_by_side.md"
 cat "$out/side_by_side.md"
+# Every product of the bench with each tile shape forced: what the tuner's size classes should
+# pick, measured rather than guessed.
+for tiles in 32x32x16/4x4 32x32x32/4x4 32x32x64/4x4 32x64x32/4x4 64x32x32/4x4 64x64x8/4x4 \
+    64x64x16/4x4 64x64x32/4x4 64x64x16/8x8 128x64x8/8x4 64x128x8/4x8 128x128x8/8x8 \
+    128x128x16/8x8 128x128x32/8x8; do
+    echo "== $tiles"
+    KILN_MATMUL_TILES=$tiles "$kiln" bench --device gpu --ops matmul || echo "exit $?"
+done > "$out/tiles.txt" 2>&1
+pack
 # A failing command is recorded and the rest still run: one call is all the session has.
 {
     for device in gpu gpu cpu; do
         echo "== kiln --device $device"
-        gpubin/kiln train benches/mnist.toml --device "$device" 2>&1 | tail -2 || echo "exit $?"
+        "$kiln" train benches/mnist.toml --device "$device" 2>&1 | tail -2 || echo "exit $?"
     done
     python3 benches/mnist_reference.py gpubin/mnist --split-seed 1 || echo "exit $?"
 } 2>&1 | tee "$out/mnist.txt"
@@ -44,6 +59,6 @@ TIMEFORMAT="%R s wall"
         printf '[model]\nlayers = [%s]\nloss = "cross_entropy"\n[data]\nsource = "digits"\n[optimizer]\nkind = "adamw"\nlr = 0.0001\n[train]\nsteps = 3\nbatch_size = 64\n' \
             "$layers" > "$out/big.toml"
         echo "== $(grep -o 'dense = [0-9]*' "$out/big.toml" | sort | uniq -c | tr '\n' ' ')"
-        time (gpubin/kiln train "$out/big.toml" --device gpu 2>&1 | tail -3 || echo "exit $?")
+        time ("$kiln" train "$out/big.toml" --device gpu 2>&1 | tail -3 || echo "exit $?")
     done
 } 2>&1 | tee "$out/big-models.txt"
