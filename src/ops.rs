@@ -175,11 +175,17 @@ pub enum Targets<'a> {
 
 /// Errs with the first non-finite value of `values`, naming the tensor.
 pub fn check_finite(what: &str, values: &[f32]) -> Result<()> {
+    check_finite_at(what, values, 0)
+}
+
+/// [`check_finite`] of `values` that sit at `offset` in the tensor `what` names: the error
+/// gives the index in the whole tensor.
+pub fn check_finite_at(what: &str, values: &[f32], offset: usize) -> Result<()> {
     // A whole chunk is checked without an early exit, which the compiler vectorises; a search
     // with one (`position`) runs an element at a time, and `Trainer::step` checks every batch.
     const CHUNK: usize = 1024;
     for (c, chunk) in values.chunks(CHUNK).enumerate() {
-        if chunk.iter().fold(true, |finite, v| finite & v.is_finite()) {
+        if all_finite(chunk) {
             continue;
         }
         let index = c * CHUNK
@@ -189,11 +195,16 @@ pub fn check_finite(what: &str, values: &[f32]) -> Result<()> {
                 .expect("the chunk has a value that is not finite");
         return Err(KilnError::NonFinite {
             what: what.to_string(),
-            index,
+            index: offset + index,
             value: values[index],
         });
     }
     Ok(())
+}
+
+/// Whether every value is finite, without an early exit (vectorised): for short runs.
+pub fn all_finite(values: &[f32]) -> bool {
+    values.iter().fold(true, |finite, v| finite & v.is_finite())
 }
 
 /// Errs unless `values.len() == expected`, naming the tensor and the shape it should have.

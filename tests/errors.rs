@@ -68,6 +68,60 @@ fn bad_batches(device: &Device) {
 }
 test_device!(bad_batches_are_errors, super::bad_batches);
 
+/// A value that is not finite anywhere in a batch (past the first run a GPU checks as it
+/// copies, at the very end, at the start) is named by its index, and changes nothing: not the
+/// parameters, not the schedule (a rate that decays every update), not the loss history.
+fn a_bad_value_anywhere_in_a_batch_changes_nothing(device: &Device) {
+    let model = Sequential::new(600, vec![Layer::Dense { out: 3 }], Loss::CrossEntropy).unwrap();
+    let make = || {
+        let options = TrainOptions {
+            max_batch: 4,
+            ..Default::default()
+        };
+        let schedule =
+            Scheduler::from_kind(0.1, kiln::schedule::Kind::Exponential { gamma: 0.5 }).unwrap();
+        Trainer::new(device, model.clone(), options, schedule).unwrap()
+    };
+    let (mut t, mut fresh) = (make(), make());
+    let x: Vec<f32> = (0..2400).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
+    let labels = [0, 1, 2, 0];
+    for (at, bad) in [
+        (2000, f32::NAN),
+        (2399, f32::INFINITY),
+        (0, f32::NEG_INFINITY),
+    ] {
+        let mut x_bad = x.clone();
+        x_bad[at] = bad;
+        if let Some(later) = x_bad.get_mut(at + 5) {
+            *later = f32::NAN;
+        }
+        let e = message(t.step(&x_bad, Targets::Classes(&labels)));
+        assert!(
+            e.contains("input batch `x` contains a non-finite value")
+                && e.contains(&format!("at index {at}")),
+            "{at}: {e}"
+        );
+    }
+    assert!(t.losses().unwrap().is_empty());
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for _ in 0..2 {
+        assert_eq!(
+            t.step(&x, Targets::Classes(&labels)).unwrap(),
+            fresh.step(&x, Targets::Classes(&labels)).unwrap(),
+            "the rate"
+        );
+    }
+    assert_eq!(t.losses().unwrap(), fresh.losses().unwrap());
+    assert_eq!(
+        bits(t.parameters().unwrap()),
+        bits(fresh.parameters().unwrap())
+    );
+}
+test_device!(
+    a_bad_value_changes_nothing,
+    super::a_bad_value_anywhere_in_a_batch_changes_nothing
+);
+
 fn bad_kernel_inputs(device: &Device) {
     let dims = MatmulDims { m: 2, n: 3, k: 4 };
     let e = message(device.matmul(&[0.0; 7], &[0.0; 12], None, dims, Transpose::Nn));

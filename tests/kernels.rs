@@ -455,4 +455,23 @@ fn writes_larger_than_a_piece_arrive_whole() {
     ctx.fill(&buffer, len, 7.0).unwrap();
     let back = ctx.read_back(&buffer, 0, len).unwrap();
     assert!(back.iter().all(|&v| v == 7.0), "filled");
+    // Checked as it is copied: every element arrives, and a value that is not finite in the
+    // second piece is named by its index in the whole.
+    let data: Vec<f32> = data.iter().map(|v| -v).collect();
+    ctx.write_finite(&buffer, &data, "big").unwrap();
+    assert!(
+        ctx.read_back(&buffer, 0, len).unwrap() == data,
+        "written and checked"
+    );
+    let mut bad = data;
+    bad[len - 3] = f32::NAN;
+    let e = ctx
+        .write_finite(&buffer, &bad, "big")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("big contains a non-finite value (NaN)")
+            && e.contains(&format!("index {}", len - 3)),
+        "{e}"
+    );
 }

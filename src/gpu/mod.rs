@@ -284,6 +284,37 @@ impl GpuContext {
         Ok(())
     }
 
+    /// [`GpuContext::write`] of f32s that checks each is finite as it copies it into the staging
+    /// memory: one pass over the data, not a check and then a copy (the host's memory speed is
+    /// what a batch from the host costs). A value that is not finite is an error naming `what`
+    /// and its index; the values before it may already be on their way to `buffer`.
+    pub fn write_finite(&self, buffer: &wgpu::Buffer, data: &[f32], what: &str) -> Result<()> {
+        // Checked and copied a few KiB at a time, so each run is still in cache for its copy.
+        const RUN: usize = 1024;
+        let per_piece = WRITE_PIECE / 4;
+        for (i, piece) in data.chunks(per_piece).enumerate() {
+            if i > 0 {
+                self.push_writes()?;
+            }
+            let at = i * per_piece;
+            let size = std::num::NonZeroU64::new((piece.len() * 4) as u64)
+                .expect("chunks are never empty");
+            let mut view = self
+                .queue
+                .write_buffer_with(buffer, (at * 4) as u64, size)
+                .ok_or_else(|| KilnError::Gpu(format!("writing {what} to the GPU failed")))?;
+            for (r, run) in piece.chunks(RUN).enumerate() {
+                if !crate::ops::all_finite(run) {
+                    crate::ops::check_finite_at(what, run, at + r * RUN)?;
+                }
+                let from = r * RUN * 4;
+                view.slice(from..from + run.len() * 4)
+                    .copy_from_slice(bytemuck::cast_slice(run));
+            }
+        }
+        Ok(())
+    }
+
     /// `len` copies of `value` at the start of `buffer`, written as [`GpuContext::write`]
     /// writes, from one piece of the fill on the host.
     pub fn fill(&self, buffer: &wgpu::Buffer, len: usize, value: f32) -> Result<()> {

@@ -95,6 +95,9 @@ impl CpuStep {
     pub fn step(&mut self, source: super::Batch<'_>, rows: usize, lr: f64) -> Result<()> {
         match source {
             super::Batch::Host { x, targets } => self.step_on(x, targets, rows, lr),
+            super::Batch::Uploaded => Err(crate::error::KilnError::Gpu(
+                "internal: a batch uploaded to a GPU reached the CPU device".into(),
+            )),
             super::Batch::Resident { start } => {
                 // The rows gathered from the loaded data, as a GPU step gathers them.
                 let data = self

@@ -621,6 +621,24 @@ impl GpuStep {
         Ok(())
     }
 
+    /// Writes a batch from the host into the batch buffers, for the next update; with `what`,
+    /// checks `x`'s values are finite as they are copied (an error names `what`). Whatever
+    /// is queued is submitted first: resident updates gather into the same buffers.
+    pub fn upload_batch(
+        &mut self,
+        x: &[f32],
+        targets: crate::ops::Targets,
+        what: Option<&str>,
+    ) -> Result<()> {
+        self.submit_queued()?;
+        match what {
+            Some(what) => self.ctx.write_finite(&self.input, x, what)?,
+            None => self.ctx.write(&self.input, x)?,
+        }
+        self.ctx
+            .write(&self.targets, &kernels::targets_as_f32(targets))
+    }
+
     /// How many resident-data updates to queue before submitting them together (1 to
     /// [`MAX_STEPS_PER_SUBMIT`]).
     pub fn set_steps_per_submit(&mut self, n: usize) -> Result<()> {
@@ -809,9 +827,8 @@ impl GpuStep {
         }
         self.set_batch(batch)?;
         let resident = matches!(source, super::Batch::Resident { .. });
-        if !resident {
-            // The host writes this update's batch: nothing queued may read it.
-            self.submit_queued()?;
+        if let super::Batch::Host { x, targets } = source {
+            self.upload_batch(x, targets, None)?;
         }
         let slot = self.pending as u32;
         let update = UpdateUniform {
@@ -843,15 +860,7 @@ impl GpuStep {
             }
         }
         match source {
-            super::Batch::Host { x, targets } => {
-                let queue = &self.ctx.queue;
-                queue.write_buffer(&self.input, 0, bytemuck::cast_slice(x));
-                queue.write_buffer(
-                    &self.targets,
-                    0,
-                    bytemuck::cast_slice(&kernels::targets_as_f32(targets)),
-                );
-            }
+            super::Batch::Host { .. } | super::Batch::Uploaded => {}
             super::Batch::Resident { start } => {
                 let data = self
                     .data

@@ -169,11 +169,17 @@ fn host_memory() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// What a batch's values that are not finite are called in the error.
+const X_VALUES: &str = "input batch `x`";
+
 /// Where a step's batch comes from.
 #[derive(Clone, Copy)]
 enum Batch<'a> {
     /// Given by the caller, uploaded with the step.
     Host { x: &'a [f32], targets: Targets<'a> },
+    /// Given by the caller and already in the GPU trainer's batch buffers
+    /// (`GpuStep::upload_batch`).
+    Uploaded,
     /// Rows `order[start..start + batch]` of the data loaded on the device.
     Resident { start: usize },
 }
@@ -396,11 +402,26 @@ impl Trainer {
 
     fn step_checked(&mut self, x: &[f32], targets: Targets, values: bool) -> Result<f64> {
         let batch = if values {
-            self.check_batch(x, Some(targets))?
+            self.check_batch_except_x_values(x, Some(targets))?
         } else {
             self.check_batch_shape(x, targets)?
         };
-        self.update(batch, Batch::Host { x, targets })
+        let what = values.then_some(X_VALUES);
+        let source = match &mut self.backend {
+            // x's values are checked as they are copied up: one pass over the batch, not two.
+            // Before `update`, so a bad batch changes nothing (the schedule steps there).
+            Backend::Gpu(s) => {
+                s.upload_batch(x, targets, what)?;
+                Batch::Uploaded
+            }
+            Backend::Cpu(_) => {
+                if let Some(what) = what {
+                    ops::check_finite(what, x)?;
+                }
+                Batch::Host { x, targets }
+            }
+        };
+        self.update(batch, source)
     }
 
     /// Puts a data set on the trainer's device, checked once here: `x` [N, input] row-major
@@ -984,6 +1005,13 @@ impl Trainer {
 
     /// Checks a batch (and its targets, for a training step); returns its row count.
     fn check_batch(&self, x: &[f32], targets: Option<Targets>) -> Result<usize> {
+        let rows = self.check_batch_except_x_values(x, targets)?;
+        ops::check_finite(X_VALUES, x)?;
+        Ok(rows)
+    }
+
+    /// [`Trainer::check_batch`] but for the finiteness of `x`'s values.
+    fn check_batch_except_x_values(&self, x: &[f32], targets: Option<Targets>) -> Result<usize> {
         let input = self.model.input();
         let ctx = if targets.is_some() {
             "training batch"
@@ -991,7 +1019,6 @@ impl Trainer {
             "prediction input"
         };
         let rows = ops::check_rows(ctx, "x", x.len(), input)?;
-        ops::check_finite("input batch `x`", x)?;
         let Some(targets) = targets else {
             return Ok(rows);
         };
