@@ -36,7 +36,7 @@ cat "$out/side_by_side.md"
 # pick, measured rather than guessed.
 for tiles in 32x32x16/4x4 32x32x32/4x4 32x32x64/4x4 32x64x32/4x4 64x32x32/4x4 64x64x8/4x4 \
     64x64x16/4x4 64x64x32/4x4 64x64x16/8x8 128x64x8/8x4 64x128x8/4x8 128x128x8/8x8 \
-    128x128x16/8x8 32x32x32/4x4/double 64x64x16/4x4/double 128x128x8/8x8/double; do
+    128x128x16/8x8; do
     echo "== $tiles"
     KILN_MATMUL_TILES=$tiles "$kiln" bench --device gpu --ops matmul || echo "exit $?"
 done > "$out/tiles.txt" 2>&1

@@ -28,14 +28,13 @@
 // prelude: act_fn.wgsl
 // CPU twin: src/cpu/matmul.rs. Tests: tests/kernels.rs. Tile shapes: src/gpu/matmul_tiles.rs.
 
-// The tile shape. The host rewrites these six lines for each shape it compiles
+// The tile shape. The host rewrites these five lines for each shape it compiles
 // (`TileConfig::defines`); the values here are one valid shape, so the file stands alone.
 const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
-const STAGES: u32 = 1u;
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -84,10 +83,8 @@ struct MatmulParams {
 @group(0) @binding(7) var<uniform> params: MatmulParams;
 
 // k-major: a_tile[kk·BM4 + r] holds rows 4r..4r+3 of the tile at k = kk; b_tile likewise columns.
-// With STAGES = 2 there are two of each, the one a step reads and the one the next step's loads
-// fill meanwhile.
-var<workgroup> a_tile: array<vec4<f32>, STAGES * BK * BM4>;
-var<workgroup> b_tile: array<vec4<f32>, STAGES * BK * BN4>;
+var<workgroup> a_tile: array<vec4<f32>, BK * BM4>;
+var<workgroup> b_tile: array<vec4<f32>, BK * BN4>;
 
 // A at (row, kk..kk+3): four values along k (A stored [M,K]).
 fn a_along_k(row: u32, kk: u32) -> vec4<f32> {
@@ -187,20 +184,19 @@ fn a_fetch(s: u32, row0: u32, k0: u32) -> vec4<f32> {
     return a_along_k(row0 + s / BK4, k0 + 4u * (s % BK4));
 }
 
-fn a_stash(s: u32, v: vec4<f32>, stage: u32) {
+fn a_stash(s: u32, v: vec4<f32>) {
     if s >= A_SLOTS {
         return;
     }
-    let base = stage * A_SLOTS;
     if TRANS_A {
         // s = kk·BM4 + r4: the slot's own place in the k-major tile.
-        a_tile[base + s] = v;
+        a_tile[s] = v;
         return;
     }
     let row = s / BK4;
     let kq = s % BK4;
     for (var i = 0u; i < 4u; i++) {
-        a_tile[base + (4u * kq + i) * BM4 + row / 4u][row % 4u] = v[i];
+        a_tile[(4u * kq + i) * BM4 + row / 4u][row % 4u] = v[i];
     }
 }
 
@@ -214,19 +210,18 @@ fn b_fetch(s: u32, col0: u32, k0: u32) -> vec4<f32> {
     return b_along_n(k0 + s / BN4, col0 + 4u * (s % BN4));
 }
 
-fn b_stash(s: u32, v: vec4<f32>, stage: u32) {
+fn b_stash(s: u32, v: vec4<f32>) {
     if s >= B_SLOTS {
         return;
     }
-    let base = stage * B_SLOTS;
     if !TRANS_B {
-        b_tile[base + s] = v;
+        b_tile[s] = v;
         return;
     }
     let col = s / BK4;
     let kq = s % BK4;
     for (var i = 0u; i < 4u; i++) {
-        b_tile[base + (4u * kq + i) * BN4 + col / 4u][col % 4u] = v[i];
+        b_tile[(4u * kq + i) * BN4 + col / 4u][col % 4u] = v[i];
     }
 }
 
@@ -248,22 +243,24 @@ fn matmul(
     var b_next: array<vec4<f32>, B_LOADS>;
 
     for (var j = 0u; j < A_LOADS; j++) {
-        a_stash(j * THREADS + tid, a_fetch(j * THREADS + tid, row0, 0u), 0u);
+        a_next[j] = a_fetch(j * THREADS + tid, row0, 0u);
     }
     for (var j = 0u; j < B_LOADS; j++) {
-        b_stash(j * THREADS + tid, b_fetch(j * THREADS + tid, col0, 0u), 0u);
+        b_next[j] = b_fetch(j * THREADS + tid, col0, 0u);
     }
-    workgroupBarrier();
-
     for (var k0 = 0u; k0 < params.k; k0 += BK) {
-        // The stage this step reads; the other one (with two) is filled meanwhile.
-        let stage = (k0 / BK) % STAGES;
-        let next_stage = (stage + 1u) % STAGES;
-        // The next step's loads, in flight while this step's products run. The last step's
+        for (var j = 0u; j < A_LOADS; j++) {
+            a_stash(j * THREADS + tid, a_next[j]);
+        }
+        for (var j = 0u; j < B_LOADS; j++) {
+            b_stash(j * THREADS + tid, b_next[j]);
+        }
+        workgroupBarrier();
+
+        // The next tile's loads, in flight while this tile's products run. The last tile's
         // overhang past k reads zeros (the bounds in a_along_k & co.).
         let k_next = k0 + BK;
-        let more = k_next < params.k;
-        if more {
+        if k_next < params.k {
             for (var j = 0u; j < A_LOADS; j++) {
                 a_next[j] = a_fetch(j * THREADS + tid, row0, k_next);
             }
@@ -272,14 +269,12 @@ fn matmul(
             }
         }
 
-        let a_base = stage * A_SLOTS;
-        let b_base = stage * B_SLOTS;
         for (var kk = 0u; kk < BK; kk++) {
             for (var r = 0u; r < RM; r++) {
-                a_reg[r] = a_tile[a_base + kk * BM4 + r * WG_Y + lid.y];
+                a_reg[r] = a_tile[kk * BM4 + r * WG_Y + lid.y];
             }
             for (var cn = 0u; cn < RN; cn++) {
-                b_reg[cn] = b_tile[b_base + kk * BN4 + cn * WG_X + lid.x];
+                b_reg[cn] = b_tile[kk * BN4 + cn * WG_X + lid.x];
             }
             for (var r = 0u; r < RM; r++) {
                 for (var i = 0u; i < 4u; i++) {
@@ -288,20 +283,6 @@ fn matmul(
                         acc[r * 4u + i][cn] = fma(av, b_reg[cn], acc[r * 4u + i][cn]);
                     }
                 }
-            }
-        }
-
-        // One stage: every thread must be done reading it before it is overwritten. Two: the
-        // other stage was last read a step ago, behind the barrier that ended that step.
-        if STAGES == 1u {
-            workgroupBarrier();
-        }
-        if more {
-            for (var j = 0u; j < A_LOADS; j++) {
-                a_stash(j * THREADS + tid, a_next[j], next_stage);
-            }
-            for (var j = 0u; j < B_LOADS; j++) {
-                b_stash(j * THREADS + tid, b_next[j], next_stage);
             }
         }
         workgroupBarrier();

@@ -35,14 +35,6 @@ pub struct TileConfig {
     pub tn: u32,
     /// Load A and B as vec4s where their layout allows it.
     pub vec4: bool,
-    /// Tiles in workgroup memory: 1, or 2 to fill the next step's while this step's are
-    /// read (one barrier per step through k instead of two, twice the workgroup memory).
-    #[serde(default = "one_stage")]
-    pub stages: u32,
-}
-
-fn one_stage() -> u32 {
-    1
 }
 
 const fn shape(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> TileConfig {
@@ -53,18 +45,7 @@ const fn shape(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> TileConfig {
         tm,
         tn,
         vec4: true,
-        stages: 1,
     }
-}
-
-/// Every variant of every candidate the tuner times on an adapter with `limits`: each shape
-/// with vec4 loads, with scalar loads, and with two stages of workgroup tiles.
-pub fn tuning_variants(limits: &wgpu::Limits) -> Vec<TileConfig> {
-    CANDIDATES
-        .iter()
-        .flat_map(|&c| [c, c.scalar(), c.double_buffered()])
-        .filter(|c| c.fits(limits))
-        .collect()
 }
 
 /// The shapes the tuner tries (each also with scalar loads). From 64 threads holding 4×4
@@ -96,9 +77,9 @@ impl TileConfig {
         (self.bm / self.tm) * (self.bn / self.tn)
     }
 
-    /// Workgroup memory the tiles take, in bytes.
+    /// Workgroup memory the two tiles take, in bytes.
     pub fn workgroup_bytes(&self) -> u32 {
-        (self.bm + self.bn) * self.bk * 4 * self.stages
+        (self.bm + self.bn) * self.bk * 4
     }
 
     /// Whether the adapter can run this shape: threads, workgroup size and workgroup memory
@@ -141,7 +122,6 @@ impl TileConfig {
             ("BK", self.bk),
             ("TM", self.tm),
             ("TN", self.tn),
-            ("STAGES", self.stages),
         ]
     }
 
@@ -153,21 +133,13 @@ impl TileConfig {
         }
     }
 
-    /// The same shape with two stages of workgroup tiles.
-    pub fn double_buffered(self) -> TileConfig {
-        TileConfig { stages: 2, ..self }
-    }
-
     /// Parses the form [`Display`](std::fmt::Display) writes: `BMxBNxBK/TMxTN`, then
     /// `/scalar` for scalar loads.
     pub fn parse(text: &str) -> Result<TileConfig> {
         let bad = |why: &str| {
             KilnError::invalid(
                 "matmul tiles",
-                format!(
-                    "{text:?}: {why} (expected e.g. 128x128x8/8x8, 64x64x16/4x4/scalar or \
-                     128x128x8/8x8/double)"
-                ),
+                format!("{text:?}: {why} (expected e.g. 128x128x8/8x8 or 64x64x16/4x4/scalar)"),
             )
         };
         let mut parts = text.trim().split('/');
@@ -184,17 +156,13 @@ impl TileConfig {
         };
         let tile = numbers(parts.next(), 3)?;
         let thread = numbers(parts.next(), 2)?;
-        let (mut loads, mut stages) = (None, None);
-        for part in parts {
-            match part.trim() {
-                "vec4" | "scalar" if loads.is_none() => loads = Some(part.trim() == "vec4"),
-                "double" if stages.is_none() => stages = Some(2),
-                _ => {
-                    return Err(bad(
-                        "after the sizes come vec4 or scalar and double, each at most once",
-                    ));
-                }
-            }
+        let vec4 = match parts.next() {
+            None | Some("vec4") => true,
+            Some("scalar") => false,
+            Some(_) => return Err(bad("the last part must be vec4 or scalar")),
+        };
+        if parts.next().is_some() {
+            return Err(bad("too many parts"));
         }
         let config = TileConfig {
             bm: tile[0],
@@ -202,8 +170,7 @@ impl TileConfig {
             bk: tile[2],
             tm: thread[0],
             tn: thread[1],
-            vec4: loads.unwrap_or(true),
-            stages: stages.unwrap_or(1),
+            vec4,
         };
         config.check().map_err(|why| bad(&why))?;
         Ok(config)
@@ -228,9 +195,6 @@ impl TileConfig {
         if bm > 256 || bn > 256 || bk > 64 {
             return Err("tiles are at most 256×256×64".into());
         }
-        if ![1, 2].contains(&self.stages) {
-            return Err("one or two stages of tiles".into());
-        }
         Ok(())
     }
 }
@@ -239,14 +203,13 @@ impl std::fmt::Display for TileConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}x{}x{}/{}x{}{}{}",
+            "{}x{}x{}/{}x{}{}",
             self.bm,
             self.bn,
             self.bk,
             self.tm,
             self.tn,
-            if self.vec4 { "" } else { "/scalar" },
-            if self.stages == 2 { "/double" } else { "" }
+            if self.vec4 { "" } else { "/scalar" }
         )
     }
 }
@@ -437,7 +400,11 @@ pub fn tune(
         limit_name: "max_compute_workgroup_storage_size",
         limit: limits.max_compute_workgroup_storage_size as u64,
     })?;
-    let fitting = tuning_variants(limits);
+    let fitting: Vec<TileConfig> = CANDIDATES
+        .iter()
+        .filter(|c| c.fits(limits))
+        .flat_map(|&c| [c, c.scalar()])
+        .collect();
     let mut rows = Vec::new();
     let mut last_best = None;
     for class in SizeClass::ALL {
@@ -560,12 +527,7 @@ struct CacheFile {
 pub fn cache_key(adapter: &str, kernel_source: &str) -> String {
     // FNV-1a: stable across Rust versions, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let candidates = CANDIDATES
-        .iter()
-        .flat_map(|&c| [c, c.scalar(), c.double_buffered()])
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let candidates = CANDIDATES.map(|c| c.to_string()).join(",");
     for byte in kernel_source.bytes().chain(candidates.bytes()) {
         hash = (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -656,21 +618,10 @@ mod tests {
 
     #[test]
     fn every_candidate_is_a_valid_shape_and_round_trips_through_its_name() {
-        for c in CANDIDATES.iter().flat_map(|&c| {
-            [
-                c,
-                c.scalar(),
-                c.double_buffered(),
-                c.scalar().double_buffered(),
-            ]
-        }) {
+        for c in CANDIDATES.iter().flat_map(|&c| [c, c.scalar()]) {
             c.check().unwrap();
             assert_eq!(TileConfig::parse(&c.to_string()).unwrap(), c);
         }
-        assert_eq!(
-            TileConfig::parse("64x64x16/4x4/double/scalar").unwrap(),
-            shape(64, 64, 16, 4, 4).scalar().double_buffered()
-        );
     }
 
     #[test]
@@ -683,8 +634,6 @@ mod tests {
             ("128x128x6/8x8", "multiple of 4"),
             ("512x128x8/8x8", "at most"),
             ("axbxc/4x4", "not a number"),
-            ("64x64x16/4x4/double/double", "at most once"),
-            ("64x64x16/4x4/vec4/scalar", "at most once"),
         ] {
             let e = TileConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains("matmul tiles"), "{text}: {e}");
@@ -705,12 +654,6 @@ mod tests {
         assert!(big.fits(&limits));
         limits.max_compute_workgroup_storage_size = big.workgroup_bytes() - 1;
         assert!(!big.fits(&limits));
-        // Two stages take twice the memory.
-        assert_eq!(
-            big.double_buffered().workgroup_bytes(),
-            2 * big.workgroup_bytes()
-        );
-        assert!(!big.double_buffered().fits(&wgpu::Limits::defaults()));
     }
 
     #[test]
@@ -777,7 +720,8 @@ mod tests {
         assert_eq!(tiling.medium, fastest_medium);
         assert_eq!(tiling.large, fastest_medium);
         assert_eq!(tiling.source, TilingSource::Measured);
-        assert_eq!(rows.len(), 3 * tuning_variants(&limits).len());
+        let fitting = CANDIDATES.iter().filter(|c| c.fits(&limits)).count();
+        assert_eq!(rows.len(), 3 * 2 * fitting);
 
         // Nothing within budget: the limits' choice, said so.
         let (tiling, rows) = tune(&limits, |_, _| Ok(1.0)).unwrap();
@@ -802,12 +746,12 @@ mod tests {
             assert_eq!(tiling.get(class), shape(64, 128, 8, 4, 8), "{class:?}");
         }
         assert!(rows.iter().all(|r| !refused(r.config)));
-        let allowed = tuning_variants(&limits)
-            .into_iter()
-            .filter(|&c| !refused(c))
+        let allowed = CANDIDATES
+            .iter()
+            .filter(|c| c.fits(&limits) && !refused(**c))
             .count();
-        assert!(allowed > 0);
-        assert_eq!(rows.len(), 4 * allowed);
+        assert_eq!(allowed, 10);
+        assert_eq!(rows.len(), 4 * 2 * allowed);
 
         // The first shape failing is an error: nothing is known to run.
         assert!(tune(&limits, |_, _| Err(KilnError::Gpu("lost".into()))).is_err());
@@ -818,7 +762,7 @@ mod tests {
     /// error.
     #[test]
     fn tuning_one_product_keeps_its_fastest_shape_within_the_budget() {
-        let fitting = tuning_variants(&wgpu::Limits::defaults());
+        let fitting: Vec<TileConfig> = CANDIDATES.iter().flat_map(|&c| [c, c.scalar()]).collect();
         let known = CANDIDATES[4];
         let fastest = CANDIDATES[2];
         let (tile, rows) = tune_shape(&fitting, known, |c| {

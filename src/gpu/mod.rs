@@ -446,7 +446,11 @@ impl GpuContext {
             Some(tile) => tile,
             None => {
                 let operands = self.tuning_operands(dims)?;
-                let fitting = matmul_tiles::tuning_variants(&self.limits);
+                let fitting: Vec<TileConfig> = matmul_tiles::CANDIDATES
+                    .iter()
+                    .filter(|c| c.fits(&self.limits))
+                    .flat_map(|&c| [c, c.scalar()])
+                    .collect();
                 let (tile, _) = matmul_tiles::tune_shape(&fitting, class_choice, |tile| {
                     self.time_matmul(&operands, tile, dims, t)
                 })?;
