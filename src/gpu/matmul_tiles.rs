@@ -71,6 +71,16 @@ pub const CANDIDATES: [TileConfig; 13] = [
     shape(128, 128, 16, 8, 8),
 ];
 
+/// Every variant of every candidate the tuner times on an adapter with `limits`: each shape
+/// with vec4 loads and with scalar loads.
+pub fn tuning_variants(limits: &wgpu::Limits) -> Vec<TileConfig> {
+    CANDIDATES
+        .iter()
+        .flat_map(|&c| [c, c.scalar()])
+        .filter(|c| c.fits(limits))
+        .collect()
+}
+
 impl TileConfig {
     /// Threads per workgroup.
     pub fn threads(&self) -> u32 {
@@ -400,11 +410,7 @@ pub fn tune(
         limit_name: "max_compute_workgroup_storage_size",
         limit: limits.max_compute_workgroup_storage_size as u64,
     })?;
-    let fitting: Vec<TileConfig> = CANDIDATES
-        .iter()
-        .filter(|c| c.fits(limits))
-        .flat_map(|&c| [c, c.scalar()])
-        .collect();
+    let fitting = tuning_variants(limits);
     let mut rows = Vec::new();
     let mut last_best = None;
     for class in SizeClass::ALL {

@@ -18,7 +18,7 @@ use crate::error::{KilnError, Result};
 use crate::ops::{MatmulDims, Transpose};
 pub use adapter::AdapterOptions;
 use kernels::{Binding, Kernel};
-use matmul_tiles::{MatmulTiling, TileConfig, TilingSource, TuneRow};
+use matmul_tiles::{MatmulTiling, SizeClass, TileConfig, TilingSource, TuneRow};
 
 /// A pipeline with the layout of its bind group.
 pub struct CachedPipeline {
@@ -446,11 +446,8 @@ impl GpuContext {
             Some(tile) => tile,
             None => {
                 let operands = self.tuning_operands(dims)?;
-                let fitting: Vec<TileConfig> = matmul_tiles::CANDIDATES
-                    .iter()
-                    .filter(|c| c.fits(&self.limits))
-                    .flat_map(|&c| [c, c.scalar()])
-                    .collect();
+                let fitting = matmul_tiles::tuning_variants(&self.limits);
+                self.compile_matmuls(&fitting, dims, t)?;
                 let (tile, _) = matmul_tiles::tune_shape(&fitting, class_choice, |tile| {
                     self.time_matmul(&operands, tile, dims, t)
                 })?;
@@ -480,6 +477,17 @@ impl GpuContext {
             .collect();
         tiles.sort_by(|a, b| a.0.cmp(&b.0));
         tiles
+    }
+
+    /// Compiles the pipeline of every tile shape in `tiles` for products of `dims` in layout
+    /// `t`, before any of them is timed: the timings then run back to back, not each after a
+    /// compilation during which the GPU idles (and may lower its clocks).
+    fn compile_matmuls(&self, tiles: &[TileConfig], dims: MatmulDims, t: Transpose) -> Result<()> {
+        for &tile in tiles {
+            let launch = kernels::matmul(t, dims, false, tile, self.max_dim())?;
+            self.pipeline(launch.kernel, &launch.constants, &launch.defines);
+        }
+        Ok(())
     }
 
     /// A, B, C and an unused output for timing products of `dims`.
@@ -528,6 +536,12 @@ impl GpuContext {
     /// cannot be written costs only a measurement next time, so it is a warning.
     fn tune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>)> {
         let mut operands: HashMap<(usize, usize, usize), [wgpu::Buffer; 4]> = HashMap::new();
+        // Every size class's product is a multiple of 4 each way: one pipeline per shape.
+        self.compile_matmuls(
+            &matmul_tiles::tuning_variants(&self.limits),
+            SizeClass::Tiny.timed_dims(),
+            Transpose::Nn,
+        )?;
         let (chosen, rows) = matmul_tiles::tune(&self.limits, |tile, dims| {
             let buffers = match operands.entry((dims.m, dims.n, dims.k)) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
