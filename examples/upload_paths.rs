@@ -1,5 +1,5 @@
 //! Host → device write paths timed side by side on one adapter: a plain memcpy (the host's
-//! floor), `queue.write_buffer`, `write_buffer_with`, a staging belt, a MAP_WRITE buffer kept
+//! floor), `queue.write_buffer`, `write_buffer_with`, `GpuContext::write_finite`, a staging belt, a MAP_WRITE buffer kept
 //! mapped, and the write into such a mapping alone. Which one `GpuContext::write_finite` uses was
 //! chosen from its figures (BENCHMARKS.md). `cargo run --release --example upload_paths`.
 use std::time::Instant;
@@ -66,6 +66,17 @@ fn main() {
             total.push(t0.elapsed().as_secs_f64());
         }
         report("write_buffer_with", host, total);
+        // 2b: GpuContext::write_finite (write_buffer_with, checking each run as it copies).
+        let (mut host, mut total) = (vec![], vec![]);
+        for _ in 0..reps {
+            let t0 = Instant::now();
+            ctx.write_finite(&target, &data, "x").unwrap();
+            queue.submit([]);
+            host.push(t0.elapsed().as_secs_f64());
+            device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+            total.push(t0.elapsed().as_secs_f64());
+        }
+        report("write_finite", host, total);
         // 3: a staging belt (MAP_WRITE buffers kept and reused).
         let mut belt = wgpu::util::StagingBelt::new(device.clone(), bytes as u64);
         let (mut host, mut total) = (vec![], vec![]);
