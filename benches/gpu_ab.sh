@@ -6,19 +6,12 @@
 # development machine (see benches/gpu_session.sh for .gl and gpubin):
 #   cp <old build>/kiln gpubin/kiln-a; cargo build --release && cp target/release/kiln gpubin/kiln-b
 # then run `bash benches/gpu_ab.sh [ops]` there with carry [".gl", "gpubin"]. Writes
-# ab.tgz (every file) and ab.md (the joined tables) under $OUT.
+# kiln-gpu-ab.tgz (every file) and ab.md (the joined tables) under $OUT.
 set -uo pipefail
 ops=${1:-copy,matmul,optimizers,train_step,epoch}
 out=/tmp/kiln-gpu-ab
-mkdir -p "$out"
-pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/ab.tgz" -C "$(dirname "$out")" "$(basename "$out")"; }
-trap pack EXIT TERM
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-export NODEVICE_SELECT=1 RUST_BACKTRACE=0
-if ! gpubin/kiln-b devices 2>/dev/null | grep NVIDIA >/dev/null; then
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
+kiln=gpubin/kiln-b
+. benches/gpu_setup.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$out/gpu.txt" 2>&1
 for build in a b; do
     KILN_CACHE_DIR="$out/cache-$build" gpubin/kiln-$build tune > "$out/tune-$build.txt" 2>&1

@@ -10,20 +10,13 @@
 # Writes nvidia-smi.txt, devices.txt, tune.txt, kiln.json, torch.json, side_by_side.md,
 # mnist.txt (benches/mnist.toml on the GPU and the CPU device, and PyTorch's twin),
 # big-models.txt (models over one binding, and a 1B-parameter MLP), tiles.txt (the matmul rows
-# with each tile shape forced) and the tile cache, packed into $OUT/session.tgz (the device tool
+# with each tile shape forced) and the tile cache, packed into $OUT/kiln-gpu-session.tgz (the device tool
 # brings back at most 8 files), also when a step fails or the call runs out of time.
 set -euo pipefail
 out=/tmp/kiln-gpu-session
-mkdir -p "$out"
-pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/session.tgz" -C "$(dirname "$out")" "$(basename "$out")"; }
-trap pack EXIT TERM
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-export NODEVICE_SELECT=1 RUST_BACKTRACE=0 KILN_CACHE_DIR="$out"
 kiln=${KILN:-gpubin/kiln}
-if ! "$kiln" devices 2>/dev/null | grep NVIDIA >/dev/null; then
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
+. benches/gpu_setup.sh
+export KILN_CACHE_DIR="$out"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 "$kiln" devices | tee "$out/devices.txt"
 "$kiln" tune | tee "$out/tune.txt"
