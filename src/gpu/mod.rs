@@ -421,12 +421,16 @@ impl GpuContext {
     pub fn matmul_tile(&self, dims: MatmulDims, t: Transpose) -> Result<TileConfig> {
         let tiling = self.matmul_tiling()?;
         let class_choice = tiling.pick(dims);
-        let operand_bytes = 4 * (dims.m * dims.k + dims.k * dims.n + dims.m * dims.n) as u64;
+        let (m, n, k) = (dims.m as u64, dims.n as u64, dims.k as u64);
+        let operand_bytes = (m.saturating_mul(k))
+            .saturating_add(k.saturating_mul(n))
+            .saturating_add(m.saturating_mul(n))
+            .saturating_mul(4);
         let tunable = self.tune_shapes
             && !self.capped
             && matches!(tiling.source, TilingSource::Measured | TilingSource::Cached)
             && operand_bytes <= matmul_tiles::SHAPE_TUNE_MAX_BYTES
-            && dims.m * dims.n * dims.k > 0;
+            && m.min(n).min(k) > 0;
         if !tunable {
             return Ok(class_choice);
         }
@@ -444,22 +448,24 @@ impl GpuContext {
             .filter(|c| c.fits(&self.limits));
         let tile = match cached {
             Some(tile) => tile,
-            None => {
-                let operands = self.tuning_operands(dims)?;
-                let fitting = matmul_tiles::tuning_variants(&self.limits);
-                self.compile_matmuls(&fitting, dims, t)?;
-                let (tile, _) = matmul_tiles::tune_shape(&fitting, class_choice, |tile| {
-                    self.time_matmul(&operands, tile, dims, t)
-                })?;
-                log::info!("{}: matmul {shape} tiles {tile}", self.info.name);
-                if let Some(dir) = &dir
-                    && let Err(e) =
-                        matmul_tiles::store_cached_shape(dir, &key, Some((&shape, tile)))
-                {
-                    log::warn!("matmul tiles for {shape} not cached: {e}");
+            None => match self.tune_product(dims, t, class_choice) {
+                Ok(tile) => {
+                    log::info!("{}: matmul {shape} tiles {tile}", self.info.name);
+                    if let Some(dir) = &dir
+                        && let Err(e) =
+                            matmul_tiles::store_cached_shape(dir, &key, Some((&shape, tile)))
+                    {
+                        log::warn!("matmul tiles for {shape} not cached: {e}");
+                    }
+                    tile
                 }
-                tile
-            }
+                // Tuning is for speed only: a product it could not time keeps its class's
+                // shape, this time, rather than failing the caller.
+                Err(e) => {
+                    log::warn!("matmul {shape}: not tuned ({e}); using {class_choice}");
+                    class_choice
+                }
+            },
         };
         shapes.insert(shape, tile);
         Ok(tile)
@@ -477,6 +483,23 @@ impl GpuContext {
             .collect();
         tiles.sort_by(|a, b| a.0.cmp(&b.0));
         tiles
+    }
+
+    /// Times every tile shape on one product of `dims` in layout `t` and returns the fastest
+    /// (`known`, the class's shape, first: see [`matmul_tiles::tune_shape`]).
+    fn tune_product(
+        &self,
+        dims: MatmulDims,
+        t: Transpose,
+        known: TileConfig,
+    ) -> Result<TileConfig> {
+        let operands = self.tuning_operands(dims)?;
+        let fitting = matmul_tiles::tuning_variants(&self.limits);
+        self.compile_matmuls(&fitting, dims, t)?;
+        let (tile, _) = matmul_tiles::tune_shape(&fitting, known, |tile| {
+            self.time_matmul(&operands, tile, dims, t)
+        })?;
+        Ok(tile)
     }
 
     /// Compiles the pipeline of every tile shape in `tiles` for products of `dims` in layout

@@ -313,6 +313,17 @@ impl GpuStep {
             "WebGPU caps the alignment at 256 bytes"
         );
         let max_batch = options.max_batch;
+        // Each product's tile shape, chosen (and on a GPU tuned) before anything is allocated: the
+        // tuner's own operands are gone by the time the model's buffers take the memory.
+        let mut tiles = HashMap::new();
+        for instr in program.forward.iter().chain(&program.step) {
+            if let Instr::Matmul { t, m, n, k, .. } = *instr {
+                let dims = Instr::matmul_dims(m, n, k, max_batch);
+                if let std::collections::hash_map::Entry::Vacant(v) = tiles.entry((dims, t)) {
+                    v.insert(ctx.matmul_tile(dims, t)?);
+                }
+            }
+        }
         let widths = model.widths();
         let last = widths.len() - 1;
         let out = widths[last];
@@ -362,16 +373,6 @@ impl GpuStep {
                 ctx.storage_buffer("gradient norm partials", chunks.len() * PARTIALS_PER_CHUNK)?,
             ),
         };
-        // Each product's tile shape, chosen (and on a GPU tuned) before anything is recorded.
-        let mut tiles = HashMap::new();
-        for instr in program.forward.iter().chain(&program.step) {
-            if let Instr::Matmul { t, m, n, k, .. } = *instr {
-                let dims = Instr::matmul_dims(m, n, k, max_batch);
-                if let std::collections::hash_map::Entry::Vacant(v) = tiles.entry((dims, t)) {
-                    v.insert(ctx.matmul_tile(dims, t)?);
-                }
-            }
-        }
         let buffers = Buffers {
             input: &input,
             targets: &targets,
