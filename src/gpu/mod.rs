@@ -274,14 +274,11 @@ impl GpuContext {
     /// memory beside the data.
     pub fn write<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, data: &[T]) -> Result<()> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        for (i, piece) in bytes.chunks(WRITE_PIECE).enumerate() {
-            if i > 0 {
-                self.push_writes()?;
-            }
-            self.queue
-                .write_buffer(buffer, (i * WRITE_PIECE) as u64, piece);
-        }
-        Ok(())
+        self.in_pieces(bytes.len(), 1, |range| {
+            let at = range.start as u64;
+            self.queue.write_buffer(buffer, at, &bytes[range]);
+            Ok(())
+        })
     }
 
     /// [`GpuContext::write`] of f32s that checks each is finite as it copies it into the staging
@@ -291,14 +288,11 @@ impl GpuContext {
     pub fn write_finite(&self, buffer: &wgpu::Buffer, data: &[f32], what: &str) -> Result<()> {
         // Checked and copied a few KiB at a time, so each run is still in cache for its copy.
         const RUN: usize = 1024;
-        let per_piece = WRITE_PIECE / 4;
-        for (i, piece) in data.chunks(per_piece).enumerate() {
-            if i > 0 {
-                self.push_writes()?;
-            }
-            let at = i * per_piece;
+        self.in_pieces(data.len(), 4, |range| {
+            let at = range.start;
+            let piece = &data[range];
             let size = std::num::NonZeroU64::new((piece.len() * 4) as u64)
-                .expect("chunks are never empty");
+                .expect("pieces are never empty");
             let mut view = self
                 .queue
                 .write_buffer_with(buffer, (at * 4) as u64, size)
@@ -311,22 +305,38 @@ impl GpuContext {
                 view.slice(from..from + run.len() * 4)
                     .copy_from_slice(bytemuck::cast_slice(run));
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// `len` copies of `value` at the start of `buffer`, written as [`GpuContext::write`]
     /// writes, from one piece of the fill on the host.
     pub fn fill(&self, buffer: &wgpu::Buffer, len: usize, value: f32) -> Result<()> {
-        let per_piece = WRITE_PIECE / 4;
-        let piece = vec![value; len.min(per_piece)];
+        let piece = vec![value; len.min(WRITE_PIECE / 4)];
+        self.in_pieces(len, 4, |range| {
+            let at = (range.start * 4) as u64;
+            let n = range.len();
+            self.queue
+                .write_buffer(buffer, at, bytemuck::cast_slice(&piece[..n]));
+            Ok(())
+        })
+    }
+
+    /// Calls `write` with the element ranges of `len` elements of `size` bytes, each range at
+    /// most [`WRITE_PIECE`] bytes, pushing the writes of each through (and waiting for them)
+    /// before the next: the one place that bounds the staging memory of a large write.
+    fn in_pieces(
+        &self,
+        len: usize,
+        size: usize,
+        mut write: impl FnMut(std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<()> {
+        let per_piece = WRITE_PIECE / size;
         for (i, at) in (0..len).step_by(per_piece).enumerate() {
             if i > 0 {
                 self.push_writes()?;
             }
-            let n = (len - at).min(per_piece);
-            self.queue
-                .write_buffer(buffer, (at * 4) as u64, bytemuck::cast_slice(&piece[..n]));
+            write(at..(at + per_piece).min(len))?;
         }
         Ok(())
     }
