@@ -354,9 +354,18 @@ impl MatmulTiling {
     }
 
     /// Without measuring: per class, the first shape of a preference list that fits the
-    /// adapter's limits (bigger tiles for bigger outputs). `None` if not even the smallest
+    /// adapter's limits (bigger tiles for bigger outputs). An error if not even the smallest
     /// candidate fits.
-    pub fn from_limits(limits: &wgpu::Limits) -> Option<MatmulTiling> {
+    pub fn from_limits(limits: &wgpu::Limits) -> Result<MatmulTiling> {
+        Self::first_fitting(limits).ok_or_else(|| KilnError::OverLimit {
+            tensor: "matmul workgroup".into(),
+            size: CANDIDATES[0].workgroup_bytes() as u64,
+            limit_name: "max_compute_workgroup_storage_size",
+            limit: limits.max_compute_workgroup_storage_size as u64,
+        })
+    }
+
+    fn first_fitting(limits: &wgpu::Limits) -> Option<MatmulTiling> {
         let first_fitting = |order: &[TileConfig]| order.iter().copied().find(|c| c.fits(limits));
         let small = shape(32, 32, 16, 4, 4);
         let medium = shape(64, 64, 16, 4, 4);
@@ -404,12 +413,7 @@ pub fn tune(
     limits: &wgpu::Limits,
     mut time: impl FnMut(TileConfig, MatmulDims) -> Result<f64>,
 ) -> Result<(MatmulTiling, Vec<TuneRow>)> {
-    let mut tiling = MatmulTiling::from_limits(limits).ok_or_else(|| KilnError::OverLimit {
-        tensor: "matmul workgroup".into(),
-        size: CANDIDATES[0].workgroup_bytes() as u64,
-        limit_name: "max_compute_workgroup_storage_size",
-        limit: limits.max_compute_workgroup_storage_size as u64,
-    })?;
+    let mut tiling = MatmulTiling::from_limits(limits)?;
     let fitting = tuning_variants(limits);
     let mut rows = Vec::new();
     let mut last_best = None;
@@ -422,28 +426,13 @@ pub fn tune(
         if probe > TUNE_BUDGET_S {
             break;
         }
-        let mut best = (known, probe);
-        for &config in &fitting {
-            let median_s = match time(config, dims) {
-                Ok(t) => t,
-                Err(e) => {
-                    // A shape within the limits that a driver still refuses (registers,
-                    // compiler limits) is passed over, not fatal.
-                    log::warn!("matmul tiles {config} skipped: {e}");
-                    continue;
-                }
-            };
-            rows.push(TuneRow {
-                class,
-                dims,
-                config,
-                median_s,
-            });
-            if median_s < best.1 {
-                best = (config, median_s);
-            }
-        }
-        let (config, _) = best;
+        let (config, timings) = fastest(&fitting, known, probe, |c| time(c, dims));
+        rows.extend(timings.into_iter().map(|(config, median_s)| TuneRow {
+            class,
+            dims,
+            config,
+            median_s,
+        }));
         tiling.set(class, config);
         last_best = Some(config);
     }
@@ -485,10 +474,23 @@ pub fn tune_shape(
     mut time: impl FnMut(TileConfig) -> Result<f64>,
 ) -> Result<(TileConfig, Vec<(TileConfig, f64)>)> {
     let probe = time(known)?;
-    let mut rows = vec![(known, probe)];
     if probe > SHAPE_TUNE_BUDGET_S {
-        return Ok((known, rows));
+        return Ok((known, vec![(known, probe)]));
     }
+    Ok(fastest(fitting, known, probe, time))
+}
+
+/// The fastest of `fitting` by `time`, with every timing, `known`'s first: `known` (timed
+/// already, at `probe` seconds) is the one to beat, and a tie keeps the shape timed first. A
+/// shape whose timing fails (within the limits, yet refused by a driver: registers, compiler
+/// limits) is passed over, not fatal.
+fn fastest(
+    fitting: &[TileConfig],
+    known: TileConfig,
+    probe: f64,
+    mut time: impl FnMut(TileConfig) -> Result<f64>,
+) -> (TileConfig, Vec<(TileConfig, f64)>) {
+    let mut rows = vec![(known, probe)];
     let mut best = (known, probe);
     for &config in fitting.iter().filter(|&&c| c != known) {
         match time(config) {
@@ -501,7 +503,7 @@ pub fn tune_shape(
             Err(e) => log::warn!("matmul tiles {config} skipped: {e}"),
         }
     }
-    Ok((best.0, rows))
+    (best.0, rows)
 }
 
 /// The directory of Kiln's caches: `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else
@@ -572,10 +574,13 @@ pub fn load_cached(dir: &std::path::Path, key: &str) -> Option<MatmulTiling> {
     Some(tiling)
 }
 
-/// Adds (or replaces) `key`'s choice in the cache file, written atomically.
+/// Adds (or replaces) `key`'s choice in the cache file, written atomically. The per-product
+/// choices of `key` go with the old one: a new measurement of the size classes (`kiln tune`)
+/// measures the products again too.
 pub fn store_cached(dir: &std::path::Path, key: &str, tiling: &MatmulTiling) -> Result<()> {
     update_cache(dir, |cache| {
         cache.adapters.insert(key.to_string(), *tiling);
+        cache.shapes.remove(key);
     })
 }
 
@@ -589,32 +594,32 @@ fn update_cache(dir: &std::path::Path, change: impl FnOnce(&mut CacheFile)) -> R
     crate::weights::write_atomic(&dir.join(CACHE_FILE), &text)
 }
 
-/// The cached choice for one product's `shape` (a [`shape_key`]) on adapter `key`, if any and
-/// valid.
-pub fn load_cached_shape(dir: &std::path::Path, key: &str, shape: &str) -> Option<TileConfig> {
-    let config = *read_cache(dir).shapes.get(key)?.get(shape)?;
-    config.check().ok()?;
-    Some(config)
+/// The per-product choices cached for adapter `key` ([`shape_key`] → shape), the invalid
+/// ones left out.
+pub fn load_cached_shapes(dir: &std::path::Path, key: &str) -> Vec<(String, TileConfig)> {
+    read_cache(dir)
+        .shapes
+        .remove(key)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, config)| config.check().is_ok())
+        .collect()
 }
 
-/// Adds (or replaces) one product's choice in the cache file, written atomically; `None`
-/// forgets every product's choice for `key` (a new measurement of the classes).
+/// Adds (or replaces) one product's choice (`shape`, a [`shape_key`]) for adapter `key` in
+/// the cache file, written atomically.
 pub fn store_cached_shape(
     dir: &std::path::Path,
     key: &str,
-    shape: Option<(&str, TileConfig)>,
+    shape: &str,
+    config: TileConfig,
 ) -> Result<()> {
-    update_cache(dir, |cache| match shape {
-        Some((shape, config)) => {
-            cache
-                .shapes
-                .entry(key.to_string())
-                .or_default()
-                .insert(shape.to_string(), config);
-        }
-        None => {
-            cache.shapes.remove(key);
-        }
+    update_cache(dir, |cache| {
+        cache
+            .shapes
+            .entry(key.to_string())
+            .or_default()
+            .insert(shape.to_string(), config);
     })
 }
 
@@ -808,28 +813,31 @@ mod tests {
             crate::ops::Transpose::Nt,
         );
         assert_eq!(shape, "256x1024x784 Nt");
-        assert_eq!(load_cached_shape(&dir, "a", &shape), None);
-        store_cached(
-            &dir,
-            "a",
-            &MatmulTiling::uniform(CANDIDATES[0], TilingSource::Measured),
-        )
-        .unwrap();
-        store_cached_shape(&dir, "a", Some((&shape, CANDIDATES[2]))).unwrap();
-        store_cached_shape(&dir, "b", Some((&shape, CANDIDATES[3]))).unwrap();
-        assert_eq!(load_cached_shape(&dir, "a", &shape), Some(CANDIDATES[2]));
-        assert_eq!(load_cached_shape(&dir, "b", &shape), Some(CANDIDATES[3]));
-        assert_eq!(load_cached_shape(&dir, "a", "1x1x1 Nn"), None);
+        let cached_shape = |key: &str, shape: &str| {
+            load_cached_shapes(&dir, key)
+                .into_iter()
+                .find(|(s, _)| s == shape)
+                .map(|(_, c)| c)
+        };
+        assert_eq!(cached_shape("a", &shape), None);
+        let measured = MatmulTiling::uniform(CANDIDATES[0], TilingSource::Measured);
+        store_cached(&dir, "a", &measured).unwrap();
+        store_cached_shape(&dir, "a", &shape, CANDIDATES[2]).unwrap();
+        store_cached_shape(&dir, "b", &shape, CANDIDATES[3]).unwrap();
+        assert_eq!(cached_shape("a", &shape), Some(CANDIDATES[2]));
+        assert_eq!(cached_shape("b", &shape), Some(CANDIDATES[3]));
+        assert_eq!(cached_shape("a", "1x1x1 Nn"), None);
         // An invalid shape in the file is not used.
         let bad = TileConfig {
             tm: 3,
             ..CANDIDATES[0]
         };
-        store_cached_shape(&dir, "a", Some(("1x1x1 Nn", bad))).unwrap();
-        assert_eq!(load_cached_shape(&dir, "a", "1x1x1 Nn"), None);
-        store_cached_shape(&dir, "a", None).unwrap();
-        assert_eq!(load_cached_shape(&dir, "a", &shape), None);
-        assert_eq!(load_cached_shape(&dir, "b", &shape), Some(CANDIDATES[3]));
+        store_cached_shape(&dir, "a", "1x1x1 Nn", bad).unwrap();
+        assert_eq!(cached_shape("a", "1x1x1 Nn"), None);
+        // A new measurement of the classes forgets the products' choices, for that adapter.
+        store_cached(&dir, "a", &measured).unwrap();
+        assert_eq!(cached_shape("a", &shape), None);
+        assert_eq!(cached_shape("b", &shape), Some(CANDIDATES[3]));
         assert!(load_cached(&dir, "a").is_some(), "the class choice stays");
         let _ = std::fs::remove_dir_all(&dir);
     }

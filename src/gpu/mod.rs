@@ -63,6 +63,8 @@ pub struct GpuContext {
     tiling: Mutex<Option<MatmulTiling>>,
     /// Whether each product's shape is tuned on its own (`matmul_tile`).
     tune_shapes: bool,
+    /// This adapter's, driver's and kernel's key in the tile cache.
+    tiling_key: String,
     /// The shapes tuned per product so far ([`matmul_tiles::shape_key`] → shape).
     shape_tiles: Mutex<HashMap<String, TileConfig>>,
 }
@@ -149,6 +151,10 @@ impl GpuContext {
         let tune_shapes = opts
             .tune_shapes
             .unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
+        let tiling_key = matmul_tiles::cache_key(
+            &matmul_tiles::adapter_identity(&info),
+            kernels::MATMUL.source,
+        );
         Ok(GpuContext {
             device,
             queue,
@@ -165,6 +171,7 @@ impl GpuContext {
             bounds_checks,
             tiling: Mutex::new(None),
             tune_shapes,
+            tiling_key,
             shape_tiles: Mutex::default(),
         })
     }
@@ -374,13 +381,7 @@ impl GpuContext {
         // Capped limits make a device that exists only in this process: neither measured (the
         // tuning operands may not fit) nor cached under the adapter's name.
         if self.capped {
-            let limits_only =
-                MatmulTiling::from_limits(&self.limits).ok_or_else(|| KilnError::OverLimit {
-                    tensor: "matmul workgroup".into(),
-                    size: matmul_tiles::CANDIDATES[0].workgroup_bytes() as u64,
-                    limit_name: "max_compute_workgroup_storage_size",
-                    limit: self.limits.max_compute_workgroup_storage_size as u64,
-                })?;
+            let limits_only = MatmulTiling::from_limits(&self.limits)?;
             *tiling = Some(limits_only);
             return Ok(limits_only);
         }
@@ -391,13 +392,30 @@ impl GpuContext {
                 config.require_fits(&self.limits, "KILN_MATMUL_TILES", &self.info.name)?;
                 MatmulTiling::uniform(config, TilingSource::Environment)
             }
-            _ => match matmul_tiles::cache_dir()
-                .and_then(|dir| matmul_tiles::load_cached(&dir, &self.tiling_key()))
-                .filter(|t| t.shapes().iter().all(|c| c.fits(&self.limits)))
-            {
-                Some(cached) => cached,
-                None => self.tune_matmul()?.0,
-            },
+            _ => {
+                let dir = matmul_tiles::cache_dir();
+                match dir
+                    .as_ref()
+                    .and_then(|dir| matmul_tiles::load_cached(dir, &self.tiling_key))
+                    .filter(|t| t.shapes().iter().all(|c| c.fits(&self.limits)))
+                {
+                    Some(cached) => {
+                        // The products tuned by earlier runs, read with the classes' choice
+                        // where `matmul_tile` uses them.
+                        let products = dir
+                            .as_ref()
+                            .filter(|_| self.tune_shapes)
+                            .map(|dir| matmul_tiles::load_cached_shapes(dir, &self.tiling_key))
+                            .unwrap_or_default();
+                        self.shape_tiles
+                            .lock()
+                            .unwrap()
+                            .extend(products.into_iter().filter(|(_, c)| c.fits(&self.limits)));
+                        cached
+                    }
+                    None => self.tune_matmul()?.0,
+                }
+            }
         };
         *tiling = Some(chosen);
         Ok(chosen)
@@ -410,12 +428,8 @@ impl GpuContext {
         let mut tiling = self.tiling.lock().unwrap();
         let (chosen, rows) = self.tune_matmul()?;
         *tiling = Some(chosen);
+        // The cache forgot them with the new measurement (`store_cached`).
         self.shape_tiles.lock().unwrap().clear();
-        if let Some(dir) = matmul_tiles::cache_dir()
-            && let Err(e) = matmul_tiles::store_cached_shape(&dir, &self.tiling_key(), None)
-        {
-            log::warn!("matmul tiles per product not forgotten in the cache: {e}");
-        }
         Ok((chosen, rows))
     }
 
@@ -437,7 +451,6 @@ impl GpuContext {
             .saturating_add(m.saturating_mul(n))
             .saturating_mul(4);
         let tunable = self.tune_shapes
-            && !self.capped
             && matches!(tiling.source, TilingSource::Measured | TilingSource::Cached)
             && operand_bytes <= matmul_tiles::SHAPE_TUNE_MAX_BYTES
             && m.min(n).min(k) > 0;
@@ -445,37 +458,29 @@ impl GpuContext {
             return Ok(class_choice);
         }
         let shape = matmul_tiles::shape_key(dims, t);
-        // Held while tuning: two threads asking for one shape measure it once.
+        // Held while tuning: two threads asking for one shape measure it once. Holds the
+        // choices cached by earlier runs too (read with the classes' by `matmul_tiling`).
         let mut shapes = self.shape_tiles.lock().unwrap();
         if let Some(&tile) = shapes.get(&shape) {
             return Ok(tile);
         }
-        let key = self.tiling_key();
-        let dir = matmul_tiles::cache_dir();
-        let cached = dir
-            .as_ref()
-            .and_then(|dir| matmul_tiles::load_cached_shape(dir, &key, &shape))
-            .filter(|c| c.fits(&self.limits));
-        let tile = match cached {
-            Some(tile) => tile,
-            None => match self.tune_product(dims, t, class_choice) {
-                Ok(tile) => {
-                    log::info!("{}: matmul {shape} tiles {tile}", self.info.name);
-                    if let Some(dir) = &dir
-                        && let Err(e) =
-                            matmul_tiles::store_cached_shape(dir, &key, Some((&shape, tile)))
-                    {
-                        log::warn!("matmul tiles for {shape} not cached: {e}");
-                    }
-                    tile
+        let tile = match self.tune_product(dims, t, class_choice) {
+            Ok(tile) => {
+                log::info!("{}: matmul {shape} tiles {tile}", self.info.name);
+                if let Some(dir) = matmul_tiles::cache_dir()
+                    && let Err(e) =
+                        matmul_tiles::store_cached_shape(&dir, &self.tiling_key, &shape, tile)
+                {
+                    log::warn!("matmul tiles for {shape} not cached: {e}");
                 }
-                // Tuning is for speed only: a product it could not time keeps its class's
-                // shape, this time, rather than failing the caller.
-                Err(e) => {
-                    log::warn!("matmul {shape}: not tuned ({e}); using {class_choice}");
-                    class_choice
-                }
-            },
+                tile
+            }
+            // Tuning is for speed only: a product it could not time keeps its class's shape,
+            // this time, rather than failing the caller.
+            Err(e) => {
+                log::warn!("matmul {shape}: not tuned ({e}); using {class_choice}");
+                class_choice
+            }
         };
         shapes.insert(shape, tile);
         Ok(tile)
@@ -558,13 +563,6 @@ impl GpuContext {
         Ok(self.time_dispatch(&recorded.dispatch, 1, 3)?.0)
     }
 
-    fn tiling_key(&self) -> String {
-        matmul_tiles::cache_key(
-            &matmul_tiles::adapter_identity(&self.info),
-            kernels::MATMUL.source,
-        )
-    }
-
     /// Times the candidates ([`matmul_tiles::tune`]) and caches the choice. A cache that
     /// cannot be written costs only a measurement next time, so it is a warning.
     fn tune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>)> {
@@ -588,7 +586,7 @@ impl GpuContext {
             log::info!("{}: matmul tiles {:?}", self.info.name, chosen);
             match matmul_tiles::cache_dir() {
                 Some(dir) => {
-                    if let Err(e) = matmul_tiles::store_cached(&dir, &self.tiling_key(), &chosen) {
+                    if let Err(e) = matmul_tiles::store_cached(&dir, &self.tiling_key, &chosen) {
                         log::warn!("matmul tiles not cached: {e}");
                     }
                 }
