@@ -112,16 +112,6 @@ impl ArenaSplit {
     pub fn parts(&self) -> &[Range<usize>] {
         &self.parts
     }
-
-    /// The arena's length in elements.
-    pub fn len(&self) -> usize {
-        self.parts.last().map_or(0, |p| p.end)
-    }
-
-    /// Whether the arena is empty (never, for a model: it has a dense layer).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// One arena's buffers, split as an [`ArenaSplit`] says. Cloning shares the buffers.
@@ -167,7 +157,7 @@ impl Arena {
 
     /// Overwrites the whole arena with `values`, from the next submission on.
     pub fn write(&self, ctx: &GpuContext, values: &[f32]) -> Result<()> {
-        debug_assert_eq!(values.len(), self.parts.last().map_or(0, |p| p.end));
+        debug_assert_eq!(values.len(), self.len());
         for (b, p) in self.buffers.iter().zip(&self.parts) {
             ctx.write(b, &values[p.clone()])?;
         }
@@ -176,11 +166,16 @@ impl Arena {
 
     /// The whole arena, read back (waits for the GPU).
     pub fn read(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(self.parts.last().map_or(0, |p| p.end));
+        let mut out = Vec::with_capacity(self.len());
         for (b, p) in self.buffers.iter().zip(&self.parts) {
             out.extend(ctx.read_back(b, 0, p.len())?);
         }
         Ok(out)
+    }
+
+    /// Elements in the whole arena.
+    fn len(&self) -> usize {
+        self.parts.last().map_or(0, |p| p.end)
     }
 
     /// Elements `[offset, offset + len)`, which lie in one buffer (a tensor, or a chunk).
