@@ -156,36 +156,39 @@ impl Prepared {
         // read the outputs back once), when they fit too.
         let rows = self.train.rows();
         let placement = match &trainer.device() {
-            Device::Gpu(_) => match trainer.load_data(&self.train.x, train_targets.as_targets()) {
-                Ok(()) => Placement::Device {
-                    rows,
-                    validation: place_validation(&mut trainer, self.validation.as_ref())?,
-                },
-                Err(e @ KilnError::OverLimit { .. }) => {
-                    // Streamed: windows of whole batches, each gathered on the host, uploaded
-                    // in one write and its batches gathered on the device. The window's room
-                    // is held before the validation rows take theirs.
-                    let window = (0..=STREAM_WINDOW_BATCHES.ilog2())
-                        .rev()
-                        .map(|p| ((1usize << p) * self.batch).min(rows))
-                        .find_map(|w| Some((w, trainer.check_resident(w).ok()?)));
-                    match window {
-                        Some((window_rows, bytes)) => {
-                            trainer.reserve_resident(bytes);
-                            Placement::Streamed {
-                                window_rows,
-                                why: e.to_string(),
-                                validation: place_validation(
-                                    &mut trainer,
-                                    self.validation.as_ref(),
-                                )?,
+            // Checked when read (`Dataset` and `targets_for`, and again after normalize).
+            Device::Gpu(_) => {
+                match trainer.load_loaded_data(&self.train.x, train_targets.as_targets()) {
+                    Ok(()) => Placement::Device {
+                        rows,
+                        validation: place_validation(&mut trainer, self.validation.as_ref())?,
+                    },
+                    Err(e @ KilnError::OverLimit { .. }) => {
+                        // Streamed: windows of whole batches, each gathered on the host, uploaded
+                        // in one write and its batches gathered on the device. The window's room
+                        // is held before the validation rows take theirs.
+                        let window = (0..=STREAM_WINDOW_BATCHES.ilog2())
+                            .rev()
+                            .map(|p| ((1usize << p) * self.batch).min(rows))
+                            .find_map(|w| Some((w, trainer.check_resident(w).ok()?)));
+                        match window {
+                            Some((window_rows, bytes)) => {
+                                trainer.reserve_resident(bytes);
+                                Placement::Streamed {
+                                    window_rows,
+                                    why: e.to_string(),
+                                    validation: place_validation(
+                                        &mut trainer,
+                                        self.validation.as_ref(),
+                                    )?,
+                                }
                             }
+                            None => Placement::Host { why: e.to_string() },
                         }
-                        None => Placement::Host { why: e.to_string() },
                     }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            },
+            }
             Device::Cpu => Placement::Host {
                 why: "the CPU device reads them where they are".into(),
             },
@@ -250,7 +253,7 @@ fn place_validation(
     let Some(v) = validation else {
         return Ok(ValidationPlacement::None);
     };
-    match trainer.load_validation(&v.x) {
+    match trainer.load_loaded_validation(&v.x) {
         Ok(()) => Ok(ValidationPlacement::Device { rows: v.rows() }),
         Err(e @ KilnError::OverLimit { .. }) => {
             Ok(ValidationPlacement::Host { why: e.to_string() })

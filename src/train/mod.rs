@@ -652,8 +652,15 @@ impl Trainer {
     /// trainer's device, checked once here; [`Trainer::predict_validation`] then predicts
     /// them there without sending them again. Replaces any loaded before.
     pub fn load_validation(&mut self, x: &[f32]) -> Result<()> {
-        let rows = ops::check_rows("validation rows", "x", x.len(), self.model.input())?;
+        ops::check_rows("validation rows", "x", x.len(), self.model.input())?;
         ops::check_finite("validation rows `x`", x)?;
+        self.load_loaded_validation(x)
+    }
+
+    /// [`Trainer::load_validation`] for rows checked when they were read (a `Run`'s): their
+    /// shape is checked, their values not again.
+    pub(crate) fn load_loaded_validation(&mut self, x: &[f32]) -> Result<()> {
+        let rows = ops::check_rows("validation rows", "x", x.len(), self.model.input())?;
         // x and room for every output.
         let outputs = (rows as u64).saturating_mul(self.model.output() as u64);
         let bytes = (x.len() as u64).saturating_add(outputs).saturating_mul(4);
