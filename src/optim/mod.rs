@@ -188,14 +188,14 @@ impl Moments {
     #[inline(always)]
     pub(crate) fn apply(&self, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) -> f32 {
         let s = &self.s;
-        let mut g = if self.maximize { -g } else { g };
-        if s.weight_decay != 0.0 {
-            if self.decoupled {
+        let g = if self.decoupled {
+            if s.weight_decay != 0.0 {
                 *p *= s.decay_factor;
-            } else {
-                g += s.weight_decay * *p;
             }
-        }
+            if self.maximize { -g } else { g }
+        } else {
+            l2_grad(*p, g, s.weight_decay, self.maximize)
+        };
         *m = lerp(*m, g, s.one_minus_beta1);
         *v = *v * s.beta2 + s.one_minus_beta2 * g * g;
         g
@@ -475,8 +475,6 @@ fn number(field: &str, v: &toml::Value) -> Result<f64> {
         .ok_or_else(|| KilnError::invalid(field, format!("expected a number, got {v}")))
 }
 
-/// Deserialises an optimizer's arguments from the rest of its table, naming the table in
-/// errors (unknown keys included).
 /// The gradient of the rules with L2 (coupled) weight decay, as PyTorch forms it: negated
 /// for `maximize`, then `weight_decay * p` added (nothing added at zero, so a -0.0 stays).
 /// The CPU twin of `l2_grad` in update.wgsl.
@@ -498,6 +496,8 @@ fn read_rule<T: UpdateRule + serde::de::DeserializeOwned + 'static>(
     Optimizer::new(parse_args::<T>(kind, table)?)
 }
 
+/// Deserialises an optimizer's arguments from the rest of its table, naming the table in
+/// errors (unknown keys included).
 pub(crate) fn parse_args<T: serde::de::DeserializeOwned>(
     kind: &str,
     table: toml::Table,
