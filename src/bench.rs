@@ -757,11 +757,8 @@ fn bench_epoch(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> 
                 host_time += t0.elapsed().as_secs_f64();
             }
             host.push(host_time / rows.div_ceil(batch) as f64);
-            // The last updates may still be queued: reading the losses submits them.
+            // The last updates may still be queued: reading the losses submits them and waits.
             trainer.losses()?;
-            if let Device::Gpu(ctx) = device {
-                ctx.wait_idle()?;
-            }
             Ok(start.elapsed().as_secs_f64())
         })?;
         let measured = Measured::Epoch {
@@ -771,12 +768,7 @@ fn bench_epoch(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> 
             batch,
             steps_per_submit,
         };
-        let mut r = row(measured, device, t, Timing::Wall);
-        r.gflops = Some(flops / t / 1e9);
-        if matches!(device, Device::Gpu(_)) {
-            r.host_s = Some(median(host.split_off(host.len().saturating_sub(3))));
-        }
-        out.push(r);
+        out.push(wall_row(measured, device, t, flops, host, 3));
     }
     Ok(out)
 }
@@ -804,19 +796,20 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
             }
             Ok(start.elapsed().as_secs_f64())
         })?;
-        let mut measured = Measured::TrainStep {
+        let measured = |resident| Measured::TrainStep {
             input,
             widths: widths.clone(),
             batch,
-            resident: false,
+            resident,
         };
-        let mut r = row(measured.clone(), device, t, Timing::Wall);
-        r.gflops = Some(flops_per_step / t / 1e9);
-        // A CPU step is synchronous: its host time is the step itself.
-        if matches!(device, Device::Gpu(_)) {
-            r.host_s = Some(median(host.split_off(host.len().saturating_sub(REPS))));
-        }
-        rows.push(r);
+        rows.push(wall_row(
+            measured(false),
+            device,
+            t,
+            flops_per_step,
+            host,
+            REPS,
+        ));
 
         // The same batch resident: what a step from a device data set costs, host and device.
         trainer.load_data(&x, Targets::Classes(&labels))?;
@@ -835,17 +828,35 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
             trainer.losses()?;
             Ok(start.elapsed().as_secs_f64() / RESIDENT_RUN as f64)
         })?;
-        if let Measured::TrainStep { resident, .. } = &mut measured {
-            *resident = true;
-        }
-        let mut r = row(measured, device, t, Timing::Wall);
-        r.gflops = Some(flops_per_step / t / 1e9);
-        if matches!(device, Device::Gpu(_)) {
-            r.host_s = Some(median(host.split_off(host.len().saturating_sub(REPS))));
-        }
-        rows.push(r);
+        rows.push(wall_row(
+            measured(true),
+            device,
+            t,
+            flops_per_step,
+            host,
+            REPS,
+        ));
     }
     Ok(rows)
+}
+
+/// A row timed on the wall clock at `t` seconds of `flops` each, and on a GPU the median host
+/// time of its `timed` measured runs (the last of `host`, after the warm-up; a CPU step is
+/// synchronous, its host time the step itself).
+fn wall_row(
+    measured: Measured,
+    device: &Device,
+    t: f64,
+    flops: f64,
+    mut host: Vec<f64>,
+    timed: usize,
+) -> BenchRow {
+    let mut r = row(measured, device, t, Timing::Wall);
+    r.gflops = Some(flops / t / 1e9);
+    if matches!(device, Device::Gpu(_)) {
+        r.host_s = Some(median(host.split_off(host.len().saturating_sub(timed))));
+    }
+    r
 }
 
 /// Fills `gpu_speedup` of the GPU rows with CPU time / GPU time for the same op and shape.
