@@ -8,7 +8,6 @@
 //! or writes what the queued updates use submits them first, so nothing can tell the
 //! difference but the host's time.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kiln_schedule::Observation;
@@ -18,13 +17,12 @@ use super::{LOSS_HISTORY, OptimizerSnapshot, TrainOptions};
 use crate::error::{KilnError, Result};
 use crate::gpu::arena::{Arena, ArenaSplit};
 use crate::gpu::kernels::{self, Launch};
-use crate::gpu::matmul_tiles::TileConfig;
 use crate::gpu::{
     BufferRange, Dispatch, GpuContext, MapReceiver, Recorded, RecordedCopies, encode_pass,
     map_read, wait_mapped,
 };
 use crate::model::{ParamLayout, Sequential};
-use crate::ops::{Loss, MatmulDims, Transpose};
+use crate::ops::Loss;
 use crate::optim::{NO_SKIP, Optimizer, Scalars, UpdateUniform};
 use kiln_schedule::Needs;
 
@@ -53,10 +51,8 @@ pub struct GpuStep {
     /// Resident-data updates queued before one submission (1: each submitted at once).
     steps_per_submit: usize,
     forward_len: usize,
-    /// The batch the buffers were sized for, and the tile shape of each product at that
-    /// batch (see `GpuContext::matmul_tile`).
+    /// The batch the buffers were sized for (and each product's tile shape chosen for).
     max_batch: usize,
-    tiles: HashMap<(MatmulDims, Transpose), TileConfig>,
     history: wgpu::Buffer,
     /// ‖g‖² of every step, slot for slot with `history`.
     grad_norm_history: wgpu::Buffer,
@@ -313,15 +309,12 @@ impl GpuStep {
             "WebGPU caps the alignment at 256 bytes"
         );
         let max_batch = options.max_batch;
-        // Each product's tile shape, chosen (and on a GPU tuned) before anything is allocated: the
-        // tuner's own operands are gone by the time the model's buffers take the memory.
-        let mut tiles = HashMap::new();
-        for instr in program.forward.iter().chain(&program.step) {
+        // Each product's tile shape chosen (and on a GPU tuned) before anything is allocated:
+        // the tuner's own operands are gone by the time the model's buffers take the memory.
+        // The context keeps the choices. The step begins with the forward pass's products.
+        for instr in &program.step {
             if let Instr::Matmul { t, m, n, k, .. } = *instr {
-                let dims = Instr::matmul_dims(m, n, k, max_batch);
-                if let std::collections::hash_map::Entry::Vacant(v) = tiles.entry((dims, t)) {
-                    v.insert(ctx.matmul_tile(dims, t)?);
-                }
+                ctx.matmul_tile(Instr::matmul_dims(m, n, k, max_batch), t)?;
             }
         }
         let widths = model.widths();
@@ -419,7 +412,6 @@ impl GpuStep {
             skip_non_finite: false,
             batch: max_batch,
             max_batch,
-            tiles,
             losses: Vec::new(),
             pending: 0,
             data: None,
@@ -491,14 +483,6 @@ impl GpuStep {
         *self.widths.last().expect("a model has layers")
     }
 
-    /// The tile shape of a product at `max_batch`: chosen when the program was built.
-    fn tile(&self, dims: MatmulDims, t: Transpose) -> Result<TileConfig> {
-        match self.tiles.get(&(dims, t)) {
-            Some(&tile) => Ok(tile),
-            None => self.ctx.matmul_tile(dims, t),
-        }
-    }
-
     /// The launches of one instruction at a batch size, writing into history slot `slot`;
     /// `update` is the optimizer's uniform block. A matmul's tile shape is the one for
     /// `max_batch`, whatever the batch, so a short last batch keeps the recorded pipeline.
@@ -524,7 +508,8 @@ impl GpuStep {
                     t,
                     Instr::matmul_dims(m, n, k, batch),
                     bias.is_some(),
-                    self.tile(Instr::matmul_dims(m, n, k, self.max_batch), t)?,
+                    self.ctx
+                        .matmul_tile(Instr::matmul_dims(m, n, k, self.max_batch), t)?,
                     max_dim,
                 )?;
                 vec![match epilogue {
@@ -828,8 +813,11 @@ impl GpuStep {
         }
         self.set_batch(batch)?;
         let resident = matches!(source, super::Batch::Resident { .. });
-        if let super::Batch::Host { x, targets } = source {
-            self.upload_batch(x, targets, None)?;
+        if let super::Batch::Host { .. } = source {
+            // `Trainer` uploads a host batch before the update (`upload_batch`).
+            return Err(KilnError::Gpu(
+                "internal: a host batch reached the GPU step before its upload".into(),
+            ));
         }
         let slot = self.pending as u32;
         let update = UpdateUniform {
