@@ -248,50 +248,14 @@ impl CpuStep {
     /// borrowed; no kernel reads the vector it writes.
     fn exec(&mut self, instr: &Instr, b: &StepInput<'_>) -> Result<()> {
         let rows = b.rows;
-        // A product with an activation folded in runs as the two instructions it replaced.
-        if let Instr::Matmul {
-            t,
-            a,
-            b: w,
-            bias,
-            c,
-            m,
-            n,
-            k,
-            epilogue,
-        } = *instr
+        // The CPU runs the program unfused (`Trainer::new`): the GPU's fused products are
+        // held to these separate instructions.
+        if let Instr::Matmul { epilogue, .. } = instr
+            && *epilogue != Epilogue::None
         {
-            let plain = |c| Instr::Matmul {
-                t,
-                a,
-                b: w,
-                bias,
-                c,
-                m,
-                n,
-                k,
-                epilogue: Epilogue::None,
-            };
-            let cols = n.at(rows);
-            match epilogue {
-                Epilogue::None => {}
-                Epilogue::Activation { act, y } => {
-                    self.exec(&plain(c), b)?;
-                    return self.exec(&Instr::ActForward { act, x: c, y, cols }, b);
-                }
-                Epilogue::ActivationGrad { act, x, y, product } => {
-                    self.exec(&plain(product), b)?;
-                    let back = Instr::ActBackward {
-                        act,
-                        x,
-                        y,
-                        dy: product,
-                        dx: c,
-                        cols,
-                    };
-                    return self.exec(&back, b);
-                }
-            }
+            return Err(crate::error::KilnError::Gpu(
+                "internal: a fused product reached the CPU device".into(),
+            ));
         }
         let out_slot = match *instr {
             Instr::Matmul { c, .. } => c,

@@ -308,10 +308,10 @@ impl Trainer {
             crate::device::check_max_norm(max_norm)?;
         }
         let needs = per_update_needs(&schedule, options.schedule_interval);
-        // The CPU device runs a fused product and its activation one after the other, the same
-        // numbers either way.
+        // The CPU device runs the plain program, the reference the GPU's fused products are
+        // held to.
         let fuse = match device {
-            Device::Cpu => true,
+            Device::Cpu => false,
             Device::Gpu(ctx) => ctx.fuses_activations(),
         };
         let program = Program::new(

@@ -96,8 +96,8 @@ pub enum Epilogue {
     Activation { act: Activation, y: Slot },
     /// The backward pass's `ActBackward` after the product dX = dY·W: C gets dX·act'(·)
     /// straight away, act' read from the layer's input `x` or output `y` as the activation's
-    /// backward reads it; `product` is where dX alone went before (the CPU still puts it
-    /// there).
+    /// backward reads it; `product` is where dX alone went before fusing (nothing may read
+    /// it after: `fuse_activations` checks).
     ActivationGrad {
         act: Activation,
         x: Slot,
