@@ -615,6 +615,12 @@ impl Trainer {
         self.predict_loaded(x)
     }
 
+    /// Device bytes to predict `rows` rows `x` there: the rows and room for every output.
+    fn prediction_bytes(&self, x: &[f32], rows: usize) -> u64 {
+        let outputs = (rows as u64).saturating_mul(self.model.output() as u64);
+        (x.len() as u64).saturating_add(outputs).saturating_mul(4)
+    }
+
     /// [`Trainer::predict`] for rows checked when they were loaded (a `Run`'s validation
     /// rows): their shape is checked, their values not again at every evaluation.
     pub(crate) fn predict_loaded(&mut self, x: &[f32]) -> Result<Vec<f32>> {
@@ -623,8 +629,7 @@ impl Trainer {
         // More rows than a batch on a GPU: up in one write, predicted there, back in one read,
         // when they fit beside what the device holds; else batch by batch.
         if rows > self.options.max_batch && matches!(self.backend, Backend::Gpu(_)) {
-            let outputs = (rows as u64).saturating_mul(self.model.output() as u64);
-            let bytes = (x.len() as u64).saturating_add(outputs).saturating_mul(4);
+            let bytes = self.prediction_bytes(x, rows);
             let resident = self.resident.0.saturating_add(self.resident.1);
             if self
                 .check_device_room("prediction rows", bytes, resident)
@@ -661,9 +666,7 @@ impl Trainer {
     /// shape is checked, their values not again.
     pub(crate) fn load_loaded_validation(&mut self, x: &[f32]) -> Result<()> {
         let rows = ops::check_rows("validation rows", "x", x.len(), self.model.input())?;
-        // x and room for every output.
-        let outputs = (rows as u64).saturating_mul(self.model.output() as u64);
-        let bytes = (x.len() as u64).saturating_add(outputs).saturating_mul(4);
+        let bytes = self.prediction_bytes(x, rows);
         self.check_device_room("validation rows", bytes, self.resident.0)?;
         // The device lets the old rows go before it loads these.
         self.validation_rows = None;
