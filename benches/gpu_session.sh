@@ -7,7 +7,7 @@
 #   cp -r ../shared/data/mnist gpubin/
 # then run `bash benches/gpu_session.sh` there with carry [".gl", "gpubin"] (KILN=path runs
 # another build).
-# Writes nvidia-smi.txt, devices.txt, tune.txt, kiln.json, torch.json, side_by_side.md,
+# Writes nvidia-smi.txt, devices.txt, tune.txt, kiln.json, profile.txt, torch.json, side_by_side.md,
 # mnist.txt (benches/mnist.toml on the GPU and the CPU device, and PyTorch's twin),
 # big-models.txt (models over one binding, and a 1B-parameter MLP), tiles.txt (the matmul rows
 # with each tile shape forced) and the tile cache, packed into $OUT/kiln-gpu-session.tgz (the device tool
@@ -21,6 +21,8 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 "$kiln" devices | tee "$out/devices.txt"
 "$kiln" tune | tee "$out/tune.txt"
 "$kiln" bench --device both --activations both --json > "$out/kiln.json"
+# Where each step's time goes, as a table to read (the same rows are in kiln.json).
+"$kiln" bench --device gpu --activations both --ops profile > "$out/profile.txt" 2>&1 || true
 python3 benches/pytorch_reference.py --json > "$out/torch.json"
 python3 benches/pytorch_reference.py --kiln "$out/kiln.json" --torch "$out/torch.json" \
     > "$out/side_by_side.md"

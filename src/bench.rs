@@ -23,7 +23,7 @@ use crate::model::{Layer, Sequential};
 use crate::ops::{Activation, Loss, MatmulDims, Targets, Transpose};
 use crate::optim::{self, Optimizer, UpdateRule};
 use crate::schedule::Scheduler;
-use crate::train::{TrainOptions, Trainer};
+use crate::train::{ProfileMode, TrainOptions, Trainer};
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,15 +39,19 @@ pub enum BenchOp {
     Epoch,
     /// A plain copy kernel: the device's bandwidth.
     Copy,
+    /// The training steps of [`BenchOp::TrainStep`] from resident data, kernel by kernel
+    /// ([`Trainer::profile`]): where a step's time goes.
+    Profile,
 }
 
 impl BenchOp {
     /// Every op, in report order.
-    pub const ALL: [BenchOp; 5] = [
+    pub const ALL: [BenchOp; 6] = [
         BenchOp::Copy,
         BenchOp::Matmul,
         BenchOp::Optimizers,
         BenchOp::TrainStep,
+        BenchOp::Profile,
         BenchOp::Epoch,
     ];
 
@@ -59,6 +63,7 @@ impl BenchOp {
             BenchOp::TrainStep => "train_step",
             BenchOp::Epoch => "epoch",
             BenchOp::Copy => "copy",
+            BenchOp::Profile => "profile",
         }
     }
 
@@ -71,7 +76,8 @@ impl BenchOp {
                 KilnError::invalid(
                     "ops",
                     format!(
-                        "unknown op {name:?}; ops: matmul, optimizers, train_step, epoch, copy"
+                        "unknown op {name:?}; ops: matmul, optimizers, train_step, profile, \
+                         epoch, copy"
                     ),
                 )
             })
@@ -129,6 +135,20 @@ pub enum Measured {
         /// Updates a GPU submits together (`Trainer::set_steps_per_submit`).
         steps_per_submit: usize,
     },
+    /// One part of a resident training step of an MLP, timed on its own
+    /// ([`crate::train::ProfileMode::Kernels`]); or the whole step in its one pass ("whole
+    /// update"), or the sum of its parts' medians ("sum of kernels").
+    Kernel {
+        /// Input width.
+        input: usize,
+        /// Width of each dense layer (ReLU between them).
+        widths: Vec<usize>,
+        /// Rows per step.
+        batch: usize,
+        /// Which part ([`crate::train::KernelTime::kernel`]), with its place in the step
+        /// ("03 matmul 256x1024x784 nt + relu").
+        kernel: String,
+    },
 }
 
 impl Measured {
@@ -143,6 +163,7 @@ impl Measured {
             } => "train_step",
             Measured::TrainStep { resident: true, .. } => "resident_step",
             Measured::Epoch { .. } => "epoch",
+            Measured::Kernel { .. } => "kernel",
         }
     }
 
@@ -165,6 +186,12 @@ impl Measured {
                 batch,
                 ..
             } => format!("{} batch {batch}", layers_text(*input, widths)),
+            Measured::Kernel {
+                input,
+                widths,
+                batch,
+                kernel,
+            } => format!("{} batch {batch}: {kernel}", layers_text(*input, widths)),
             Measured::Epoch {
                 rows,
                 input,
@@ -490,6 +517,7 @@ pub fn run(device: &Device, ops: &[BenchOp], options: BenchOptions) -> Result<Ve
             BenchOp::Optimizers => rows.extend(bench_optimizers(device, options)?),
             BenchOp::TrainStep => rows.extend(bench_train_step(device, options)?),
             BenchOp::Epoch => rows.extend(bench_epoch(device, options)?),
+            BenchOp::Profile => rows.extend(bench_profile(device, options)?),
         }
     }
     // An update is bandwidth-bound: compare its bytes per second with the copy's of as many
@@ -776,14 +804,19 @@ fn bench_epoch(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> 
 /// Steps a resident-step row times per measurement: the queue fills and drains as in an epoch.
 const RESIDENT_RUN: usize = 20;
 
-fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
+/// The MLP steps `train_step` and `profile` measure: (input, widths, batch).
+fn step_cases(options: BenchOptions) -> Vec<(usize, Vec<usize>, usize)> {
     let mut cases = vec![(64usize, vec![128usize, 10], 32usize)];
     if !options.quick {
         cases.push((784, vec![1024, 1024, 10], 256));
         cases.push((784, vec![1024, 1024, 10], 1024));
     }
+    cases
+}
+
+fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
-    for (input, widths, batch) in cases {
+    for (input, widths, batch) in step_cases(options) {
         let (mut trainer, flops_per_step) = bench_trainer(device, input, &widths, batch, batch)?;
         let (x, labels) = synthetic(batch, input, widths[widths.len() - 1]);
         let mut host = Vec::new();
@@ -835,6 +868,80 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
             flops_per_step,
             host,
             REPS,
+        ));
+    }
+    Ok(rows)
+}
+
+/// Each `train_step` case's resident step, part by part: the median of each part over REPS
+/// profiled updates after warm-up, their sum, and the whole update timed in its one pass.
+/// On a GPU the times are GPU time from timestamps (none without them); on the CPU device
+/// wall time.
+fn bench_profile(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> {
+    if let Device::Gpu(ctx) = device
+        && !ctx.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+    {
+        log::warn!("{} has no timestamp queries: no profile rows", ctx.name());
+        return Ok(Vec::new());
+    }
+    let timing = match device {
+        Device::Gpu(_) => Timing::Timestamp,
+        Device::Cpu => Timing::Wall,
+    };
+    let mut rows = Vec::new();
+    for (input, widths, batch) in step_cases(options) {
+        let (mut trainer, _) = bench_trainer(device, input, &widths, batch, batch)?;
+        let (x, labels) = synthetic(batch, input, widths[widths.len() - 1]);
+        trainer.load_data(&x, Targets::Classes(&labels))?;
+        trainer.set_order(&(0..batch as u32).collect::<Vec<_>>())?;
+        for _ in 0..2 {
+            trainer.step_data(0, batch)?;
+        }
+        trainer.losses()?;
+        let mut parts: Vec<crate::train::KernelTime> = Vec::new();
+        let mut times: Vec<Vec<f64>> = Vec::new();
+        for _ in 0..REPS {
+            parts = trainer.profile(ProfileMode::Kernels, |t| t.step_data(0, batch))?;
+            times.resize(parts.len(), Vec::new());
+            for (t, p) in times.iter_mut().zip(&parts) {
+                t.push(p.seconds);
+            }
+        }
+        let mut whole = Vec::new();
+        for _ in 0..REPS {
+            let p = trainer.profile(ProfileMode::Update, |t| t.step_data(0, batch))?;
+            whole.extend(p.iter().map(|k| k.seconds));
+        }
+        let measured = |kernel: String| Measured::Kernel {
+            input,
+            widths: widths.clone(),
+            batch,
+            kernel,
+        };
+        let mut sum = 0.0;
+        for (i, (part, t)) in parts.iter().zip(times).enumerate() {
+            let t = median(t);
+            sum += t;
+            let mut r = row(
+                measured(format!("{i:02} {}", part.kernel)),
+                device,
+                t,
+                timing,
+            );
+            r.tiles = part.tile;
+            if let Some(flops) = part.flops {
+                let gflops = flops / t / 1e9;
+                r.gflops = Some(gflops);
+                r.pct_peak = fp32_peak_gflops(r.device.adapter()).map(|p| 100.0 * gflops / p);
+            }
+            rows.push(r);
+        }
+        rows.push(row(measured("sum of kernels".into()), device, sum, timing));
+        rows.push(row(
+            measured("whole update".into()),
+            device,
+            median(whole),
+            timing,
         ));
     }
     Ok(rows)

@@ -96,3 +96,56 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
         assert!(r.gbps.unwrap() > 0.0 && r.pct_peak.unwrap() > 0.0, "{r:?}");
     }
 }
+
+/// `--ops profile`: the resident step of the train_step case, kernel by kernel in the order it
+/// runs (GPU timestamps; wall time on the CPU device), each product with its rate and on the GPU
+/// its tile, then the parts' sum and the whole update.
+#[test]
+fn profile_rows_take_a_step_apart_on_each_device() {
+    let Some(ctx) = common::gpu() else { return };
+    let timestamps = ctx.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+    let options = BenchOptions { quick: true };
+    for device in [Device::Gpu(ctx), Device::Cpu] {
+        let rows = bench::run(&device, &[BenchOp::Profile], options).unwrap();
+        let gpu = matches!(device, Device::Gpu(_));
+        if gpu && !timestamps {
+            assert!(rows.is_empty(), "{rows:?}");
+            continue;
+        }
+        let shapes: Vec<String> = rows.iter().map(|r| r.measured.shape()).collect();
+        assert!(
+            rows.iter().all(|r| r.measured.op() == "kernel"),
+            "{shapes:?}"
+        );
+        assert_eq!(shapes[0], "64->128->10 batch 32: 00 gather batch");
+        assert!(
+            shapes[1].starts_with("64->128->10 batch 32: 01 matmul 32x128x64 nt"),
+            "{shapes:?}"
+        );
+        let n = rows.len();
+        assert_eq!(
+            shapes[n - 3],
+            format!("64->128->10 batch 32: {:02} sgd update", n - 3)
+        );
+        assert_eq!(shapes[n - 2], "64->128->10 batch 32: sum of kernels");
+        assert_eq!(shapes[n - 1], "64->128->10 batch 32: whole update");
+        let sum: f64 = rows[..n - 2].iter().map(|r| r.median_s).sum();
+        assert!(
+            (rows[n - 2].median_s - sum).abs() <= 1e-12 * sum.max(1.0),
+            "{rows:?}"
+        );
+        assert!(
+            rows[n - 2].median_s > 0.0 && rows[n - 1].median_s > 0.0,
+            "{rows:?}"
+        );
+        for r in &rows {
+            // A part can be shorter than a coarse clock's tick.
+            assert!(r.median_s >= 0.0 && r.median_s.is_finite(), "{r:?}");
+            let want = if gpu { Timing::Timestamp } else { Timing::Wall };
+            assert_eq!(r.timing, want, "{r:?}");
+            let product = r.measured.shape().contains("matmul");
+            assert_eq!(r.gflops.is_some(), product, "{r:?}");
+            assert_eq!(r.tiles.is_some(), product && gpu, "{r:?}");
+        }
+    }
+}

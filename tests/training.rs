@@ -788,3 +788,125 @@ fn fused_activations_train_like_separate_ones() {
         assert_eq!(bits(&a.1), bits(&b.1), "fused parameters, bit for bit");
     }
 }
+
+/// A profiled update is a real one, unchanged by being timed: a trainer that profiles some of
+/// its updates (kernel by kernel, or whole; from host batches and resident ones, with resident
+/// updates queued before) ends with the losses and parameters of one that does not, to the
+/// bit. Each profile names the kernels the update ran, in order, with their times.
+fn profiled_updates_train_like_plain_ones(device: &Device) {
+    use kiln::train::ProfileMode;
+    let rows = 14;
+    let x = common::random(rows * 5, -1.0, 1.0, 51);
+    let labels = common::random_labels(rows, 3, 52);
+    let model = Sequential::new(
+        5,
+        vec![
+            Layer::Dense { out: 7 },
+            Layer::Activation(Activation::Relu),
+            Layer::Dense { out: 3 },
+        ],
+        Loss::CrossEntropy,
+    )
+    .unwrap();
+    let opts = TrainOptions {
+        max_batch: 6,
+        ..options()
+    };
+    let new = || {
+        let mut t = Trainer::new(
+            device,
+            model.clone(),
+            opts.clone(),
+            Scheduler::fixed(0.05).unwrap(),
+        )
+        .unwrap();
+        t.load_data(&x, Targets::Classes(&labels)).unwrap();
+        t.set_order(&(0..rows as u32).rev().collect::<Vec<_>>())
+            .unwrap();
+        t
+    };
+    let (mut plain, mut profiled) = (new(), new());
+    let host_x = &x[..6 * 5];
+    let host_labels = Targets::Classes(&labels[..6]);
+
+    // Queued resident updates first, then a host batch timed kernel by kernel.
+    for t in [&mut plain, &mut profiled] {
+        t.step_data(0, 6).unwrap();
+        t.step_data(6, 6).unwrap();
+    }
+    plain.step(host_x, host_labels).unwrap();
+    let kernels = profiled
+        .profile(ProfileMode::Kernels, |t| t.step(host_x, host_labels))
+        .unwrap();
+    let names: Vec<&str> = kernels.iter().map(|k| k.kernel.as_str()).collect();
+    assert!(names[0].starts_with("matmul 6x7x5 nt"), "{names:?}");
+    assert!(names.contains(&"loss 6x3"), "{names:?}");
+    assert_eq!(names.last(), Some(&"sgd update"), "{names:?}");
+    // Two dense layers: two forward products, two dW, one dX (the input's is not needed).
+    let products: Vec<&kiln::train::KernelTime> = kernels
+        .iter()
+        .filter(|k| k.kernel.starts_with("matmul"))
+        .collect();
+    assert_eq!(products.len(), 5, "{names:?}");
+    assert_eq!(products[0].flops, Some(2.0 * 6.0 * 7.0 * 5.0));
+    for k in &kernels {
+        assert!(k.seconds.is_finite() && k.seconds >= 0.0, "{k:?}");
+        let is_product = k.kernel.starts_with("matmul");
+        assert_eq!(k.flops.is_some(), is_product, "{k:?}");
+        assert_eq!(
+            k.tile.is_some(),
+            is_product && matches!(device, Device::Gpu(_)),
+            "{k:?}"
+        );
+    }
+    assert!(kernels.iter().map(|k| k.seconds).sum::<f64>() > 0.0);
+
+    // A short resident batch, kernel by kernel: its gathers come first.
+    plain.step_data(12, 2).unwrap();
+    let kernels = profiled
+        .profile(ProfileMode::Kernels, |t| t.step_data(12, 2))
+        .unwrap();
+    assert_eq!(kernels[0].kernel, "gather batch");
+    assert!(
+        kernels[1].kernel.starts_with("matmul 2x7x5 nt"),
+        "{kernels:?}"
+    );
+
+    // Whole: one entry.
+    plain.step_data(0, 6).unwrap();
+    let whole = profiled
+        .profile(ProfileMode::Update, |t| t.step_data(0, 6))
+        .unwrap();
+    assert_eq!(whole.len(), 1, "{whole:?}");
+    assert_eq!(whole[0].kernel, "whole update");
+    assert!(whole[0].seconds > 0.0, "{whole:?}");
+
+    // No update, or a failing one: an error, and the next update is not timed by surprise.
+    let e = profiled
+        .profile(ProfileMode::Kernels, |t| t.losses().map(|_| ()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ran no update"), "{e}");
+    let e = profiled
+        .profile(ProfileMode::Kernels, |t| t.step_data(12, 6))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rows 12..12+6"), "{e}");
+    for t in [&mut plain, &mut profiled] {
+        t.step_data(6, 6).unwrap();
+    }
+
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(plain.losses().unwrap()),
+        bits(profiled.losses().unwrap())
+    );
+    assert_eq!(
+        bits(&plain.parameters().unwrap()),
+        bits(&profiled.parameters().unwrap())
+    );
+}
+test_device!(
+    profiled_updates_match_plain_ones,
+    super::profiled_updates_train_like_plain_ones
+);

@@ -6,7 +6,7 @@ pub mod arena;
 pub mod kernels;
 pub mod matmul_tiles;
 mod ops;
-pub use ops::encode_pass;
+pub use ops::{Timestamps, encode_pass};
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;

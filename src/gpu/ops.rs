@@ -29,9 +29,17 @@ pub fn encode_pass<'a>(
     encoder: &mut wgpu::CommandEncoder,
     dispatches: impl IntoIterator<Item = &'a Dispatch>,
 ) {
+    encode_pass_with(encoder, dispatches, None);
+}
+
+fn encode_pass_with<'a>(
+    encoder: &mut wgpu::CommandEncoder,
+    dispatches: impl IntoIterator<Item = &'a Dispatch>,
+    timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+) {
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("kiln"),
-        timestamp_writes: None,
+        timestamp_writes,
     });
     for d in dispatches {
         pass.set_pipeline(&d.pipeline.pipeline);
@@ -40,7 +48,92 @@ pub fn encode_pass<'a>(
     }
 }
 
+/// Pairs of timestamp queries, each around one compute pass, and the buffer they resolve into.
+pub struct Timestamps {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    pairs: u32,
+    /// Nanoseconds per tick.
+    period: f64,
+}
+
+/// Timestamps one query set holds (wgpu's `QUERY_SET_MAX_QUERIES`).
+const MAX_TIMESTAMPS: usize = 4096;
+
+impl Timestamps {
+    /// Records `dispatches` as one compute pass between the timestamps of pair `pair`.
+    pub fn encode_pass<'a>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dispatches: impl IntoIterator<Item = &'a Dispatch>,
+        pair: u32,
+    ) {
+        debug_assert!(pair < self.pairs);
+        encode_pass_with(
+            encoder,
+            dispatches,
+            Some(wgpu::ComputePassTimestampWrites {
+                query_set: &self.queries,
+                beginning_of_pass_write_index: Some(2 * pair),
+                end_of_pass_write_index: Some(2 * pair + 1),
+            }),
+        );
+    }
+
+    /// Records the copy of every timestamp into the buffer [`Timestamps::read`] reads.
+    pub fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.queries, 0..2 * self.pairs, &self.resolve, 0);
+    }
+
+    /// Seconds between the timestamps of each pair, once the GPU has run what was resolved
+    /// (waits for it).
+    pub fn read(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
+        let raw: Vec<f32> = ctx.read_back(&self.resolve, 0, 4 * self.pairs as usize)?;
+        // Read as f32s, so only 4-byte aligned: each tick taken out byte by byte.
+        let bytes: &[u8] = bytemuck::cast_slice(&raw);
+        let tick = |i: usize| bytemuck::pod_read_unaligned::<u64>(&bytes[8 * i..8 * i + 8]);
+        Ok((0..self.pairs as usize)
+            .map(|p| tick(2 * p + 1).saturating_sub(tick(2 * p)) as f64 * self.period * 1e-9)
+            .collect())
+    }
+}
+
 impl GpuContext {
+    /// `pairs` pairs of timestamp queries; an error if the adapter has none, or if one query
+    /// set cannot hold them.
+    pub fn timestamps(&self, pairs: usize) -> Result<Timestamps> {
+        if !self.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(crate::KilnError::Gpu(format!(
+                "{} has no timestamp queries, which timing on the GPU needs",
+                self.name()
+            )));
+        }
+        if pairs == 0 || 2 * pairs > MAX_TIMESTAMPS {
+            return Err(crate::KilnError::invalid(
+                "timestamps",
+                format!(
+                    "{pairs} passes to time; one query set times 1 to {}",
+                    MAX_TIMESTAMPS / 2
+                ),
+            ));
+        }
+        Ok(Timestamps {
+            queries: self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kiln.timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * pairs as u32,
+            }),
+            resolve: self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kiln.timing.resolve"),
+                size: 16 * pairs as u64,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            pairs: pairs as u32,
+            period: self.queue.get_timestamp_period() as f64,
+        })
+    }
+
     /// Records `launch` over `buffers`, with a new uniform block holding its parameters bound
     /// last.
     pub fn record(&self, launch: &Launch, buffers: &[BufferRange<'_>]) -> Recorded {
@@ -120,41 +213,13 @@ impl GpuContext {
             })?;
             return Ok((t, Timing::Wall));
         }
-        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("kiln.timing"),
-            ty: wgpu::QueryType::Timestamp,
-            count: 2,
-        });
-        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kiln.timing.resolve"),
-            size: 16,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let period = self.queue.get_timestamp_period() as f64;
+        let timestamps = self.timestamps(1)?;
         let t = measure(warmup, reps, || {
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("kiln.timing"),
-                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                        query_set: &queries,
-                        beginning_of_pass_write_index: Some(0),
-                        end_of_pass_write_index: Some(1),
-                    }),
-                });
-                pass.set_pipeline(&dispatch.pipeline.pipeline);
-                pass.set_bind_group(dispatch.pipeline.group, &dispatch.bind_group, &[]);
-                let [x, y, z] = dispatch.grid;
-                pass.dispatch_workgroups(x, y, z);
-            }
-            encoder.resolve_query_set(&queries, 0..2, &resolve, 0);
-            self.queue.submit([encoder.finish()]);
-            let raw: Vec<f32> = self.read_back(&resolve, 0, 4)?;
-            let bytes: &[u8] = bytemuck::cast_slice(&raw);
-            let tick =
-                |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-            Ok(tick(1).saturating_sub(tick(0)) as f64 * period * 1e-9)
+            timestamps.encode_pass(&mut encoder, [dispatch], 0);
+            timestamps.resolve(&mut encoder);
+            self.submit_encoder(encoder)?;
+            Ok(timestamps.read(self)?[0])
         })?;
         Ok((t, Timing::Timestamp))
     }

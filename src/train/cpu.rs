@@ -1,6 +1,9 @@
 //! The training step on the CPU device: the step's program interpreted over host vectors with
 //! the CPU twins of the kernels.
 
+use std::time::Instant;
+
+use super::profile::{GATHER, KernelTime, ProfileMode, WHOLE_UPDATE};
 use super::program::{Epilogue, Instr, Program, Slot};
 use super::{OptimizerSnapshot, TrainOptions};
 use crate::cpu;
@@ -37,6 +40,9 @@ pub struct CpuStep {
     gathered: (Vec<f32>, Vec<f32>),
     /// Rows `Trainer::load_validation` gave.
     validation: Option<Vec<f32>>,
+    /// How to time the next update, when a profile was asked for; then its times.
+    profile: Option<ProfileMode>,
+    profiled: Option<Vec<KernelTime>>,
 }
 
 /// A data set held for `Trainer::step_data`: inputs, targets as f32, the batch order.
@@ -89,16 +95,53 @@ impl CpuStep {
             data: None,
             gathered: (Vec::new(), Vec::new()),
             validation: None,
+            profile: None,
+            profiled: None,
         }
     }
 
+    /// Times the next update as `mode` says (see `Trainer::profile`).
+    pub fn profile_next(&mut self, mode: ProfileMode) {
+        self.profile = Some(mode);
+        self.profiled = None;
+    }
+
+    /// The times of the update profiled since `profile_next`, if one ran.
+    pub fn take_profile(&mut self) -> Option<Vec<KernelTime>> {
+        self.profile = None;
+        self.profiled.take()
+    }
+
     pub fn step(&mut self, source: super::Batch<'_>, rows: usize, lr: f64) -> Result<()> {
+        let Some(mode) = self.profile.take() else {
+            return self.step_timed(source, rows, lr, None);
+        };
+        let start = Instant::now();
+        let mut times = Vec::new();
+        let kernels = (mode == ProfileMode::Kernels).then_some(&mut times);
+        self.step_timed(source, rows, lr, kernels)?;
+        if mode == ProfileMode::Update {
+            times.push(KernelTime::new(WHOLE_UPDATE, start.elapsed().as_secs_f64()));
+        }
+        self.profiled = Some(times);
+        Ok(())
+    }
+
+    /// The step, with each kernel's wall time pushed onto `kernels` when given.
+    fn step_timed(
+        &mut self,
+        source: super::Batch<'_>,
+        rows: usize,
+        lr: f64,
+        mut kernels: Option<&mut Vec<KernelTime>>,
+    ) -> Result<()> {
         match source {
-            super::Batch::Host { x, targets } => self.step_on(x, targets, rows, lr),
+            super::Batch::Host { x, targets } => self.step_on(x, targets, rows, lr, kernels),
             super::Batch::Uploaded => Err(crate::error::KilnError::Gpu(
                 "internal: a batch uploaded to a GPU reached the CPU device".into(),
             )),
             super::Batch::Resident { start } => {
+                let gather_start = Instant::now();
                 // The rows gathered from the loaded data, as a GPU step gathers them.
                 let data = self
                     .data
@@ -121,7 +164,13 @@ impl CpuStep {
                 } else {
                     Targets::Values(&y)
                 };
-                let result = self.step_on(&x, targets, rows, lr);
+                if let Some(k) = kernels.as_deref_mut() {
+                    k.push(KernelTime::new(
+                        GATHER,
+                        gather_start.elapsed().as_secs_f64(),
+                    ));
+                }
+                let result = self.step_on(&x, targets, rows, lr, kernels);
                 self.gathered = (x, y);
                 result
             }
@@ -163,7 +212,14 @@ impl CpuStep {
         }
     }
 
-    fn step_on(&mut self, x: &[f32], targets: Targets, rows: usize, lr: f64) -> Result<()> {
+    fn step_on(
+        &mut self,
+        x: &[f32],
+        targets: Targets,
+        rows: usize,
+        lr: f64,
+        mut kernels: Option<&mut Vec<KernelTime>>,
+    ) -> Result<()> {
         let batch = StepInput {
             x,
             targets,
@@ -174,7 +230,17 @@ impl CpuStep {
         // needs mutably.
         for i in 0..self.program.step.len() {
             let instr = self.program.step[i];
+            let start = Instant::now();
             self.exec(&instr, &batch)?;
+            if let Some(k) = kernels.as_deref_mut() {
+                k.push(KernelTime {
+                    flops: instr.flops(rows),
+                    ..KernelTime::new(
+                        instr.name(rows, self.optimizer.name()),
+                        start.elapsed().as_secs_f64(),
+                    )
+                });
+            }
         }
         Ok(())
     }

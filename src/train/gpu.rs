@@ -12,14 +12,15 @@ use std::sync::{Arc, Mutex};
 
 use kiln_schedule::Observation;
 
+use super::profile::{GATHER, KernelTime, ProfileMode, WHOLE_UPDATE};
 use super::program::{Epilogue, Instr, Program, Slot};
 use super::{LOSS_HISTORY, OptimizerSnapshot, TrainOptions};
 use crate::error::{KilnError, Result};
 use crate::gpu::arena::{Arena, ArenaSplit};
 use crate::gpu::kernels::{self, Launch};
 use crate::gpu::{
-    BufferRange, Dispatch, GpuContext, MapReceiver, Recorded, RecordedCopies, encode_pass,
-    map_read, wait_mapped,
+    BufferRange, Dispatch, GpuContext, MapReceiver, Recorded, RecordedCopies, Timestamps,
+    encode_pass, map_read, wait_mapped,
 };
 use crate::model::{ParamLayout, Sequential};
 use crate::ops::Loss;
@@ -143,6 +144,32 @@ struct Queued {
     /// Whether the queued updates gather their batches on the device (else the host wrote
     /// the one queued update's batch).
     resident: bool,
+    /// How to time the next submission, when a profile was asked for; then what it timed.
+    profile: Option<ProfileMode>,
+    profiled: Option<Profiled>,
+}
+
+/// A submission timed for a profile: what each pair of timestamps was around.
+struct Profiled {
+    timestamps: Timestamps,
+    parts: Vec<KernelTime>,
+}
+
+/// An update's dispatches for one instruction of the step (or, with no instruction, the
+/// gathers of a resident batch): those recorded once, then those of the update's own copy.
+struct LaunchGroup<'a> {
+    instr: Option<&'a Instr>,
+    shared: &'a [Recorded],
+    per_update: &'a [Dispatch],
+}
+
+impl<'a> LaunchGroup<'a> {
+    fn dispatches(&self) -> impl Iterator<Item = &'a Dispatch> + use<'a> {
+        self.shared
+            .iter()
+            .map(|r| &r.dispatch)
+            .chain(self.per_update)
+    }
 }
 
 /// The most updates one submission carries; `Trainer::set_steps_per_submit` picks up to this.
@@ -401,6 +428,8 @@ impl GpuStep {
                 gathers: None,
                 count: 0,
                 resident: false,
+                profile: None,
+                profiled: None,
             }),
             steps_per_submit: DEFAULT_STEPS_PER_SUBMIT,
             forward_len: program.forward.len(),
@@ -866,6 +895,8 @@ impl GpuStep {
         }
         queued.count += 1;
         queued.resident = resident;
+        // A profiled update goes to the GPU alone.
+        let profiled = queued.profile.is_some();
         self.pending += 1;
         self.updates += 1;
 
@@ -891,7 +922,7 @@ impl GpuStep {
             o.mapped = Some(map_read(&o.buffer.slice(..)));
             o.submission = Some(index);
             o.update = update_index;
-        } else if !resident || copy + 1 >= self.queue_capacity() {
+        } else if !resident || profiled || copy + 1 >= self.queue_capacity() {
             self.submit_queued()?;
         }
         Ok(())
@@ -928,6 +959,7 @@ impl GpuStep {
         if queued.count == 0 {
             return Ok(None);
         }
+        let profile = queued.profile.take();
         let gathers = match (&queued.gathers, queued.resident) {
             (Some(g), true) => {
                 g.upload(&self.ctx.queue, queued.count);
@@ -938,21 +970,131 @@ impl GpuStep {
         };
         queued.program.upload(&self.ctx.queue, queued.count);
         let program = &queued.program;
-        let dispatches = (0..queued.count).flat_map(|k| {
-            let gather = gathers.into_iter().flat_map(move |g| g.dispatches(k));
-            let step = self.step.iter().flat_map(move |(_, r)| {
-                let (shared, per_update): (&[Recorded], &[Dispatch]) = match r {
-                    Recording::Shared(recorded) => (recorded, &[]),
-                    Recording::PerUpdate(range) => (&[], &program.dispatches(k)[range.clone()]),
-                };
-                shared.iter().map(|r| &r.dispatch).chain(per_update)
-            });
-            gather.chain(step)
-        });
-        let submitted = self.ctx.submit_then(dispatches, after);
+        let groups = (0..queued.count).flat_map(|k| self.launch_groups(program, gathers, k));
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        let profiled = match profile {
+            None => {
+                encode_pass(&mut encoder, groups.flat_map(|g| g.dispatches()));
+                None
+            }
+            Some(mode) => Some(self.encode_profiled(&mut encoder, groups, mode)?),
+        };
+        after(&mut encoder);
+        let submitted = self.ctx.submit_encoder(encoder);
         // Gone to the GPU or failed there: either way they are no longer queued.
         queued.count = 0;
+        queued.profiled = profiled;
         submitted.map(Some)
+    }
+
+    /// Update `k`'s launches in order: a resident batch's gathers, then each instruction's.
+    fn launch_groups<'a>(
+        &'a self,
+        program: &'a RecordedCopies,
+        gathers: Option<&'a RecordedCopies>,
+        k: usize,
+    ) -> impl Iterator<Item = LaunchGroup<'a>> + 'a {
+        let gather = gathers.map(|g| LaunchGroup {
+            instr: None,
+            shared: &[],
+            per_update: g.dispatches(k),
+        });
+        let step = self.step.iter().map(move |(instr, r)| {
+            let (shared, per_update): (&[Recorded], &[Dispatch]) = match r {
+                Recording::Shared(recorded) => (recorded, &[]),
+                Recording::PerUpdate(range) => (&[], &program.dispatches(k)[range.clone()]),
+            };
+            LaunchGroup {
+                instr: Some(instr),
+                shared,
+                per_update,
+            }
+        });
+        gather.into_iter().chain(step)
+    }
+
+    /// Records `groups` for a profile: each group in a pass of its own between timestamps
+    /// (`Kernels`), or all in one pass between two (`Update`).
+    fn encode_profiled<'a>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        groups: impl Iterator<Item = LaunchGroup<'a>>,
+        mode: ProfileMode,
+    ) -> Result<Profiled> {
+        let groups: Vec<LaunchGroup<'a>> = groups.collect();
+        let (timestamps, parts) = match mode {
+            ProfileMode::Update => {
+                let timestamps = self.ctx.timestamps(1)?;
+                timestamps.encode_pass(encoder, groups.iter().flat_map(|g| g.dispatches()), 0);
+                (timestamps, vec![KernelTime::new(WHOLE_UPDATE, 0.0)])
+            }
+            ProfileMode::Kernels => {
+                let timestamps = self.ctx.timestamps(groups.len())?;
+                let mut parts = Vec::with_capacity(groups.len());
+                for (pair, g) in groups.iter().enumerate() {
+                    timestamps.encode_pass(encoder, g.dispatches(), pair as u32);
+                    parts.push(self.part(g.instr)?);
+                }
+                (timestamps, parts)
+            }
+        };
+        timestamps.resolve(encoder);
+        Ok(Profiled { timestamps, parts })
+    }
+
+    /// A profile's entry for `instr` (`None`: the gathers), its time still to be read.
+    fn part(&self, instr: Option<&Instr>) -> Result<KernelTime> {
+        let Some(instr) = instr else {
+            return Ok(KernelTime::new(GATHER, 0.0));
+        };
+        let tile = match *instr {
+            Instr::Matmul { t, m, n, k, .. } => Some(
+                self.ctx
+                    .matmul_tile(Instr::matmul_dims(m, n, k, self.max_batch), t)?,
+            ),
+            _ => None,
+        };
+        Ok(KernelTime {
+            flops: instr.flops(self.batch),
+            tile,
+            ..KernelTime::new(instr.name(self.batch, self.optimizer.name()), 0.0)
+        })
+    }
+
+    /// Times the next update as `mode` says (see `Trainer::profile`): what is queued goes
+    /// first, and that update goes to the GPU alone.
+    pub fn profile_next(&mut self, mode: ProfileMode) -> Result<()> {
+        self.submit_queued()?;
+        // Checked now, so that the update itself cannot fail for want of them.
+        self.ctx.timestamps(self.step.len() + 1)?;
+        let queued = self
+            .queued
+            .get_mut()
+            .expect("the queue lock is never poisoned");
+        queued.profile = Some(mode);
+        queued.profiled = None;
+        Ok(())
+    }
+
+    /// The times of the update profiled since `profile_next`, if one was submitted (waits
+    /// for it).
+    pub fn take_profile(&mut self) -> Result<Option<Vec<KernelTime>>> {
+        let queued = self
+            .queued
+            .get_mut()
+            .expect("the queue lock is never poisoned");
+        queued.profile = None;
+        let Some(Profiled { timestamps, parts }) = queued.profiled.take() else {
+            return Ok(None);
+        };
+        let seconds = timestamps.read(&self.ctx)?;
+        Ok(Some(
+            parts
+                .into_iter()
+                .zip(seconds)
+                .map(|(part, seconds)| KernelTime { seconds, ..part })
+                .collect(),
+        ))
     }
 
     /// The loss (and ‖g‖², when computed) of update `update`, one of the last few. Waits only

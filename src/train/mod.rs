@@ -6,6 +6,7 @@
 
 mod cpu;
 mod gpu;
+mod profile;
 pub(crate) mod program;
 
 use kiln_schedule::{Interval, Needs, Observation, Scheduler};
@@ -16,6 +17,7 @@ use crate::model::{ParamLayout, Sequential};
 use crate::ops::{self, Targets};
 use crate::optim::{Optimizer, Scalars};
 pub use gpu::{DEFAULT_STEPS_PER_SUBMIT, MAX_STEPS_PER_SUBMIT};
+pub use profile::{KernelTime, ProfileMode};
 use program::Program;
 
 /// Losses kept on the GPU before a bulk read-back.
@@ -535,6 +537,33 @@ impl Trainer {
         }
         self.steps += 1;
         Ok(lr)
+    }
+
+    /// Times the next update `f` runs (a [`Trainer::step`] or [`Trainer::step_data`]), as
+    /// `mode` says: its kernels one by one, in the order they run, or the update whole. The
+    /// update is a real one: it trains and counts as any other. On a GPU, updates queued
+    /// before it are submitted first and it is submitted alone; the times come from
+    /// timestamp queries (an error on an adapter without them). An error if `f` fails or
+    /// runs no update.
+    pub fn profile<T>(
+        &mut self,
+        mode: ProfileMode,
+        f: impl FnOnce(&mut Trainer) -> Result<T>,
+    ) -> Result<Vec<KernelTime>> {
+        match &mut self.backend {
+            Backend::Cpu(s) => s.profile_next(mode),
+            Backend::Gpu(s) => s.profile_next(mode)?,
+        }
+        let ran = f(self);
+        // Taken whether or not `f` succeeded, so no later update is timed by surprise.
+        let times = match &mut self.backend {
+            Backend::Cpu(s) => Ok(s.take_profile()),
+            Backend::Gpu(s) => s.take_profile(),
+        };
+        ran?;
+        times?.ok_or_else(|| {
+            KilnError::invalid("profile", "the function given to profile ran no update")
+        })
     }
 
     /// With `schedule_interval` "epoch": `scheduler.step()` at the end of an epoch, given the

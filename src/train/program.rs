@@ -132,6 +132,48 @@ impl Instr {
         }
     }
 
+    /// What the launch does at `batch` rows, as a profile names it: "matmul 256x1024x784 nt
+    /// + relu", "relu' 256x1024", "loss 256x10", "sgd update", …
+    pub fn name(&self, batch: usize, optimizer: &str) -> String {
+        match *self {
+            Instr::Matmul {
+                t,
+                m,
+                n,
+                k,
+                epilogue,
+                ..
+            } => {
+                let d = Instr::matmul_dims(m, n, k, batch);
+                let t = format!("{t:?}").to_lowercase();
+                let epilogue = match epilogue {
+                    Epilogue::None => String::new(),
+                    Epilogue::Activation { act, .. } => format!(" + {}", act.name()),
+                    Epilogue::ActivationGrad { act, .. } => format!(" * {}'", act.name()),
+                };
+                format!("matmul {}x{}x{} {t}{epilogue}", d.m, d.n, d.k)
+            }
+            Instr::BiasGrad { cols, .. } => format!("bias grad {batch}x{cols}"),
+            Instr::ActForward { act, cols, .. } => format!("{} {batch}x{cols}", act.name()),
+            Instr::ActBackward { act, cols, .. } => format!("{}' {batch}x{cols}", act.name()),
+            Instr::Loss { cols, .. } => format!("loss {batch}x{cols}"),
+            Instr::GradNorm => "grad norm".into(),
+            Instr::Clip { .. } => "clip grad norm".into(),
+            Instr::Update => format!("{optimizer} update"),
+        }
+    }
+
+    /// Floating-point operations of the launch at `batch` rows, for a product (2·m·n·k).
+    pub fn flops(&self, batch: usize) -> Option<f64> {
+        match *self {
+            Instr::Matmul { m, n, k, .. } => {
+                let d = Instr::matmul_dims(m, n, k, batch);
+                Some(2.0 * d.m as f64 * d.n as f64 * d.k as f64)
+            }
+            _ => None,
+        }
+    }
+
     pub fn matmul_dims(m: Extent, n: Extent, k: Extent, batch: usize) -> MatmulDims {
         MatmulDims {
             m: m.at(batch),

@@ -52,7 +52,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let device_ops: Vec<BenchOp> = ops
             .iter()
             .copied()
-            .filter(|o| !separate_beside_fused || matches!(o, BenchOp::TrainStep | BenchOp::Epoch))
+            .filter(|o| {
+                !separate_beside_fused
+                    || matches!(o, BenchOp::TrainStep | BenchOp::Profile | BenchOp::Epoch)
+            })
             .collect();
         rows.extend(bench::run(device, &device_ops, options)?);
     }

@@ -54,14 +54,15 @@ pub struct BenchArgs {
     pub bounds_checks: String,
     /// Training steps with each elementwise activation fused into the product before it
     /// (the default), run as kernels of their own, or both side by side (the separate rows
-    /// are marked gpu+separate; only train_step and epoch differ).
+    /// are marked gpu+separate; only train_step, profile and epoch differ).
     #[arg(long, default_value = "fused")]
     pub activations: String,
-    /// Comma-separated: matmul, optimizers, train_step, epoch, copy.
+    /// Comma-separated: matmul, optimizers, train_step, profile (the train_step cases' resident
+    /// step kernel by kernel), epoch, copy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "copy,matmul,optimizers,train_step,epoch"
+        default_value = "copy,matmul,optimizers,train_step,profile,epoch"
     )]
     pub ops: Vec<String>,
 }
