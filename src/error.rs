@@ -68,6 +68,19 @@ pub enum KilnError {
         value: f32,
     },
 
+    /// Training produced a loss (or gradient norm) that is not finite where a number is needed
+    /// to go on: a schedule that follows it, an evaluation, an epoch's mean.
+    #[error(
+        "{what} is {value}: training diverged (a lower learning rate or gradient clipping may \
+         help)"
+    )]
+    Diverged {
+        /// Which number, and where in the run.
+        what: String,
+        /// Its value.
+        value: f64,
+    },
+
     /// A class label outside `0..classes`.
     #[error("label {label} at row {row} is out of range for {classes} classes")]
     LabelOutOfRange {

@@ -421,6 +421,44 @@ test_device!(
     super::skipped_updates_do_not_steer_the_schedule
 );
 
+/// Without skipping, a schedule that follows the loss cannot step on one that is not finite:
+/// the update that would read it fails, naming the update whose loss it was, and changes
+/// nothing.
+fn a_followed_loss_that_is_not_finite_is_named(device: &Device) {
+    let model = Sequential::new(2, vec![Layer::Dense { out: 1 }], Loss::Mse).unwrap();
+    let opts = TrainOptions {
+        max_batch: 2,
+        ..Default::default()
+    };
+    let schedule = scheduler("kind = \"loss_adaptive\"\nbeta = 1");
+    let mut trainer = Trainer::new(device, model, opts, schedule).unwrap();
+    let (good, bad) = ([0.5, 0.25, -0.5, 1.0], [1e30, 1e30, -1e30, 1e30]);
+    let y = [1.0, 0.0];
+    for x in [&good, &bad] {
+        trainer.step(x, Targets::Values(&y)).unwrap();
+    }
+    // The schedule reads each update's loss one update late: update 1's, at update 3.
+    trainer.step(&good, Targets::Values(&y)).unwrap();
+    let before = trainer.parameters().unwrap();
+    let e = trainer
+        .step(&good, Targets::Values(&y))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the loss of update 1, which the schedule follows, is inf")
+            && e.contains("training diverged"),
+        "{e}"
+    );
+    assert_eq!(trainer.steps(), 3);
+    // Bit for bit: update 1's step made them NaN.
+    let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(trainer.parameters().unwrap()), bits(before));
+}
+test_device!(
+    a_followed_loss_that_is_not_finite_fails_the_update,
+    super::a_followed_loss_that_is_not_finite_is_named
+);
+
 /// Batches gathered from data loaded on the device (`load_data`, `set_order`, `step_data`)
 /// train exactly as the same batches given from the host: every loss and parameter equal to
 /// the bit, for class labels and for values, a short last batch and a second order included.

@@ -436,6 +436,66 @@ fn a_non_finite_loss_stops_the_run_or_is_skipped() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A run that diverges is stopped at its first loss that is not finite, whatever trips over
+/// it first (an evaluation of the ruined parameters, a schedule that follows the loss), with
+/// the updates before it in the log; skipping such updates, the evaluation is what fails.
+#[test]
+fn a_diverging_run_is_stopped_at_its_first_bad_loss() {
+    // lr 1e30: update 0's loss is finite, its step ruins the parameters, update 1's loss is
+    // inf; an epoch is 4 batches, evaluated at its end.
+    let run = REGRESSION_RUN.replace("lr = 0.1", "lr = 1e30");
+    let plateau = run.replace(
+        "kind = \"step\"\nstep_size = 10\ngamma = 0.5",
+        "kind = \"reduce_on_plateau\"",
+    );
+    assert_ne!(plateau, run);
+    for (name, run) in [("step", &run), ("plateau", &plateau)] {
+        let dir = run_dir(&format!("diverge-{name}"), &regression_csv(), run);
+        let log = dir.join("m.jsonl");
+        let e = stderr_of_failure(&kiln(&[
+            "train",
+            arg(&dir.join("run.toml")),
+            "--device",
+            "cpu",
+            "--log",
+            arg(&log),
+        ]));
+        assert!(
+            e.contains("the loss of update 1 (epoch 0) is inf"),
+            "{name}: {e}"
+        );
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.starts_with(r#"{"step":0,"epoch":0,"lr":1e+30,"loss":0."#),
+            "{name}: {text}"
+        );
+        if name == "step" {
+            let e = stderr_of_failure(&kiln(&[
+                "train",
+                arg(&dir.join("run.toml")),
+                "--device",
+                "cpu",
+                "--on-nan",
+                "skip",
+                "--log",
+                arg(&log),
+            ]));
+            assert!(
+                e.contains("the validation loss is") && e.contains("training diverged"),
+                "{e}"
+            );
+            // The epoch's updates are all in the log, the skipped ones without a loss.
+            let text = std::fs::read_to_string(&log).unwrap();
+            assert_eq!(text.lines().count(), 4, "{text}");
+            assert!(
+                text.contains(r#""step":3,"epoch":0,"lr":1e+30,"loss":null"#),
+                "{text}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
 #[test]
 fn bad_run_files_name_the_key() {
     let dir = run_dir(

@@ -591,6 +591,13 @@ impl Run {
     /// check, in the order of PyTorch's epoch loop (evaluate, then `scheduler.step(metric)`).
     pub fn step(&mut self) -> Result<StepOutcome> {
         let lr = self.update()?;
+        self.after_update(lr)
+    }
+
+    /// What [`Run::step`] does after its update, which used rate `lr` ([`Run::update`]). A
+    /// caller that records each update can do so between the two, so that an update whose
+    /// evaluation fails (a validation loss that is not finite) is still on record.
+    pub fn after_update(&mut self, lr: f64) -> Result<StepOutcome> {
         let done = self.steps_done();
         let epoch_end = done.is_multiple_of(self.batches_per_epoch);
         let (epoch_monitor, stop_monitor) =
@@ -665,13 +672,12 @@ impl Run {
             .map(|&l| l as f64)
             .collect();
         if finite.is_empty() {
-            return Err(KilnError::NonFinite {
+            return Err(KilnError::Diverged {
                 what: format!(
-                    "the mean training loss of epoch {} (every update's loss)",
+                    "the loss of every update of epoch {}",
                     self.epoch_of(done - 1)
                 ),
-                index: 0,
-                value: losses.first().copied().unwrap_or(f32::NAN),
+                value: losses.first().copied().unwrap_or(f32::NAN) as f64,
             });
         }
         Ok(finite.iter().sum::<f64>() / finite.len() as f64)
@@ -754,8 +760,9 @@ impl Run {
         }
     }
 
-    /// The update itself: the batch gathered in DataLoader order, one trainer step.
-    fn update(&mut self) -> Result<f64> {
+    /// The next update alone, without what is due after it (see [`Run::step`]): the batch
+    /// gathered in DataLoader order, one trainer step. Returns the rate it used.
+    pub fn update(&mut self) -> Result<f64> {
         let t = self.steps_done();
         let (epoch, span) = self.batch_span(t);
         if let Placement::Device { .. } = self.placement {
@@ -917,7 +924,12 @@ pub fn evaluate(
         }
         _ => None,
     };
-    ops::check_finite("validation loss", &[value])?;
+    if !value.is_finite() {
+        return Err(KilnError::Diverged {
+            what: "the validation loss".into(),
+            value: value as f64,
+        });
+    }
     Ok(Evaluation {
         loss: value,
         accuracy,

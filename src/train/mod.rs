@@ -522,6 +522,17 @@ impl Trainer {
             let o = if self.skip_non_finite {
                 self.finite_or_last(o)
             } else {
+                let update = self.steps - 2;
+                for (what, v) in [("loss", o.loss), ("squared gradient norm", o.grad_norm_sq)] {
+                    if let Some(v) = v.filter(|v| !v.is_finite()) {
+                        return Err(KilnError::Diverged {
+                            what: format!(
+                                "the {what} of update {update}, which the schedule follows,"
+                            ),
+                            value: v,
+                        });
+                    }
+                }
                 o
             };
             self.schedule.step(&o)?;

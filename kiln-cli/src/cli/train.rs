@@ -112,9 +112,33 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let mut skipped = 0u64;
     while !run.finished() {
         let step = run.steps_done();
-        let outcome = run.step()?;
+        // On a failure, the updates before it are logged first, and a loss that was not
+        // finite among them is what is reported: it is the cause (a schedule that follows the
+        // loss, or an evaluation of parameters it ruined, only fails later).
+        let outcome = match run.update() {
+            Ok(lr) => {
+                pending.push((step, lr));
+                run.after_update(lr)
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                report(
+                    &mut run,
+                    &mut pending,
+                    log.as_mut(),
+                    args.on_nan,
+                    &mut skipped,
+                )?;
+                if let Some(log) = &mut log {
+                    log.flush()?;
+                }
+                return Err(e.into());
+            }
+        };
         let lr = outcome.lr;
-        pending.push((step, lr));
         let done = run.steps_done();
         let epoch_end = done % run.batches_per_epoch == 0;
         let checkpoint_due = checkpoint_dir.filter(|_| done % args.checkpoint_every.max(1) == 0);
