@@ -117,6 +117,16 @@ fn bad_run_files() {
         (
             run_file(
                 MODEL,
+                DATA_CFG,
+                OPT,
+                SCHEDULE,
+                &format!("{TRAIN}\nclip_grad_norm = nan"),
+            ),
+            vec!["train.clip_grad_norm", "finite and > 0"],
+        ),
+        (
+            run_file(
+                MODEL,
                 "path = \"d.csv\"\nvalidation = 0.01",
                 OPT,
                 SCHEDULE,

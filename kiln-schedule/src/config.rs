@@ -592,7 +592,12 @@ fn culprit(table: &toml::Table) -> Option<String> {
         };
         return Some(inner.unwrap_or_else(|| key.clone()));
     }
-    None
+    // No key given is at fault: one is missing here.
+    error
+        .split("missing field `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_string)
 }
 
 /// A deserialisation error's first line (toml adds the key's position on further lines).
@@ -753,8 +758,14 @@ impl Kind {
                 if *steps == 0 {
                     return Err(ScheduleError::new("steps", "must be at least 1"));
                 }
+                // Warmup's own keys: LinearLR's start_factor, and its total_iters as steps.
                 let warm = Schedule::Linear(Epochal::new(
-                    LinearLr::new(*start_factor, 1.0, *steps).map_err(|e| e.within("warmup"))?,
+                    LinearLr::new(*start_factor, 1.0, *steps).map_err(|e| {
+                        match e.field.as_str() {
+                            "total_iters" => ScheduleError::new("steps", e.reason),
+                            _ => e,
+                        }
+                    })?,
                 ));
                 let inner = then.build().map_err(|e| e.within("then"))?;
                 if inner.is_composite() {
@@ -763,9 +774,10 @@ impl Kind {
                         "cannot be sequential or chained (it restarts at the end of warmup)",
                     ));
                 }
+                // The sequential is warmup's own making: what it refuses is `then`.
                 Schedule::Sequential(
                     SequentialLr::new(vec![warm, inner], vec![*steps])
-                        .map_err(|e| e.within("then"))?,
+                        .map_err(|e| ScheduleError::new("then", e.reason))?,
                 )
             }
             K::LossMilestones { thresholds, factor } => Schedule::LossMilestones(Factored::new(

@@ -28,6 +28,7 @@ impl ConstantLr {
                 format!("must be in [0, 1], got {factor}"),
             ));
         }
+
         Ok(ConstantLr {
             factor,
             total_iters,
@@ -45,6 +46,15 @@ impl Rule for ConstantLr {
             group.lr * self.factor
         } else if e.t != self.total_iters as i64 {
             group.lr
+        } else if self.factor == 0.0 {
+            // PyTorch takes 0, and fails here too (ZeroDivisionError).
+            return Err(ScheduleError::new(
+                "factor",
+                format!(
+                    "is 0, and the rate is divided by it when the constant phase ends (update {})",
+                    self.total_iters
+                ),
+            ));
         } else {
             group.lr * (1.0 / self.factor)
         })

@@ -100,6 +100,50 @@ fn unknown_keys_and_kinds_are_errors() {
     assert!(e.contains("schedule.lr: must be a number"), "{e}");
 }
 
+/// Every error names the key as the table spells it: a missing one at its own place in a
+/// composite, warmup's own keys (not the LinearLR and SequentialLR it is made of).
+#[test]
+fn errors_name_the_key_as_written() {
+    for (toml, key) in [
+        ("kind = \"step\"", "schedule.step_size: missing field"),
+        (
+            "kind = \"warmup\"\nsteps = 3\nthen = { kind = \"step\" }",
+            "schedule.then.step_size: missing field",
+        ),
+        (
+            "kind = \"sequential\"\nmilestones = [2]\nschedules = [{ kind = \"step\" }, { kind = \"fixed\" }]",
+            "schedule.schedules[0].step_size: missing field",
+        ),
+        (
+            "kind = \"warmup\"\nsteps = 3\nthen = { kind = \"sequential\", milestones = [2], schedules = [{ kind = \"fixed\" }, { kind = \"exponential\" }] }",
+            "schedule.then.schedules[1].gamma: missing field",
+        ),
+        (
+            "kind = \"warmup\"\nsteps = 3\nstart_factor = 1.5\nthen = { kind = \"fixed\" }",
+            "schedule.start_factor: must be in (0, 1]",
+        ),
+        (
+            "kind = \"warmup\"\nsteps = 3\nthen = { kind = \"reduce_on_plateau\" }",
+            "schedule.then: reduce_on_plateau cannot be part of a sequential",
+        ),
+    ] {
+        let e = error(toml);
+        assert!(e.contains(key), "{toml}: {e}");
+    }
+    // PyTorch takes a factor of 0 and divides by it when the constant phase ends.
+    let mut s = ScheduleConfig::from_toml("kind = \"constant\"\nfactor = 0\ntotal_iters = 3")
+        .unwrap()
+        .build(Some(0.1))
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(s.lr(), 0.0);
+        s.step(&Default::default()).unwrap();
+    }
+    assert_eq!(s.lr(), 0.0);
+    let e = s.step(&Default::default()).unwrap_err().to_string();
+    assert!(e.contains("schedule.factor: is 0"), "{e}");
+}
+
 #[test]
 fn lr_is_required_unless_the_schedule_sets_its_own() {
     let c = ScheduleConfig::from_toml("kind = \"exponential\"\ngamma = 0.9").unwrap();

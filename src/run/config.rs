@@ -338,6 +338,14 @@ impl RunConfig {
         {
             needs_rows("schedule.monitor", m)?;
         }
+        if let Some(max_norm) = self.train.clip_grad_norm
+            && !(max_norm.is_finite() && max_norm > 0.0)
+        {
+            return Err(KilnError::invalid(
+                "train.clip_grad_norm",
+                format!("must be finite and > 0, got {max_norm}"),
+            ));
+        }
         if let Some(es) = &self.train.early_stopping {
             if es.monitor == Monitor::Loss {
                 return Err(KilnError::invalid(
