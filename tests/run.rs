@@ -142,6 +142,44 @@ fn a_checkpoint_for_another_model_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A checkpoint records the schedule its run started with: resuming under another (another
+/// kind, other numbers, another base rate through [optimizer].lr) is refused naming the
+/// schedule; the same run file resumes, with more updates too.
+#[test]
+fn resuming_under_another_schedule_is_refused() {
+    let dir = std::env::temp_dir().join(format!("kiln-ckpt-schedule-{}", std::process::id()));
+    let config = RunConfig::from_toml(RUN, "run.toml").unwrap();
+    let mut run = Run::new(config.clone(), Path::new("."), &Device::Cpu, None, Some(3)).unwrap();
+    while !run.finished() {
+        run.step().unwrap();
+    }
+    run.checkpoint(&dir).unwrap();
+    drop(run);
+    for other in [
+        RUN.replace("t_max = 60", "t_max = 61"),
+        RUN.replace("lr = 0.05", "lr = 0.06"),
+        RUN.replace(
+            r#"kind = "chained"
+schedules = [{ kind = "cosine_annealing", t_max = 60 }, { kind = "bold_driver", decrease = 0.7, increase = 1.02 }]"#,
+            "kind = \"step\"\nstep_size = 5",
+        ),
+    ] {
+        assert_ne!(other, RUN);
+        let config = RunConfig::from_toml(&other, "run.toml").unwrap();
+        let e = Run::resume(config, Path::new("."), &Device::Cpu, &dir, None)
+            .err()
+            .expect("a changed schedule is refused")
+            .to_string();
+        assert!(
+            e.contains("invalid schedule") && e.contains("cannot change its schedule"),
+            "{e}"
+        );
+    }
+    let resumed = Run::resume(config, Path::new("."), &Device::Cpu, &dir, Some(5)).unwrap();
+    assert_eq!(resumed.steps_done(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Without shuffling, update t takes rows [(t mod nb)·B, +B) of the training rows, the last
 /// batch of an epoch smaller; with shuffling, each epoch is a permutation, the same for the
 /// same (seed, epoch).

@@ -515,6 +515,13 @@ fn bad_outputs() {
         &train(&["--log", "r.toml"]),
         &["--log r.toml is also the run file"],
     );
+    // The data the run reads, named relative to the run file's folder.
+    fails(
+        &dir,
+        &train(&["--save", "./d.csv"]),
+        &["--save ./d.csv is also a data file of the run"],
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("d.csv")).unwrap(), DATA);
     fails(
         &dir,
         &train(&[

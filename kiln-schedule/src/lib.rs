@@ -299,6 +299,18 @@ impl Scheduler {
                 ));
             }
         }
+        if let Some(v) = observation
+            .grad_norm_sq
+            .filter(|&v| needs.grad_norm && v < 0.0)
+        {
+            return Err(ScheduleError::new(
+                "observation",
+                format!(
+                    "grad_norm_sq after update {} is {v}, but a squared norm is never negative",
+                    self.updates
+                ),
+            ));
+        }
         self.schedule.step(&mut self.group, observation)?;
         self.updates += 1;
         check_rate(self.group.lr, self.updates)

@@ -222,4 +222,9 @@ fn observation_driven_schedules_demand_their_observation() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("is NaN"), "{e}");
+    let e = s.step(&Observation::value(-4.0)).unwrap_err().to_string();
+    assert!(e.contains("grad_norm_sq after update 0 is -4"), "{e}");
+    // A loss (or a metric) may be negative.
+    let mut s = build("kind = \"reduce_on_plateau\"", Some(0.1));
+    s.step(&Observation::value(-4.0)).unwrap();
 }

@@ -135,6 +135,15 @@ impl Prepared {
         })
     }
 
+    /// The run file's schedule, on `[optimizer].lr` unless it gives its own base rate;
+    /// a fixed rate without one.
+    fn scheduler(&self, config: &RunConfig) -> Result<crate::schedule::Scheduler> {
+        Ok(match config.schedule()? {
+            Some(s) => s.build(Some(self.optimizer.lr))?,
+            None => crate::schedule::Scheduler::fixed(self.optimizer.lr)?,
+        })
+    }
+
     fn options(&self, config: &RunConfig) -> Result<TrainOptions> {
         Ok(TrainOptions {
             schedule_interval: config.schedule_interval()?,
@@ -493,10 +502,7 @@ impl Run {
             Some(path) => weights::load(path, &layout)?,
             None => p.model.init_params(&layout, config.data.seed),
         };
-        let schedule = match config.schedule()? {
-            Some(s) => s.build(Some(p.optimizer.lr))?,
-            None => crate::schedule::Scheduler::fixed(p.optimizer.lr)?,
-        };
+        let schedule = p.scheduler(&config)?;
         let trainer = Trainer::with_params(
             device,
             p.model.clone(),
@@ -525,6 +531,24 @@ impl Run {
                 &file,
                 "run.wait is out of range (a damaged checkpoint?)",
             ));
+        }
+        // The checkpoint's schedule carries on, with its state; the run file's must be the
+        // one it was made from (a checkpoint from before this check was kept has no record).
+        if let Some(initial) = &state.initial_schedule {
+            let asked = serde_json::to_value(p.scheduler(&config)?)
+                .map_err(|e| KilnError::invalid("schedule", format!("cannot be saved: {e}")))?;
+            if asked != *initial {
+                return Err(KilnError::invalid(
+                    "schedule",
+                    format!(
+                        "the run file's [schedule] (with its base rate, [optimizer].lr unless \
+                         it gives lr) is not the one the checkpoint in {} was made with; a run \
+                         cannot change its schedule when it resumes (to train on under another, \
+                         start a new run from the saved weights with --init)",
+                        dir.display()
+                    ),
+                ));
+            }
         }
         let options = p.options(&config)?;
         let trainer = Trainer::resume(device, p.model.clone(), options, state)

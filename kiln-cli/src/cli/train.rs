@@ -25,7 +25,13 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         ),
         None => (RunConfig::default_run(), ".".into()),
     };
-    check_outputs(args)?;
+    // The data files the run reads, where the run file names them (relative to its folder).
+    let data_files: Vec<std::path::PathBuf> = [&config.data.path, &config.data.validation_path]
+        .into_iter()
+        .flatten()
+        .map(|p| base_dir.join(p))
+        .collect();
+    check_outputs(args, &data_files)?;
     // Errors in what the run file describes say which run file.
     let run_file = || {
         args.run
@@ -373,7 +379,7 @@ impl Log {
 /// Every file the run will replace, checked before any update: a run is never lost to an
 /// output that could not be written. (The log is opened before the first update anyway, and
 /// may be a stream such as /dev/stdout.)
-fn check_outputs(args: &TrainArgs) -> Result<()> {
+fn check_outputs(args: &TrainArgs, data_files: &[std::path::PathBuf]) -> Result<()> {
     if args.checkpoint_every == 0 {
         bail!("--checkpoint-every must be at least 1");
     }
@@ -407,6 +413,11 @@ fn check_outputs(args: &TrainArgs) -> Result<()> {
     ]
     .into_iter()
     .filter_map(|(n, p)| p.map(|p| (n, p)))
+    .chain(
+        data_files
+            .iter()
+            .map(|p| ("a data file of the run", p.as_path())),
+    )
     .collect();
     for (i, (name, path)) in outputs.iter().enumerate() {
         for (other, other_path) in outputs[i + 1..].iter().chain(&inputs) {
