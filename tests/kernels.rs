@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Tolerance, assert_close, gpu_device, random, random_labels};
-use kiln::gpu::matmul_tiles::{CANDIDATES, TileConfig};
+use kiln::gpu::matmul_tiles::{CANDIDATES, EXPERIMENTS, TileConfig};
 use kiln::{Activation, Device, Loss, MatmulDims, Targets, Transpose};
 
 /// Sizes around the 64-wide matmul tile and the 16-deep k-step, and around 256-thread
@@ -66,7 +66,9 @@ fn matmul_matches_cpu_on_tall_thin_and_deep_shapes() {
     }
 }
 
-/// Every tile shape the tuner may pick, with vec4 and scalar loads, in all three layouts, on
+/// Every tile shape the tuner may pick, and those kept to try on a GPU
+/// ([`EXPERIMENTS`]: warps of 4×8 threads, 16 outputs a thread one way), with vec4 and
+/// scalar loads, in all three layouts, on
 /// shapes whose contiguous dimensions are and are not multiples of 4 (vec4 loads are used
 /// only where they are) and that are not tile multiples. Every shape must give the values the
 /// tuned one gives: each output is one fma chain over k in order.
@@ -91,7 +93,11 @@ fn every_matmul_tile_shape_matches_cpu_and_the_others() {
             let bias = random(n, -1.0, 1.0, seed + 2);
             let want = Device::Cpu.matmul(&a, &b, Some(&bias), dims, t).unwrap();
             let mut first: Option<(String, Vec<f32>)> = None;
-            for tile in CANDIDATES.iter().flat_map(|&c| [c, c.scalar()]) {
+            for tile in CANDIDATES
+                .iter()
+                .chain(&EXPERIMENTS)
+                .flat_map(|&c| [c, c.scalar()])
+            {
                 if !tile.fits(ctx.limits()) {
                     continue;
                 }

@@ -29,12 +29,17 @@ pub struct TileConfig {
     pub bn: u32,
     /// Values of k per pass through workgroup memory.
     pub bk: u32,
-    /// Rows of C per thread (4 or 8).
+    /// Rows of C per thread (4, 8 or 16).
     pub tm: u32,
-    /// Columns of C per thread (4 or 8).
+    /// Columns of C per thread (4, 8 or 16).
     pub tn: u32,
     /// Load A and B as vec4s where their layout allows it.
     pub vec4: bool,
+    /// Each run of 32 threads holds a 4×8 block of the workgroup's threads rather than two
+    /// rows of them (fewer distinct reads of workgroup memory per warp). Not among
+    /// [`CANDIDATES`] until a GPU has shown it faster; `KILN_MATMUL_TILES=…/warp` forces it.
+    #[serde(default)]
+    pub warp: bool,
 }
 
 const fn shape(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> TileConfig {
@@ -45,6 +50,7 @@ const fn shape(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> TileConfig {
         tm,
         tn,
         vec4: true,
+        warp: false,
     }
 }
 
@@ -69,6 +75,21 @@ pub const CANDIDATES: [TileConfig; 13] = [
     shape(64, 128, 8, 4, 8),
     shape(128, 128, 8, 8, 8),
     shape(128, 128, 16, 8, 8),
+];
+
+/// Shapes no GPU has timed yet, kept out of the tuner until one shows them faster: warps of
+/// 4×8 threads, and 16 outputs a thread one way (fewer workgroup-memory reads per product).
+/// `benches/gpu_session.sh` times each, forced with `KILN_MATMUL_TILES`; the tests hold each to
+/// the others bit for bit, as every candidate.
+pub const EXPERIMENTS: [TileConfig; 8] = [
+    shape(128, 128, 8, 8, 8).warp_blocks(),
+    shape(128, 128, 16, 8, 8).warp_blocks(),
+    shape(64, 64, 16, 4, 4).warp_blocks(),
+    shape(128, 128, 8, 8, 16),
+    shape(128, 128, 8, 16, 8),
+    shape(128, 256, 8, 8, 16),
+    shape(256, 128, 8, 16, 8),
+    shape(128, 256, 8, 8, 16).warp_blocks(),
 ];
 
 /// Every variant of every candidate the tuner times on an adapter with `limits`: each shape
@@ -103,7 +124,10 @@ impl TileConfig {
 
     /// `Ok` if [`fits`](Self::fits), else an error for `field` saying what the shape needs and
     /// what `adapter` allows.
+    /// A shape the kernel cannot run (see [`TileConfig::parse`]'s rules) is an error too.
     pub fn require_fits(&self, limits: &wgpu::Limits, field: &str, adapter: &str) -> Result<()> {
+        self.check()
+            .map_err(|why| KilnError::invalid(field, format!("{self}: {why}")))?;
         if self.fits(limits) {
             return Ok(());
         }
@@ -132,6 +156,7 @@ impl TileConfig {
             ("BK", self.bk),
             ("TM", self.tm),
             ("TN", self.tn),
+            ("WARP", u32::from(self.warp)),
         ]
     }
 
@@ -143,8 +168,13 @@ impl TileConfig {
         }
     }
 
+    /// The same shape with warps holding 4×8 blocks of threads (see [`TileConfig::warp`]).
+    pub const fn warp_blocks(self) -> TileConfig {
+        TileConfig { warp: true, ..self }
+    }
+
     /// Parses the form [`Display`](std::fmt::Display) writes: `BMxBNxBK/TMxTN`, then
-    /// `/scalar` for scalar loads.
+    /// `/scalar` for scalar loads and `/warp` for warps of 4×8 threads.
     pub fn parse(text: &str) -> Result<TileConfig> {
         let bad = |why: &str| {
             KilnError::invalid(
@@ -166,13 +196,26 @@ impl TileConfig {
         };
         let tile = numbers(parts.next(), 3)?;
         let thread = numbers(parts.next(), 2)?;
-        let vec4 = match parts.next() {
-            None | Some("vec4") => true,
-            Some("scalar") => false,
-            Some(_) => return Err(bad("the last part must be vec4 or scalar")),
-        };
-        if parts.next().is_some() {
-            return Err(bad("too many parts"));
+        let (mut vec4, mut warp) = (true, false);
+        let mut seen = Vec::new();
+        for part in parts {
+            if seen.contains(&part) {
+                return Err(bad("a part is given twice"));
+            }
+            match part {
+                "vec4" => vec4 = true,
+                "scalar" => vec4 = false,
+                "warp" => warp = true,
+                _ => {
+                    return Err(bad(
+                        "the parts after the sizes are vec4 or scalar, and warp",
+                    ));
+                }
+            }
+            seen.push(part);
+        }
+        if seen.contains(&"vec4") && seen.contains(&"scalar") {
+            return Err(bad("vec4 and scalar together"));
         }
         let config = TileConfig {
             bm: tile[0],
@@ -181,6 +224,7 @@ impl TileConfig {
             tm: thread[0],
             tn: thread[1],
             vec4,
+            warp,
         };
         config.check().map_err(|why| bad(&why))?;
         Ok(config)
@@ -189,10 +233,16 @@ impl TileConfig {
     /// The kernel's own constraints: runs of four, tiles that divide evenly among threads.
     fn check(&self) -> std::result::Result<(), String> {
         let TileConfig {
-            bm, bn, bk, tm, tn, ..
+            bm,
+            bn,
+            bk,
+            tm,
+            tn,
+            warp,
+            ..
         } = *self;
-        if ![4, 8].contains(&tm) || ![4, 8].contains(&tn) {
-            return Err("outputs per thread must be 4 or 8 each way".into());
+        if ![4, 8, 16].contains(&tm) || ![4, 8, 16].contains(&tn) {
+            return Err("outputs per thread must be 4, 8 or 16 each way".into());
         }
         if bk == 0 || !bk.is_multiple_of(4) {
             return Err("the k tile must be a positive multiple of 4".into());
@@ -205,6 +255,13 @@ impl TileConfig {
         if bm > 256 || bn > 256 || bk > 64 {
             return Err("tiles are at most 256×256×64".into());
         }
+        if warp && !((bn / tn).is_multiple_of(8) && (bm / tm).is_multiple_of(4)) {
+            return Err(
+                "warp needs the workgroup's threads in whole 4×8 blocks: columns of threads \
+                 (BN/TN) a multiple of 8, rows (BM/TM) of 4"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -213,13 +270,14 @@ impl std::fmt::Display for TileConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}x{}x{}/{}x{}{}",
+            "{}x{}x{}/{}x{}{}{}",
             self.bm,
             self.bn,
             self.bk,
             self.tm,
             self.tn,
-            if self.vec4 { "" } else { "/scalar" }
+            if self.vec4 { "" } else { "/scalar" },
+            if self.warp { "/warp" } else { "" }
         )
     }
 }
@@ -629,9 +687,24 @@ mod tests {
 
     #[test]
     fn every_candidate_is_a_valid_shape_and_round_trips_through_its_name() {
-        for c in CANDIDATES.iter().flat_map(|&c| [c, c.scalar()]) {
+        for c in CANDIDATES
+            .iter()
+            .chain(&EXPERIMENTS)
+            .flat_map(|&c| [c, c.scalar()])
+        {
             c.check().unwrap();
             assert_eq!(TileConfig::parse(&c.to_string()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn the_gpu_session_times_every_candidate_and_experiment() {
+        let script = include_str!("../../benches/gpu_session.sh");
+        for c in CANDIDATES.iter().chain(&EXPERIMENTS) {
+            assert!(
+                script.contains(&format!(" {c} ")) || script.contains(&format!(" {c};")),
+                "{c}"
+            );
         }
     }
 
@@ -640,7 +713,11 @@ mod tests {
         for (text, why) in [
             ("128x128/8x8", "wrong number"),
             ("128x128x8/8x8/fast", "vec4 or scalar"),
-            ("128x128x8/6x8", "4 or 8"),
+            ("128x128x8/6x8", "4, 8 or 16"),
+            ("128x128x8/8x8/warp/warp", "twice"),
+            ("128x128x8/8x8/vec4/scalar", "together"),
+            ("64x16x16/4x4/warp", "whole 4×8 blocks"),
+            ("16x64x16/8x4/warp", "whole 4×8 blocks"),
             ("100x128x8/8x8", "multiple"),
             ("128x128x6/8x8", "multiple of 4"),
             ("512x128x8/8x8", "at most"),
