@@ -121,13 +121,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         // On a failure, the updates before it are logged first, and a loss that was not
         // finite among them is what is reported: it is the cause (a schedule that follows the
         // loss, or an evaluation of parameters it ruined, only fails later).
-        let outcome = match run.update() {
-            Ok(lr) => {
-                pending.push((step, lr));
-                run.after_update(lr)
-            }
-            Err(e) => Err(e),
-        };
+        let outcome = run.update().and_then(|lr| {
+            pending.push((step, lr));
+            run.after_update(lr)
+        });
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
