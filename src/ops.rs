@@ -207,10 +207,9 @@ pub fn all_finite(values: &[f32]) -> bool {
     // On the bits: an exponent of all ones is inf or NaN. A quarter faster than folding
     // `is_finite` (3.2 MB in 1024-value runs, 59 against 78 µs on this project's VM).
     const EXPONENT: u32 = 0x7f80_0000;
-    values
-        .iter()
-        .fold(0u32, |bad, v| bad | u32::from(v.to_bits() & EXPONENT == EXPONENT))
-        == 0
+    values.iter().fold(0u32, |bad, v| {
+        bad | u32::from(v.to_bits() & EXPONENT == EXPONENT)
+    }) == 0
 }
 
 /// Errs unless `values.len() == expected`, naming the tensor and the shape it should have.

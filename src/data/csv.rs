@@ -8,7 +8,8 @@ use crate::error::{KilnError, Result};
 /// Whether the first line holds column names.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Header {
-    /// A header if the first line does not parse as numbers.
+    /// A header if no field of the first line is a number; a first line that mixes numbers
+    /// and text is an error (a data row with a typo must not vanish as a header).
     #[default]
     Auto,
     /// The first line is a header.
@@ -61,9 +62,25 @@ pub fn parse(source: &str, text: &str, options: &CsvOptions) -> Result<Dataset> 
     let skip = match options.header {
         Header::Yes => true,
         Header::No => false,
-        Header::Auto => lines
-            .peek()
-            .is_some_and(|(_, l)| fields(l).iter().any(|f| f.parse::<f32>().is_err())),
+        Header::Auto => match lines.peek() {
+            None => false,
+            Some((i, l)) => {
+                let f = fields(l);
+                let text: Vec<&&str> = f.iter().filter(|f| f.parse::<f32>().is_err()).collect();
+                if !text.is_empty() && text.len() < f.len() {
+                    return Err(KilnError::file(
+                        source,
+                        format!(
+                            "line {}: field {:?} is not a number, but the line's other fields are: \
+                             is it a header (then say header = true) or a data row with a typo?",
+                            i + 1,
+                            text[0]
+                        ),
+                    ));
+                }
+                !text.is_empty()
+            }
+        },
     };
     if skip {
         lines.next();
@@ -86,8 +103,13 @@ pub fn parse(source: &str, text: &str, options: &CsvOptions) -> Result<Dataset> 
                     options.label_column
                 };
                 if n < 2 || !(0..n).contains(&col) {
+                    let hint = if n == 1 && line.contains(';') {
+                        " (fields are separated by commas or whitespace, not semicolons)"
+                    } else {
+                        ""
+                    };
                     return Err(at(format!(
-                        "label_column {} does not exist in {n} columns",
+                        "label_column {} does not exist in {n} columns{hint}",
                         options.label_column
                     )));
                 }
@@ -161,6 +183,36 @@ mod tests {
             e.contains("label_column 5 does not exist in 2 columns"),
             "{e}"
         );
+    }
+
+    /// With the header guessed, a first line of numbers with one bad field is an error naming
+    /// it, not a header that silently takes a data row away; one all text is a header.
+    #[test]
+    fn a_first_row_with_a_typo_is_not_taken_for_a_header() {
+        let opts = CsvOptions::default();
+        for text in ["NA,2,0\n3,4,1\n", "1,2,0,\n3,4,1,\n", "1,2,O\n3,4,1\n"] {
+            let e = parse("f.csv", text, &opts).unwrap_err().to_string();
+            assert!(
+                e.starts_with("f.csv: line 1: field") && e.contains("header = true"),
+                "{text:?}: {e}"
+            );
+        }
+        let d = parse(
+            "f.csv",
+            "NA,2,0\n3,4,1\n",
+            &CsvOptions {
+                header: Header::Yes,
+                ..opts
+            },
+        )
+        .unwrap();
+        assert_eq!(d.y, vec![1.0]);
+        let d = parse("f.csv", "a, b ,\"y\"\n3,4,1\n", &opts).unwrap();
+        assert_eq!(d.y, vec![1.0]);
+        let e = parse("f.csv", "1;2;0\n3;4;1\n", &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not semicolons"), "{e}");
     }
 
     #[test]
