@@ -226,8 +226,19 @@ pub fn load(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).map_err(|e| KilnError::file(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| KilnError::file(path, format!("not a valid safetensors file: {e}")))?;
+    // A checkpoint (`--init` from one) keeps other arenas beside the weights.
+    let checkpoint = SafeTensors::read_metadata(&bytes).is_ok_and(|(_, m)| {
+        m.metadata()
+            .as_ref()
+            .is_some_and(|m| m.contains_key(crate::run::checkpoint::META_KEY))
+    });
     let mut arena = vec![0.0; layout.len];
-    read_into(&st, layout, "", &mut arena).map_err(|problems| {
+    let prefix = if checkpoint {
+        Prefix::WeightsOfCheckpoint
+    } else {
+        Prefix::None
+    };
+    read_into(&st, layout, prefix, &mut arena).map_err(|problems| {
         KilnError::file(
             path,
             format!("does not fit the model:\n  {}", problems.join("\n  ")),
@@ -237,19 +248,39 @@ pub fn load(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
     Ok(arena)
 }
 
-/// Copies the tensors named `prefix`layers.… into `arena`; lists every problem. Tensors with
-/// other prefixes are ignored when `prefix` is non-empty.
+/// Which tensors of a file [`read_into`] reads, and which others it lets be.
+#[derive(Clone, Copy, Debug)]
+pub enum Prefix<'a> {
+    /// `layers.…`, from a file of weights alone: any other tensor is unexpected.
+    None,
+    /// `layers.…`, from a checkpoint: the other arenas it keeps beside them
+    /// (`exp_avg.layers.…`, `best.layers.…`) are not unexpected.
+    WeightsOfCheckpoint,
+    /// `{prefix}layers.…` (one of a checkpoint's other arenas); tensors with other prefixes
+    /// are let be.
+    Arena(&'a str),
+}
+
+/// Copies the tensors `prefix` names into `arena`; lists every problem.
 pub fn read_into(
     st: &SafeTensors<'_>,
     layout: &ParamLayout,
-    prefix: &str,
+    prefix: Prefix<'_>,
     arena: &mut [f32],
 ) -> Result<(), Vec<String>> {
-    let expected = tensors(layout, prefix);
+    let prefix_text = match prefix {
+        Prefix::None | Prefix::WeightsOfCheckpoint => "",
+        Prefix::Arena(p) => p,
+    };
+    let expected = tensors(layout, prefix_text);
     let mut problems = Vec::new();
+    let mut missing = Vec::new();
     for (name, shape, offset) in &expected {
         match st.tensor(name) {
-            Err(_) => problems.push(format!("missing `{name}` {shape:?}")),
+            Err(_) => {
+                problems.push(format!("missing `{name}` {shape:?}"));
+                missing.push(name.as_str());
+            }
             Ok(t) if t.dtype() != Dtype::F32 => {
                 problems.push(format!("`{name}` is {:?}, expected F32", t.dtype()))
             }
@@ -268,19 +299,31 @@ pub fn read_into(
     let mut extra: Vec<&str> = st
         .names()
         .into_iter()
-        // A checkpoint keeps optimizer state (`exp_avg.layers.…`) beside the weights; it is
-        // not "unexpected" in the weights.
-        .filter(|n| {
-            if prefix.is_empty() {
-                !n.contains(".layers.")
-            } else {
-                n.starts_with(prefix)
-            }
+        .filter(|n| match prefix {
+            Prefix::None => true,
+            // A checkpoint's arena is one word and a dot before `layers.`.
+            Prefix::WeightsOfCheckpoint => n
+                .split_once(".layers.")
+                .is_none_or(|(head, _)| head.contains('.')),
+            Prefix::Arena(p) => n.starts_with(p),
         })
         .filter(|n| !ours.contains(n))
         .collect();
     extra.sort();
     problems.extend(extra.iter().map(|n| format!("unexpected `{n}`")));
+    // PyTorch state dicts of wrapped models name `module.layers.0.weight` (DataParallel).
+    if let Some((want, have)) = missing.iter().find_map(|want| {
+        extra
+            .iter()
+            .find(|n| n.ends_with(&format!(".{want}")))
+            .map(|n| (want, n))
+    }) {
+        let head = &have[..have.len() - want.len()];
+        problems.push(format!(
+            "the file's names carry a prefix `{head}` (`{have}` for `{want}`): save the model's \
+             own state dict, or strip the prefix"
+        ));
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -369,7 +412,7 @@ mod tests {
         }
         let st = SafeTensors::deserialize(&first).unwrap();
         let mut arena = vec![0.0; layout.len];
-        read_into(&st, &layout, "", &mut arena).unwrap();
+        read_into(&st, &layout, Prefix::None, &mut arena).unwrap();
         assert_eq!(arena, params);
         let (_, header) = SafeTensors::read_metadata(&first).unwrap();
         assert_eq!(header.metadata().as_ref().unwrap()["kiln.key7"], "[7]");
@@ -401,6 +444,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a valid safetensors file"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A file of weights alone hides nothing: names that look like a checkpoint's other
+    /// arenas (or a wrapped model's, `module.layers.…`) are unexpected, and a prefix on every
+    /// name is pointed out.
+    #[test]
+    fn wrapped_and_foreign_names_are_reported() {
+        let path = std::env::temp_dir().join(format!("kiln-w3-{}.safetensors", std::process::id()));
+        let m = model(&[2]);
+        let layout = m.param_layout(64);
+        let params = m.init_params(&layout, 0);
+        let write = |names: &[(&str, usize)]| {
+            let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = names
+                .iter()
+                .map(|&(name, len)| {
+                    let shape = if name.ends_with("weight") { vec![2, 3] } else { vec![len] };
+                    let data: &[u8] = bytemuck::cast_slice(&params[..len]);
+                    (
+                        name.to_string(),
+                        safetensors::tensor::TensorView::new(Dtype::F32, shape, data).unwrap(),
+                    )
+                })
+                .collect();
+            safetensors::serialize_to_file(tensors, None, &path).unwrap();
+        };
+        write(&[("module.layers.0.weight", 6), ("module.layers.0.bias", 2)]);
+        let e = load(&path, &layout).unwrap_err().to_string();
+        assert!(
+            e.contains("missing `layers.0.weight`")
+                && e.contains("unexpected `module.layers.0.weight`")
+                && e.contains("carry a prefix `module.`"),
+            "{e}"
+        );
+        write(&[
+            ("layers.0.weight", 6),
+            ("layers.0.bias", 2),
+            ("exp_avg.layers.0.bias", 2),
+        ]);
+        let e = load(&path, &layout).unwrap_err().to_string();
+        assert!(
+            e.contains("unexpected `exp_avg.layers.0.bias`") && !e.contains("prefix"),
+            "{e}"
+        );
         std::fs::remove_file(&path).unwrap();
     }
 }

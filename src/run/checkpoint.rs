@@ -19,7 +19,8 @@ use crate::weights;
 
 /// The checkpoint's file name inside its directory.
 pub const FILE: &str = "checkpoint.safetensors";
-const META_KEY: &str = "kiln.checkpoint";
+/// The metadata key that holds a checkpoint's JSON (and marks a file as one).
+pub const META_KEY: &str = "kiln.checkpoint";
 /// 1: SGD only, momentum as `momentum.…`; 2: optimizer state by name.
 const FORMAT: u32 = 2;
 
@@ -163,7 +164,8 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunS
         )
     };
     state.params = vec![0.0; layout.len];
-    weights::read_into(&st, layout, "", &mut state.params).map_err(mismatch)?;
+    weights::read_into(&st, layout, weights::Prefix::WeightsOfCheckpoint, &mut state.params)
+        .map_err(mismatch)?;
     let finite = |what: &str, values: &[f32]| {
         crate::ops::check_finite(&format!("{}: {what}", file.display()), values)
     };
@@ -201,14 +203,16 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunS
     };
     for (name, prefix) in names {
         let mut block = vec![0.0; layout.len];
-        weights::read_into(&st, layout, &prefix, &mut block).map_err(mismatch)?;
+        weights::read_into(&st, layout, weights::Prefix::Arena(&prefix), &mut block)
+            .map_err(mismatch)?;
         finite(&format!("optimizer state `{name}`"), &block)?;
         state.optimizer.blocks.push((name, block));
     }
     let mut run = meta.run;
     if st.names().iter().any(|n| n.starts_with(BEST)) {
         let mut best = vec![0.0; layout.len];
-        weights::read_into(&st, layout, BEST, &mut best).map_err(mismatch)?;
+        weights::read_into(&st, layout, weights::Prefix::Arena(BEST), &mut best)
+            .map_err(mismatch)?;
         finite("best weights", &best)?;
         run.best_params = Some(best);
     }
