@@ -460,7 +460,11 @@ mod tests {
             let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = names
                 .iter()
                 .map(|&(name, len)| {
-                    let shape = if name.ends_with("weight") { vec![2, 3] } else { vec![len] };
+                    let shape = if name.ends_with("weight") {
+                        vec![2, 3]
+                    } else {
+                        vec![len]
+                    };
                     let data: &[u8] = bytemuck::cast_slice(&params[..len]);
                     (
                         name.to_string(),

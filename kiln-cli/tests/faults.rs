@@ -622,3 +622,36 @@ fn identical_runs_write_identical_files() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Output that cannot be written (a full disk, a closed pipe) ends the command with an error
+/// saying so, not a panic.
+#[cfg(target_os = "linux")]
+#[test]
+fn unwritable_output_is_an_error_not_a_panic() {
+    let dir = scratch("stdout");
+    for args in [
+        &["devices"][..],
+        &["train", "--device", "cpu", "--steps", "2"],
+        &["bench", "--device", "cpu", "--quick", "--ops", "copy"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = common::kiln_command(args)
+            .current_dir(&dir)
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1)
+                && !stderr.contains("panicked")
+                && stderr.contains("writing to standard output"),
+            "kiln {args:?}: {:?}\n{stderr}",
+            out.status
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

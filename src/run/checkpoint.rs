@@ -164,8 +164,13 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunS
         )
     };
     state.params = vec![0.0; layout.len];
-    weights::read_into(&st, layout, weights::Prefix::WeightsOfCheckpoint, &mut state.params)
-        .map_err(mismatch)?;
+    weights::read_into(
+        &st,
+        layout,
+        weights::Prefix::WeightsOfCheckpoint,
+        &mut state.params,
+    )
+    .map_err(mismatch)?;
     let finite = |what: &str, values: &[f32]| {
         crate::ops::check_finite(&format!("{}: {what}", file.display()), values)
     };

@@ -61,28 +61,37 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     bench::compare(&mut rows);
     if args.json {
-        println!("{}", serde_json::json!({ "results": rows }));
+        outln!("{}", serde_json::json!({ "results": rows }))?;
     } else {
-        print_table(&rows);
+        print_table(&rows)?;
     }
     Ok(())
 }
 
-fn print_table(rows: &[BenchRow]) {
+fn print_table(rows: &[BenchRow]) -> Result<()> {
     for adapter in rows
         .iter()
         .map(|r| (r.device.kind(), r.device.adapter()))
         .collect::<std::collections::BTreeSet<_>>()
     {
-        println!("{}: {}", adapter.0, adapter.1);
+        outln!("{}: {}", adapter.0, adapter.1)?;
     }
-    println!(
+    outln!(
         "{:<13} {:<19} {:<44} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  tiles",
-        "op", "dev", "shape", "median", "GFLOP/s", "GB/s", "% peak", "GPU/CPU", "host", "timing"
-    );
+        "op",
+        "dev",
+        "shape",
+        "median",
+        "GFLOP/s",
+        "GB/s",
+        "% peak",
+        "GPU/CPU",
+        "host",
+        "timing"
+    )?;
     let f = |v: Option<f64>, p: usize| v.map_or("-".into(), |x| format!("{x:.p$}"));
     for r in rows {
-        println!(
+        outln!(
             "{:<13} {:<19} {:<44} {:>12} {:>11} {:>10} {:>7} {:>9} {:>10} {:>9}  {}",
             r.measured.op(),
             r.device.kind(),
@@ -96,6 +105,7 @@ fn print_table(rows: &[BenchRow]) {
                 .map_or("-".into(), |h| format!("{:.1} µs", h * 1e6)),
             r.timing.name(),
             r.tiles.map_or(String::new(), |t| t.to_string())
-        );
+        )?;
     }
+    Ok(())
 }

@@ -7,13 +7,13 @@ use kiln::gpu::{adapter, kernels, matmul_tiles};
 pub fn devices(opts: &AdapterOptions) -> Result<()> {
     let adapters = adapter::enumerate(opts)?;
     if adapters.is_empty() {
-        println!(
+        outln!(
             "No GPU adapters. {}",
             kiln::KilnError::NoAdapter {
                 detail: String::new()
             }
-        );
-        println!("The CPU device (--device cpu) is always available.");
+        )?;
+        outln!("The CPU device (--device cpu) is always available.")?;
         return Ok(());
     }
     for (i, a) in adapters.iter().enumerate() {
@@ -22,9 +22,9 @@ pub fn devices(opts: &AdapterOptions) -> Result<()> {
         let features = a.features();
         let mib = |b: u64| format!("{} MiB", b >> 20);
         let yes = |f| if features.contains(f) { "yes" } else { "no" };
-        println!("[{i}] {}", info.name);
-        println!("    backend      {:?}", info.backend);
-        println!(
+        outln!("[{i}] {}", info.name)?;
+        outln!("    backend      {:?}", info.backend)?;
+        outln!(
             "    type         {:?}{}",
             info.device_type,
             if adapter::is_hardware(&info) {
@@ -32,31 +32,31 @@ pub fn devices(opts: &AdapterOptions) -> Result<()> {
             } else {
                 " (software)"
             }
-        );
-        println!("    driver       {} {}", info.driver, info.driver_info);
+        )?;
+        outln!("    driver       {} {}", info.driver, info.driver_info)?;
         match adapter::device_memory(a) {
-            Some(bytes) => println!("    memory       {}", mib(bytes)),
-            None => println!("    memory       not reported by the backend (not budgeted)"),
+            Some(bytes) => outln!("    memory       {}", mib(bytes))?,
+            None => outln!("    memory       not reported by the backend (not budgeted)")?,
         }
-        println!("    max buffer   {}", mib(limits.max_buffer_size));
-        println!(
+        outln!("    max buffer   {}", mib(limits.max_buffer_size))?;
+        outln!(
             "    max storage binding   {}",
             mib(limits.max_storage_buffer_binding_size)
-        );
-        println!(
+        )?;
+        outln!(
             "    workgroup storage     {} KiB",
             limits.max_compute_workgroup_storage_size / 1024
-        );
-        println!(
+        )?;
+        outln!(
             "    invocations/workgroup {}",
             limits.max_compute_invocations_per_workgroup
-        );
-        println!(
+        )?;
+        outln!(
             "    subgroups {}, f16 {}, timestamp queries {}",
             yes(kiln::wgpu::Features::SUBGROUP),
             yes(kiln::wgpu::Features::SHADER_F16),
             yes(kiln::wgpu::Features::TIMESTAMP_QUERY)
-        );
+        )?;
         let cached = matmul_tiles::cache_dir().and_then(|dir| {
             let key = matmul_tiles::cache_key(
                 &matmul_tiles::adapter_identity(&info),
@@ -65,13 +65,16 @@ pub fn devices(opts: &AdapterOptions) -> Result<()> {
             matmul_tiles::load_cached(&dir, &key)
         });
         match cached {
-            Some(t) => println!(
+            Some(t) => outln!(
                 "    matmul tiles tiny {}, small {}, medium {}, large {} (measured, cached)",
-                t.tiny, t.small, t.medium, t.large
-            ),
-            None => println!("    matmul tiles not measured yet (first use, or kiln tune)"),
+                t.tiny,
+                t.small,
+                t.medium,
+                t.large
+            )?,
+            None => outln!("    matmul tiles not measured yet (first use, or kiln tune)")?,
         }
     }
-    println!("CPU device (--device cpu): always available");
+    outln!("CPU device (--device cpu): always available")?;
     Ok(())
 }

@@ -1,5 +1,15 @@
 //! The `kiln` subcommands, one module each.
 
+/// `println!` whose failure (stdout a closed pipe, a full disk) is an error to return rather
+/// than a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+            .map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))
+    }};
+}
+
 pub mod bench;
 pub mod devices;
 pub mod log;

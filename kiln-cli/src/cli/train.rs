@@ -44,12 +44,13 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         .map(kiln::run::checkpoint::lock)
         .transpose()?;
     let (device, why) = Device::select(args.device, &args.adapter.options())?;
-    let say = |line: &str| {
+    let say = |line: &str| -> Result<()> {
         if !args.quiet {
-            println!("{line}");
+            outln!("{line}")?;
         }
+        Ok(())
     };
-    say(&why);
+    say(&why)?;
     let mut run = match &args.resume {
         Some(dir) => {
             Run::resume(config, &base_dir, &device, dir, args.steps).with_context(run_file)?
@@ -63,7 +64,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if args.on_nan == OnNan::Skip {
         run.trainer.skip_non_finite_losses(true);
     }
-    say(&run.placement().to_string());
+    say(&run.placement().to_string())?;
     let start = run.steps_done();
     say(&format!(
         "training {} ({} → {} outputs, {} updates{}, batch {}, {} per epoch)",
@@ -82,7 +83,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         },
         run.batch,
         run.batches_per_epoch,
-    ));
+    ))?;
 
     let mut log = match &args.log {
         // A resumed run appends, so one file holds the whole run.
@@ -169,11 +170,11 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                     && (done % (run.total_steps / 10).max(1) == 0 || run.finished()) =>
                 {
                     let rate = (done - start) as f64 / started.elapsed().as_secs_f64();
-                    println!(
+                    outln!(
                         "step {done:>7}/{}  epoch {:>4}  loss {last_loss:.4}  lr {lr:.4e}  {rate:.0} steps/s",
                         run.total_steps,
                         run.epoch_of(done - 1)
-                    );
+                    )?;
                 }
                 None => {}
             }
@@ -210,7 +211,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             say(&format!(
                 "early stop after update {done}: {}",
                 stop.reason()
-            ));
+            ))?;
         }
         if let Some(dir) = checkpoint_due
             && !run.finished()
@@ -253,7 +254,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if let Some(step) = run.finish()? {
         say(&format!(
             "restored the weights of the best check (after update {step})"
-        ));
+        ))?;
         last_evaluation = None;
     }
     if let Some(path) = &args.save {
@@ -269,7 +270,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         done - start,
         (done - start) as f64 / elapsed.max(1e-9),
         device.name()
-    ));
+    ))?;
     // The last update's evaluation, if the loop made one; otherwise one now.
     let evaluation = match last_evaluation {
         Some((at, e)) if at == done => Some(e),
@@ -286,7 +287,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let accuracy = e
             .accuracy
             .map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));
-        say(&format!("validation: loss {:.4}{accuracy}", e.loss));
+        say(&format!("validation: loss {:.4}{accuracy}", e.loss))?;
     }
     if let Some(log) = &mut log {
         log.flush()?;

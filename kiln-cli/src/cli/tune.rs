@@ -9,16 +9,20 @@ use super::AdapterArgs;
 
 pub fn tune(adapter: &AdapterArgs) -> Result<()> {
     let ctx = GpuContext::new(&adapter.options())?;
-    println!("adapter: {}", ctx.name());
+    outln!("adapter: {}", ctx.name())?;
     let (tiling, rows) = ctx.retune_matmul()?;
-    println!(
+    outln!(
         "{:<7} {:<14} {:<22} {:>12} {:>10}",
-        "class", "product", "tiles", "median", "GFLOP/s"
-    );
+        "class",
+        "product",
+        "tiles",
+        "median",
+        "GFLOP/s"
+    )?;
     for r in &rows {
         let d = r.dims;
         let chosen = tiling.get(r.class) == r.config;
-        println!(
+        outln!(
             "{:<7} {:<14} {:<22} {:>12} {:>10.1}{}",
             r.class.name(),
             format!("{}x{}x{}", d.m, d.n, d.k),
@@ -26,22 +30,22 @@ pub fn tune(adapter: &AdapterArgs) -> Result<()> {
             format!("{:.3} ms", r.median_s * 1e3),
             2.0 * (d.m * d.n * d.k) as f64 / r.median_s / 1e9,
             if chosen { "  <- chosen" } else { "" }
-        );
+        )?;
     }
     for class in SizeClass::ALL {
         if !rows.iter().any(|r| r.class == class) {
-            println!(
+            outln!(
                 "{:<7} not timed: one product at {}² takes over {} ms here; uses {}",
                 class.name(),
                 class.timed_dims().m,
                 matmul_tiles::TUNE_BUDGET_S * 1e3,
                 tiling.get(class)
-            );
+            )?;
         }
     }
     match matmul_tiles::cache_dir() {
-        Some(dir) => println!("cached in {}", dir.join("matmul-tiles.json").display()),
-        None => println!("not cached: set HOME, XDG_CACHE_HOME or KILN_CACHE_DIR"),
+        Some(dir) => outln!("cached in {}", dir.join("matmul-tiles.json").display())?,
+        None => outln!("not cached: set HOME, XDG_CACHE_HOME or KILN_CACHE_DIR")?,
     }
     Ok(())
 }
