@@ -577,7 +577,8 @@ pub fn cache_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|d| d.join(".cache").join("kiln")))
 }
 
-const CACHE_FILE: &str = "matmul-tiles.json";
+/// The cache file's name in [`cache_dir`].
+pub const CACHE_FILE: &str = "matmul-tiles.json";
 
 #[derive(Default, Serialize, Deserialize)]
 struct CacheFile {

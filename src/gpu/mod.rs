@@ -34,6 +34,9 @@ type ModuleKey = (&'static str, Vec<(&'static str, u32)>);
 
 /// Bytes of one piece of a large [`GpuContext::write`]: 256 MiB.
 pub const WRITE_PIECE: usize = 256 << 20;
+
+/// The tile cache file a tuning wrote, or why it wrote none.
+pub type CacheWrite = std::result::Result<std::path::PathBuf, String>;
 type PipelineKey = (ModuleKey, &'static str, Vec<(&'static str, u64)>);
 
 /// One wgpu device and everything Kiln keeps per device.
@@ -413,7 +416,14 @@ impl GpuContext {
                             .extend(products.into_iter().filter(|(_, c)| c.fits(&self.limits)));
                         cached
                     }
-                    None => self.tune_matmul()?.0,
+                    None => {
+                        let (chosen, _, cached) = self.tune_matmul()?;
+                        // Costs only a measurement next time: a warning.
+                        if let Err(why) = cached {
+                            log::warn!("matmul tiles not cached: {why}");
+                        }
+                        chosen
+                    }
                 }
             }
         };
@@ -422,15 +432,16 @@ impl GpuContext {
     }
 
     /// Measures every tile shape again (ignoring the cache and `KILN_MATMUL_TILES`), uses the
-    /// result from now on and caches it. Returns the choice and every timing. Choices made for
-    /// single products are forgotten too: they are measured again when next used.
-    pub fn retune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>)> {
+    /// result from now on and caches it. Returns the choice, every timing, and the cache file
+    /// written (or why none was). Choices made for single products are forgotten too: they are
+    /// measured again when next used.
+    pub fn retune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>, CacheWrite)> {
         let mut tiling = self.tiling.lock().unwrap();
-        let (chosen, rows) = self.tune_matmul()?;
+        let (chosen, rows, cached) = self.tune_matmul()?;
         *tiling = Some(chosen);
         // The cache forgot them with the new measurement (`store_cached`).
         self.shape_tiles.lock().unwrap().clear();
-        Ok((chosen, rows))
+        Ok((chosen, rows, cached))
     }
 
     /// The tile shape for one product, `op(A)·op(B)` of `dims` in layout `t`. On a GPU (not a
@@ -563,9 +574,9 @@ impl GpuContext {
         Ok(self.time_dispatch(&recorded.dispatch, 1, 3)?.0)
     }
 
-    /// Times the candidates ([`matmul_tiles::tune`]) and caches the choice. A cache that
-    /// cannot be written costs only a measurement next time, so it is a warning.
-    fn tune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>)> {
+    /// Times the candidates ([`matmul_tiles::tune`]) and caches the choice: returns it, the
+    /// timings, and the cache file written or why none was.
+    fn tune_matmul(&self) -> Result<(MatmulTiling, Vec<TuneRow>, CacheWrite)> {
         let mut operands: HashMap<(usize, usize, usize), [wgpu::Buffer; 4]> = HashMap::new();
         // Every size class's product is a multiple of 4 each way: one pipeline per shape.
         self.compile_matmuls(
@@ -582,20 +593,18 @@ impl GpuContext {
             };
             self.time_matmul(buffers, tile, dims, Transpose::Nn)
         })?;
-        if chosen.source == TilingSource::Measured {
+        let cached = if chosen.source == TilingSource::Measured {
             log::info!("{}: matmul tiles {:?}", self.info.name, chosen);
             match matmul_tiles::cache_dir() {
-                Some(dir) => {
-                    if let Err(e) = matmul_tiles::store_cached(&dir, &self.tiling_key, &chosen) {
-                        log::warn!("matmul tiles not cached: {e}");
-                    }
-                }
-                None => {
-                    log::warn!("matmul tiles not cached: no HOME, XDG_CACHE_HOME or KILN_CACHE_DIR")
-                }
+                Some(dir) => matmul_tiles::store_cached(&dir, &self.tiling_key, &chosen)
+                    .map(|()| dir.join(matmul_tiles::CACHE_FILE))
+                    .map_err(|e| e.to_string()),
+                None => Err("no HOME, XDG_CACHE_HOME or KILN_CACHE_DIR".to_string()),
             }
-        }
-        Ok((chosen, rows))
+        } else {
+            Err("nothing was measured (the adapter's limits chose)".to_string())
+        };
+        Ok((chosen, rows, cached))
     }
 
     /// Blocks until the GPU has finished everything submitted so far.

@@ -10,7 +10,7 @@ use super::AdapterArgs;
 pub fn tune(adapter: &AdapterArgs) -> Result<()> {
     let ctx = GpuContext::new(&adapter.options())?;
     outln!("adapter: {}", ctx.name())?;
-    let (tiling, rows) = ctx.retune_matmul()?;
+    let (tiling, rows, cached) = ctx.retune_matmul()?;
     outln!(
         "{:<7} {:<14} {:<22} {:>12} {:>10}",
         "class",
@@ -43,9 +43,9 @@ pub fn tune(adapter: &AdapterArgs) -> Result<()> {
             )?;
         }
     }
-    match matmul_tiles::cache_dir() {
-        Some(dir) => outln!("cached in {}", dir.join("matmul-tiles.json").display())?,
-        None => outln!("not cached: set HOME, XDG_CACHE_HOME or KILN_CACHE_DIR")?,
+    match cached {
+        Ok(file) => outln!("cached in {}", file.display())?,
+        Err(why) => anyhow::bail!("the choice was not cached: {why}"),
     }
     Ok(())
 }
