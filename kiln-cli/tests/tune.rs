@@ -73,5 +73,33 @@ fn tune_times_every_tile_shape_and_caches_the_choice() {
         e.contains("KILN_MATMUL_TILES") && e.contains("multiple of 4"),
         "{e}"
     );
+    // `--adapter` picks the adapters listed; one that matches none is an error naming them.
+    let name = ctx.name();
+    let word = name.split_whitespace().next().unwrap();
+    let devices = kiln(
+        &["devices", "--adapter", word],
+        &[("KILN_CACHE_DIR", cache)],
+    );
+    let listing = String::from_utf8_lossy(&devices.stdout);
+    assert!(
+        devices.status.success() && listing.contains(word),
+        "{listing}"
+    );
+    let devices = kiln(&["devices", "--adapter", "no such adapter"], &[]);
+    let e = String::from_utf8_lossy(&devices.stderr);
+    assert!(
+        !devices.status.success() && e.contains("no adapter matches \"no such adapter\""),
+        "{e}"
+    );
+    // A cache that cannot be written: the timings are shown, and the command fails saying why.
+    let blocked = dir.join("blocked");
+    std::fs::write(&blocked, "a file where the cache folder would be").unwrap();
+    let out = kiln(&["tune"], &[("KILN_CACHE_DIR", blocked.to_str().unwrap())]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("not cached") && e.contains("blocked"),
+        "{e}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("<- chosen"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
