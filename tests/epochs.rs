@@ -62,7 +62,7 @@ fn data_dir(name: &str) -> PathBuf {
     let model = run.model(4).unwrap();
     let layout = model.param_layout(PARAM_ALIGN);
     let mut init = vec![0.0; layout.len];
-    weights::read_into(&st, &layout, "init.", &mut init).unwrap();
+    weights::read_into(&st, &layout, weights::Prefix::Arena("init."), &mut init).unwrap();
     weights::save(&dir.join("init.safetensors"), &layout, &init, None).unwrap();
     dir
 }
