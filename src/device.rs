@@ -56,6 +56,7 @@ impl Device {
     /// # Ok::<(), kiln::KilnError>(())
     /// ```
     pub fn select(choice: DeviceChoice, opts: &AdapterOptions) -> Result<(Device, String)> {
+        opts.check()?;
         match choice {
             DeviceChoice::Cpu => Ok((Device::Cpu, "device: CPU (--device cpu)".into())),
             DeviceChoice::Gpu => {

@@ -194,6 +194,15 @@ fn unknown_adapter_lists_the_adapters_there_are() {
         ..Default::default()
     }));
     assert!(e.contains("unknown backend \"glide\""), "{e}");
+    // Also when the CPU device is chosen: the typo is not silently ignored.
+    let e = message(kiln::Device::select(
+        kiln::DeviceChoice::Cpu,
+        &AdapterOptions {
+            backend: Some("glide".into()),
+            ..Default::default()
+        },
+    ));
+    assert!(e.contains("unknown backend \"glide\""), "{e}");
 }
 
 #[test]

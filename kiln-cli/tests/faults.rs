@@ -127,6 +127,16 @@ fn bad_run_files() {
         (
             run_file(
                 MODEL,
+                "source = \"digits\"\nheader = true",
+                OPT,
+                SCHEDULE,
+                TRAIN,
+            ),
+            vec!["data.header", "applies to CSV files", "bundled dataset"],
+        ),
+        (
+            run_file(
+                MODEL,
                 "path = \"d.csv\"\nvalidation = 0.01",
                 OPT,
                 SCHEDULE,
@@ -285,6 +295,12 @@ fn bad_data_files() {
             vec!["c.csv, line 3", "label 7"],
         ),
         ("d.safetensors", b"garbage".to_vec(), vec!["d.safetensors"]),
+        // Read as safetensors whatever the case of the extension (not as text).
+        (
+            "D.SAFETENSORS",
+            b"garbage".to_vec(),
+            vec!["D.SAFETENSORS", "safetensors"],
+        ),
         ("e.csv", b"".to_vec(), vec!["e.csv", "no data rows"]),
     ];
     for (file, bytes, wanted) in &cases {

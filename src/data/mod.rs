@@ -129,10 +129,22 @@ impl Dataset {
     ) -> Result<Dataset> {
         if path.is_dir() {
             mnist::read_dir(path, split)
-        } else if path.extension().is_some_and(|e| e == "safetensors") {
+        } else if is_safetensors(path) {
             safetensors::read(path)
         } else {
             csv::read(path, csv_options)
+        }
+    }
+
+    /// What kind of data file [`Dataset::from_path`] reads `path` as: "an MNIST directory",
+    /// "a safetensors file" or "a CSV file".
+    pub fn kind_of(path: &Path) -> &'static str {
+        if path.is_dir() {
+            "an MNIST directory"
+        } else if is_safetensors(path) {
+            "a safetensors file"
+        } else {
+            "a CSV file"
         }
     }
 
@@ -350,4 +362,10 @@ mod tests {
             "{e}"
         );
     }
+}
+
+/// A `.safetensors` file, whatever the case of its extension.
+fn is_safetensors(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
 }

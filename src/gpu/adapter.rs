@@ -64,6 +64,12 @@ impl AdapterOptions {
         }
     }
 
+    /// Errs on a backend name Kiln does not know, whatever device is chosen: a typo in
+    /// `--backend` or `KILN_BACKEND` is not silently ignored on the CPU device.
+    pub fn check(&self) -> Result<()> {
+        self.backends().map(drop)
+    }
+
     pub(crate) fn backends(&self) -> Result<wgpu::Backends> {
         let Some(name) = &self.backend else {
             return Ok(wgpu::Backends::all());

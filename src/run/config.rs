@@ -112,7 +112,7 @@ pub struct DataConfig {
     /// CSV: the target column (negative counts from the end).
     #[serde(default = "last_column")]
     pub label_column: i64,
-    /// CSV: whether the first line is a header ("auto" guesses from whether it parses).
+    /// CSV: whether the first line is a header ("auto": a first line all text).
     #[serde(default)]
     pub header: HeaderConfig,
 }
@@ -141,7 +141,7 @@ pub enum Normalize {
 /// `false`/`"no"`.
 pub enum HeaderConfig {
     #[default]
-    /// A header if the first line does not parse as numbers.
+    /// A header if no field of the first line is a number (see [`crate::data::csv::Header`]).
     Auto,
     /// The first line is a header.
     Yes,

@@ -66,6 +66,36 @@ impl Prepared {
                 ));
             }
         }
+        // The CSV options mean nothing to other data: given there, they are a mistake.
+        let csv_options_given = [
+            ("data.label_column", config.data.label_column != -1),
+            (
+                "data.header",
+                config.data.header != config::HeaderConfig::Auto,
+            ),
+        ];
+        let mut inputs: Vec<String> = Vec::new();
+        if let Some(name) = &config.data.source {
+            inputs.push(format!("source {name:?} is a bundled dataset"));
+        }
+        for path in [&config.data.path, &config.data.validation_path]
+            .into_iter()
+            .flatten()
+        {
+            let kind = Dataset::kind_of(&base_dir.join(path));
+            if kind != "a CSV file" {
+                inputs.push(format!("{} is {kind}", path.display()));
+            }
+        }
+        if let (Some((field, _)), Some(input)) = (
+            csv_options_given.iter().find(|(_, given)| *given),
+            inputs.first(),
+        ) {
+            return Err(KilnError::invalid(
+                *field,
+                format!("applies to CSV files, and {input}"),
+            ));
+        }
         let data = match (&config.data.source, &config.data.path) {
             (Some(name), None) => Dataset::bundled(name)?,
             (None, Some(path)) => Dataset::from_path(&base_dir.join(path), &config.csv_options())?,

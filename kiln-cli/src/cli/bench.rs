@@ -12,6 +12,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .iter()
         .map(|o| BenchOp::from_name(o.trim()))
         .collect::<kiln::Result<Vec<_>>>()?;
+    args.adapter.options().check()?;
     let mut devices = Vec::new();
     let checks: &[bool] = match args.bounds_checks.as_str() {
         "off" => &[false],
