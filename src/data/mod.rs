@@ -301,6 +301,12 @@ impl Dataset {
     }
 }
 
+/// A `.safetensors` file, whatever the case of its extension.
+fn is_safetensors(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,10 +368,4 @@ mod tests {
             "{e}"
         );
     }
-}
-
-/// A `.safetensors` file, whatever the case of its extension.
-fn is_safetensors(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
 }
