@@ -2,6 +2,15 @@
 
 use thiserror::Error;
 
+/// [`KilnError::Diverged`]'s reason for a loss of training.
+pub const TRAINING_DIVERGED: &str =
+    "training diverged (a lower learning rate or gradient clipping may help)";
+
+/// [`KilnError::Diverged`]'s reason for the loss on held-out rows.
+pub const OUTPUTS_OVERFLOW: &str = "the model's outputs on these rows overflow: training \
+     diverged, or the rows lie far outside the training rows' range (normalizing the data or \
+     a lower learning rate may help)";
+
 /// Everything that can go wrong in the library. Binaries wrap it in `anyhow`.
 #[derive(Debug, Error)]
 pub enum KilnError {
@@ -68,17 +77,16 @@ pub enum KilnError {
         value: f32,
     },
 
-    /// Training produced a loss (or gradient norm) that is not finite where a number is needed
-    /// to go on: a schedule that follows it, an evaluation, an epoch's mean.
-    #[error(
-        "{what} is {value}: training diverged (a lower learning rate or gradient clipping may \
-         help)"
-    )]
+    /// A loss (or gradient norm) that is not finite where a number is needed to go on: a
+    /// schedule that follows it, an evaluation, an epoch's mean.
+    #[error("{what} is {value}: {why}")]
     Diverged {
         /// Which number, and where in the run.
         what: String,
         /// Its value.
         value: f64,
+        /// What may have caused it, and what may help.
+        why: &'static str,
     },
 
     /// A class label outside `0..classes`.

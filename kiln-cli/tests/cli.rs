@@ -481,7 +481,9 @@ fn a_diverging_run_is_stopped_at_its_first_bad_loss() {
                 arg(&log),
             ]));
             assert!(
-                e.contains("the validation loss is") && e.contains("training diverged"),
+                e.contains("the validation loss (first at ")
+                    && e.contains("data.csv, line ")
+                    && e.contains("training diverged"),
                 "{e}"
             );
             // The epoch's updates are all in the log, the skipped ones without a loss.

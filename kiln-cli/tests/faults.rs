@@ -671,3 +671,27 @@ fn unwritable_output_is_an_error_not_a_panic() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Held-out rows far outside the training rows' range overflow the model's outputs: the error
+/// names the first such row and what may cause it, not only "training diverged".
+#[test]
+fn validation_rows_that_overflow_are_named() {
+    let dir = scratch("valflow");
+    std::fs::write(dir.join("t.csv"), "1,2,0\n3,4,1\n0.5,-1,2\n").unwrap();
+    std::fs::write(dir.join("v.csv"), "3,4,1\n1e30,2e30,0\n").unwrap();
+    std::fs::write(
+        dir.join("r.toml"),
+        "[model]\nlayers = [{ dense = 1 }]\nloss = \"mse\"\n[data]\npath = \"t.csv\"\nvalidation_path = \"v.csv\"\n[optimizer]\nlr = 0.01\n[train]\nsteps = 3\nbatch_size = 2\n",
+    )
+    .unwrap();
+    fails(
+        &dir,
+        &["train", "r.toml", "--device", "cpu"],
+        &[
+            "the validation loss (first at ",
+            "v.csv, line 2) is inf",
+            "outside the training rows' range",
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

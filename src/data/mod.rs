@@ -55,6 +55,16 @@ impl TargetData {
             TargetData::Values(v) => ops::Targets::Values(v),
         }
     }
+
+    /// The targets of `rows`, values being `width` to a row.
+    pub fn rows(&self, rows: std::ops::Range<usize>, width: usize) -> TargetData {
+        match self {
+            TargetData::Classes(c) => TargetData::Classes(c[rows].to_vec()),
+            TargetData::Values(v) => {
+                TargetData::Values(v[rows.start * width..rows.end * width].to_vec())
+            }
+        }
+    }
 }
 
 impl Dataset {

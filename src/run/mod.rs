@@ -732,6 +732,7 @@ impl Run {
                     self.epoch_of(done - 1)
                 ),
                 value: losses.first().copied().unwrap_or(f32::NAN) as f64,
+                why: crate::error::TRAINING_DIVERGED,
             });
         }
         Ok(finite.iter().sum::<f64>() / finite.len() as f64)
@@ -896,12 +897,27 @@ impl Run {
         } else {
             self.trainer.predict_loaded(&data.x)?
         };
-        Ok(Some(evaluate(
-            self.model.loss(),
-            self.model.output(),
-            &out,
-            targets,
-        )?))
+        let (loss, width) = (self.model.loss(), self.model.output());
+        match evaluate(loss, width, &out, targets) {
+            Err(KilnError::Diverged { value, why, .. }) => {
+                // Name the first row whose loss is not finite.
+                let row = (0..data.rows()).find(|&r| {
+                    let one = targets.rows(r..r + 1, width);
+                    evaluate(loss, width, &out[r * width..(r + 1) * width], &one).is_err()
+                });
+                Err(KilnError::Diverged {
+                    what: match row {
+                        Some(r) => {
+                            format!("the validation loss (first at {})", data.describe_row(r))
+                        }
+                        None => "the validation loss".into(),
+                    },
+                    value,
+                    why,
+                })
+            }
+            other => other.map(Some),
+        }
     }
 
     /// Saves a checkpoint into `dir` (atomically). The run takes the directory for itself the
@@ -982,6 +998,7 @@ pub fn evaluate(
         return Err(KilnError::Diverged {
             what: "the validation loss".into(),
             value: value as f64,
+            why: crate::error::OUTPUTS_OVERFLOW,
         });
     }
     Ok(Evaluation {

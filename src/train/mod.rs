@@ -541,6 +541,7 @@ impl Trainer {
                                 "the {what} of update {update}, which the schedule follows,"
                             ),
                             value: v,
+                            why: crate::error::TRAINING_DIVERGED,
                         });
                     }
                 }
