@@ -147,6 +147,8 @@ fn draw_panel<DB: DrawingBackend>(
     if x1 == x0 {
         x1 = x0 + 1.0;
     }
+    // A log axis labels powers of ten: over less than a decade it would show none.
+    let log_y = panel.log_y && y1 >= 10.0 * y0;
     if y1 == y0 {
         let pad = if y0 == 0.0 { 1.0 } else { y0.abs() * 0.1 };
         (y0, y1) = (y0 - pad, y1 + pad);
@@ -164,6 +166,8 @@ fn draw_panel<DB: DrawingBackend>(
             chart
                 .configure_mesh()
                 .x_desc("update")
+                // Whole updates: no more labels than there are updates in the span.
+                .x_labels(((x1 - x0) as usize + 1).clamp(2, 10))
                 .x_label_formatter(&|x| format!("{}", x.round() as i64))
                 .y_desc(&panel.y_label)
                 .label_style(("sans-serif", 14))
@@ -175,7 +179,13 @@ fn draw_panel<DB: DrawingBackend>(
                     .points
                     .iter()
                     .copied()
-                    .filter(|(_, y)| y.is_finite() && (!panel.log_y || *y > 0.0));
+                    .filter(|(_, y)| y.is_finite() && (!log_y || *y > 0.0));
+                // Few points are marked too: a line through one point draws nothing.
+                if s.points.len() <= 20 {
+                    chart
+                        .draw_series(pts.clone().map(|p| Circle::new(p, 3, color.filled())))
+                        .map_err(|e| e.to_string())?;
+                }
                 chart
                     .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                     .map_err(|e| e.to_string())?
@@ -195,7 +205,7 @@ fn draw_panel<DB: DrawingBackend>(
             }
         }};
     }
-    if panel.log_y {
+    if log_y {
         finish!(
             builder
                 .build_cartesian_2d(x0..x1, (y0..y1).log_scale())

@@ -284,6 +284,20 @@ fn train_logs_every_update_and_evaluation_and_plots_them() {
         e.contains("other.jsonl, line 1: not a line of a kiln --log file"),
         "{e}"
     );
+    // The evaluations alone (`grep val_loss`), even a single one: the loss panel alone.
+    let evals_only = dir.join("evals.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    for lines in [usize::MAX, 1] {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("val_loss"))
+            .take(lines)
+            .collect();
+        std::fs::write(&evals_only, kept.join("\n")).unwrap();
+        std::fs::remove_file(&png).unwrap();
+        stdout(&kiln(&["plot", arg(&evals_only), "-o", arg(&png)]));
+        assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -25,16 +25,20 @@ pub fn plot(args: &PlotArgs) -> Result<()> {
             })
             .collect(),
     };
-    let lr_panel = Panel {
-        title: "learning rate".into(),
-        y_label: "lr".into(),
-        log_y: false,
-        series: vec![Series {
-            name: "lr".into(),
-            points: lr,
-        }],
-    };
-    draw(&args.output, &[loss_panel, lr_panel])?;
+    let mut panels = vec![loss_panel];
+    // A log of evaluations alone (`grep val_loss`) has no rates: the loss panel alone.
+    if !lr.is_empty() {
+        panels.push(Panel {
+            title: "learning rate".into(),
+            y_label: "lr".into(),
+            log_y: false,
+            series: vec![Series {
+                name: "lr".into(),
+                points: lr,
+            }],
+        });
+    }
+    draw(&args.output, &panels)?;
     Ok(())
 }
 
