@@ -23,6 +23,10 @@ pub trait RateRule: std::fmt::Debug + Send {
     fn check(&self) -> Result<()> {
         Ok(())
     }
+    /// The parameters make sense with this base rate (checked when the schedule is built).
+    fn check_base(&self, _base: f64) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +71,7 @@ impl<R: RateRule> Factored<R> {
 impl<R: RateRule> LrSchedule for Factored<R> {
     fn construct(&mut self, group: &mut Group) -> Result<()> {
         self.base = group.base_lr();
+        self.rule.check_base(self.base)?;
         self.initial_step(group)
     }
 

@@ -32,4 +32,19 @@ impl RateRule for LinearDecay {
     fn rate(&self, base: f64, t: u64) -> f64 {
         (base * (1.0 - self.alpha * t as f64)).max(self.end_lr)
     }
+
+    /// A floor above the base rate would hold the rate there from the first update: no decay.
+    fn check_base(&self, base: f64) -> Result<()> {
+        if self.end_lr > base {
+            return Err(crate::ScheduleError::new(
+                "end_lr",
+                format!(
+                    "{} is above the base rate {base}: linear_decay decays from the base rate \
+                     down to end_lr",
+                    self.end_lr
+                ),
+            ));
+        }
+        Ok(())
+    }
 }

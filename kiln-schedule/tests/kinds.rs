@@ -85,6 +85,16 @@ fn linear_decay_stops_at_end_lr() {
     for (t, g) in got.iter().enumerate() {
         assert_eq!(*g, (0.1 * (1.0 - 0.1 * t as f64)).max(0.02), "t={t}");
     }
+    // A floor above the base rate would be no decay at all.
+    let e = ScheduleConfig::from_toml("kind = \"linear_decay\"\nalpha = 0.1\nend_lr = 5")
+        .unwrap()
+        .build(Some(0.1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("schedule.end_lr: 5 is above the base rate 0.1"),
+        "{e}"
+    );
 }
 
 #[test]
