@@ -303,7 +303,9 @@ fn train_logs_every_update_and_evaluation_and_plots_them() {
 
 /// For SGD and optimizers with other state (AdamW without bias decay and with clipping, NAdam
 /// with its `mu_product`, centered RMSprop with momentum): a killed run resumed from its last
-/// checkpoint saves the very bytes of an uninterrupted one.
+/// checkpoint saves the very bytes of an uninterrupted one, and its --log, continued, is the
+/// uninterrupted run's: each update once, lines written past the checkpoint and the cut run's
+/// end-of-run evaluation gone.
 #[test]
 fn a_killed_run_resumes_to_the_same_weights() {
     for (name, optimizer) in [
@@ -332,6 +334,7 @@ fn killed_run_resumes(name: &str, run_text: &str) {
     let dir = run_dir(&format!("resume-{name}"), &regression_csv(), run_text);
     let (run, ck) = (dir.join("run.toml"), dir.join("ck"));
     let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    let (log_a, log_b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
     stdout(&kiln(&[
         "train",
         arg(&run),
@@ -340,6 +343,8 @@ fn killed_run_resumes(name: &str, run_text: &str) {
         "--quiet",
         "--save",
         arg(&a),
+        "--log",
+        arg(&log_a),
     ]));
     // The "killed" run stops after 17 updates; its last checkpoint is at 15.
     stdout(&kiln(&[
@@ -354,7 +359,14 @@ fn killed_run_resumes(name: &str, run_text: &str) {
         arg(&ck),
         "--checkpoint-every",
         "5",
+        "--log",
+        arg(&log_b),
     ]));
+    // Killed a little after its checkpoint: lines about updates the checkpoint does not hold.
+    let mut cut = std::fs::read_to_string(&log_b).unwrap();
+    assert!(cut.contains(r#""end_of_run":true"#), "{name}: {cut}");
+    cut += "{\"step\":17,\"epoch\":4,\"lr\":0.1,\"loss\":0.25}\n";
+    std::fs::write(&log_b, cut).unwrap();
     let out = stdout(&kiln(&[
         "train",
         arg(&run),
@@ -364,9 +376,16 @@ fn killed_run_resumes(name: &str, run_text: &str) {
         arg(&ck),
         "--save",
         arg(&b),
+        "--log",
+        arg(&log_b),
     ]));
     assert!(out.contains("resuming at 17"), "{name}: {out}");
     assert_same_file(&a, &b, &format!("{name}: resumed weights differ"));
+    assert_eq!(
+        std::fs::read_to_string(&log_b).unwrap(),
+        std::fs::read_to_string(&log_a).unwrap(),
+        "{name}: the resumed run's log"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -629,9 +648,10 @@ early_stopping = { monitor = "val_loss", min_delta = 100.0, patience = 1, restor
         "--save",
         arg(&last),
     ]));
-    assert!(out.contains("early stop after update 24"), "{out}");
+    // Updates numbered from 0, as the log's steps.
+    assert!(out.contains("early stop after update 23"), "{out}");
     assert!(
-        out.contains("restored the weights of the best check (after update 12)"),
+        out.contains("restored the weights of the best check (after update 11)"),
         "{out}"
     );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
@@ -652,7 +672,8 @@ early_stopping = { monitor = "val_loss", min_delta = 100.0, patience = 1, restor
     assert_eq!(stops[0]["step"], 23);
     let reason = stops[0]["early_stop"].as_str().unwrap();
     assert!(
-        reason.starts_with("val_loss did not improve for 1 checks"),
+        reason.starts_with("val_loss did not improve for 1 checks")
+            && reason.ends_with("after update 11)"),
         "{reason}"
     );
     assert_same_file(&best, &last, "restored weights differ from the best kept");

@@ -222,25 +222,37 @@ impl Dataset {
     pub fn feature_stats(&self) -> (Vec<f32>, Vec<f32>) {
         let n = self.rows().max(1) as f64;
         let f = self.features;
+        // Summed, then divided once: adding v/n row by row leaves a residue that made a
+        // constant column's deviation 1e-15 instead of 0.
         let mut mean = vec![0.0f64; f];
         for row in self.x.chunks(f) {
             for (m, v) in mean.iter_mut().zip(row) {
-                *m += *v as f64 / n;
+                *m += *v as f64;
             }
+        }
+        for m in &mut mean {
+            *m /= n;
         }
         let mut var = vec![0.0f64; f];
         for row in self.x.chunks(f) {
             for ((s, v), m) in var.iter_mut().zip(row).zip(&mean) {
-                *s += (*v as f64 - m).powi(2) / n;
+                *s += (*v as f64 - m).powi(2);
             }
         }
         let std = var
             .iter()
-            // A deviation below f32's normal range is a constant feature as far as f32 can
-            // tell; dividing by it would overflow.
-            .map(|v| match v.sqrt() as f32 {
-                s if s.is_normal() => s,
-                _ => 1.0,
+            .zip(&mean)
+            .map(|(&sum, &m)| {
+                let v = sum / n;
+                // scikit-learn's test for a constant feature: a variance within the rounding
+                // error of computing it (`_is_constant_feature`).
+                let eps = f64::EPSILON;
+                let constant = v <= n * eps * v + (n * m * eps).powi(2);
+                match v.sqrt() as f32 {
+                    // A deviation below f32's normal range would overflow the division.
+                    s if s.is_normal() && !constant => s,
+                    _ => 1.0,
+                }
             })
             .collect();
         (mean.iter().map(|m| *m as f32).collect(), std)
@@ -338,6 +350,24 @@ mod tests {
         assert_eq!((d.x[0], d.y[0]), (59.0, 151.0));
         let e = Dataset::bundled("iris").unwrap_err().to_string();
         assert!(e.contains("digits, breast_cancer, diabetes"), "{e}");
+    }
+
+    /// Population statistics as scikit-learn's StandardScaler, a constant column (any value,
+    /// any row count) a deviation of exactly 1, a column with a small real spread its own.
+    #[test]
+    fn constant_features_get_a_deviation_of_one() {
+        for value in [0.1f32, 0.3, 0.5, 1.7, 2.5, 3.0, 7.0, 1000.0] {
+            for rows in [3usize, 37, 100, 1000] {
+                let x: Vec<f32> = (0..rows).flat_map(|i| [i as f32, value]).collect();
+                let d = Dataset::new("c", 2, x, 1, vec![0.0; rows]).unwrap();
+                let (mean, std) = d.feature_stats();
+                assert_eq!((mean[1], std[1]), (value, 1.0), "{value} × {rows}");
+            }
+        }
+        let x: Vec<f32> = (0..10).map(|i| 1e6 + (i % 2) as f32).collect();
+        let d = Dataset::new("s", 1, x, 1, vec![0.0; 10]).unwrap();
+        let (mean, std) = d.feature_stats();
+        assert_eq!((mean[0], std[0]), (1e6 + 0.5, 0.5));
     }
 
     #[test]

@@ -434,11 +434,14 @@ pub struct EarlyStop {
 }
 
 impl EarlyStop {
-    /// One line for people.
+    /// One line for people. Updates are numbered from 0, as the log's `step` numbers them.
     pub fn reason(&self) -> String {
         format!(
             "{} did not improve for {} checks (best {} after update {})",
-            self.monitor, self.wait, self.best, self.best_step
+            self.monitor,
+            self.wait,
+            self.best,
+            self.best_step.saturating_sub(1)
         )
     }
 }

@@ -15,13 +15,18 @@ pub enum LogLine {
         lr: f64,
         loss: Option<f32>,
     },
-    /// An evaluation on the held-out rows after update `step`.
+    /// An evaluation on the held-out rows after update `step`. `end_of_run`: the one a run
+    /// adds when it ends between the evaluations it makes as it goes (cut short by `--steps`,
+    /// or of the best weights restored): not part of the run's curve, and dropped when the
+    /// run is resumed.
     Evaluation {
         step: u64,
         epoch: u64,
         val_loss: f32,
         #[serde(skip_serializing_if = "Option::is_none")]
         val_accuracy: Option<f64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        end_of_run: bool,
     },
     /// The epoch's mean batch loss, logged when something watches it.
     TrainLoss {
@@ -48,6 +53,39 @@ impl LogLine {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("log lines serialise")
     }
+
+    /// The update the line is about.
+    pub fn step(&self) -> u64 {
+        match *self {
+            LogLine::Update { step, .. }
+            | LogLine::Evaluation { step, .. }
+            | LogLine::TrainLoss { step, .. }
+            | LogLine::Skipped { step, .. }
+            | LogLine::EarlyStop { step, .. } => step,
+        }
+    }
+}
+
+/// The lines of a log `text` that a run resumed after `done` updates keeps: those about the
+/// updates before it, but not an end-of-run evaluation (the resumed run goes on past it).
+/// Lines written after the checkpoint (a run killed past it) go: the resumed run writes them
+/// again. Lines that are not a log's are kept as they are.
+pub fn kept_on_resume(text: &str, done: u64) -> String {
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        let keep = match serde_json::from_str::<LogLine>(line) {
+            Ok(LogLine::Evaluation {
+                end_of_run: true, ..
+            }) => false,
+            Ok(l) => l.step() < done,
+            Err(_) => !line.trim().is_empty(),
+        };
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -70,6 +108,7 @@ mod tests {
             epoch: 1,
             val_loss: 0.25,
             val_accuracy: Some(0.5),
+            end_of_run: false,
         };
         assert_eq!(
             serde_json::from_str::<LogLine>(&eval.to_json()).unwrap(),
@@ -81,8 +120,34 @@ mod tests {
             serde_json::from_str::<LogLine>(old).unwrap(),
             LogLine::Evaluation {
                 val_accuracy: None,
+                end_of_run: false,
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_the_lines_before_its_checkpoint() {
+        let log = [
+            r#"{"step":0,"epoch":0,"lr":0.1,"loss":1.0}"#,
+            r#"{"step":1,"epoch":0,"lr":0.1,"loss":0.5}"#,
+            r#"{"step":1,"epoch":0,"val_loss":0.7}"#,
+            r#"{"step":1,"epoch":0,"val_loss":0.6,"end_of_run":true}"#,
+            r#"{"step":2,"epoch":1,"lr":0.1,"loss":0.4}"#,
+            "a note of the user's",
+            "",
+        ]
+        .join("\n");
+        assert_eq!(
+            kept_on_resume(&log, 2),
+            [
+                r#"{"step":0,"epoch":0,"lr":0.1,"loss":1.0}"#,
+                r#"{"step":1,"epoch":0,"lr":0.1,"loss":0.5}"#,
+                r#"{"step":1,"epoch":0,"val_loss":0.7}"#,
+                "a note of the user's",
+                "",
+            ]
+            .join("\n")
+        );
     }
 }

@@ -69,9 +69,15 @@ fn parse(path: &Path, text: &str) -> Result<(Points, Points, Points)> {
                 }
                 lr.push((step as f64, rate));
             }
-            LogLine::Evaluation { step, val_loss, .. } => {
-                validation.push((step as f64, val_loss as f64))
-            }
+            // The run's curve: an evaluation added at its end (of restored weights, or where
+            // --steps cut it) is not a point of it.
+            LogLine::Evaluation {
+                step,
+                val_loss,
+                end_of_run: false,
+                ..
+            } => validation.push((step as f64, val_loss as f64)),
+            LogLine::Evaluation { .. } => {}
             LogLine::TrainLoss { .. } | LogLine::Skipped { .. } | LogLine::EarlyStop { .. } => {}
         }
     }

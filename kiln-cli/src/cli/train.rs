@@ -86,10 +86,19 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     ))?;
 
     let mut log = match &args.log {
-        // A resumed run appends, so one file holds the whole run.
+        // A resumed run appends, so one file holds the whole run: each update once, the lines
+        // of a run killed past its checkpoint cut back to it first.
         Some(path) => Some(Log {
             out: BufWriter::new(
                 if args.resume.is_some() {
+                    if path.is_file() {
+                        let text = std::fs::read_to_string(path)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        let kept = super::log::kept_on_resume(&text, start);
+                        if kept != text {
+                            kiln::weights::write_atomic(path, kept.as_bytes())?;
+                        }
+                    }
                     OpenOptions::new().append(true).create(true).open(path)
                 } else {
                     File::create(path)
@@ -191,7 +200,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             )?;
         }
         if let Some(e) = &outcome.evaluation {
-            write_evaluation(log.as_mut(), at, epoch, e)?;
+            write_evaluation(log.as_mut(), at, epoch, e, false)?;
             last_evaluation = Some((done, *e));
         }
         if outcome.improved
@@ -208,14 +217,14 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                     early_stop: stop.reason(),
                 },
             )?;
-            say(&format!(
-                "early stop after update {done}: {}",
-                stop.reason()
-            ))?;
+            say(&format!("early stop after update {at}: {}", stop.reason()))?;
         }
         if let Some(dir) = checkpoint_due
             && !run.finished()
         {
+            if let Some(log) = &mut log {
+                log.sync()?;
+            }
             run.checkpoint(dir)?;
         }
     }
@@ -247,13 +256,17 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     // The checkpoint holds the run as it stopped (weights, optimizer state and schedule of
     // one update), so a resume with more updates continues it exactly.
     if let Some(dir) = checkpoint_dir {
+        if let Some(log) = &mut log {
+            log.sync()?;
+        }
         run.checkpoint(dir)?;
     }
     // Keras's restore_best_weights: back to the best check's weights, stopped early or not,
     // for --save and the final evaluation.
     if let Some(step) = run.finish()? {
         say(&format!(
-            "restored the weights of the best check (after update {step})"
+            "restored the weights of the best check (after update {})",
+            step.saturating_sub(1)
         ))?;
         last_evaluation = None;
     }
@@ -278,7 +291,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             let e = run.evaluate()?;
             if let Some(e) = &e {
                 let at = done.saturating_sub(1);
-                write_evaluation(log.as_mut(), at, run.epoch_of(at), e)?;
+                write_evaluation(log.as_mut(), at, run.epoch_of(at), e, true)?;
             }
             e
         }
@@ -338,12 +351,19 @@ fn report(
     Ok(last)
 }
 
-fn write_evaluation(log: Option<&mut Log>, step: u64, epoch: u64, e: &Evaluation) -> Result<()> {
+fn write_evaluation(
+    log: Option<&mut Log>,
+    step: u64,
+    epoch: u64,
+    e: &Evaluation,
+    end_of_run: bool,
+) -> Result<()> {
     let line = LogLine::Evaluation {
         step,
         epoch,
         val_loss: e.loss,
         val_accuracy: e.accuracy,
+        end_of_run,
     };
     write_line(log, &line)
 }
@@ -370,6 +390,16 @@ impl Log {
     fn flush(&mut self) -> Result<()> {
         self.out
             .flush()
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// Everything written so far on the disk: before a checkpoint, so that a resume from it
+    /// finds every line up to it (and cuts what came after, `kept_on_resume`).
+    fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        self.out
+            .get_ref()
+            .sync_data()
             .with_context(|| format!("writing {}", self.path.display()))
     }
 }
