@@ -142,6 +142,38 @@ fn a_checkpoint_for_another_model_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The CSV options apply where any of the run's files is a CSV file: a bundled training set
+/// with held-out rows from a headerless CSV file is a run, the options on the bundled set
+/// alone are refused.
+#[test]
+fn csv_options_apply_where_a_file_is_csv() {
+    let dir = std::env::temp_dir().join(format!("kiln-csv-mixed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let row = |label: u32| {
+        let mut r: Vec<String> = (0..64).map(|i| (i % 16).to_string()).collect();
+        r.push(label.to_string());
+        r.join(",")
+    };
+    std::fs::write(dir.join("v.csv"), format!("{}\n{}\n", row(3), row(7))).unwrap();
+    let text = RUN.replace(
+        "validation = 0.2",
+        "validation_path = \"v.csv\"\nheader = false",
+    );
+    let config = RunConfig::from_toml(&text, "run.toml").unwrap();
+    Run::new(config, &dir, &Device::Cpu, None, Some(1)).unwrap();
+    let alone = RUN.replace("validation = 0.2", "validation = 0.2\nheader = false");
+    let config = RunConfig::from_toml(&alone, "run.toml").unwrap();
+    let e = Run::new(config, &dir, &Device::Cpu, None, Some(1))
+        .err()
+        .expect("CSV options without a CSV file")
+        .to_string();
+    assert!(
+        e.contains("invalid data.header: applies to CSV files"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A checkpoint records the schedule its run started with: resuming under another (another
 /// kind, other numbers, another base rate through [optimizer].lr) is refused naming the
 /// schedule; the same run file resumes, with more updates too.

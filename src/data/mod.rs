@@ -137,24 +137,10 @@ impl Dataset {
         csv_options: &csv::CsvOptions,
         split: mnist::Split,
     ) -> Result<Dataset> {
-        if path.is_dir() {
-            mnist::read_dir(path, split)
-        } else if is_safetensors(path) {
-            safetensors::read(path)
-        } else {
-            csv::read(path, csv_options)
-        }
-    }
-
-    /// What kind of data file [`Dataset::from_path`] reads `path` as: "an MNIST directory",
-    /// "a safetensors file" or "a CSV file".
-    pub fn kind_of(path: &Path) -> &'static str {
-        if path.is_dir() {
-            "an MNIST directory"
-        } else if is_safetensors(path) {
-            "a safetensors file"
-        } else {
-            "a CSV file"
+        match FileKind::of(path) {
+            FileKind::Mnist => mnist::read_dir(path, split),
+            FileKind::Safetensors => safetensors::read(path),
+            FileKind::Csv => csv::read(path, csv_options),
         }
     }
 
@@ -323,10 +309,40 @@ impl Dataset {
     }
 }
 
-/// A `.safetensors` file, whatever the case of its extension.
-fn is_safetensors(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+/// How [`Dataset::from_path`] reads a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A directory of MNIST's IDX files.
+    Mnist,
+    /// A `.safetensors` file (whatever the case of its extension).
+    Safetensors,
+    /// Anything else.
+    Csv,
+}
+
+impl FileKind {
+    /// The kind of `path`.
+    pub fn of(path: &Path) -> FileKind {
+        if path.is_dir() {
+            FileKind::Mnist
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+        {
+            FileKind::Safetensors
+        } else {
+            FileKind::Csv
+        }
+    }
+
+    /// "an MNIST directory", "a safetensors file", "a CSV file".
+    pub fn describe(self) -> &'static str {
+        match self {
+            FileKind::Mnist => "an MNIST directory",
+            FileKind::Safetensors => "a safetensors file",
+            FileKind::Csv => "a CSV file",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 
 pub use config::{DEFAULT_RUN, EarlyStoppingConfig, EvalEvery, Normalize, RunConfig, StopMode};
 
-use crate::data::{Dataset, TargetData, mnist};
+use crate::data::{Dataset, FileKind, TargetData, mnist};
 use crate::device::Device;
 use crate::error::{KilnError, Result};
 use crate::model::Sequential;
@@ -66,45 +66,45 @@ impl Prepared {
                 ));
             }
         }
-        // The CSV options mean nothing to other data: given there, they are a mistake.
-        let csv_options_given = [
+        if config.data.source.is_some() == config.data.path.is_some() {
+            return Err(KilnError::invalid(
+                "data",
+                "give either source (a bundled dataset) or path",
+            ));
+        }
+        // The CSV options mean nothing to other data: given where no file is a CSV file,
+        // they are a mistake.
+        let csv_option = [
             ("data.label_column", config.data.label_column != -1),
             (
                 "data.header",
                 config.data.header != config::HeaderConfig::Auto,
             ),
-        ];
-        let mut inputs: Vec<String> = Vec::new();
-        if let Some(name) = &config.data.source {
-            inputs.push(format!("source {name:?} is a bundled dataset"));
-        }
-        for path in [&config.data.path, &config.data.validation_path]
+        ]
+        .into_iter()
+        .find_map(|(field, given)| given.then_some(field));
+        let files: Vec<(&Path, FileKind)> = [&config.data.path, &config.data.validation_path]
             .into_iter()
             .flatten()
+            .map(|p| (p.as_path(), FileKind::of(&base_dir.join(p))))
+            .collect();
+        if let Some(field) = csv_option
+            && !files.iter().any(|(_, k)| *k == FileKind::Csv)
         {
-            let kind = Dataset::kind_of(&base_dir.join(path));
-            if kind != "a CSV file" {
-                inputs.push(format!("{} is {kind}", path.display()));
-            }
-        }
-        if let (Some((field, _)), Some(input)) = (
-            csv_options_given.iter().find(|(_, given)| *given),
-            inputs.first(),
-        ) {
+            let what = match (&config.data.source, files.first()) {
+                (Some(name), _) => format!("source {name:?} is a bundled dataset"),
+                (None, Some((path, kind))) => format!("{} is {}", path.display(), kind.describe()),
+                (None, None) => unreachable!("a source or a path is given"),
+            };
             return Err(KilnError::invalid(
-                *field,
-                format!("applies to CSV files, and {input}"),
+                field,
+                format!("applies to CSV files, and {what}"),
             ));
         }
         let data = match (&config.data.source, &config.data.path) {
-            (Some(name), None) => Dataset::bundled(name)?,
+            (Some(name), _) => Dataset::bundled(name)?,
             (None, Some(path)) => Dataset::from_path(&base_dir.join(path), &config.csv_options())?,
-            _ => {
-                return Err(KilnError::invalid(
-                    "data",
-                    "give either source (a bundled dataset) or path",
-                ));
-            }
+            (None, None) => unreachable!("checked above"),
         };
         let (mut train, mut validation) = if let Some(path) = &config.data.validation_path {
             let path = base_dir.join(path);
