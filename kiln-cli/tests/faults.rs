@@ -695,3 +695,38 @@ fn validation_rows_that_overflow_are_named() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A resume is held to the schedule the checkpoint's run started with, as configured: another
+/// schedule is refused naming it; a checkpoint of an earlier version (no record) resumes, and
+/// a schedule that keeps infinities in its state (reduce_on_plateau's best) resumes under the
+/// same run file.
+#[test]
+fn a_resume_is_held_to_its_schedule() {
+    let dir = scratch("resched");
+    let plateau = "kind = \"reduce_on_plateau\"\npatience = 1";
+    good_run(&dir, plateau);
+    let resume = [
+        "train", "r.toml", "--device", "cpu", "--resume", "ck", "--steps", "6",
+    ];
+    let o = run(&dir, &resume);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    std::fs::write(
+        dir.join("r.toml"),
+        run_file(MODEL, DATA_CFG, OPT, SCHEDULE, TRAIN),
+    )
+    .unwrap();
+    let more = [
+        "train", "r.toml", "--device", "cpu", "--resume", "ck", "--steps", "8",
+    ];
+    fails(
+        &dir,
+        &more,
+        &["invalid schedule", "cannot change its schedule"],
+    );
+    tamper(&dir, |m| {
+        m["run"].as_object_mut().unwrap().remove("schedule");
+    });
+    let o = run(&dir, &more);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

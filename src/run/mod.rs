@@ -165,6 +165,26 @@ impl Prepared {
         })
     }
 
+    /// The run file's schedule as configured, for a checkpoint to hold a resume to: its kind
+    /// with every parameter (defaults filled in), when it steps, what it watches, and the base
+    /// rate if it uses one. The configuration, not the scheduler's own serialised state, so
+    /// that a checkpoint of one version resumes under the next.
+    fn schedule_record(&self, config: &RunConfig) -> Result<serde_json::Value> {
+        let record = match config.schedule()? {
+            None => serde_json::json!({ "kind": "fixed", "lr": self.optimizer.lr }),
+            Some(s) => {
+                let uses_base = s.kind.build()?.uses_base_lr();
+                serde_json::json!({
+                    "kind": s.kind,
+                    "interval": s.interval,
+                    "monitor": s.monitor,
+                    "lr": uses_base.then(|| s.lr.unwrap_or(self.optimizer.lr)),
+                })
+            }
+        };
+        Ok(record)
+    }
+
     /// The run file's schedule, on `[optimizer].lr` unless it gives its own base rate;
     /// a fixed rate without one.
     fn scheduler(&self, config: &RunConfig) -> Result<crate::schedule::Scheduler> {
@@ -462,6 +482,10 @@ pub struct RunState {
     pub stop_best: Option<(f64, u64)>,
     /// Set when early stopping ended the run.
     pub stopped: Option<EarlyStop>,
+    /// The run file's schedule as the run started it (`Prepared::schedule_record`): a resume
+    /// must ask for the same. Absent from checkpoints of earlier versions.
+    #[serde(default)]
+    pub schedule: Option<serde_json::Value>,
     /// With `restore_best`: the parameters at early stopping's best check.
     #[serde(skip)]
     pub best_params: Option<Vec<f32>>,
@@ -543,7 +567,11 @@ impl Run {
             schedule,
             params,
         )?;
-        p.into_run(config, trainer, RunState::default())
+        let state = RunState {
+            schedule: Some(p.schedule_record(&config)?),
+            ..RunState::default()
+        };
+        p.into_run(config, trainer, state)
     }
 
     /// Continues the run saved in the checkpoint directory `dir`.
@@ -567,10 +595,8 @@ impl Run {
         }
         // The checkpoint's schedule carries on, with its state; the run file's must be the
         // one it was made from (a checkpoint from before this check was kept has no record).
-        if let Some(initial) = &state.initial_schedule {
-            let asked = serde_json::to_value(p.scheduler(&config)?)
-                .map_err(|e| KilnError::invalid("schedule", format!("cannot be saved: {e}")))?;
-            if asked != *initial {
+        if let Some(recorded) = &run_state.schedule {
+            if p.schedule_record(&config)? != *recorded {
                 return Err(KilnError::invalid(
                     "schedule",
                     format!(

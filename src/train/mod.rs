@@ -207,10 +207,6 @@ pub struct TrainerState {
     /// [`Trainer::skip_non_finite_losses`]).
     #[serde(default)]
     pub last_finite: Observation,
-    /// The scheduler as the run built it, before its first update (serialised): what a
-    /// resume holds the run's schedule to. Absent from checkpoints of older versions.
-    #[serde(default)]
-    pub initial_schedule: Option<serde_json::Value>,
     /// The parameter arena.
     #[serde(skip)]
     pub params: Vec<f32>,
@@ -249,8 +245,6 @@ pub struct Trainer {
     skip_non_finite: bool,
     /// The last finite observation, standing in for a skipped update's.
     last_finite: Observation,
-    /// The scheduler as built for the run's first update (see [`TrainerState`]).
-    initial_schedule: Option<serde_json::Value>,
     /// Rows of the data loaded on the device, and entries of the order set for it.
     data_rows: Option<usize>,
     order_len: usize,
@@ -343,12 +337,7 @@ impl Trainer {
                 needs,
             )?),
         };
-        let initial_schedule = schedule
-            .can_save()
-            .then(|| serde_json::to_value(&schedule).ok())
-            .flatten();
         Ok(Trainer {
-            initial_schedule,
             model,
             layout,
             options,
@@ -827,7 +816,6 @@ impl Trainer {
         let schedule = serde_json::to_value(&self.schedule)
             .map_err(|e| KilnError::invalid("schedule", format!("cannot be saved: {e}")))?;
         Ok(TrainerState {
-            initial_schedule: self.initial_schedule.clone(),
             steps: self.steps,
             schedule,
             observations: self.carried.clone(),
@@ -972,8 +960,6 @@ impl Trainer {
         trainer.first_step = state.steps;
         trainer.carried = state.observations;
         trainer.last_finite = state.last_finite;
-        // Built from the state above, so not the run's first: that one comes with the state.
-        trainer.initial_schedule = state.initial_schedule;
         Ok(trainer)
     }
 
