@@ -595,19 +595,19 @@ impl Run {
         }
         // The checkpoint's schedule carries on, with its state; the run file's must be the
         // one it was made from (a checkpoint from before this check was kept has no record).
-        if let Some(recorded) = &run_state.schedule {
-            if p.schedule_record(&config)? != *recorded {
-                return Err(KilnError::invalid(
-                    "schedule",
-                    format!(
-                        "the run file's [schedule] (with its base rate, [optimizer].lr unless \
-                         it gives lr) is not the one the checkpoint in {} was made with; a run \
-                         cannot change its schedule when it resumes (to train on under another, \
-                         start a new run from the saved weights with --init)",
-                        dir.display()
-                    ),
-                ));
-            }
+        if let Some(recorded) = &run_state.schedule
+            && p.schedule_record(&config)? != *recorded
+        {
+            return Err(KilnError::invalid(
+                "schedule",
+                format!(
+                    "the run file's [schedule] (with its base rate, [optimizer].lr unless it \
+                     gives lr) is not the one the checkpoint in {} was made with; a run cannot \
+                     change its schedule when it resumes (to train on under another, start a \
+                     new run from the saved weights with --init)",
+                    dir.display()
+                ),
+            ));
         }
         let options = p.options(&config)?;
         let trainer = Trainer::resume(device, p.model.clone(), options, state)
