@@ -519,9 +519,14 @@ fn a_diverging_run_is_stopped_at_its_first_bad_loss() {
                     && e.contains("training diverged"),
                 "{e}"
             );
-            // The epoch's updates are all in the log, the skipped ones without a loss.
+            // The epoch's updates are all in the log, the skipped ones without a loss, and
+            // how many were skipped.
             let text = std::fs::read_to_string(&log).unwrap();
-            assert_eq!(text.lines().count(), 4, "{text}");
+            assert_eq!(text.lines().count(), 5, "{text}");
+            assert!(
+                text.ends_with("{\"step\":3,\"epoch\":0,\"skipped_updates\":3}\n"),
+                "{text}"
+            );
             assert!(
                 text.contains(r#""step":3,"epoch":0,"lr":1e+30,"loss":null"#),
                 "{text}"

@@ -138,17 +138,39 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
-                report(
+                if let Some(bar) = &progress {
+                    bar.finish_and_clear();
+                }
+                let reported = report(
                     &mut run,
                     &mut pending,
                     log.as_mut(),
                     args.on_nan,
                     &mut skipped,
-                )?;
-                if let Some(log) = &mut log {
-                    log.flush()?;
+                );
+                let cause = match reported {
+                    Err(stop) if stop.is::<NonFiniteLoss>() => stop,
+                    Err(other) => anyhow::Error::from(e)
+                        .context(format!("(logging the updates before it failed: {other:#})")),
+                    Ok(_) => e.into(),
+                };
+                if skipped > 0 {
+                    let at = run.steps_done().saturating_sub(1);
+                    let line = LogLine::Skipped {
+                        step: at,
+                        epoch: run.epoch_of(at),
+                        skipped_updates: skipped,
+                    };
+                    if let Err(w) = write_line(log.as_mut(), &line) {
+                        return Err(cause.context(format!("(and {w:#})")));
+                    }
                 }
-                return Err(e.into());
+                if let Some(log) = &mut log
+                    && let Err(w) = log.flush()
+                {
+                    return Err(cause.context(format!("(and {w:#})")));
+                }
+                return Err(cause);
             }
         };
         let lr = outcome.lr;
@@ -328,9 +350,10 @@ fn report(
     for (&(step, lr), &epoch) in pending.iter().zip(&epochs) {
         let loss = losses[(step - first) as usize];
         if !loss.is_finite() && on_nan == OnNan::Stop {
-            bail!(
+            return Err(NonFiniteLoss(format!(
                 "the loss of update {step} (epoch {epoch}) is {loss}; stopping (the last checkpoint is intact; --on-nan skip skips such updates)"
-            );
+            ))
+            .into());
         }
         if let Some(log) = log.as_deref_mut() {
             let line = LogLine::Update {
@@ -374,6 +397,19 @@ fn write_line(log: Option<&mut Log>, line: &LogLine) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// The run stopped at a loss that is not finite (`--on-nan stop`): the error that explains a
+/// failure after it.
+#[derive(Debug)]
+struct NonFiniteLoss(String);
+
+impl std::fmt::Display for NonFiniteLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NonFiniteLoss {}
 
 /// The `--log` file: every failure to write it names it.
 struct Log {
