@@ -35,8 +35,9 @@ type ModuleKey = (&'static str, Vec<(&'static str, u32)>);
 /// Bytes of one piece of a large [`GpuContext::write`]: 256 MiB.
 pub const WRITE_PIECE: usize = 256 << 20;
 
-/// The tile cache file a tuning wrote, or why it wrote none.
-pub type CacheWrite = std::result::Result<std::path::PathBuf, String>;
+/// The tile cache file a tuning wrote (`None`: nothing was measured, so nothing to cache), or
+/// why it wrote none.
+pub type CacheWrite = std::result::Result<Option<std::path::PathBuf>, String>;
 type PipelineKey = (ModuleKey, &'static str, Vec<(&'static str, u64)>);
 
 /// One wgpu device and everything Kiln keeps per device.
@@ -597,12 +598,12 @@ impl GpuContext {
             log::info!("{}: matmul tiles {:?}", self.info.name, chosen);
             match matmul_tiles::cache_dir() {
                 Some(dir) => matmul_tiles::store_cached(&dir, &self.tiling_key, &chosen)
-                    .map(|()| dir.join(matmul_tiles::CACHE_FILE))
+                    .map(|()| Some(dir.join(matmul_tiles::CACHE_FILE)))
                     .map_err(|e| e.to_string()),
                 None => Err("no HOME, XDG_CACHE_HOME or KILN_CACHE_DIR".to_string()),
             }
         } else {
-            Err("nothing was measured (the adapter's limits chose)".to_string())
+            Ok(None)
         };
         Ok((chosen, rows, cached))
     }

@@ -44,7 +44,8 @@ pub fn tune(adapter: &AdapterArgs) -> Result<()> {
         }
     }
     match cached {
-        Ok(file) => outln!("cached in {}", file.display())?,
+        Ok(Some(file)) => outln!("cached in {}", file.display())?,
+        Ok(None) => outln!("nothing was timed here: the shapes come from the adapter's limits")?,
         Err(why) => anyhow::bail!("the choice was not cached: {why}"),
     }
     Ok(())
