@@ -929,7 +929,8 @@ fn bench_profile(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>
                 timing,
             );
             r.tiles = part.tile;
-            if let Some(flops) = part.flops {
+            // A part shorter than the clock's tick has no rate.
+            if let Some(flops) = part.flops.filter(|_| t > 0.0) {
                 let gflops = flops / t / 1e9;
                 r.gflops = Some(gflops);
                 r.pct_peak = fp32_peak_gflops(r.device.adapter()).map(|p| 100.0 * gflops / p);

@@ -864,6 +864,18 @@ fn profiled_updates_train_like_plain_ones(device: &Device) {
         t
     };
     let (mut plain, mut profiled) = (new(), new());
+    if let Device::Gpu(ctx) = device
+        && !ctx
+            .features()
+            .contains(kiln::wgpu::Features::TIMESTAMP_QUERY)
+    {
+        let e = profiled
+            .profile(ProfileMode::Kernels, |t| t.step_data(0, 6))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no timestamp queries"), "{e}");
+        return;
+    }
     let host_x = &x[..6 * 5];
     let host_labels = Targets::Classes(&labels[..6]);
 

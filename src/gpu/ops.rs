@@ -57,8 +57,8 @@ pub struct Timestamps {
     period: f64,
 }
 
-/// Timestamps one query set holds (wgpu's `QUERY_SET_MAX_QUERIES`).
-const MAX_TIMESTAMPS: usize = 4096;
+/// Timestamps one query set holds.
+const MAX_TIMESTAMPS: usize = wgpu::QUERY_SET_MAX_QUERIES as usize;
 
 impl Timestamps {
     /// Records `dispatches` as one compute pass between the timestamps of pair `pair`.
@@ -80,19 +80,22 @@ impl Timestamps {
         );
     }
 
-    /// Records the copy of every timestamp into the buffer [`Timestamps::read`] reads.
-    pub fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
-        encoder.resolve_query_set(&self.queries, 0..2 * self.pairs, &self.resolve, 0);
+    /// Records the copy of the first `pairs` pairs' timestamps (those written: a query never
+    /// written has no value to copy) into the buffer [`Timestamps::read`] reads.
+    pub fn resolve(&self, encoder: &mut wgpu::CommandEncoder, pairs: u32) {
+        let pairs = pairs.min(self.pairs);
+        encoder.resolve_query_set(&self.queries, 0..2 * pairs, &self.resolve, 0);
     }
 
-    /// Seconds between the timestamps of each pair, once the GPU has run what was resolved
-    /// (waits for it).
-    pub fn read(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
-        let raw: Vec<f32> = ctx.read_back(&self.resolve, 0, 4 * self.pairs as usize)?;
+    /// Seconds between the timestamps of each of the first `pairs` pairs, once the GPU has
+    /// run what was resolved (waits for it).
+    pub fn read(&self, ctx: &GpuContext, pairs: u32) -> Result<Vec<f64>> {
+        let pairs = pairs.min(self.pairs);
+        let raw: Vec<f32> = ctx.read_back(&self.resolve, 0, 4 * pairs as usize)?;
         // Read as f32s, so only 4-byte aligned: each tick taken out byte by byte.
         let bytes: &[u8] = bytemuck::cast_slice(&raw);
         let tick = |i: usize| bytemuck::pod_read_unaligned::<u64>(&bytes[8 * i..8 * i + 8]);
-        Ok((0..self.pairs as usize)
+        Ok((0..pairs as usize)
             .map(|p| tick(2 * p + 1).saturating_sub(tick(2 * p)) as f64 * self.period * 1e-9)
             .collect())
     }
@@ -217,9 +220,9 @@ impl GpuContext {
         let t = measure(warmup, reps, || {
             let mut encoder = self.device.create_command_encoder(&Default::default());
             timestamps.encode_pass(&mut encoder, [dispatch], 0);
-            timestamps.resolve(&mut encoder);
+            timestamps.resolve(&mut encoder, 1);
             self.submit_encoder(encoder)?;
-            Ok(timestamps.read(self)?[0])
+            Ok(timestamps.read(self, 1)?[0])
         })?;
         Ok((t, Timing::Timestamp))
     }

@@ -18,6 +18,7 @@ use super::{LOSS_HISTORY, OptimizerSnapshot, TrainOptions};
 use crate::error::{KilnError, Result};
 use crate::gpu::arena::{Arena, ArenaSplit};
 use crate::gpu::kernels::{self, Launch};
+use crate::gpu::matmul_tiles::TileConfig;
 use crate::gpu::{
     BufferRange, Dispatch, GpuContext, MapReceiver, Recorded, RecordedCopies, Timestamps,
     encode_pass, map_read, wait_mapped,
@@ -47,6 +48,8 @@ pub struct GpuStep {
     /// Every instruction of the step program with its recorded launches; the first
     /// `forward_len` are the forward pass.
     step: Vec<(Instr, Recording)>,
+    /// The tile shape each instruction's product was recorded with (`None`: not a product).
+    tiles: Vec<Option<TileConfig>>,
     /// Updates recorded but not yet submitted, and the launches that differ between them.
     queued: Mutex<Queued>,
     /// Resident-data updates queued before one submission (1: each submitted at once).
@@ -145,7 +148,7 @@ struct Queued {
     /// the one queued update's batch).
     resident: bool,
     /// How to time the next submission, when a profile was asked for; then what it timed.
-    profile: Option<ProfileMode>,
+    profile: Option<(ProfileMode, Timestamps)>,
     profiled: Option<Profiled>,
 }
 
@@ -158,7 +161,8 @@ struct Profiled {
 /// An update's dispatches for one instruction of the step (or, with no instruction, the
 /// gathers of a resident batch): those recorded once, then those of the update's own copy.
 struct LaunchGroup<'a> {
-    instr: Option<&'a Instr>,
+    /// The instruction, with its place in the step.
+    instr: Option<(usize, &'a Instr)>,
     shared: &'a [Recorded],
     per_update: &'a [Dispatch],
 }
@@ -338,12 +342,18 @@ impl GpuStep {
         let max_batch = options.max_batch;
         // Each product's tile shape chosen (and on a GPU tuned) before anything is allocated:
         // the tuner's own operands are gone by the time the model's buffers take the memory.
-        // The context keeps the choices. The step begins with the forward pass's products.
-        for instr in &program.step {
-            if let Instr::Matmul { t, m, n, k, .. } = *instr {
-                ctx.matmul_tile(Instr::matmul_dims(m, n, k, max_batch), t)?;
-            }
-        }
+        // Kept with the step: its pipelines are compiled for these shapes, whatever the
+        // context chooses later. The step begins with the forward pass's products.
+        let tiles = program
+            .step
+            .iter()
+            .map(|instr| match *instr {
+                Instr::Matmul { t, m, n, k, .. } => ctx
+                    .matmul_tile(Instr::matmul_dims(m, n, k, max_batch), t)
+                    .map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let widths = model.widths();
         let last = widths.len() - 1;
         let out = widths[last];
@@ -446,6 +456,7 @@ impl GpuStep {
             data: None,
             validation: None,
             widths,
+            tiles,
             ctx: ctx.clone(),
         };
         let mut step = Vec::with_capacity(program.step.len());
@@ -454,8 +465,8 @@ impl GpuStep {
         let placeholders = (0..program.step.len())
             .map(|_| ctx.storage_buffer("unused output", 4))
             .collect::<Result<Vec<_>>>()?;
-        for (instr, placeholder) in program.step.iter().zip(&placeholders) {
-            let launches = gpu_step.launches(instr, max_batch, 0, &UpdateUniform::default())?;
+        for (i, (instr, placeholder)) in program.step.iter().zip(&placeholders).enumerate() {
+            let launches = gpu_step.launches(i, instr, max_batch, 0, &UpdateUniform::default())?;
             let bound = buffers.of(&ctx, instr, &launches, max_batch, placeholder);
             let recording = if per_update(instr) {
                 let first = per_update_launches.len();
@@ -512,11 +523,13 @@ impl GpuStep {
         *self.widths.last().expect("a model has layers")
     }
 
-    /// The launches of one instruction at a batch size, writing into history slot `slot`;
-    /// `update` is the optimizer's uniform block. A matmul's tile shape is the one for
-    /// `max_batch`, whatever the batch, so a short last batch keeps the recorded pipeline.
+    /// The launches of instruction `i` at a batch size, writing into history slot `slot`;
+    /// `update` is the optimizer's uniform block. A matmul's tile shape is the one it was
+    /// recorded with (chosen for `max_batch`), whatever the batch, so a short last batch keeps
+    /// the recorded pipeline.
     fn launches(
         &self,
+        i: usize,
         instr: &Instr,
         batch: usize,
         slot: u32,
@@ -533,12 +546,14 @@ impl GpuStep {
                 epilogue,
                 ..
             } => {
+                let tile = self.tiles[i].ok_or_else(|| {
+                    KilnError::Gpu(format!("internal: product {i} has no recorded tile"))
+                })?;
                 let launch = kernels::matmul(
                     t,
                     Instr::matmul_dims(m, n, k, batch),
                     bias.is_some(),
-                    self.ctx
-                        .matmul_tile(Instr::matmul_dims(m, n, k, self.max_batch), t)?,
+                    tile,
                     max_dim,
                 )?;
                 vec![match epilogue {
@@ -623,7 +638,7 @@ impl GpuStep {
             let Recording::Shared(recorded) = &self.step[i].1 else {
                 continue;
             };
-            let launches = self.launches(&self.step[i].0, batch, 0, &no_update)?;
+            let launches = self.launches(i, &self.step[i].0, batch, 0, &no_update)?;
             debug_assert_eq!(recorded.len(), launches.len());
             let Recording::Shared(recorded) = &mut self.step[i].1 else {
                 unreachable!("checked above")
@@ -860,11 +875,12 @@ impl GpuStep {
         let per_update_launches = self
             .step
             .iter()
-            .filter_map(|(instr, r)| match r {
-                Recording::PerUpdate(range) => Some((instr, range.clone())),
+            .enumerate()
+            .filter_map(|(i, (instr, r))| match r {
+                Recording::PerUpdate(range) => Some((i, instr, range.clone())),
                 Recording::Shared(_) => None,
             })
-            .map(|(instr, range)| Ok((range, self.launches(instr, batch, slot, &update)?)))
+            .map(|(i, instr, range)| Ok((range, self.launches(i, instr, batch, slot, &update)?)))
             .collect::<Result<Vec<_>>>()?;
         let max_dim = self.ctx.max_dim();
         let queued = self
@@ -977,7 +993,9 @@ impl GpuStep {
                 encode_pass(&mut encoder, groups.flat_map(|g| g.dispatches()));
                 None
             }
-            Some(mode) => Some(self.encode_profiled(&mut encoder, groups, mode)?),
+            Some((mode, timestamps)) => {
+                Some(self.encode_profiled(&mut encoder, groups, mode, timestamps))
+            }
         };
         after(&mut encoder);
         let submitted = self.ctx.submit_encoder(encoder);
@@ -999,13 +1017,13 @@ impl GpuStep {
             shared: &[],
             per_update: g.dispatches(k),
         });
-        let step = self.step.iter().map(move |(instr, r)| {
+        let step = self.step.iter().enumerate().map(move |(i, (instr, r))| {
             let (shared, per_update): (&[Recorded], &[Dispatch]) = match r {
                 Recording::Shared(recorded) => (recorded, &[]),
                 Recording::PerUpdate(range) => (&[], &program.dispatches(k)[range.clone()]),
             };
             LaunchGroup {
-                instr: Some(instr),
+                instr: Some((i, instr)),
                 shared,
                 per_update,
             }
@@ -1014,64 +1032,59 @@ impl GpuStep {
     }
 
     /// Records `groups` for a profile: each group in a pass of its own between timestamps
-    /// (`Kernels`), or all in one pass between two (`Update`).
+    /// (`Kernels`), or all in one pass between two (`Update`), with `timestamps` made for that.
     fn encode_profiled<'a>(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         groups: impl Iterator<Item = LaunchGroup<'a>>,
         mode: ProfileMode,
-    ) -> Result<Profiled> {
-        let groups: Vec<LaunchGroup<'a>> = groups.collect();
-        let (timestamps, parts) = match mode {
+        timestamps: Timestamps,
+    ) -> Profiled {
+        let parts = match mode {
             ProfileMode::Update => {
-                let timestamps = self.ctx.timestamps(1)?;
-                timestamps.encode_pass(encoder, groups.iter().flat_map(|g| g.dispatches()), 0);
-                (timestamps, vec![KernelTime::new(WHOLE_UPDATE, 0.0)])
+                timestamps.encode_pass(encoder, groups.flat_map(|g| g.dispatches()), 0);
+                vec![KernelTime::new(WHOLE_UPDATE, 0.0)]
             }
-            ProfileMode::Kernels => {
-                let timestamps = self.ctx.timestamps(groups.len())?;
-                let mut parts = Vec::with_capacity(groups.len());
-                for (pair, g) in groups.iter().enumerate() {
+            ProfileMode::Kernels => groups
+                .enumerate()
+                .map(|(pair, g)| {
                     timestamps.encode_pass(encoder, g.dispatches(), pair as u32);
-                    parts.push(self.part(g.instr)?);
-                }
-                (timestamps, parts)
-            }
+                    self.part(g.instr)
+                })
+                .collect(),
         };
-        timestamps.resolve(encoder);
-        Ok(Profiled { timestamps, parts })
+        timestamps.resolve(encoder, parts.len() as u32);
+        Profiled { timestamps, parts }
     }
 
-    /// A profile's entry for `instr` (`None`: the gathers), its time still to be read.
-    fn part(&self, instr: Option<&Instr>) -> Result<KernelTime> {
-        let Some(instr) = instr else {
-            return Ok(KernelTime::new(GATHER, 0.0));
+    /// A profile's entry for instruction `i` (`None`: the gathers), its time still to be read.
+    fn part(&self, instr: Option<(usize, &Instr)>) -> KernelTime {
+        let Some((i, instr)) = instr else {
+            return KernelTime::new(GATHER, 0.0);
         };
-        let tile = match *instr {
-            Instr::Matmul { t, m, n, k, .. } => Some(
-                self.ctx
-                    .matmul_tile(Instr::matmul_dims(m, n, k, self.max_batch), t)?,
-            ),
-            _ => None,
-        };
-        Ok(KernelTime {
+        KernelTime {
             flops: instr.flops(self.batch),
-            tile,
+            tile: self.tiles[i],
             ..KernelTime::new(instr.name(self.batch, self.optimizer.name()), 0.0)
-        })
+        }
     }
 
     /// Times the next update as `mode` says (see `Trainer::profile`): what is queued goes
     /// first, and that update goes to the GPU alone.
     pub fn profile_next(&mut self, mode: ProfileMode) -> Result<()> {
         self.submit_queued()?;
-        // Checked now, so that the update itself cannot fail for want of them.
-        self.ctx.timestamps(self.step.len() + 1)?;
+        // Made now, so that the update itself cannot fail for want of them: a pair for each
+        // instruction and the gathers, or one for the whole update.
+        let pairs = match mode {
+            ProfileMode::Kernels => self.step.len() + 1,
+            ProfileMode::Update => 1,
+        };
+        let timestamps = self.ctx.timestamps(pairs)?;
         let queued = self
             .queued
             .get_mut()
             .expect("the queue lock is never poisoned");
-        queued.profile = Some(mode);
+        queued.profile = Some((mode, timestamps));
         queued.profiled = None;
         Ok(())
     }
@@ -1087,7 +1100,7 @@ impl GpuStep {
         let Some(Profiled { timestamps, parts }) = queued.profiled.take() else {
             return Ok(None);
         };
-        let seconds = timestamps.read(&self.ctx)?;
+        let seconds = timestamps.read(&self.ctx, parts.len() as u32)?;
         Ok(Some(
             parts
                 .into_iter()

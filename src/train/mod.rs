@@ -518,7 +518,14 @@ impl Trainer {
             // Observation-driven schedules see each update's loss and gradient norm one update
             // late, on every device: the GPU has update t+1 queued before update t's numbers
             // are read, so it never waits for the host.
+            // What the schedule follows, and nothing else: a number it does not read cannot
+            // stop it.
+            let needs = self.per_update_needs();
             let o = self.observation(self.steps - 2)?;
+            let o = Observation {
+                loss: o.loss.filter(|_| needs.loss),
+                grad_norm_sq: o.grad_norm_sq.filter(|_| needs.grad_norm),
+            };
             let o = if self.skip_non_finite {
                 self.finite_or_last(o)
             } else {
