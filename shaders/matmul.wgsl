@@ -36,8 +36,9 @@ const BK: u32 = 16u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
 // 1: each run of 32 threads (a warp on NVIDIA) holds a block of 4×8 threads of the
-// workgroup's grid instead of 2 rows of 16, so that it reads 4 A and 8 B vec4s of workgroup
-// memory per k instead of 2 and 16 (the host sets it only where the grid is whole blocks).
+// workgroup's grid instead of 32/WG_X whole rows, so that it reads 4 A and 8 B vec4s of
+// workgroup memory per k (with 16-thread rows, 2 and 16). The host sets it only where the grid
+// is whole blocks.
 const WARP: u32 = 0u;
 
 override TRANS_A: bool = false;
@@ -244,8 +245,10 @@ fn matmul(
     if WARP == 1u {
         let warp = tid / 32u;
         let lane = tid % 32u;
-        tx = (warp % (WG_X / 8u)) * 8u + lane % 8u;
-        ty = (warp / (WG_X / 8u)) * 4u + lane / 8u;
+        // max: never a division by zero, even in this branch's dead copies (WG_X < 8).
+        let warps_x = max(WG_X / 8u, 1u);
+        tx = (warp % warps_x) * 8u + lane % 8u;
+        ty = (warp / warps_x) * 4u + lane / 8u;
     }
 
     // acc[r·4 + i][cn] holds row (run r, offset i) × columns of run cn.

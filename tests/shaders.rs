@@ -49,13 +49,14 @@ fn every_kernel_entry_point_the_engine_uses_exists() {
     }
 }
 
-/// The matmul is compiled once per tile shape from rewritten source: every candidate's source
-/// must rewrite all five constants, keep the default shape's text otherwise, and validate.
+/// The matmul is compiled once per tile shape from rewritten source: every candidate's and
+/// experiment's source must rewrite each of its constants, keep the default shape's text
+/// otherwise, and validate.
 #[test]
 fn every_matmul_tile_shape_compiles_from_rewritten_source() {
     use kiln::gpu::kernels::{MATMUL, with_defines};
-    use kiln::gpu::matmul_tiles::CANDIDATES;
-    for tile in CANDIDATES {
+    use kiln::gpu::matmul_tiles::{CANDIDATES, EXPERIMENTS};
+    for tile in CANDIDATES.iter().chain(&EXPERIMENTS) {
         let source = with_defines(MATMUL.source, &tile.defines());
         for (name, value) in tile.defines() {
             let line = format!("const {name}: u32 = {value}u;");

@@ -10,8 +10,8 @@
 //! values (each output is one fma chain over k in order), so the choice changes speed only.
 //!
 //! `KILN_MATMUL_TILES=128x128x8/8x8` forces one shape for every class (`/scalar` turns off the
-//! vec4 loads); `KILN_CACHE_DIR` moves the cache; `kiln tune` measures again and prints the
-//! table.
+//! vec4 loads, `/warp` groups each warp's threads 4×8); `KILN_CACHE_DIR` moves the cache;
+//! `kiln tune` measures again and prints the table.
 
 use std::path::PathBuf;
 
@@ -122,9 +122,9 @@ impl TileConfig {
             && self.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
     }
 
-    /// `Ok` if [`fits`](Self::fits), else an error for `field` saying what the shape needs and
-    /// what `adapter` allows.
-    /// A shape the kernel cannot run (see [`TileConfig::parse`]'s rules) is an error too.
+    /// `Ok` if the kernel can run the shape (the rules [`TileConfig::parse`] checks) and it
+    /// [`fits`](Self::fits) the adapter, else an error for `field` saying what is wrong: the
+    /// rule broken, or what the shape needs and what `adapter` allows.
     pub fn require_fits(&self, limits: &wgpu::Limits, field: &str, adapter: &str) -> Result<()> {
         self.check()
             .map_err(|why| KilnError::invalid(field, format!("{self}: {why}")))?;
@@ -179,7 +179,10 @@ impl TileConfig {
         let bad = |why: &str| {
             KilnError::invalid(
                 "matmul tiles",
-                format!("{text:?}: {why} (expected e.g. 128x128x8/8x8 or 64x64x16/4x4/scalar)"),
+                format!(
+                    "{text:?}: {why} (expected e.g. 128x128x8/8x8, 64x64x16/4x4/scalar or \
+                     128x128x8/8x8/warp)"
+                ),
             )
         };
         let mut parts = text.trim().split('/');
