@@ -42,6 +42,16 @@ pub fn read(path: &Path, options: &CsvOptions) -> Result<Dataset> {
     parse(&path.display().to_string(), &text, options)
 }
 
+/// Said where a line or field holds a semicolon: European spreadsheets separate fields with
+/// them (and write decimal commas).
+fn semicolon_hint(text: &str) -> &'static str {
+    if text.contains(';') {
+        " (fields are separated by commas or whitespace, not semicolons)"
+    } else {
+        ""
+    }
+}
+
 fn fields(line: &str) -> Vec<&str> {
     if line.contains(',') {
         line.split(',').map(str::trim).collect()
@@ -64,6 +74,12 @@ pub fn parse(source: &str, text: &str, options: &CsvOptions) -> Result<Dataset> 
         Header::No => false,
         Header::Auto => match lines.peek() {
             None => false,
+            Some((i, l)) if l.contains(';') => {
+                return Err(KilnError::file(
+                    source,
+                    format!("line {}: a semicolon{}", i + 1, semicolon_hint(l)),
+                ));
+            }
             Some((i, l)) => {
                 let f = fields(l);
                 let text: Vec<&&str> = f.iter().filter(|f| f.parse::<f32>().is_err()).collect();
@@ -103,14 +119,10 @@ pub fn parse(source: &str, text: &str, options: &CsvOptions) -> Result<Dataset> 
                     options.label_column
                 };
                 if n < 2 || !(0..n).contains(&col) {
-                    let hint = if n == 1 && line.contains(';') {
-                        " (fields are separated by commas or whitespace, not semicolons)"
-                    } else {
-                        ""
-                    };
                     return Err(at(format!(
-                        "label_column {} does not exist in {n} columns{hint}",
-                        options.label_column
+                        "label_column {} does not exist in {n} columns{}",
+                        options.label_column,
+                        semicolon_hint(line)
                     )));
                 }
                 label_at = col as usize;
@@ -120,9 +132,13 @@ pub fn parse(source: &str, text: &str, options: &CsvOptions) -> Result<Dataset> 
             _ => {}
         }
         for (j, field) in f.iter().enumerate() {
-            let v: f32 = field
-                .parse()
-                .map_err(|_| at(format!("field {} ({field:?}) is not a number", j + 1)))?;
+            let v: f32 = field.parse().map_err(|_| {
+                at(format!(
+                    "field {} ({field:?}) is not a number{}",
+                    j + 1,
+                    semicolon_hint(field)
+                ))
+            })?;
             if !v.is_finite() {
                 return Err(at(format!("field {} ({field:?}) is not finite", j + 1)));
             }
@@ -209,10 +225,20 @@ mod tests {
         assert_eq!(d.y, vec![1.0]);
         let d = parse("f.csv", "a, b ,\"y\"\n3,4,1\n", &opts).unwrap();
         assert_eq!(d.y, vec![1.0]);
+        for (text, header) in [
+            ("1;2;0\n3;4;1\n", Header::Auto),
+            ("1,5;2,3;0\n3,5;4;1\n", Header::No),
+            ("a;b;y\n3;4;1\n", Header::Yes),
+        ] {
+            let e = parse("f.csv", text, &CsvOptions { header, ..opts })
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not semicolons"), "{text:?}: {e}");
+        }
         let e = parse("f.csv", "1;2;0\n3;4;1\n", &opts)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not semicolons"), "{e}");
+        assert!(e.starts_with("f.csv: line 1:"), "{e}");
     }
 
     #[test]
