@@ -227,16 +227,20 @@ pub fn load(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| KilnError::file(path, format!("not a valid safetensors file: {e}")))?;
     // A checkpoint (`--init` from one) keeps other arenas beside the weights.
-    let checkpoint = SafeTensors::read_metadata(&bytes).is_ok_and(|(_, m)| {
-        m.metadata()
-            .as_ref()
-            .is_some_and(|m| m.contains_key(crate::run::checkpoint::META_KEY))
+    let beside = SafeTensors::read_metadata(&bytes).ok().and_then(|(_, m)| {
+        let json = m
+            .metadata()
+            .as_ref()?
+            .get(crate::run::checkpoint::META_KEY)?
+            .clone();
+        crate::run::checkpoint::arenas_beside_weights(&json)
     });
+    let beside: Vec<&str> = beside.iter().flatten().map(String::as_str).collect();
     let mut arena = vec![0.0; layout.len];
-    let prefix = if checkpoint {
-        Prefix::WeightsOfCheckpoint
-    } else {
+    let prefix = if beside.is_empty() {
         Prefix::None
+    } else {
+        Prefix::WeightsOfCheckpoint(&beside)
     };
     read_into(&st, layout, prefix, &mut arena).map_err(|problems| {
         KilnError::file(
@@ -253,9 +257,9 @@ pub fn load(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
 pub enum Prefix<'a> {
     /// `layers.…`, from a file of weights alone: any other tensor is unexpected.
     None,
-    /// `layers.…`, from a checkpoint: the other arenas it keeps beside them
-    /// (`exp_avg.layers.…`, `best.layers.…`) are not unexpected.
-    WeightsOfCheckpoint,
+    /// `layers.…`, from a checkpoint: the other arenas it keeps beside them, these tensor
+    /// prefixes (`exp_avg.`, `best.`), are not unexpected; any other name is.
+    WeightsOfCheckpoint(&'a [&'a str]),
     /// `{prefix}layers.…` (one of a checkpoint's other arenas); tensors with other prefixes
     /// are let be.
     Arena(&'a str),
@@ -269,7 +273,7 @@ pub fn read_into(
     arena: &mut [f32],
 ) -> Result<(), Vec<String>> {
     let prefix_text = match prefix {
-        Prefix::None | Prefix::WeightsOfCheckpoint => "",
+        Prefix::None | Prefix::WeightsOfCheckpoint(_) => "",
         Prefix::Arena(p) => p,
     };
     let expected = tensors(layout, prefix_text);
@@ -301,10 +305,7 @@ pub fn read_into(
         .into_iter()
         .filter(|n| match prefix {
             Prefix::None => true,
-            // A checkpoint's arena is one word and a dot before `layers.`.
-            Prefix::WeightsOfCheckpoint => n
-                .split_once(".layers.")
-                .is_none_or(|(head, _)| head.contains('.')),
+            Prefix::WeightsOfCheckpoint(beside) => !beside.iter().any(|p| n.starts_with(p)),
             Prefix::Arena(p) => n.starts_with(p),
         })
         .filter(|n| !ours.contains(n))
@@ -492,6 +493,24 @@ mod tests {
             e.contains("unexpected `exp_avg.layers.0.bias`") && !e.contains("prefix"),
             "{e}"
         );
+        // In a checkpoint, only the arenas its state names lie beside the weights.
+        write(&[
+            ("layers.0.weight", 6),
+            ("layers.0.bias", 2),
+            ("exp_avg.layers.0.bias", 2),
+            ("foo.layers.0.bias", 2),
+        ]);
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut arena = vec![0.0; layout.len];
+        let problems = read_into(
+            &st,
+            &layout,
+            Prefix::WeightsOfCheckpoint(&["exp_avg.", "best."]),
+            &mut arena,
+        )
+        .unwrap_err();
+        assert_eq!(problems, ["unexpected `foo.layers.0.bias`"]);
         std::fs::remove_file(&path).unwrap();
     }
 }

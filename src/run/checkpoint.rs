@@ -130,6 +130,44 @@ pub fn save(
     weights::write_atomic(&path(dir), &bytes)
 }
 
+/// The optimizer's state blocks a checkpoint keeps beside its weights: (name, tensor prefix).
+/// Checked before any arena is allocated for them.
+fn state_arenas(meta: &Meta) -> std::result::Result<Vec<(String, String)>, String> {
+    if meta.format == 1 {
+        return Ok(if meta.has_momentum {
+            vec![("momentum_buffer".to_string(), "momentum.".to_string())]
+        } else {
+            Vec::new()
+        });
+    }
+    let names = &meta.state_blocks;
+    if names.len() > crate::optim::MAX_STATE
+        || names
+            .iter()
+            .enumerate()
+            .any(|(i, n)| names[..i].contains(n))
+    {
+        return Err(format!(
+            "state_blocks {names:?}: at most {} distinct names",
+            crate::optim::MAX_STATE
+        ));
+    }
+    Ok(names.iter().map(|n| (n.clone(), format!("{n}."))).collect())
+}
+
+/// The tensor prefixes of the arenas a checkpoint keeps beside its weights, read from its
+/// state `json` (the [`META_KEY`] metadata): `None` if that is no checkpoint state.
+pub(crate) fn arenas_beside_weights(json: &str) -> Option<Vec<String>> {
+    let meta: Meta = serde_json::from_str(json).ok()?;
+    let mut prefixes: Vec<String> = state_arenas(&meta)
+        .ok()?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    prefixes.push(BEST.to_string());
+    Some(prefixes)
+}
+
 /// The trainer state and epoch saved in `dir`.
 pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunState)> {
     let file = path(dir);
@@ -156,6 +194,7 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunS
             ),
         ));
     }
+    let names = state_arenas(&meta).map_err(|why| KilnError::file(&file, why))?;
     let mut state = meta.trainer;
     let mismatch = |p: Vec<String>| {
         KilnError::file(
@@ -163,11 +202,24 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunS
             format!("does not fit the model:\n  {}", p.join("\n  ")),
         )
     };
+    if meta.format == 1 {
+        // Kiln's first checkpoints: SGD, with `momentum.…` when momentum had started.
+        state.optimizer = OptimizerState {
+            name: "sgd".into(),
+            scalars: [("step".to_string(), state.steps as f64)].into(),
+            blocks: Vec::new(),
+        };
+    }
+    let beside: Vec<&str> = names
+        .iter()
+        .map(|(_, p)| p.as_str())
+        .chain([BEST])
+        .collect();
     state.params = vec![0.0; layout.len];
     weights::read_into(
         &st,
         layout,
-        weights::Prefix::WeightsOfCheckpoint,
+        weights::Prefix::WeightsOfCheckpoint(&beside),
         &mut state.params,
     )
     .map_err(mismatch)?;
@@ -175,37 +227,6 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunS
         crate::ops::check_finite(&format!("{}: {what}", file.display()), values)
     };
     finite("weights", &state.params)?;
-    let names = if meta.format == 1 {
-        // Kiln's first checkpoints: SGD, with `momentum.…` when momentum had started.
-        state.optimizer = OptimizerState {
-            name: "sgd".into(),
-            scalars: [("step".to_string(), state.steps as f64)].into(),
-            blocks: Vec::new(),
-        };
-        if meta.has_momentum {
-            vec![("momentum_buffer".to_string(), "momentum.".to_string())]
-        } else {
-            Vec::new()
-        }
-    } else {
-        // Checked before any arena is allocated for them.
-        let names = &meta.state_blocks;
-        if names.len() > crate::optim::MAX_STATE
-            || names
-                .iter()
-                .enumerate()
-                .any(|(i, n)| names[..i].contains(n))
-        {
-            return Err(KilnError::file(
-                &file,
-                format!(
-                    "state_blocks {names:?}: at most {} distinct names",
-                    crate::optim::MAX_STATE
-                ),
-            ));
-        }
-        names.iter().map(|n| (n.clone(), format!("{n}."))).collect()
-    };
     for (name, prefix) in names {
         let mut block = vec![0.0; layout.len];
         weights::read_into(&st, layout, weights::Prefix::Arena(&prefix), &mut block)
