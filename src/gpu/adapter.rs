@@ -127,7 +127,7 @@ pub fn enumerate(opts: &AdapterOptions) -> Result<Vec<wgpu::Adapter>> {
 
 /// The adapter `opts` asks for, or an error naming what there is.
 pub fn select(opts: &AdapterOptions) -> Result<wgpu::Adapter> {
-    let adapters = enumerate(opts)?;
+    let adapters = matching(opts)?;
     if adapters.is_empty() {
         let detail = match &opts.backend {
             Some(b) => format!(" for backend {b}"),
@@ -135,24 +135,32 @@ pub fn select(opts: &AdapterOptions) -> Result<wgpu::Adapter> {
         };
         return Err(KilnError::NoAdapter { detail });
     }
-    match &opts.adapter {
-        None => Ok(adapters.into_iter().next().expect("non-empty")),
-        Some(wanted) => {
-            let needle = wanted.to_lowercase();
-            let available = adapters
-                .iter()
-                .map(|a| describe(&a.get_info()))
-                .collect::<Vec<_>>()
-                .join("; ");
-            adapters
-                .into_iter()
-                .find(|a| a.get_info().name.to_lowercase().contains(&needle))
-                .ok_or(KilnError::AdapterNotFound {
-                    wanted: wanted.clone(),
-                    available,
-                })
-        }
+    Ok(adapters.into_iter().next().expect("non-empty"))
+}
+
+/// Every adapter of the chosen backends whose name contains `opts.adapter` (all of them
+/// without one), best first; an error naming every adapter there is when there are some but
+/// none matches.
+pub fn matching(opts: &AdapterOptions) -> Result<Vec<wgpu::Adapter>> {
+    let mut adapters = enumerate(opts)?;
+    let Some(wanted) = &opts.adapter else {
+        return Ok(adapters);
+    };
+    let available = adapters
+        .iter()
+        .map(|a| describe(&a.get_info()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let needle = wanted.to_lowercase();
+    let all = adapters.len();
+    adapters.retain(|a| a.get_info().name.to_lowercase().contains(&needle));
+    if adapters.is_empty() && all > 0 {
+        return Err(KilnError::AdapterNotFound {
+            wanted: wanted.clone(),
+            available,
+        });
     }
+    Ok(adapters)
 }
 
 /// The adapter's device-local memory in bytes (its largest `DEVICE_LOCAL` heap on Vulkan),

@@ -5,19 +5,7 @@ use kiln::AdapterOptions;
 use kiln::gpu::{adapter, kernels, matmul_tiles};
 
 pub fn devices(opts: &AdapterOptions) -> Result<()> {
-    let mut adapters = adapter::enumerate(opts)?;
-    if let Some(wanted) = &opts.adapter {
-        let needle = wanted.to_lowercase();
-        let all = adapters.len();
-        adapters.retain(|a| a.get_info().name.to_lowercase().contains(&needle));
-        if adapters.is_empty() && all > 0 {
-            // `select`'s error names what there is.
-            return Err(adapter::select(opts).err().map_or_else(
-                || anyhow::anyhow!("no adapter matches {wanted:?}"),
-                Into::into,
-            ));
-        }
-    }
+    let adapters = adapter::matching(opts)?;
     if adapters.is_empty() {
         outln!(
             "No GPU adapters. {}",
