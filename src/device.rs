@@ -111,7 +111,7 @@ impl Device {
         ops::check_matmul(a.len(), b.len(), bias.map(<[f32]>::len), dims, t)?;
         match self {
             Device::Cpu => {
-                let mut c = vec![0.0; dims.m * dims.n];
+                let mut c = ops::zeros("matmul output", dims.m * dims.n)?;
                 cpu::matmul::matmul(a, b, bias, &mut c, dims, t);
                 Ok(c)
             }
@@ -259,7 +259,19 @@ impl Device {
                 want,
                 "same as param when used, else empty",
             )?;
+            // The state is the caller's to build: held to what a checkpoint's is.
+            ops::check_finite(&format!("{ctx}: state `{}`", b.name), v)?;
+            if b.non_negative
+                && let Some(i) = v.iter().position(|&x| x < 0.0)
+            {
+                return Err(KilnError::invalid(
+                    format!("state.{}", b.name),
+                    format!("element {i} is {}, but it holds squares", v[i]),
+                ));
+            }
         }
+        optim::check_scalars(&state.scalars)?;
+        ops::check_finite(&format!("{ctx}: grad"), grad)?;
         let uniform = optimizer.one_off_uniform(lr, param.len(), &mut state.scalars)?;
         match self {
             Device::Cpu => {

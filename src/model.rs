@@ -6,6 +6,10 @@ use rand::{RngExt, SeedableRng};
 use crate::error::{KilnError, Result};
 use crate::ops::{Activation, Loss};
 
+/// The largest alignment [`Sequential::param_layout`] takes, in f32s: every model is checked
+/// to be countable with this much padding.
+const MAX_ALIGN: usize = 1 << 16;
+
 /// One entry of a `Sequential`, numbered like `nn.Sequential` (activations count).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Layer {
@@ -98,7 +102,7 @@ impl Sequential {
             layers,
             loss,
         };
-        model.checked_len(crate::train::PARAM_ALIGN)?;
+        model.checked_len(MAX_ALIGN)?;
         Ok(model)
     }
 
@@ -165,8 +169,10 @@ impl Sequential {
 
     /// Parameter layout with every tensor starting at a multiple of `align` f32s (GPU storage
     /// bindings need offsets aligned to the device's `min_storage_buffer_offset_alignment`).
+    /// `align` is taken between 1 and 65536 (WebGPU's largest alignment is 64 f32s): the
+    /// model's size was checked with room for that much padding, and no more.
     pub fn param_layout(&self, align: usize) -> ParamLayout {
-        let align = align.max(1);
+        let align = align.clamp(1, MAX_ALIGN);
         let mut len = 0;
         let mut fan_in = self.input;
         let mut dense = Vec::new();
@@ -194,7 +200,8 @@ impl Sequential {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut params = vec![0.0; layout.len];
         for d in &layout.dense {
-            let bound = 1.0 / (d.fan_in as f32).sqrt();
+            // A hand-built layout with no inputs draws from [−1, 1], not an infinite range.
+            let bound = 1.0 / (d.fan_in.max(1) as f32).sqrt();
             for range in [
                 d.weight..d.weight + d.fan_in * d.fan_out,
                 d.bias..d.bias + d.fan_out,

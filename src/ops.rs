@@ -263,12 +263,58 @@ pub fn check_matmul(
     let ctx = format!("matmul {t:?} (M={}, N={}, K={})", dims.m, dims.n, dims.k);
     check_nonzero(&ctx, &[("M", dims.m), ("N", dims.n), ("K", dims.k)])?;
     let ((ar, ac), (br, bc)) = matmul_operand_shapes(dims, t);
-    check_len(&ctx, "a", a, ar * ac, &format!("[{ar}, {ac}]"))?;
-    check_len(&ctx, "b", b, br * bc, &format!("[{br}, {bc}]"))?;
+    check_len(
+        &ctx,
+        "a",
+        a,
+        elements(&ctx, ar, ac)?,
+        &format!("[{ar}, {ac}]"),
+    )?;
+    check_len(
+        &ctx,
+        "b",
+        b,
+        elements(&ctx, br, bc)?,
+        &format!("[{br}, {bc}]"),
+    )?;
+    elements(&ctx, dims.m, dims.n)?;
     if let Some(bias) = bias {
         check_len(&ctx, "bias", bias, dims.n, &format!("[{}]", dims.n))?;
     }
     Ok(())
+}
+
+/// An empty vector with room for `len` floats of `what`, or an error if this machine cannot
+/// hold them (not an abort).
+pub fn with_room(what: &str, len: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        KilnError::invalid(
+            what,
+            format!(
+                "needs {len} floats ({} bytes), more than this machine can hold",
+                len.saturating_mul(4)
+            ),
+        )
+    })?;
+    Ok(v)
+}
+
+/// `len` zeros for `what` (see [`with_room`]).
+pub fn zeros(what: &str, len: usize) -> Result<Vec<f32>> {
+    let mut v = with_room(what, len)?;
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
+/// The element count of a [rows, cols] tensor; an error if it cannot be counted.
+pub fn elements(context: &str, rows: usize, cols: usize) -> Result<usize> {
+    rows.checked_mul(cols).ok_or_else(|| {
+        KilnError::shape(
+            context,
+            format!("a [{rows}, {cols}] tensor has more elements than can be counted"),
+        )
+    })
 }
 
 /// Checks a [rows, cols] tensor given as a flat slice: cols ≥ 1 and the length a multiple of it.
@@ -314,7 +360,7 @@ pub fn check_targets(loss: Loss, targets: Targets, rows: usize, cols: usize) -> 
                 &ctx,
                 "targets",
                 t.len(),
-                rows * cols,
+                elements(&ctx, rows, cols)?,
                 &format!("[{rows}, {cols}]"),
             )?;
             check_finite("targets", t)?;

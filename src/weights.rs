@@ -149,6 +149,13 @@ pub fn serialize(
 ) -> Result<Vec<u8>> {
     let mut bytes: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for (prefix, arena) in arenas {
+        crate::ops::check_len(
+            "weights",
+            &format!("{prefix}arena"),
+            arena.len(),
+            layout.len,
+            "the parameter layout",
+        )?;
         for (name, shape, offset) in tensors(layout, prefix) {
             let n: usize = shape.iter().product();
             let data = arena[offset..offset + n]
@@ -276,6 +283,13 @@ pub fn read_into(
         Prefix::None | Prefix::WeightsOfCheckpoint(_) => "",
         Prefix::Arena(p) => p,
     };
+    if arena.len() != layout.len {
+        return Err(vec![format!(
+            "the arena to read into has {} elements, the layout {}",
+            arena.len(),
+            layout.len
+        )]);
+    }
     let expected = tensors(layout, prefix_text);
     let mut problems = Vec::new();
     let mut missing = Vec::new();
@@ -440,6 +454,9 @@ mod tests {
             e.contains("unexpected `layers.4.bias`") && e.contains("unexpected `layers.4.weight`"),
             "{e}"
         );
+        // An arena that is not the layout's size is an error, not a slice out of range.
+        let e = save(&path, &l, &[], None).unwrap_err().to_string();
+        assert!(e.contains("`arena` has 0 elements"), "{e}");
         std::fs::write(&path, b"garbage").unwrap();
         let e = load(&path, &model(&[4, 2]).param_layout(64))
             .unwrap_err()

@@ -136,6 +136,30 @@ fn bad_kernel_inputs(device: &Device) {
         Transpose::Nn,
     ));
     assert!(e.contains("M must be at least 1"), "{e}");
+    // Sizes whose products wrap around are errors, not a product of the wrapped sizes.
+    let e = message(device.matmul(
+        &[0.0; 2],
+        &[0.0; 4],
+        None,
+        MatmulDims {
+            m: (1 << 63) + 1,
+            n: 2,
+            k: 2,
+        },
+        Transpose::Nn,
+    ));
+    assert!(e.contains("more elements than can be counted"), "{e}");
+    // An optimizer step on a state or gradient no run could have made.
+    let adam = kiln::Optimizer::new(kiln::optim::Adam::default()).unwrap();
+    let mut p = vec![1.0f32];
+    let mut state = adam.new_state(1);
+    state.scalars.insert("step".into(), -1.0);
+    let e = message(device.update(&adam, 0.1, &mut p, &[0.5], &mut state));
+    assert!(e.contains("step"), "{e}");
+    let mut state = adam.new_state(1);
+    let e = message(device.update(&adam, 0.1, &mut p, &[f32::NAN], &mut state));
+    assert!(e.contains("grad contains a non-finite value"), "{e}");
+    assert_eq!(p, [1.0]);
     let e = message(device.activation_forward(Activation::Softmax, &[0.0; 5], 2));
     assert!(
         e.contains("not a non-empty whole number of rows of 2"),

@@ -223,7 +223,7 @@ fn batches_follow_the_dataloader_order() {
     let config = RunConfig::from_toml(&text, "run.toml").unwrap();
     let mut run = Run::new(config, Path::new("."), &Device::Cpu, None, None).unwrap();
     // 1797 rows in batches of 100: 18 per epoch, the last of 97.
-    assert_eq!(run.batches_per_epoch, 18);
+    assert_eq!(run.batches_per_epoch(), 18);
     assert_eq!(run.batch_rows(0), (0..100).collect::<Vec<_>>());
     assert_eq!(run.batch_rows(17), (1700..1797).collect::<Vec<_>>());
     assert_eq!(run.batch_rows(18), (0..100).collect::<Vec<_>>());
@@ -231,17 +231,17 @@ fn batches_follow_the_dataloader_order() {
 
     let config = RunConfig::from_toml(RUN, "run.toml").unwrap();
     let mut run = Run::new(config.clone(), Path::new("."), &Device::Cpu, None, None).unwrap();
-    let mut epoch0: Vec<usize> = (0..run.batches_per_epoch)
+    let mut epoch0: Vec<usize> = (0..run.batches_per_epoch())
         .flat_map(|t| run.batch_rows(t))
         .collect();
-    let epoch1: Vec<usize> = (run.batches_per_epoch..2 * run.batches_per_epoch)
+    let epoch1: Vec<usize> = (run.batches_per_epoch()..2 * run.batches_per_epoch())
         .flat_map(|t| run.batch_rows(t))
         .collect();
     assert_ne!(epoch0, epoch1, "each epoch reshuffles");
     let mut again = Run::new(config, Path::new("."), &Device::Cpu, None, None).unwrap();
     assert_eq!(
-        again.batch_rows(run.batches_per_epoch + 3),
-        run.batch_rows(run.batches_per_epoch + 3)
+        again.batch_rows(run.batches_per_epoch() + 3),
+        run.batch_rows(run.batches_per_epoch() + 3)
     );
     epoch0.sort();
     assert_eq!(

@@ -960,3 +960,37 @@ test_device!(
     profiled_updates_match_plain_ones,
     super::profiled_updates_train_like_plain_ones
 );
+
+/// A schedule that fails to step (a rate it cannot give) after an update: the update is
+/// counted and its loss kept, and the trainer refuses to go on with the half-stepped schedule.
+#[test]
+fn a_schedule_that_fails_stops_the_trainer_consistently() {
+    use kiln::schedule::Schedule;
+    let model = Sequential::new(2, vec![Layer::Dense { out: 1 }], Loss::Mse).unwrap();
+    let opts = TrainOptions {
+        max_batch: 2,
+        ..Default::default()
+    };
+    let schedule = Scheduler::new(
+        0.1,
+        Schedule::lambda(|t| if t >= 1 { f64::NAN } else { 1.0 }),
+    )
+    .unwrap();
+    let mut trainer = Trainer::new(&Device::Cpu, model, opts, schedule).unwrap();
+    let (x, y) = ([0.5, 0.25, -0.5, 1.0], [1.0, 0.0]);
+    let e = trainer
+        .step(&x, Targets::Values(&y))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("NaN"), "{e}");
+    assert_eq!(trainer.steps(), 1);
+    assert_eq!(trainer.losses().unwrap().len(), 1);
+    let params = trainer.parameters().unwrap();
+    let e = trainer
+        .step(&x, Targets::Values(&y))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("failed to step after update 0"), "{e}");
+    assert_eq!(trainer.steps(), 1);
+    assert_eq!(trainer.parameters().unwrap(), params);
+}

@@ -212,6 +212,9 @@ impl Scheduler {
     /// initial step as PyTorch does.
     pub fn new(lr: f64, mut schedule: Schedule) -> Result<Self> {
         non_negative("lr", lr)?;
+        // A schedule built by hand (its rules' fields are public) gets its constructors'
+        // checks too: a zero step size must be an error here, not a division by zero later.
+        schedule.check()?;
         let mut group = Group::new(lr);
         schedule.construct(&mut group)?;
         check_rate(group.lr, 0)?;
@@ -318,7 +321,8 @@ impl Scheduler {
 
     /// The first `n` rates with no observations (for schedules that need none).
     pub fn rates(&mut self, n: usize) -> Result<Vec<f64>> {
-        let mut out = Vec::with_capacity(n);
+        // Grown as the rates come, not reserved for any n asked.
+        let mut out = Vec::with_capacity(n.min(1 << 16));
         for i in 0..n {
             out.push(self.lr());
             if i + 1 < n {

@@ -221,6 +221,37 @@ fn a_user_type_is_a_schedule() {
     assert_eq!(s.rates(6).unwrap(), [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]);
 }
 
+/// A schedule built by hand, without its constructor, is checked as the constructor would:
+/// an error, not a division by zero or an index out of range at some later step.
+#[test]
+fn hand_built_schedules_are_checked() {
+    use kiln_schedule::epochal::Epochal;
+    use kiln_schedule::exponential_decay::ExponentialDecay;
+    use kiln_schedule::factor::Factored;
+    use kiln_schedule::step::StepLr;
+    let e = Scheduler::new(
+        0.1,
+        Schedule::Step(Epochal::new(StepLr {
+            step_size: 0,
+            gamma: 0.5,
+        })),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("step_size"), "{e}");
+    let e = Scheduler::new(
+        0.1,
+        Schedule::ExponentialDecay(Factored::new(ExponentialDecay {
+            decay_rate: 0.5,
+            decay_steps: 0,
+            staircase: true,
+        })),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("decay_steps"), "{e}");
+}
+
 #[test]
 fn observation_driven_schedules_demand_their_observation() {
     let mut s = build("kind = \"loss_adaptive\"\nbeta = 1", Some(0.1));

@@ -24,9 +24,16 @@ pub fn matmul(
         Transpose::Nt => (1, k as isize),
         _ => (n as isize, 1),
     };
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    // Checked products: a count that wrapped around would pass a plain comparison.
+    let fits =
+        |len: usize, rows: usize, cols: usize| rows.checked_mul(cols).is_some_and(|p| p <= len);
+    assert!(
+        fits(a.len(), m, k) && fits(b.len(), k, n) && fits(c.len(), m, n),
+        "matmul operands shorter than [{m}, {k}]·[{k}, {n}] → [{m}, {n}]"
+    );
     // SAFETY: the strides above address exactly the [M,K], [K,N] and [M,N] elements of
-    // `a`, `b` and `c`, whose lengths were just asserted.
+    // `a`, `b` and `c`, whose lengths (products that did not overflow) were just asserted,
+    // so every dimension is below isize::MAX too.
     unsafe {
         matrixmultiply::sgemm(
             m,

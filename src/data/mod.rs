@@ -57,7 +57,7 @@ impl TargetData {
     }
 
     /// The targets of `rows`, values being `width` to a row.
-    pub fn rows(&self, rows: std::ops::Range<usize>, width: usize) -> TargetData {
+    pub(crate) fn rows(&self, rows: std::ops::Range<usize>, width: usize) -> TargetData {
         match self {
             TargetData::Classes(c) => TargetData::Classes(c[rows].to_vec()),
             TargetData::Values(v) => {
@@ -84,7 +84,7 @@ impl Dataset {
             ));
         }
         let rows = x.len() / features;
-        if !x.len().is_multiple_of(features) || y.len() != rows * targets {
+        if !x.len().is_multiple_of(features) || Some(y.len()) != rows.checked_mul(targets) {
             return Err(KilnError::file(
                 &source,
                 format!(
@@ -150,7 +150,7 @@ impl Dataset {
     }
 
     /// Rows `rows` (in that order), as a new dataset.
-    pub fn select(&self, rows: &[usize]) -> Dataset {
+    pub(crate) fn select(&self, rows: &[usize]) -> Dataset {
         let (f, k) = (self.features, self.targets);
         Dataset {
             source: self.source.clone(),
@@ -366,6 +366,14 @@ mod tests {
         assert_eq!((d.x[0], d.y[0]), (59.0, 151.0));
         let e = Dataset::bundled("iris").unwrap_err().to_string();
         assert!(e.contains("digits, breast_cancer, diabetes"), "{e}");
+    }
+
+    #[test]
+    fn sizes_that_cannot_be_counted_are_errors() {
+        let e = Dataset::new("d", 1, vec![0.0, 1.0], 1 << 63, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("do not make 2 rows"), "{e}");
     }
 
     /// Population statistics as scikit-learn's StandardScaler, a constant column (any value,

@@ -410,10 +410,22 @@ pub(crate) fn matmul(
             limit: max_per_dim as u64,
         });
     }
+    // The kernel indexes in u32: a larger dimension would be cut, not an error, past here.
+    let dim = |name: &str, v: usize| {
+        u32::try_from(v).map_err(|_| {
+            KilnError::invalid(
+                "matmul",
+                format!(
+                    "{name} = {v} is over the GPU kernel's limit of {}",
+                    u32::MAX
+                ),
+            )
+        })
+    };
     let params = MatmulParams {
-        m: dims.m as u32,
-        n: dims.n as u32,
-        k: dims.k as u32,
+        m: dim("M", dims.m)?,
+        n: dim("N", dims.n)?,
+        k: dim("K", dims.k)?,
         use_bias: use_bias as u32,
         ..Default::default()
     };

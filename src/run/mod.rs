@@ -495,19 +495,19 @@ pub struct RunState {
 pub struct Run {
     /// The run file it came from.
     pub config: RunConfig,
-    /// The model.
-    pub model: Sequential,
+    /// The model (read with [`Run::model`]: the run's data and trainer are made for it).
+    model: Sequential,
     /// The trainer (parameters, optimizer, schedule, device).
     pub trainer: Trainer,
     train: Dataset,
     train_targets: TargetData,
     validation: Option<(Dataset, TargetData)>,
     /// Rows per update (the data set's size if the batch is larger).
-    pub batch: usize,
+    batch: usize,
     /// Batches in one pass over the training rows.
-    pub batches_per_epoch: u64,
+    batches_per_epoch: u64,
     /// Updates the run makes in all.
-    pub total_steps: u64,
+    total_steps: u64,
     /// Mean and standard deviation of each feature over the training rows, if standardised.
     normalization: Stats,
     /// The row order of `order_epoch`.
@@ -613,6 +613,26 @@ impl Run {
         let trainer = Trainer::resume(device, p.model.clone(), options, state)
             .map_err(|e| KilnError::file(&file, e))?;
         p.into_run(config, trainer, run_state)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Sequential {
+        &self.model
+    }
+
+    /// Rows per update (the data set's size if the batch is larger).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Batches in one pass over the training rows.
+    pub fn batches_per_epoch(&self) -> u64 {
+        self.batches_per_epoch
+    }
+
+    /// Updates the run makes in all.
+    pub fn total_steps(&self) -> u64 {
+        self.total_steps
     }
 
     /// Updates done.

@@ -252,6 +252,9 @@ pub struct Trainer {
     validation_rows: Option<usize>,
     /// Bytes the loaded training data and validation rows take on the device.
     resident: (u64, u64),
+    /// Why the schedule failed to step, if it did: it is left part-way through that step, so
+    /// no later update may use it.
+    schedule_failed: Option<String>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -352,6 +355,7 @@ impl Trainer {
             order_len: 0,
             validation_rows: None,
             resident: (0, 0),
+            schedule_failed: None,
         })
     }
 
@@ -512,6 +516,7 @@ impl Trainer {
 
     /// One update of `batch` rows from `source`: the schedule's step around the device's.
     fn update(&mut self, batch: usize, source: Batch<'_>) -> Result<f64> {
+        self.check_schedule()?;
         let per_update = self.options.schedule_interval == Interval::Update;
         let observed = self.per_update_needs().any();
         if observed && self.steps >= 2 {
@@ -543,7 +548,7 @@ impl Trainer {
                 }
                 o
             };
-            self.schedule.step(&o)?;
+            self.step_schedule(&o)?;
         }
         // Finite and ≥ 0: the scheduler checks every rate it gives.
         let lr = self.schedule.lr();
@@ -551,10 +556,12 @@ impl Trainer {
             Backend::Cpu(s) => s.step(source, batch, lr)?,
             Backend::Gpu(s) => s.step(source, batch, lr)?,
         }
-        if per_update && !observed {
-            self.schedule.step(&Observation::default())?;
-        }
+        // Counted before the schedule steps: if it fails (a rate it cannot give), the update
+        // has still happened, and the losses and checkpoints must say so.
         self.steps += 1;
+        if per_update && !observed {
+            self.step_schedule(&Observation::default())?;
+        }
         Ok(lr)
     }
 
@@ -595,8 +602,30 @@ impl Trainer {
                 "end_epoch steps a schedule whose interval is \"epoch\"; this one steps per update",
             ));
         }
-        self.schedule.step(observation)?;
-        Ok(())
+        self.check_schedule()?;
+        self.step_schedule(observation)
+    }
+
+    /// Steps the schedule, keeping why if it fails (see `schedule_failed`).
+    fn step_schedule(&mut self, observation: &Observation) -> Result<()> {
+        self.schedule.step(observation).map_err(|e| {
+            self.schedule_failed = Some(e.to_string());
+            e.into()
+        })
+    }
+
+    /// Errs if the schedule failed to step before.
+    fn check_schedule(&self) -> Result<()> {
+        match &self.schedule_failed {
+            Some(why) => Err(KilnError::invalid(
+                "schedule",
+                format!(
+                    "it failed to step after update {}: {why}",
+                    self.steps.saturating_sub(1)
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Replaces the parameters (layout: [`Trainer::layout`]); the optimizer state is kept.
@@ -690,7 +719,9 @@ impl Trainer {
                 }
             }
         }
-        let mut out = Vec::with_capacity(x.len() / input * self.model.output());
+        // Room for every output first: an error, not an abort, if it cannot be had.
+        let len = ops::elements("predictions", x.len() / input, self.model.output())?;
+        let mut out = ops::with_room("predictions", len)?;
         for chunk in x.chunks(self.options.max_batch * input) {
             let rows = chunk.len() / input;
             out.extend(match &mut self.backend {

@@ -73,16 +73,16 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .map_or("the bundled digits classifier".into(), |p| p
                 .display()
                 .to_string()),
-        run.model.input(),
-        run.model.output(),
-        run.total_steps,
+        run.model().input(),
+        run.model().output(),
+        run.total_steps(),
         if start > 0 {
             format!(", resuming at {start}")
         } else {
             String::new()
         },
-        run.batch,
-        run.batches_per_epoch,
+        run.batch(),
+        run.batches_per_epoch(),
     ))?;
 
     let mut log = match &args.log {
@@ -110,7 +110,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         None => None,
     };
     let progress = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(run.total_steps);
+        let bar = ProgressBar::new(run.total_steps());
         bar.set_style(
             ProgressStyle::with_template(
                 "{bar:30} {pos}/{len} epoch {prefix} {msg} {per_sec} ETA {eta}",
@@ -175,7 +175,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         };
         let lr = outcome.lr;
         let done = run.steps_done();
-        let epoch_end = done % run.batches_per_epoch == 0;
+        let epoch_end = done % run.batches_per_epoch() == 0;
         let checkpoint_due = checkpoint_dir.filter(|_| done % args.checkpoint_every.max(1) == 0);
         let noted = outcome.evaluation.is_some() || outcome.train_loss.is_some();
         if done % REPORT_EVERY == 0
@@ -198,12 +198,12 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                     bar.set_message(format!("loss {last_loss:.4} lr {lr:.3e}"));
                 }
                 None if !args.quiet
-                    && (done % (run.total_steps / 10).max(1) == 0 || run.finished()) =>
+                    && (done % (run.total_steps() / 10).max(1) == 0 || run.finished()) =>
                 {
                     let rate = (done - start) as f64 / started.elapsed().as_secs_f64();
                     outln!(
                         "step {done:>7}/{}  epoch {:>4}  loss {last_loss:.4}  lr {lr:.4e}  {rate:.0} steps/s",
-                        run.total_steps,
+                        run.total_steps(),
                         run.epoch_of(done - 1)
                     )?;
                 }
