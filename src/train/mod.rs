@@ -301,6 +301,17 @@ impl Trainer {
         }
         check_memory(device, &model, &options)?;
         let layout = model.param_layout(PARAM_ALIGN);
+        // Parameter offsets (the optimizer's no-decay ranges, the kernels' indices) are u32.
+        if u32::try_from(layout.len).is_err() {
+            return Err(KilnError::invalid(
+                "model",
+                format!(
+                    "{} parameters (with alignment); a trainer holds at most {}",
+                    layout.len,
+                    u32::MAX
+                ),
+            ));
+        }
         ops::check_len(
             "parameters",
             "params",
