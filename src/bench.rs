@@ -163,7 +163,7 @@ impl Measured {
             } => "train_step",
             Measured::TrainStep { resident: true, .. } => "resident_step",
             Measured::Epoch { .. } => "epoch",
-            Measured::Kernel { .. } => "kernel",
+            Measured::Kernel { .. } => "profile",
         }
     }
 

@@ -53,7 +53,9 @@ fn output_target(path: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
             format!("the directory {} does not exist", dir.display()),
         ));
     }
-    if let Ok(meta) = std::fs::metadata(path)
+    // Not followed: a link (even to a regular file, or to nothing) would be replaced by a
+    // file, not written through.
+    if let Ok(meta) = std::fs::symlink_metadata(path)
         && !meta.is_file()
     {
         return Err(KilnError::file(

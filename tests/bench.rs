@@ -114,7 +114,7 @@ fn profile_rows_take_a_step_apart_on_each_device() {
         }
         let shapes: Vec<String> = rows.iter().map(|r| r.measured.shape()).collect();
         assert!(
-            rows.iter().all(|r| r.measured.op() == "kernel"),
+            rows.iter().all(|r| r.measured.op() == "profile"),
             "{shapes:?}"
         );
         assert_eq!(shapes[0], "64->128->10 batch 32: 00 gather batch");

@@ -718,3 +718,23 @@ fn schedule_lists_epoch_rates_or_each_updates_rate() {
         "{e}"
     );
 }
+
+/// The README's run-file reference trains as written (a few updates of it).
+#[test]
+fn the_readme_run_file_reference_trains() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("## Run files").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let toml = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = run_dir("readme", "", toml);
+    stdout(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+        "--steps",
+        "5",
+        "--quiet",
+    ]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -521,6 +521,21 @@ fn bad_outputs() {
         &train(&["--save", "/dev/null"]),
         &["/dev/null", "not a regular file"],
     );
+    // A link is not written through or replaced, even one to a regular file.
+    #[cfg(unix)]
+    {
+        std::fs::write(dir.join("real.safetensors"), b"kept").unwrap();
+        std::os::unix::fs::symlink("real.safetensors", dir.join("link.safetensors")).unwrap();
+        fails(
+            &dir,
+            &train(&["--save", "link.safetensors"]),
+            &["link.safetensors", "not a regular file"],
+        );
+        assert_eq!(
+            std::fs::read(dir.join("real.safetensors")).unwrap(),
+            b"kept"
+        );
+    }
     fails(
         &dir,
         &train(&["--resume", "nock"]),

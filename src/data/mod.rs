@@ -107,6 +107,14 @@ impl Dataset {
         })
     }
 
+    /// The row for which `bad` holds that comes first in the file (rows may be shuffled or
+    /// split since they were read): the one an error should name.
+    fn first_in_file(&self, bad: impl Fn(usize) -> bool) -> Option<usize> {
+        (0..self.rows())
+            .filter(|&r| bad(r))
+            .min_by_key(|&r| self.origin.get(r).copied().unwrap_or(r))
+    }
+
     /// Where row `r` came from: "FILE, line N" or "FILE, row N".
     pub fn describe_row(&self, r: usize) -> String {
         // A caller may have edited the rows without `origin`: fall back to the row itself.
@@ -267,22 +275,17 @@ impl Dataset {
                     ),
                 ));
             }
-            let labels = self
-                .y
-                .iter()
-                .enumerate()
-                .map(|(row, &v)| {
-                    if v >= 0.0 && v.fract() == 0.0 && (v as usize) < outputs {
-                        Ok(v as u32)
-                    } else {
-                        Err(KilnError::invalid(
-                            self.describe_row(row),
-                            format!("label {v} is not a class of a model with {outputs} outputs"),
-                        ))
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            return Ok(TargetData::Classes(labels));
+            let class = |v: f32| v >= 0.0 && v.fract() == 0.0 && (v as usize) < outputs;
+            if let Some(row) = self.first_in_file(|r| !class(self.y[r])) {
+                let v = self.y[row];
+                return Err(KilnError::invalid(
+                    self.describe_row(row),
+                    format!("label {v} is not a class of a model with {outputs} outputs"),
+                ));
+            }
+            return Ok(TargetData::Classes(
+                self.y.iter().map(|&v| v as u32).collect(),
+            ));
         }
         if self.targets != outputs {
             return Err(KilnError::shape(
@@ -294,10 +297,17 @@ impl Dataset {
             ));
         }
         if matches!(loss, Loss::Bce | Loss::BceWithLogits)
-            && let Some(i) = self.y.iter().position(|v| !(0.0..=1.0).contains(v))
+            && let Some(row) = self.first_in_file(|r| {
+                self.y[r * self.targets..(r + 1) * self.targets]
+                    .iter()
+                    .any(|v| !(0.0..=1.0).contains(v))
+            })
         {
+            let i = (row * self.targets..(row + 1) * self.targets)
+                .find(|&i| !(0.0..=1.0).contains(&self.y[i]))
+                .expect("the row has one");
             return Err(KilnError::invalid(
-                self.describe_row(i / self.targets),
+                self.describe_row(row),
                 format!(
                     "{} needs targets in [0, 1] (probabilities or 0/1 labels), got {}",
                     loss.name(),

@@ -156,7 +156,7 @@ pub enum OnNan {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ScheduleFormat {
-    /// `step,lr` header, then one row per update.
+    /// `step,lr` header (`epoch,lr` for a schedule stepped per epoch), then one row per step.
     Csv,
     /// `{"lr": [...]}`.
     Json,
