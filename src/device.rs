@@ -260,15 +260,12 @@ impl Device {
                 "same as param when used, else empty",
             )?;
             // The state is the caller's to build: held to what a checkpoint's is.
-            ops::check_finite(&format!("{ctx}: state `{}`", b.name), v)?;
-            if b.non_negative
-                && let Some(i) = v.iter().position(|&x| x < 0.0)
-            {
-                return Err(KilnError::invalid(
-                    format!("state.{}", b.name),
-                    format!("element {i} is {}, but it holds squares", v[i]),
-                ));
-            }
+            b.check_values(
+                v,
+                &format!("{ctx}: state `{}`", b.name),
+                &format!("state.{}", b.name),
+                "",
+            )?;
         }
         optim::check_scalars(&state.scalars)?;
         ops::check_finite(&format!("{ctx}: grad"), grad)?;

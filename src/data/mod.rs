@@ -296,16 +296,14 @@ impl Dataset {
                 ),
             ));
         }
+        // The row's first target outside [0, 1], if any.
+        let outside = |r: usize| {
+            (r * self.targets..(r + 1) * self.targets).find(|&i| !(0.0..=1.0).contains(&self.y[i]))
+        };
         if matches!(loss, Loss::Bce | Loss::BceWithLogits)
-            && let Some(row) = self.first_in_file(|r| {
-                self.y[r * self.targets..(r + 1) * self.targets]
-                    .iter()
-                    .any(|v| !(0.0..=1.0).contains(v))
-            })
+            && let Some(row) = self.first_in_file(|r| outside(r).is_some())
+            && let Some(i) = outside(row)
         {
-            let i = (row * self.targets..(row + 1) * self.targets)
-                .find(|&i| !(0.0..=1.0).contains(&self.y[i]))
-                .expect("the row has one");
             return Err(KilnError::invalid(
                 self.describe_row(row),
                 format!(

@@ -516,6 +516,29 @@ pub(crate) fn parse_args<T: serde::de::DeserializeOwned>(
     })
 }
 
+impl StateBlock {
+    /// `values` as an update may take them: finite (an error naming `what`), and ≥ 0 where
+    /// the block holds squares (an error naming `field`, then `why` after the value).
+    pub(crate) fn check_values(
+        &self,
+        values: &[f32],
+        what: &str,
+        field: &str,
+        why: &str,
+    ) -> Result<()> {
+        crate::ops::check_finite(what, values)?;
+        if self.non_negative
+            && let Some(i) = values.iter().position(|&x| x < 0.0)
+        {
+            return Err(KilnError::invalid(
+                field,
+                format!("element {i} is {}, but it holds squares{why}", values[i]),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// PyTorch's constructor check for a value that must be finite and ≥ 0.
 pub(crate) fn check_non_negative(field: &str, v: f64) -> Result<()> {
     if v.is_finite() && v >= 0.0 {

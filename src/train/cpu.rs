@@ -233,13 +233,14 @@ impl CpuStep {
             let start = Instant::now();
             self.exec(&instr, &batch)?;
             if let Some(k) = kernels.as_deref_mut() {
-                k.push(KernelTime {
-                    flops: instr.flops(rows),
-                    ..KernelTime::new(
-                        instr.name(rows, self.optimizer.name()),
-                        start.elapsed().as_secs_f64(),
-                    )
-                });
+                let seconds = start.elapsed().as_secs_f64();
+                k.push(KernelTime::of(
+                    &instr,
+                    rows,
+                    self.optimizer.name(),
+                    None,
+                    seconds,
+                ));
             }
         }
         Ok(())

@@ -1062,11 +1062,7 @@ impl GpuStep {
         let Some((i, instr)) = instr else {
             return KernelTime::new(GATHER, 0.0);
         };
-        KernelTime {
-            flops: instr.flops(self.batch),
-            tile: self.tiles[i],
-            ..KernelTime::new(instr.name(self.batch, self.optimizer.name()), 0.0)
-        }
+        KernelTime::of(instr, self.batch, self.optimizer.name(), self.tiles[i], 0.0)
     }
 
     /// Times the next update as `mode` says (see `Trainer::profile`): what is queued goes

@@ -529,14 +529,14 @@ impl Trainer {
     fn update(&mut self, batch: usize, source: Batch<'_>) -> Result<f64> {
         self.check_schedule()?;
         let per_update = self.options.schedule_interval == Interval::Update;
-        let observed = self.per_update_needs().any();
+        let needs = self.per_update_needs();
+        let observed = needs.any();
         if observed && self.steps >= 2 {
             // Observation-driven schedules see each update's loss and gradient norm one update
             // late, on every device: the GPU has update t+1 queued before update t's numbers
             // are read, so it never waits for the host.
             // What the schedule follows, and nothing else: a number it does not read cannot
             // stop it.
-            let needs = self.per_update_needs();
             let o = self.observation(self.steps - 2)?;
             let o = Observation {
                 loss: o.loss.filter(|_| needs.loss),
@@ -961,18 +961,12 @@ impl Trainer {
                 trainer.layout.len,
                 "the parameter layout",
             )?;
-            ops::check_finite(&format!("checkpoint optimizer state `{}`", block.name), v)?;
-            if block.non_negative
-                && let Some(i) = v.iter().position(|&x| x < 0.0)
-            {
-                return Err(KilnError::invalid(
-                    format!("checkpoint.optimizer.{}", block.name),
-                    format!(
-                        "element {i} is {}, but it holds squares (a damaged checkpoint?)",
-                        v[i]
-                    ),
-                ));
-            }
+            block.check_values(
+                v,
+                &format!("checkpoint optimizer state `{}`", block.name),
+                &format!("checkpoint.optimizer.{}", block.name),
+                " (a damaged checkpoint?)",
+            )?;
             blocks.push(std::mem::take(v));
         }
         crate::optim::check_scalars(&opt.scalars)?;

@@ -1,6 +1,7 @@
 //! Where an update's time goes: [`Trainer::profile`](super::Trainer::profile) times one
 //! update, launch by launch or whole.
 
+use super::program::Instr;
 use crate::gpu::matmul_tiles::TileConfig;
 
 /// How [`Trainer::profile`](super::Trainer::profile) times the update it profiles.
@@ -44,6 +45,22 @@ impl KernelTime {
             seconds,
             flops: None,
             tile: None,
+        }
+    }
+
+    /// The entry of a launch of the step at `batch` rows, named as [`Instr::name`] names it.
+    pub(super) fn of(
+        instr: &Instr,
+        batch: usize,
+        optimizer: &str,
+        tile: Option<TileConfig>,
+        seconds: f64,
+    ) -> KernelTime {
+        KernelTime {
+            kernel: instr.name(batch, optimizer),
+            seconds,
+            flops: instr.flops(batch),
+            tile,
         }
     }
 }

@@ -155,12 +155,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                     Ok(_) => e.into(),
                 };
                 if skipped > 0 {
-                    let at = run.steps_done().saturating_sub(1);
-                    let line = LogLine::Skipped {
-                        step: at,
-                        epoch: run.epoch_of(at),
-                        skipped_updates: skipped,
-                    };
+                    let line = skipped_line(&run, skipped);
                     if let Err(w) = write_line(log.as_mut(), &line) {
                         return Err(cause.context(format!("(and {w:#})")));
                     }
@@ -244,10 +239,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         if let Some(dir) = checkpoint_due
             && !run.finished()
         {
-            if let Some(log) = &mut log {
-                log.sync()?;
-            }
-            run.checkpoint(dir)?;
+            checkpoint(&mut run, dir, log.as_mut())?;
         }
     }
 
@@ -257,15 +249,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let done = run.steps_done();
     if skipped > 0 {
-        let at = done.saturating_sub(1);
-        write_line(
-            log.as_mut(),
-            &LogLine::Skipped {
-                step: at,
-                epoch: run.epoch_of(at),
-                skipped_updates: skipped,
-            },
-        )?;
+        write_line(log.as_mut(), &skipped_line(&run, skipped))?;
         if let Some(log) = &mut log {
             log.flush()?;
         }
@@ -278,10 +262,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     // The checkpoint holds the run as it stopped (weights, optimizer state and schedule of
     // one update), so a resume with more updates continues it exactly.
     if let Some(dir) = checkpoint_dir {
-        if let Some(log) = &mut log {
-            log.sync()?;
-        }
-        run.checkpoint(dir)?;
+        checkpoint(&mut run, dir, log.as_mut())?;
     }
     // Keras's restore_best_weights: back to the best check's weights, stopped early or not,
     // for --save and the final evaluation.
@@ -374,6 +355,25 @@ fn report(
     Ok(last)
 }
 
+/// A checkpoint, with the log on disk first: a resume from it finds every line up to it (and
+/// cuts what came after, `kept_on_resume`).
+fn checkpoint(run: &mut Run, dir: &Path, log: Option<&mut Log>) -> Result<()> {
+    if let Some(log) = log {
+        log.sync()?;
+    }
+    Ok(run.checkpoint(dir)?)
+}
+
+/// The log line saying how many updates were skipped, after the last update done.
+fn skipped_line(run: &Run, skipped: u64) -> LogLine {
+    let at = run.steps_done().saturating_sub(1);
+    LogLine::Skipped {
+        step: at,
+        epoch: run.epoch_of(at),
+        skipped_updates: skipped,
+    }
+}
+
 fn write_evaluation(
     log: Option<&mut Log>,
     step: u64,
@@ -429,8 +429,7 @@ impl Log {
             .with_context(|| format!("writing {}", self.path.display()))
     }
 
-    /// Everything written so far on the disk: before a checkpoint, so that a resume from it
-    /// finds every line up to it (and cuts what came after, `kept_on_resume`).
+    /// Everything written so far on the disk (see `checkpoint`).
     fn sync(&mut self) -> Result<()> {
         self.flush()?;
         self.out
