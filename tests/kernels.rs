@@ -143,19 +143,33 @@ fn matmul_fused_bias_matches_cpu() {
     }
 }
 
+/// The bias gradient sums the same f32 values in the same order on both devices (each part of
+/// `ROWS_PER_PART` rows, then the parts' sums), so they agree to the bit: across one part, a
+/// part and one row, many parts, and widths that are not multiples of the workgroup.
 #[test]
-fn bias_grad_matches_cpu() {
+fn bias_grad_equals_cpu_to_the_bit() {
     let Some(gpu) = both() else { return };
-    for &rows in &SIZES {
+    let part = kiln::cpu::bias::ROWS_PER_PART;
+    let rows = SIZES
+        .iter()
+        .copied()
+        .chain([part - 1, part, part + 1, 40 * part + 7]);
+    for rows in rows {
         for &cols in &SIZES {
             let dy = random(rows * cols, -1.0, 1.0, (rows * 1000 + cols) as u64);
             let want = Device::Cpu.bias_grad(&dy, cols).unwrap();
             let got = gpu.bias_grad(&dy, cols).unwrap();
-            let tol = Tolerance {
-                abs: common::BIAS_GRAD.abs * rows as f32,
-                ..common::BIAS_GRAD
-            };
-            assert_close(&format!("bias_grad {rows}x{cols}"), &got, &want, tol);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "bias_grad {rows}x{cols}");
+            // And the sums are the column sums, within f32 rounding of an f64 sum.
+            for (c, &g) in got.iter().enumerate() {
+                let exact: f64 = (0..rows).map(|r| dy[r * cols + c] as f64).sum();
+                let bound = 1e-6 * (rows as f64) * (1.0 + exact.abs());
+                assert!(
+                    (g as f64 - exact).abs() <= bound,
+                    "bias_grad {rows}x{cols}, column {c}"
+                );
+            }
         }
     }
 }

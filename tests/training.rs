@@ -138,6 +138,46 @@ fn gpu_and_cpu_loss_curves_agree_for_50_steps() {
     );
 }
 
+/// Batches of several parts of the bias gradient's sum (70 rows: three parts of
+/// `ROWS_PER_PART`, summed in two passes) and batches of one part in a step recorded for
+/// two passes: the GPU follows the CPU, losses and parameters.
+#[test]
+fn batches_of_several_bias_parts_train_alike_on_gpu_and_cpu() {
+    let Some(gpu) = common::gpu_device() else {
+        return;
+    };
+    let (x, labels) = task();
+    let max_batch = 70;
+    assert!(max_batch > 2 * kiln::cpu::bias::ROWS_PER_PART);
+    let mut runs = Vec::new();
+    for device in [Device::Cpu, gpu] {
+        let opts = TrainOptions {
+            max_batch,
+            ..options()
+        };
+        let schedule = Scheduler::fixed(0.1).unwrap();
+        let mut trainer = Trainer::new(&device, classifier(), opts, schedule).unwrap();
+        let mut start = 0;
+        for batch in [70, 20, 70, 5, 33, 2] {
+            let end = start + batch;
+            trainer
+                .step(
+                    &x[start * 4..end * 4],
+                    Targets::Classes(&labels[start..end]),
+                )
+                .unwrap();
+            start = end % 100;
+        }
+        runs.push((
+            trainer.losses().unwrap().to_vec(),
+            trainer.parameters().unwrap(),
+        ));
+    }
+    let (cpu, gpu) = (&runs[0], &runs[1]);
+    common::assert_close("losses", &gpu.0, &cpu.0, common::LOSS_CURVE);
+    common::assert_close("parameters", &gpu.1, &cpu.1, common::LOSS_CURVE);
+}
+
 /// Every activation between two dense layers, and every loss, through the whole training
 /// program: the GPU's losses and parameters follow the CPU's for 10 steps.
 #[test]

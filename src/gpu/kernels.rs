@@ -62,12 +62,21 @@ pub static MATMUL: Kernel = Kernel {
     bindings: &[Read, Read, Read, Read, Read, ReadWrite, ReadWrite, Uniform],
 };
 
-/// dy, db, params
-pub static BIAS_GRAD: Kernel = Kernel {
+/// dy, the parts' sums (or db), params
+pub static BIAS_GRAD_PARTIAL: Kernel = Kernel {
     file: "bias.wgsl",
     source: BIAS_SRC,
-    entry: "bias_grad",
+    entry: "bias_grad_partial",
     group: 0,
+    bindings: &[Read, ReadWrite, Uniform],
+};
+
+/// the parts' sums, db, params
+pub static BIAS_GRAD_FINAL: Kernel = Kernel {
+    file: "bias.wgsl",
+    source: BIAS_SRC,
+    entry: "bias_grad_final",
+    group: 1,
     bindings: &[Read, ReadWrite, Uniform],
 };
 
@@ -183,7 +192,7 @@ loss_kernels!(
 
 /// Every kernel the engine dispatches apart from the optimizers' (`crate::optim::kernels`);
 /// tests/shaders.rs checks each entry point exists.
-pub static ALL: [&Kernel; 29] = [
+pub static ALL: [&Kernel; 30] = [
     &MATMUL,
     &COPY,
     &COPY4,
@@ -191,7 +200,8 @@ pub static ALL: [&Kernel; 29] = [
     &SUM_SQUARES_PARTIAL,
     &SUM_SQUARES_FINAL,
     &CLIP,
-    &BIAS_GRAD,
+    &BIAS_GRAD_PARTIAL,
+    &BIAS_GRAD_FINAL,
     &LOSS_REDUCE,
     &IDENTITY_FORWARD,
     &IDENTITY_BACKWARD,
@@ -272,6 +282,8 @@ pub(crate) struct MatmulParams {
 pub(crate) struct BiasParams {
     pub rows: u32,
     pub cols: u32,
+    pub parts: u32,
+    pub _pad: u32,
 }
 
 /// Shared by activation.wgsl's ActParams and loss.wgsl's LossParams (same layout).
@@ -530,14 +542,70 @@ pub(crate) fn matmul_bindings<'a>(
     ]
 }
 
-/// db[cols] = column sums of dy[rows, cols].
-pub(crate) fn bias_grad(rows: usize, cols: usize, max_per_dim: u32) -> Launch {
+/// Parts of [`cpu::bias::ROWS_PER_PART`](crate::cpu::bias::ROWS_PER_PART) rows the bias
+/// gradient of `rows` rows sums separately (at least one).
+pub(crate) fn bias_parts(rows: usize) -> usize {
+    rows.div_ceil(crate::cpu::bias::ROWS_PER_PART).max(1)
+}
+
+/// db[cols] = column sums of dy[rows, cols] (shaders/bias.wgsl): pass 1 alone, writing db,
+/// when `max_rows` (the most rows the launches are recorded for) make one part; else both
+/// passes, pass 1 writing [`bias_parts`]`(max_rows)·cols` sums for pass 2. Errs if the grid
+/// needs more workgroups than a dimension allows.
+pub(crate) fn bias_grad(
+    rows: usize,
+    cols: usize,
+    max_rows: usize,
+    max_per_dim: u32,
+) -> Result<Vec<Launch>> {
+    let parts = bias_parts(rows);
+    let col_groups = cols.div_ceil(64);
+    if col_groups > max_per_dim as usize || parts > max_per_dim as usize {
+        return Err(KilnError::OverLimit {
+            tensor: format!("bias gradient of [{rows}, {cols}]"),
+            size: (rows * cols * 4) as u64,
+            limit_name: "max_compute_workgroups_per_dimension",
+            limit: max_per_dim as u64,
+        });
+    }
     let params = BiasParams {
         rows: rows as u32,
         cols: cols as u32,
+        parts: parts as u32,
+        _pad: 0,
     };
-    let grid = [(cols as u32).div_ceil(64).min(max_per_dim), 1, 1];
-    Launch::new(&BIAS_GRAD, &params, grid)
+    let mut partial = Launch::new(
+        &BIAS_GRAD_PARTIAL,
+        &params,
+        [col_groups as u32, parts as u32, 1],
+    );
+    partial.defines = bias_defines();
+    if bias_parts(max_rows) == 1 {
+        return Ok(vec![partial]);
+    }
+    let mut last = Launch::new(&BIAS_GRAD_FINAL, &params, [col_groups as u32, 1, 1]);
+    last.defines = bias_defines();
+    Ok(vec![partial, last])
+}
+
+/// The CPU twin's part size, compiled into the kernel so that the two cannot differ.
+fn bias_defines() -> Vec<(&'static str, u32)> {
+    vec![("ROWS_PER_PART", crate::cpu::bias::ROWS_PER_PART as u32)]
+}
+
+/// The bindings of [`bias_grad`]'s launches: `dy` and `db`, with `sums` between the passes
+/// when there are two.
+pub(crate) fn bias_grad_bindings<'a>(
+    launches: &[Launch],
+    dy: BufferRange<'a>,
+    sums: Option<BufferRange<'a>>,
+    db: BufferRange<'a>,
+) -> Vec<Vec<BufferRange<'a>>> {
+    if launches.len() == 1 {
+        return vec![vec![dy, db]];
+    }
+    let sums = sums.expect("the caller allocates the sums wherever bias_grad makes two passes");
+    vec![vec![dy, sums], vec![sums, db]]
 }
 
 fn activation(

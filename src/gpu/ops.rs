@@ -360,10 +360,25 @@ impl GpuContext {
     }
 
     pub(crate) fn bias_grad(&self, dy: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        let launches = kernels::bias_grad(rows, cols, rows, self.max_dim())?;
         let dy_buf = self.upload("dy", dy)?;
         let db = self.storage_buffer("db", cols)?;
-        let launch = kernels::bias_grad(rows, cols, self.max_dim());
-        self.run(&launch, &[(&dy_buf).into(), (&db).into()])?;
+        let sums = match launches.len() {
+            1 => None,
+            _ => Some(self.storage_buffer("bias gradient sums", kernels::bias_parts(rows) * cols)?),
+        };
+        let bindings = kernels::bias_grad_bindings(
+            &launches,
+            (&dy_buf).into(),
+            sums.as_ref().map(Into::into),
+            (&db).into(),
+        );
+        let recorded: Vec<_> = launches
+            .iter()
+            .zip(&bindings)
+            .map(|(l, b)| self.record(l, b))
+            .collect();
+        self.submit(recorded.iter().map(|r| &r.dispatch))?;
         self.read_back(&db, 0, cols)
     }
 

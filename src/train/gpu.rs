@@ -208,6 +208,9 @@ struct Buffers<'a> {
     chunks: &'a [std::ops::Range<usize>],
     no_decay: &'a wgpu::Buffer,
     partials: Option<&'a wgpu::Buffer>,
+    /// The bias gradients' sums per part of the batch, between their two passes (none when
+    /// every bias gradient takes one).
+    bias_sums: Option<&'a wgpu::Buffer>,
     history: &'a wgpu::Buffer,
     grad_norm_history: &'a wgpu::Buffer,
 }
@@ -266,7 +269,12 @@ impl Buffers<'_> {
                     ctx.dummy(),
                 )]
             }
-            Instr::BiasGrad { dy, db, .. } => vec![vec![self.bind(dy), self.bind(db)]],
+            Instr::BiasGrad { dy, db, .. } => kernels::bias_grad_bindings(
+                launches,
+                self.bind(dy),
+                self.bias_sums.map(Into::into),
+                self.bind(db),
+            ),
             Instr::ActForward { x, y, .. } => vec![vec![self.bind(x), self.bind(y)]],
             Instr::ActBackward { x, y, dy, dx, .. } => vec![vec![
                 self.bind(x),
@@ -403,6 +411,21 @@ impl GpuStep {
                 ctx.storage_buffer("gradient norm partials", chunks.len() * PARTIALS_PER_CHUNK)?,
             ),
         };
+        // One buffer serves every bias gradient: the pass that reads it runs before the next
+        // bias gradient writes it.
+        let bias_sums_len = program
+            .step
+            .iter()
+            .filter_map(|instr| match *instr {
+                Instr::BiasGrad { cols, .. } if kernels::bias_parts(max_batch) > 1 => {
+                    Some(kernels::bias_parts(max_batch) * cols)
+                }
+                _ => None,
+            })
+            .max();
+        let bias_sums = bias_sums_len
+            .map(|len| ctx.storage_buffer("bias gradient sums", len))
+            .transpose()?;
         let buffers = Buffers {
             input: &input,
             targets: &targets,
@@ -415,6 +438,7 @@ impl GpuStep {
             chunks: split.chunks(),
             no_decay: &no_decay,
             partials: partials.as_ref(),
+            bias_sums: bias_sums.as_ref(),
             history: &history,
             grad_norm_history: &grad_norm_history,
         };
@@ -564,7 +588,9 @@ impl GpuStep {
                     }
                 }]
             }
-            Instr::BiasGrad { cols, .. } => vec![kernels::bias_grad(batch, cols, max_dim)],
+            Instr::BiasGrad { cols, .. } => {
+                kernels::bias_grad(batch, cols, self.max_batch, max_dim)?
+            }
             Instr::ActForward { act, cols, .. } => {
                 vec![kernels::activation_forward(
                     act,

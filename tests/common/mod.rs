@@ -97,12 +97,6 @@ pub const LOSS: Tolerance = Tolerance {
     rel: 1e-5,
 };
 
-/// Bias gradient: the same f32 sum in the same order on both devices.
-pub const BIAS_GRAD: Tolerance = Tolerance {
-    abs: 1e-6,
-    rel: 1e-6,
-};
-
 /// Squared norms and clipping, GPU vs CPU: the GPU sums squares in f32 partials then a tree,
 /// the CPU in f64; relative error grows like log2(n)·ε, about 1e-6 at 300k elements.
 pub const NORM: Tolerance = Tolerance {
