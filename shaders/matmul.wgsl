@@ -25,6 +25,15 @@
 //            dX·act'(V), V the activation's input or output bound where the bias would be.
 // Either way the step needs no separate activation kernel and never reads C back for it. The
 // activation functions are shaders/act_fn.wgsl's, which the host puts in front of this file.
+//
+// Split-k (PARTIAL): a product with few tiles of C and a long k leaves most of a large GPU idle,
+// so the host may give each tile several workgroups along z, workgroup z taking k in
+// [z·k_chunk, (z+1)·k_chunk). Each writes its plain partial product to c[z·M·N + row·N + col],
+// without bias or epilogue, and shaders/matmul_split_sum.wgsl adds the partials in z order and
+// applies them. k_chunk is a multiple of 64, so of every BK: a tile step never straddles two
+// runs, and the runs are the same whatever the tile shape, so every tile shape still gives
+// bit-identical results for one split. Splitting itself changes rounding (a sum of fma chains
+// in place of one chain); the host splits only where the tuner chose it for the product.
 // prelude: act_fn.wgsl
 // CPU twin: src/cpu/matmul.rs. Tests: tests/kernels.rs. Tile shapes: src/gpu/matmul_tiles.rs.
 
@@ -51,6 +60,7 @@ override VEC_B: bool = false;
 // ids).
 override EPI: u32 = 0u;
 override ACT: u32 = 0u;
+override PARTIAL: bool = false;
 
 const WG_X: u32 = BN / TN;
 const WG_Y: u32 = BM / TM;
@@ -70,9 +80,10 @@ struct MatmulParams {
     use_bias: u32,
     // leaky_relu's slope, when the epilogue applies it.
     alpha: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Split-k: the k values each workgroup along z takes, and the number of splits.
+    k_chunk: u32,
+    splits: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -82,6 +93,7 @@ struct MatmulParams {
 @group(0) @binding(3) var<storage, read> b4: array<vec4<f32>>;
 // bias[N]; with EPI = 2 instead V[M,N], laid out as C.
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+// C, or with PARTIAL the partial products [splits, M, N].
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
 // act(C) when EPI = 1 (a placeholder otherwise), laid out as C.
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
@@ -259,13 +271,21 @@ fn matmul(
     var a_next: array<vec4<f32>, A_LOADS>;
     var b_next: array<vec4<f32>, B_LOADS>;
 
+    // This workgroup's run of k: all of it, or with PARTIAL run z.
+    var k_begin = 0u;
+    var k_end = params.k;
+    if PARTIAL {
+        k_begin = wg.z * params.k_chunk;
+        k_end = min(k_begin + params.k_chunk, params.k);
+    }
+
     for (var j = 0u; j < A_LOADS; j++) {
-        a_next[j] = a_fetch(j * THREADS + tid, row0, 0u);
+        a_next[j] = a_fetch(j * THREADS + tid, row0, k_begin);
     }
     for (var j = 0u; j < B_LOADS; j++) {
-        b_next[j] = b_fetch(j * THREADS + tid, col0, 0u);
+        b_next[j] = b_fetch(j * THREADS + tid, col0, k_begin);
     }
-    for (var k0 = 0u; k0 < params.k; k0 += BK) {
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         for (var j = 0u; j < A_LOADS; j++) {
             a_stash(j * THREADS + tid, a_next[j]);
         }
@@ -277,7 +297,7 @@ fn matmul(
         // The next tile's loads, in flight while this tile's products run. The last tile's
         // overhang past k reads zeros (the bounds in a_along_k & co.).
         let k_next = k0 + BK;
-        if k_next < params.k {
+        if k_next < k_end {
             for (var j = 0u; j < A_LOADS; j++) {
                 a_next[j] = a_fetch(j * THREADS + tid, row0, k_next);
             }
@@ -317,6 +337,10 @@ fn matmul(
                 for (var j = 0u; j < 4u; j++) {
                     if col + j < params.n {
                         let at = row * params.n + col + j;
+                        if PARTIAL {
+                            c[wg.z * params.m * params.n + at] = v[j];
+                            continue;
+                        }
                         var out = v[j];
                         if params.use_bias != 0u {
                             out += bias[col + j];

@@ -388,7 +388,7 @@ fn operands(ctx: &GpuContext, lens: &[usize]) -> Result<Vec<wgpu::Buffer>> {
 /// One kernel launch with its own buffers, ready to run again and again (for benchmarks).
 pub struct GpuOp {
     ctx: Arc<GpuContext>,
-    rec: Recorded,
+    recs: Vec<Recorded>,
     _buffers: Vec<wgpu::Buffer>,
 }
 
@@ -398,7 +398,7 @@ impl GpuOp {
         let buffers = operands(ctx, lens)?;
         let ranges: Vec<BufferRange<'_>> = buffers.iter().map(Into::into).collect();
         Ok(GpuOp {
-            rec: ctx.record(launch, &ranges),
+            recs: vec![ctx.record(launch, &ranges)],
             ctx: ctx.clone(),
             _buffers: buffers,
         })
@@ -417,21 +417,20 @@ impl GpuOp {
         t: Transpose,
         tile: TileConfig,
     ) -> Result<GpuOp> {
-        let launch = kernels::matmul(t, dims, false, tile, ctx.max_dim())?;
+        let launches = kernels::matmul(t, dims, dims, false, tile, ctx.max_dim())?;
         // The fourth: where a fused activation would go, unused here.
         let buffers = operands(ctx, &[dims.m * dims.k, dims.k * dims.n, dims.m * dims.n, 1])?;
-        let bindings = kernels::matmul_bindings(
-            &launch,
-            dims,
-            (&buffers[0]).into(),
-            (&buffers[1]).into(),
-            None,
-            (&buffers[2]).into(),
-            (&buffers[3]).into(),
-            ctx.dummy(),
-        );
         Ok(GpuOp {
-            rec: ctx.record(&launch, &bindings),
+            recs: ctx.record_matmul(
+                &launches,
+                dims,
+                tile,
+                (&buffers[0]).into(),
+                (&buffers[1]).into(),
+                None,
+                (&buffers[2]).into(),
+                (&buffers[3]).into(),
+            )?,
             ctx: ctx.clone(),
             _buffers: buffers,
         })
@@ -460,7 +459,7 @@ impl GpuOp {
         };
         buffers.extend(state);
         Ok(GpuOp {
-            rec,
+            recs: vec![rec],
             ctx: ctx.clone(),
             _buffers: buffers,
         })
@@ -474,14 +473,15 @@ impl GpuOp {
 
     /// Submits the launch and waits for it to finish.
     pub fn run(&self) -> Result<()> {
-        self.ctx.submit([&self.rec.dispatch])?;
+        self.ctx.submit(self.recs.iter().map(|r| &r.dispatch))?;
         self.ctx.wait_idle()
     }
 }
 
 /// Seconds of GPU time one run of `op` takes (see [`GpuContext::time_dispatch`]).
 fn time_gpu(op: &GpuOp) -> Result<(f64, Timing)> {
-    op.ctx.time_dispatch(&op.rec.dispatch, 2, REPS)
+    let dispatches: Vec<_> = op.recs.iter().map(|r| &r.dispatch).collect();
+    op.ctx.time_dispatch(&dispatches, 2, REPS)
 }
 
 fn cpu_time(mut f: impl FnMut()) -> Result<f64> {

@@ -121,6 +121,111 @@ fn every_matmul_tile_shape_matches_cpu_and_the_others() {
     }
 }
 
+/// What split-k computes, on the host: each run of k (`split_chunks`) a chain of
+/// multiply-adds in k order (`fused`: each rounded once, as `f32::mul_add`; else the product
+/// rounded first), the runs' sums added in order, then the bias.
+fn split_k_on_host(
+    a: &[f32],
+    b: &[f32],
+    bias: &[f32],
+    dims: MatmulDims,
+    t: Transpose,
+    tile: TileConfig,
+    fused: bool,
+) -> Vec<f32> {
+    let MatmulDims { m, n, k } = dims;
+    let a_at = |i: usize, p: usize| match t {
+        Transpose::Tn => a[p * m + i],
+        _ => a[i * k + p],
+    };
+    let b_at = |p: usize, j: usize| match t {
+        Transpose::Nt => b[j * k + p],
+        _ => b[p * n + j],
+    };
+    let (run, splits) = kiln::gpu::matmul_tiles::split_chunks(dims, tile);
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut sum = 0.0f32;
+            for s in 0..splits {
+                let mut chain = 0.0f32;
+                for p in s * run..((s + 1) * run).min(k) {
+                    chain = if fused {
+                        a_at(i, p).mul_add(b_at(p, j), chain)
+                    } else {
+                        a_at(i, p) * b_at(p, j) + chain
+                    };
+                }
+                sum = if s == 0 { chain } else { sum + chain };
+            }
+            c[i * n + j] = sum + bias[j];
+        }
+    }
+    c
+}
+
+/// Split-k (each of several workgroups per tile of C takes a run of k, a second kernel adds
+/// their partial products): on every layout, shapes that are not tile multiples and runs
+/// that do not divide k, each split gives the host's sum of chains run by run to the bit,
+/// the same values on every tile shape, and the CPU's product within the matmul tolerance. A
+/// split of a k too short to split (one run) is the plain product, to the bit.
+#[test]
+fn split_k_products_add_their_runs_in_order() {
+    let Some(Device::Gpu(ctx)) = both() else {
+        return;
+    };
+    use kiln::gpu::matmul_tiles::split_chunks;
+    let tiles = [
+        CANDIDATES[0],
+        CANDIDATES[5],
+        CANDIDATES[12],
+        CANDIDATES[6].scalar(),
+    ];
+    let shapes = [
+        (67, 13, 300),
+        (5, 129, 257),
+        (64, 64, 640),
+        (1, 1, 1000),
+        (33, 9, 60),
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let dims = MatmulDims { m, n, k };
+        for t in Transpose::ALL {
+            let seed = 9000 + 10 * i as u64;
+            let a = random(m * k, -1.0, 1.0, seed);
+            let b = random(k * n, -1.0, 1.0, seed + 1);
+            let bias = random(n, -1.0, 1.0, seed + 2);
+            let cpu = Device::Cpu.matmul(&a, &b, Some(&bias), dims, t).unwrap();
+            let plain = ctx
+                .matmul_with_tile(&a, &b, Some(&bias), dims, t, tiles[0])
+                .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            // The plain product is one chain over k; whether the adapter's fma rounds once
+            // (NVIDIA) or after the product too (lavapipe) decides which chain.
+            let host = |tile, fused| split_k_on_host(&a, &b, &bias, dims, t, tile, fused);
+            let fused = match (0..2).find(|&f| bits(&plain) == bits(&host(tiles[0], f == 1))) {
+                Some(f) => f == 1,
+                None => panic!("matmul {t:?} m={m} n={n} k={k}: the plain product is no chain"),
+            };
+            for ways in [2, 3, 4, 16] {
+                let host = host(tiles[0].split_k(ways), fused);
+                for tile in tiles.iter().filter(|t| t.fits(ctx.limits())) {
+                    let tile = tile.split_k(ways);
+                    let what = format!("matmul {t:?} m={m} n={n} k={k} tiles {tile}");
+                    let got = ctx
+                        .matmul_with_tile(&a, &b, Some(&bias), dims, t, tile)
+                        .unwrap();
+                    assert_close(&what, &got, &cpu, common::matmul_tolerance(k));
+                    assert_eq!(bits(&got), bits(&host), "{what}: against the host's sums");
+                    if split_chunks(dims, tile).1 == 1 {
+                        assert_eq!(bits(&got), bits(&plain), "{what}: one run");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn a_tile_shape_over_the_limits_is_refused() {
     let Some(Device::Gpu(ctx)) = both() else {
@@ -299,7 +404,10 @@ fn matmul_with_fused_activation_matches_the_separate_kernels() {
     };
     let gpu = Device::Gpu(ctx.clone());
     let (acts, tiles) = fusable_activations_and_tiles(&ctx);
-    for (i, &(m, n, k)) in [(65, 17, 33), (3, 129, 7), (64, 64, 16)].iter().enumerate() {
+    for (i, &(m, n, k)) in [(65, 17, 33), (3, 129, 7), (64, 64, 16), (9, 70, 300)]
+        .iter()
+        .enumerate()
+    {
         let dims = MatmulDims { m, n, k };
         let seed = 7000 + 10 * i as u64;
         // Scaled so that pre-activations spread over the activations' interesting range.
@@ -369,7 +477,10 @@ fn matmul_with_fused_activation_gradient_matches_the_separate_kernels() {
     let gpu = Device::Gpu(ctx.clone());
     let (acts, tiles) = fusable_activations_and_tiles(&ctx);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    for (i, &(m, n, k)) in [(65, 17, 33), (3, 129, 7), (64, 64, 16)].iter().enumerate() {
+    for (i, &(m, n, k)) in [(65, 17, 33), (3, 129, 7), (64, 64, 16), (9, 70, 300)]
+        .iter()
+        .enumerate()
+    {
         let dims = MatmulDims { m, n, k };
         let seed = 8000 + 10 * i as u64;
         let dy = random(m * k, -1.0, 1.0, seed);
@@ -414,7 +525,7 @@ fn matmul_with_fused_activation_gradient_matches_the_separate_kernels() {
 }
 
 /// Every activation a product can fuse (leaky_relu at two slopes), and the tile shapes that
-/// fit `ctx` (`None`: the tuned one first).
+/// fit `ctx` (`None`: the tuned one first), one of them splitting k.
 fn fusable_activations_and_tiles(
     ctx: &kiln::GpuContext,
 ) -> (Vec<Activation>, Vec<Option<TileConfig>>) {
@@ -423,10 +534,13 @@ fn fusable_activations_and_tiles(
         .filter(|&a| a != Activation::Softmax)
         .collect();
     acts.push(Activation::LeakyRelu(0.2));
+    // And split-k, whose epilogue runs in the kernel that adds the partial products (where
+    // k is long enough to split).
     let tiles = std::iter::once(None)
         .chain(
             CANDIDATES
                 .iter()
+                .chain(&[CANDIDATES[6].split_k(4)])
                 .filter(|t| t.fits(ctx.limits()))
                 .map(|&t| Some(t)),
         )

@@ -35,11 +35,17 @@ pub struct AdapterOptions {
     /// does it on GPUs and not on software adapters, where timing every candidate on every
     /// new shape costs seconds (`KILN_TUNE_SHAPES=0` or `1`).
     pub tune_shapes: Option<bool>,
+    /// One matmul tile shape for every product, as [`TileConfig::parse`] reads it
+    /// (`KILN_MATMUL_TILES`), instead of the tuned or cached choice: how a shape is tried out
+    /// on a whole run. Checked when the device first multiplies.
+    ///
+    /// [`TileConfig::parse`]: crate::gpu::matmul_tiles::TileConfig::parse
+    pub matmul_tiles: Option<String>,
 }
 
 impl AdapterOptions {
     /// Reads `KILN_BACKEND`, `KILN_ADAPTER`, `KILN_BOUNDS_CHECKS`,
-    /// `KILN_SEPARATE_ACTIVATIONS` and `KILN_TUNE_SHAPES`.
+    /// `KILN_SEPARATE_ACTIVATIONS`, `KILN_TUNE_SHAPES` and `KILN_MATMUL_TILES`.
     pub fn from_env() -> Self {
         let get = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
         // Set, and anything but a clear "off", is on.
@@ -61,6 +67,7 @@ impl AdapterOptions {
             max_device_memory: None,
             separate_activations: on("KILN_SEPARATE_ACTIVATIONS").unwrap_or(false),
             tune_shapes: on("KILN_TUNE_SHAPES"),
+            matmul_tiles: get("KILN_MATMUL_TILES"),
         }
     }
 

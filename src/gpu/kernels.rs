@@ -2,7 +2,7 @@
 //! built from these on first use and cached per device (`GpuContext::pipeline`).
 
 use super::BufferRange;
-use super::matmul_tiles::TileConfig;
+use super::matmul_tiles::{TileConfig, split_chunks};
 use crate::error::{KilnError, Result};
 use crate::ops::{Activation, Loss, MatmulDims, Targets, Transpose};
 use crate::optim::UpdateUniform;
@@ -42,6 +42,10 @@ const MATMUL_SRC: &str = concat!(
     include_str!("../../shaders/act_fn.wgsl"),
     include_str!("../../shaders/matmul.wgsl")
 );
+const MATMUL_SPLIT_SUM_SRC: &str = concat!(
+    include_str!("../../shaders/act_fn.wgsl"),
+    include_str!("../../shaders/matmul_split_sum.wgsl")
+);
 const BIAS_SRC: &str = include_str!("../../shaders/bias.wgsl");
 const ACTIVATION_SRC: &str = concat!(
     include_str!("../../shaders/act_fn.wgsl"),
@@ -60,6 +64,15 @@ pub static MATMUL: Kernel = Kernel {
     entry: "matmul",
     group: 0,
     bindings: &[Read, Read, Read, Read, Read, ReadWrite, ReadWrite, Uniform],
+};
+
+/// partial products, bias (or V of a fused activation gradient), c, y, params
+pub static MATMUL_SPLIT_SUM: Kernel = Kernel {
+    file: "matmul_split_sum.wgsl",
+    source: MATMUL_SPLIT_SUM_SRC,
+    entry: "matmul_split_sum",
+    group: 0,
+    bindings: &[Read, Read, ReadWrite, ReadWrite, Uniform],
 };
 
 /// dy, the parts' sums (or db), params
@@ -192,8 +205,9 @@ loss_kernels!(
 
 /// Every kernel the engine dispatches apart from the optimizers' (`crate::optim::kernels`);
 /// tests/shaders.rs checks each entry point exists.
-pub static ALL: [&Kernel; 30] = [
+pub static ALL: [&Kernel; 31] = [
     &MATMUL,
+    &MATMUL_SPLIT_SUM,
     &COPY,
     &COPY4,
     &GATHER,
@@ -274,7 +288,10 @@ pub(crate) struct MatmulParams {
     pub use_bias: u32,
     /// leaky_relu's slope, when the launch fuses it.
     pub alpha: f32,
-    pub _pad: [u32; 3],
+    /// Split-k: the k values each split takes, and the splits.
+    pub k_chunk: u32,
+    pub splits: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -400,21 +417,28 @@ pub(crate) fn elementwise_grid(threads: usize, max_per_dim: u32) -> [u32; 3] {
     }
 }
 
-/// C[m,n] = op(A)·op(B) (+ bias) with one tile shape. Errs if the output needs more workgroups
+/// C[m,n] = op(A)·op(B) (+ bias) with one tile shape: the product's launch, and with split-k
+/// (see [`split_chunks`]) a second that adds the partial products. Whether there is a second
+/// goes by `recorded`, the largest dims the launches are recorded for (a step's products at
+/// its largest batch): a smaller product of a split recording keeps both launches, one split
+/// summed alone giving the plain product's values. Errs if the output needs more workgroups
 /// than a dimension allows.
 pub(crate) fn matmul(
     t: Transpose,
     dims: MatmulDims,
+    recorded: MatmulDims,
     use_bias: bool,
     tile: TileConfig,
     max_per_dim: u32,
-) -> Result<Launch> {
+) -> Result<Vec<Launch>> {
+    let split = split_chunks(recorded, tile).1 > 1;
+    let (k_chunk, splits) = split_chunks(dims, tile);
     let grid = [
         dims.n.div_ceil(tile.bn as usize) as u32,
         dims.m.div_ceil(tile.bm as usize) as u32,
-        1,
+        if split { splits as u32 } else { 1 },
     ];
-    if grid[0] > max_per_dim || grid[1] > max_per_dim {
+    if grid[0] > max_per_dim || grid[1] > max_per_dim || grid[2] > max_per_dim {
         return Err(KilnError::OverLimit {
             tensor: format!("matmul output [{}, {}]", dims.m, dims.n),
             size: (dims.m * dims.n * 4) as u64,
@@ -439,6 +463,8 @@ pub(crate) fn matmul(
         n: dim("N", dims.n)?,
         k: dim("K", dims.k)?,
         use_bias: use_bias as u32,
+        k_chunk: k_chunk as u32,
+        splits: splits as u32,
         ..Default::default()
     };
     let (trans_a, trans_b) = match t {
@@ -451,15 +477,40 @@ pub(crate) fn matmul(
     let vec_a = tile.vec4 && (if trans_a { dims.m } else { dims.k }).is_multiple_of(4);
     let vec_b = tile.vec4 && (if trans_b { dims.k } else { dims.n }).is_multiple_of(4);
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    let mut launch = Launch::new(&MATMUL, &params, grid);
-    launch.constants = vec![
+    let product_params = MatmulParams {
+        // The bias is the sum's to add.
+        use_bias: if split { 0 } else { params.use_bias },
+        ..params
+    };
+    let mut product = Launch::new(&MATMUL, &product_params, grid);
+    product.constants = vec![
         ("TRANS_A", flag(trans_a)),
         ("TRANS_B", flag(trans_b)),
         ("VEC_A", flag(vec_a)),
         ("VEC_B", flag(vec_b)),
     ];
-    launch.defines = tile.defines();
-    Ok(launch)
+    if split {
+        product.constants.push(("PARTIAL", 1.0));
+    }
+    product.defines = tile.defines();
+    if !split {
+        return Ok(vec![product]);
+    }
+    let sum = Launch::new(
+        &MATMUL_SPLIT_SUM,
+        &params,
+        elementwise_grid(dims.m * dims.n, max_per_dim),
+    );
+    Ok(vec![product, sum])
+}
+
+/// Floats of partial products the launches of [`matmul`] for `recorded` and `tile` need
+/// (splits · M · N), 0 without a split.
+pub(crate) fn matmul_scratch_len(recorded: MatmulDims, tile: TileConfig) -> usize {
+    match split_chunks(recorded, tile).1 {
+        1 => 0,
+        splits => splits * recorded.m * recorded.n,
+    }
 }
 
 /// The id act_fn.wgsl gives an activation the matmul can fuse into its epilogue: every one
@@ -477,21 +528,23 @@ pub(crate) fn fused_activation_id(act: Activation) -> Option<u32> {
     })
 }
 
-/// `launch` (a matmul's) with `act` applied in its epilogue: C keeps the pre-activation and Y
-/// (the binding after C) gets act(C). `act` must be one [`fused_activation_id`] numbers.
-pub(crate) fn fuse_activation(launch: Launch, act: Activation) -> Launch {
-    with_epilogue(launch, 1, act)
+/// `launches` (a matmul's) with `act` applied in the epilogue of the last, the one that
+/// writes C: C keeps the pre-activation and Y (the binding after C) gets act(C). `act` must
+/// be one [`fused_activation_id`] numbers.
+pub(crate) fn fuse_activation(launches: Vec<Launch>, act: Activation) -> Vec<Launch> {
+    with_epilogue(launches, 1, act)
 }
 
-/// `launch` (a bias-free matmul's, dX = dY·W) with `act`'s backward applied in its epilogue:
-/// C gets dX·act'(V), V bound in the bias's place ([`Activation::grad_reads_output`] says
-/// whether it is the activation's input or output).
-pub(crate) fn fuse_activation_grad(launch: Launch, act: Activation) -> Launch {
-    with_epilogue(launch, 2, act)
+/// `launches` (a bias-free matmul's, dX = dY·W) with `act`'s backward applied in the epilogue
+/// of the last: C gets dX·act'(V), V bound in the bias's place
+/// ([`Activation::grad_reads_output`] says whether it is the activation's input or output).
+pub(crate) fn fuse_activation_grad(launches: Vec<Launch>, act: Activation) -> Vec<Launch> {
+    with_epilogue(launches, 2, act)
 }
 
-fn with_epilogue(mut launch: Launch, epilogue: u32, act: Activation) -> Launch {
+fn with_epilogue(mut launches: Vec<Launch>, epilogue: u32, act: Activation) -> Vec<Launch> {
     let id = fused_activation_id(act).expect("the program fuses elementwise activations only");
+    let launch = launches.last_mut().expect("a matmul has a launch");
     let mut params: MatmulParams = bytemuck::pod_read_unaligned(&launch.uniform);
     debug_assert!(
         epilogue == 1 || params.use_bias == 0,
@@ -501,28 +554,32 @@ fn with_epilogue(mut launch: Launch, epilogue: u32, act: Activation) -> Launch {
     launch.uniform = bytemuck::bytes_of(&params).to_vec();
     launch.constants.push(("EPI", epilogue as f64));
     launch.constants.push(("ACT", id as f64));
-    launch
+    launches
 }
 
-/// The bindings of a matmul launch, in order: A, B, their vec4 views (the placeholder where
-/// the launch reads scalars), the bias (V for a fused activation gradient; the placeholder
-/// without either), C, then Y for a fused activation (without one, a small writable buffer of
-/// the launch's own: a writable placeholder shared between launches would order them). `a` and
-/// `b` must start at their matrices; the views cover exactly `dims`' elements, so they are
-/// whole vec4s.
+/// The bindings of a matmul's launches ([`matmul`]), launch by launch. The product's: A, B,
+/// their vec4 views (the placeholder where the launch reads scalars), the bias (V for a fused
+/// activation gradient; the placeholder without either), C, then Y for a fused activation
+/// (without one, a small writable buffer of the launch's own: a writable placeholder shared
+/// between launches would order them). With split-k the product writes `scratch` (at least
+/// [`matmul_scratch_len`] floats) in C's place and the sum reads it: scratch, bias, C, Y.
+/// `a` and `b` must start at their matrices; the views cover exactly `dims`' elements, so they
+/// are whole vec4s.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_bindings<'a>(
-    launch: &Launch,
+    launches: &[Launch],
     dims: MatmulDims,
     a: BufferRange<'a>,
     b: BufferRange<'a>,
     bias: Option<BufferRange<'a>>,
     c: BufferRange<'a>,
     y: BufferRange<'a>,
+    scratch: Option<BufferRange<'a>>,
     placeholder: &'a wgpu::Buffer,
-) -> Vec<BufferRange<'a>> {
+) -> Vec<Vec<BufferRange<'a>>> {
+    let product = &launches[0];
     let view = |on: &str, r: BufferRange<'a>, len: usize| {
-        if launch.constants.contains(&(on, 1.0)) {
+        if product.constants.contains(&(on, 1.0)) {
             BufferRange {
                 size: std::num::NonZeroU64::new((len * 4) as u64),
                 ..r
@@ -531,14 +588,18 @@ pub(crate) fn matmul_bindings<'a>(
             placeholder.into()
         }
     };
-    vec![
-        a,
-        b,
+    let bias = bias.unwrap_or(placeholder.into());
+    let (a4, b4) = (
         view("VEC_A", a, dims.m * dims.k),
         view("VEC_B", b, dims.k * dims.n),
-        bias.unwrap_or(placeholder.into()),
-        c,
-        y,
+    );
+    if launches.len() == 1 {
+        return vec![vec![a, b, a4, b4, bias, c, y]];
+    }
+    let scratch = scratch.expect("the caller allocates matmul_scratch_len for a split");
+    vec![
+        vec![a, b, a4, b4, placeholder.into(), scratch, y],
+        vec![scratch, bias, c, y],
     ]
 }
 
@@ -831,24 +892,26 @@ mod tests {
     /// lists every binding the shader declares.
     #[test]
     fn matmul_params_match_the_shader() {
-        let module = naga::front::wgsl::parse_str(MATMUL.source).unwrap();
-        let mut bindings: Vec<(u32, naga::AddressSpace, u32)> = module
-            .global_variables
-            .iter()
-            .filter_map(|(_, v)| {
-                let b = v.binding.as_ref().filter(|b| b.group == MATMUL.group)?;
-                Some((
-                    b.binding,
-                    v.space,
-                    module.types[v.ty].inner.size(module.to_ctx()),
-                ))
-            })
-            .collect();
-        bindings.sort_by_key(|b| b.0);
-        assert_eq!(bindings.len(), MATMUL.bindings.len());
-        let (_, space, size) = *bindings.last().unwrap();
-        assert_eq!(space, naga::AddressSpace::Uniform);
-        assert_eq!(size as usize, std::mem::size_of::<MatmulParams>());
+        for kernel in [&MATMUL, &MATMUL_SPLIT_SUM] {
+            let module = naga::front::wgsl::parse_str(kernel.source).unwrap();
+            let mut bindings: Vec<(u32, naga::AddressSpace, u32)> = module
+                .global_variables
+                .iter()
+                .filter_map(|(_, v)| {
+                    let b = v.binding.as_ref().filter(|b| b.group == kernel.group)?;
+                    Some((
+                        b.binding,
+                        v.space,
+                        module.types[v.ty].inner.size(module.to_ctx()),
+                    ))
+                })
+                .collect();
+            bindings.sort_by_key(|b| b.0);
+            assert_eq!(bindings.len(), kernel.bindings.len(), "{}", kernel.file);
+            let (_, space, size) = *bindings.last().unwrap();
+            assert_eq!(space, naga::AddressSpace::Uniform);
+            assert_eq!(size as usize, std::mem::size_of::<MatmulParams>());
+        }
     }
 
     #[test]
@@ -859,7 +922,7 @@ mod tests {
             k: 1,
         };
         let tile = super::super::matmul_tiles::CANDIDATES[2];
-        let e = matmul(Transpose::Nn, dims, false, tile, 65535)
+        let e = matmul(Transpose::Nn, dims, dims, false, tile, 65535)
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_compute_workgroups_per_dimension"), "{e}");

@@ -8,6 +8,9 @@
 //! fastest of each class is kept in memory and in `~/.cache/kiln/matmul-tiles.json`, keyed by
 //! adapter, driver and kernel source. Later runs read the file. Every shape gives the same
 //! values (each output is one fma chain over k in order), so the choice changes speed only.
+//! Split-k ([`TileConfig::split`]) is the exception, offered only to the tuner of single
+//! products: its values are the same on every shape for one split, but differ from the plain
+//! product's by rounding.
 //!
 //! `KILN_MATMUL_TILES=128x128x8/8x8` forces one shape for every class (`/scalar` turns off the
 //! vec4 loads, `/warp` groups each warp's threads 4×8); `KILN_CACHE_DIR` moves the cache;
@@ -40,6 +43,21 @@ pub struct TileConfig {
     /// [`CANDIDATES`] until a GPU has shown it faster; `KILN_MATMUL_TILES=…/warp` forces it.
     #[serde(default)]
     pub warp: bool,
+    /// Split-k: up to this many workgroups share each tile of C, each taking its own run of
+    /// k, and a second kernel adds their partial products (see [`split_chunks`]). 1: no
+    /// split. Splitting changes rounding (the sum of a few fma chains in place of one), so the
+    /// tuner offers it only per product ([`shape_tuning_variants`]), for products with few
+    /// tiles of C and a long k.
+    #[serde(default = "no_split", skip_serializing_if = "is_no_split")]
+    pub split: u32,
+}
+
+fn no_split() -> u32 {
+    1
+}
+
+fn is_no_split(split: &u32) -> bool {
+    *split == 1
 }
 
 const fn shape(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> TileConfig {
@@ -51,6 +69,7 @@ const fn shape(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> TileConfig {
         tn,
         vec4: true,
         warp: false,
+        split: 1,
     }
 }
 
@@ -91,6 +110,64 @@ pub const EXPERIMENTS: [TileConfig; 8] = [
     shape(256, 128, 8, 16, 8),
     shape(128, 256, 8, 8, 16).warp_blocks(),
 ];
+
+/// The most ways [`TileConfig::split`] may split k.
+pub const MAX_SPLIT: u32 = 32;
+
+/// A split's runs of k are multiples of this: every tile depth (BK, at most 64 and a power of
+/// two) divides it, so the runs, and with them the values, are the same whatever the tile.
+pub const SPLIT_ALIGN: usize = 64;
+
+/// The most floats a split product's partial products may take (64 MiB): a product whose
+/// partials would take more splits fewer ways, or not at all.
+pub const SPLIT_SCRATCH_MAX: usize = 16 << 20;
+
+/// How split-k divides a product of `dims` under `tile`: (k values each split takes, splits).
+/// The run is k / `tile.split` rounded up to a multiple of [`SPLIT_ALIGN`]; the splits are
+/// the runs that cover k, fewer where the partials would pass [`SPLIT_SCRATCH_MAX`]. One
+/// split is the plain product.
+pub fn split_chunks(dims: MatmulDims, tile: TileConfig) -> (usize, usize) {
+    let outputs = dims.m.saturating_mul(dims.n).max(1);
+    let ways = (tile.split as usize)
+        .min(SPLIT_SCRATCH_MAX / outputs)
+        .max(1);
+    let run = dims
+        .k
+        .div_ceil(ways)
+        .next_multiple_of(SPLIT_ALIGN)
+        .max(SPLIT_ALIGN);
+    (run, dims.k.div_ceil(run).max(1))
+}
+
+/// The shapes split-k is tried with per product, and the ways.
+const SPLIT_BASES: [TileConfig; 4] = [
+    shape(32, 32, 16, 4, 4),
+    shape(64, 64, 16, 4, 4),
+    shape(64, 64, 16, 8, 8),
+    shape(128, 128, 8, 8, 8),
+];
+const SPLIT_WAYS: [u32; 4] = [2, 4, 8, 16];
+
+/// What the tuner times for one product of `dims` ([`GpuContext::matmul_tile`]): every
+/// [`tuning_variants`] shape, and split-k on a few of them where it splits this product
+/// (each distinct number of splits once per shape).
+///
+/// [`GpuContext::matmul_tile`]: crate::GpuContext::matmul_tile
+pub fn shape_tuning_variants(limits: &wgpu::Limits, dims: MatmulDims) -> Vec<TileConfig> {
+    let mut variants = tuning_variants(limits);
+    for base in SPLIT_BASES.iter().filter(|c| c.fits(limits)) {
+        let mut splits_seen = Vec::new();
+        for ways in SPLIT_WAYS {
+            let tile = base.split_k(ways);
+            let (_, splits) = split_chunks(dims, tile);
+            if splits > 1 && !splits_seen.contains(&splits) {
+                splits_seen.push(splits);
+                variants.push(tile);
+            }
+        }
+    }
+    variants
+}
 
 /// Every variant of every candidate the tuner times on an adapter with `limits`: each shape
 /// with vec4 loads and with scalar loads.
@@ -173,15 +250,21 @@ impl TileConfig {
         TileConfig { warp: true, ..self }
     }
 
+    /// The same shape splitting k up to `split` ways (see [`TileConfig::split`]).
+    pub const fn split_k(self, split: u32) -> TileConfig {
+        TileConfig { split, ..self }
+    }
+
     /// Parses the form [`Display`](std::fmt::Display) writes: `BMxBNxBK/TMxTN`, then
-    /// `/scalar` for scalar loads and `/warp` for warps of 4×8 threads.
+    /// `/scalar` for scalar loads, `/warp` for warps of 4×8 threads and `/splitS` to split k
+    /// up to S ways.
     pub fn parse(text: &str) -> Result<TileConfig> {
         let bad = |why: &str| {
             KilnError::invalid(
                 "matmul tiles",
                 format!(
-                    "{text:?}: {why} (expected e.g. 128x128x8/8x8, 64x64x16/4x4/scalar or \
-                     128x128x8/8x8/warp)"
+                    "{text:?}: {why} (expected e.g. 128x128x8/8x8, 64x64x16/4x4/scalar, \
+                     128x128x8/8x8/warp or 64x64x16/8x8/split4)"
                 ),
             )
         };
@@ -199,23 +282,33 @@ impl TileConfig {
         };
         let tile = numbers(parts.next(), 3)?;
         let thread = numbers(parts.next(), 2)?;
-        let (mut vec4, mut warp) = (true, false);
+        let (mut vec4, mut warp, mut split) = (true, false, 1);
         let mut seen = Vec::new();
         for part in parts {
-            if seen.contains(&part) {
+            let kind = if part.starts_with("split") {
+                "split"
+            } else {
+                part
+            };
+            if seen.contains(&kind) {
                 return Err(bad("a part is given twice"));
             }
-            match part {
+            match kind {
                 "vec4" => vec4 = true,
                 "scalar" => vec4 = false,
                 "warp" => warp = true,
+                "split" => {
+                    split = part["split".len()..]
+                        .parse::<u32>()
+                        .map_err(|_| bad("split takes a number of ways, e.g. split4"))?;
+                }
                 _ => {
                     return Err(bad(
-                        "the parts after the sizes are vec4 or scalar, and warp",
+                        "the parts after the sizes are vec4 or scalar, warp and splitS",
                     ));
                 }
             }
-            seen.push(part);
+            seen.push(kind);
         }
         if seen.contains(&"vec4") && seen.contains(&"scalar") {
             return Err(bad("vec4 and scalar together"));
@@ -228,6 +321,7 @@ impl TileConfig {
             tn: thread[1],
             vec4,
             warp,
+            split,
         };
         config.check().map_err(|why| bad(&why))?;
         Ok(config)
@@ -242,8 +336,12 @@ impl TileConfig {
             tm,
             tn,
             warp,
+            split,
             ..
         } = *self;
+        if !(1..=MAX_SPLIT).contains(&split) {
+            return Err(format!("split must be 1 to {MAX_SPLIT} ways"));
+        }
         if ![4, 8, 16].contains(&tm) || ![4, 8, 16].contains(&tn) {
             return Err("outputs per thread must be 4, 8 or 16 each way".into());
         }
@@ -281,7 +379,11 @@ impl std::fmt::Display for TileConfig {
             self.tn,
             if self.vec4 { "" } else { "/scalar" },
             if self.warp { "/warp" } else { "" }
-        )
+        )?;
+        if self.split > 1 {
+            write!(f, "/split{}", self.split)?;
+        }
+        Ok(())
     }
 }
 
@@ -597,7 +699,16 @@ struct CacheFile {
 pub fn cache_key(adapter: &str, kernel_source: &str) -> String {
     // FNV-1a: stable across Rust versions, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let candidates = CANDIDATES.map(|c| c.to_string()).join(",");
+    let candidates = CANDIDATES
+        .iter()
+        .map(|c| c.to_string())
+        .chain(
+            SPLIT_BASES
+                .iter()
+                .flat_map(|c| SPLIT_WAYS.map(|w| c.split_k(w).to_string())),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
     for byte in kernel_source.bytes().chain(candidates.bytes()) {
         hash = (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -694,11 +805,99 @@ mod tests {
         for c in CANDIDATES
             .iter()
             .chain(&EXPERIMENTS)
+            .chain(&SPLIT_BASES)
             .flat_map(|&c| [c, c.scalar()])
+            .flat_map(|c| [c, c.split_k(2), c.split_k(MAX_SPLIT)])
         {
             c.check().unwrap();
             assert_eq!(TileConfig::parse(&c.to_string()).unwrap(), c);
         }
+        assert_eq!(
+            TileConfig::parse("64x64x16/8x8/split4/scalar").unwrap(),
+            shape(64, 64, 16, 8, 8).split_k(4).scalar()
+        );
+        // Cache files written before split-k read as no split, and no split is not written.
+        let old: TileConfig = serde_json::from_str(
+            r#"{"bm":64,"bn":64,"bk":16,"tm":4,"tn":4,"vec4":true,"warp":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old, shape(64, 64, 16, 4, 4));
+        assert!(!serde_json::to_string(&old).unwrap().contains("split"));
+    }
+
+    /// A split's runs are multiples of 64 (so of every tile depth) that cover k, as few as
+    /// the ways allow, never more than the ways, and fewer where the partial products would
+    /// pass their cap.
+    #[test]
+    fn split_k_runs_cover_k_in_multiples_of_64() {
+        let tile = |ways| shape(64, 64, 16, 4, 4).split_k(ways);
+        let dims = |m, n, k| MatmulDims { m, n, k };
+        for k in [0, 1, 63, 64, 65, 127, 128, 300, 1000, 1024, 4096] {
+            for ways in [1, 2, 3, 4, 16, MAX_SPLIT] {
+                let (run, splits) = split_chunks(dims(10, 10, k), tile(ways));
+                assert!(
+                    run.is_multiple_of(SPLIT_ALIGN) && run > 0,
+                    "k={k} ways={ways}"
+                );
+                assert!(splits >= 1 && splits <= ways as usize, "k={k} ways={ways}");
+                assert!(
+                    run * splits >= k && run * (splits - 1) < k.max(1),
+                    "k={k} ways={ways}"
+                );
+            }
+        }
+        assert_eq!(split_chunks(dims(10, 10, 1024), tile(4)), (256, 4));
+        assert_eq!(split_chunks(dims(10, 10, 300), tile(4)), (128, 3));
+        assert_eq!(split_chunks(dims(10, 10, 100), tile(4)), (64, 2));
+        assert_eq!(split_chunks(dims(10, 10, 64), tile(16)), (64, 1));
+        // 4096² outputs: one split already takes the cap.
+        assert_eq!(split_chunks(dims(4096, 4096, 4096), tile(8)).1, 1);
+        // 1024²: up to 16 ways fit.
+        assert_eq!(split_chunks(dims(1024, 1024, 4096), tile(32)).1, 16);
+    }
+
+    /// The tuner tries split-k on a product only where it splits it, each number of splits
+    /// once per shape, and never on the size classes (they are for any k).
+    #[test]
+    fn split_k_is_tried_per_product_where_it_splits() {
+        let limits = wgpu::Limits::default();
+        let plain = tuning_variants(&limits);
+        assert!(plain.iter().all(|c| c.split == 1));
+        let short = shape_tuning_variants(
+            &limits,
+            MatmulDims {
+                m: 10,
+                n: 10,
+                k: 64,
+            },
+        );
+        assert_eq!(short, plain);
+        let long = shape_tuning_variants(
+            &limits,
+            MatmulDims {
+                m: 10,
+                n: 10,
+                k: 300,
+            },
+        );
+        let splits: Vec<_> = long.iter().filter(|c| c.split > 1).collect();
+        // 300 splits 2 ways (runs of 192) or 3 (128); 8 and 16 ways are 5 runs of 64.
+        assert_eq!(splits.len(), 3 * SPLIT_BASES.len(), "{splits:?}");
+        let runs: Vec<usize> = splits
+            .iter()
+            .map(|&&c| {
+                split_chunks(
+                    MatmulDims {
+                        m: 10,
+                        n: 10,
+                        k: 300,
+                    },
+                    c,
+                )
+                .1
+            })
+            .collect();
+        assert_eq!(&runs[..3], &[2, 3, 5]);
     }
 
     #[test]
@@ -726,6 +925,10 @@ mod tests {
             ("128x128x6/8x8", "multiple of 4"),
             ("512x128x8/8x8", "at most"),
             ("axbxc/4x4", "not a number"),
+            ("64x64x16/4x4/split", "number of ways"),
+            ("64x64x16/4x4/split0", "1 to 32"),
+            ("64x64x16/4x4/split33", "1 to 32"),
+            ("64x64x16/4x4/split2/split4", "twice"),
         ] {
             let e = TileConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains("matmul tiles"), "{text}: {e}");

@@ -67,6 +67,8 @@ pub struct GpuContext {
     tiling: Mutex<Option<MatmulTiling>>,
     /// Whether each product's shape is tuned on its own (`matmul_tile`).
     tune_shapes: bool,
+    /// [`AdapterOptions::matmul_tiles`], not yet parsed.
+    forced_tiles: Option<String>,
     /// This adapter's, driver's and kernel's key in the tile cache.
     tiling_key: String,
     /// The shapes tuned per product so far ([`matmul_tiles::shape_key`] → shape).
@@ -157,7 +159,7 @@ impl GpuContext {
             .unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
         let tiling_key = matmul_tiles::cache_key(
             &matmul_tiles::adapter_identity(&info),
-            kernels::MATMUL.source,
+            &[kernels::MATMUL.source, kernels::MATMUL_SPLIT_SUM.source].concat(),
         );
         Ok(GpuContext {
             device,
@@ -175,6 +177,7 @@ impl GpuContext {
             bounds_checks,
             tiling: Mutex::new(None),
             tune_shapes,
+            forced_tiles: opts.matmul_tiles.clone(),
             tiling_key,
             shape_tiles: Mutex::default(),
         })
@@ -389,9 +392,9 @@ impl GpuContext {
             *tiling = Some(limits_only);
             return Ok(limits_only);
         }
-        let chosen = match std::env::var("KILN_MATMUL_TILES") {
-            Ok(text) if !text.trim().is_empty() => {
-                let config = TileConfig::parse(&text)
+        let chosen = match &self.forced_tiles {
+            Some(text) if !text.trim().is_empty() => {
+                let config = TileConfig::parse(text)
                     .map_err(|e| KilnError::invalid("KILN_MATMUL_TILES", e.to_string()))?;
                 config.require_fits(&self.limits, "KILN_MATMUL_TILES", &self.info.name)?;
                 MatmulTiling::uniform(config, TilingSource::Environment)
@@ -453,7 +456,8 @@ impl GpuContext {
     /// output makes. Otherwise, and where `KILN_MATMUL_TILES` forces a shape, the product is too
     /// slow to time often ([`matmul_tiles::SHAPE_TUNE_BUDGET_S`]) or its operands too large
     /// ([`matmul_tiles::SHAPE_TUNE_MAX_BYTES`]): the size class's shape. Every shape gives the
-    /// same values, so this changes speed only.
+    /// same values, so this changes speed only, except where the product's choice splits k
+    /// ([`matmul_tiles::shape_tuning_variants`]): that rounds differently, by a few ulps.
     pub fn matmul_tile(&self, dims: MatmulDims, t: Transpose) -> Result<TileConfig> {
         let tiling = self.matmul_tiling()?;
         let class_choice = tiling.pick(dims);
@@ -521,7 +525,7 @@ impl GpuContext {
         known: TileConfig,
     ) -> Result<TileConfig> {
         let operands = self.tuning_operands(dims)?;
-        let fitting = matmul_tiles::tuning_variants(&self.limits);
+        let fitting = matmul_tiles::shape_tuning_variants(&self.limits, dims);
         self.compile_matmuls(&fitting, dims, t)?;
         let (tile, _) = matmul_tiles::tune_shape(&fitting, known, |tile| {
             self.time_matmul(&operands, tile, dims, t)
@@ -534,8 +538,9 @@ impl GpuContext {
     /// compilation during which the GPU idles (and may lower its clocks).
     fn compile_matmuls(&self, tiles: &[TileConfig], dims: MatmulDims, t: Transpose) -> Result<()> {
         for &tile in tiles {
-            let launch = kernels::matmul(t, dims, false, tile, self.max_dim())?;
-            self.pipeline(launch.kernel, &launch.constants, &launch.defines);
+            for launch in kernels::matmul(t, dims, dims, false, tile, self.max_dim())? {
+                self.pipeline(launch.kernel, &launch.constants, &launch.defines);
+            }
         }
         Ok(())
     }
@@ -560,19 +565,19 @@ impl GpuContext {
         t: Transpose,
     ) -> Result<f64> {
         let [a, b, c, unused] = operands;
-        let launch = kernels::matmul(t, dims, false, tile, self.max_dim())?;
-        let bindings = kernels::matmul_bindings(
-            &launch,
+        let launches = kernels::matmul(t, dims, dims, false, tile, self.max_dim())?;
+        let recorded = self.record_matmul(
+            &launches,
             dims,
+            tile,
             a.into(),
             b.into(),
             None,
             c.into(),
             unused.into(),
-            self.dummy(),
-        );
-        let recorded = self.record(&launch, &bindings);
-        Ok(self.time_dispatch(&recorded.dispatch, 1, 3)?.0)
+        )?;
+        let dispatches: Vec<_> = recorded.iter().map(|r| &r.dispatch).collect();
+        Ok(self.time_dispatch(&dispatches, 1, 3)?.0)
     }
 
     /// Times the candidates ([`matmul_tiles::tune`]) and caches the choice: returns it, the

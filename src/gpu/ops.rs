@@ -198,19 +198,19 @@ impl GpuContext {
         self.submit([&self.record(launch, buffers).dispatch])
     }
 
-    /// Median seconds one run of `dispatch` takes over `reps` runs after `warmup`: GPU time
-    /// from timestamp queries around its compute pass when the adapter has them,
-    /// else wall time around submit and wait.
+    /// Median seconds one run of `dispatches` (in order, in one compute pass) takes over
+    /// `reps` runs after `warmup`: GPU time from timestamp queries around the pass when the
+    /// adapter has them, else wall time around submit and wait.
     pub fn time_dispatch(
         &self,
-        dispatch: &Dispatch,
+        dispatches: &[&Dispatch],
         warmup: usize,
         reps: usize,
     ) -> Result<(f64, Timing)> {
         if !self.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             let t = measure(warmup, reps, || {
                 let start = Instant::now();
-                self.submit([dispatch])?;
+                self.submit(dispatches.iter().copied())?;
                 self.wait_idle()?;
                 Ok(start.elapsed().as_secs_f64())
             })?;
@@ -219,12 +219,49 @@ impl GpuContext {
         let timestamps = self.timestamps(1)?;
         let t = measure(warmup, reps, || {
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            timestamps.encode_pass(&mut encoder, [dispatch], 0);
+            timestamps.encode_pass(&mut encoder, dispatches.iter().copied(), 0);
             timestamps.resolve(&mut encoder, 1);
             self.submit_encoder(encoder)?;
             Ok(timestamps.read(self, 1)?[0])
         })?;
         Ok((t, Timing::Timestamp))
+    }
+
+    /// `launches` (one product's, from [`kernels::matmul`] for `dims` and `tile`) recorded
+    /// over the given buffers, with partial products of their own where the tile splits k.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_matmul(
+        &self,
+        launches: &[Launch],
+        dims: MatmulDims,
+        tile: TileConfig,
+        a: BufferRange<'_>,
+        b: BufferRange<'_>,
+        bias: Option<BufferRange<'_>>,
+        c: BufferRange<'_>,
+        y: BufferRange<'_>,
+    ) -> Result<Vec<Recorded>> {
+        let scratch = match kernels::matmul_scratch_len(dims, tile) {
+            0 => None,
+            len => Some(self.storage_buffer("split-k partial products", len)?),
+        };
+        let bindings = kernels::matmul_bindings(
+            launches,
+            dims,
+            a,
+            b,
+            bias,
+            c,
+            y,
+            scratch.as_ref().map(Into::into),
+            self.dummy(),
+        );
+        // The bind groups keep the partial products alive.
+        Ok(launches
+            .iter()
+            .zip(&bindings)
+            .map(|(l, b)| self.record(l, b))
+            .collect())
     }
 
     pub(crate) fn max_dim(&self) -> u32 {
@@ -325,11 +362,11 @@ impl GpuContext {
             Some(tile) => tile,
             None => self.matmul_tile(dims, t)?,
         };
-        let mut launch = kernels::matmul(t, dims, bias.is_some(), tile, self.max_dim())?;
-        launch = match act {
-            None => launch,
-            Some((act, None)) => kernels::fuse_activation(launch, act),
-            Some((act, Some(_))) => kernels::fuse_activation_grad(launch, act),
+        let mut launches = kernels::matmul(t, dims, dims, bias.is_some(), tile, self.max_dim())?;
+        launches = match act {
+            None => launches,
+            Some((act, None)) => kernels::fuse_activation(launches, act),
+            Some((act, Some(_))) => kernels::fuse_activation_grad(launches, act),
         };
         let a_buf = self.upload("a", a)?;
         let b_buf = self.upload("b", b)?;
@@ -342,17 +379,17 @@ impl GpuContext {
             _ => self.storage_buffer("unused output", 1)?,
         };
         let wants_y = matches!(act, Some((_, None)));
-        let bindings = kernels::matmul_bindings(
-            &launch,
+        let recorded = self.record_matmul(
+            &launches,
             dims,
+            tile,
             (&a_buf).into(),
             (&b_buf).into(),
             bias_buf.as_ref().map(Into::into),
             (&c).into(),
             (&y).into(),
-            self.dummy(),
-        );
-        self.run(&launch, &bindings)?;
+        )?;
+        self.submit(recorded.iter().map(|r| &r.dispatch))?;
         let y = wants_y
             .then(|| self.read_back(&y, 0, dims.m * dims.n))
             .transpose()?;

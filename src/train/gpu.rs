@@ -211,6 +211,9 @@ struct Buffers<'a> {
     /// The bias gradients' sums per part of the batch, between their two passes (none when
     /// every bias gradient takes one).
     bias_sums: Option<&'a wgpu::Buffer>,
+    /// The partial products of the products that split k, between their two launches (none
+    /// when no product splits).
+    split_k_partials: Option<&'a wgpu::Buffer>,
     history: &'a wgpu::Buffer,
     grad_norm_history: &'a wgpu::Buffer,
 }
@@ -258,16 +261,17 @@ impl Buffers<'_> {
                         (Some(if act.grad_reads_output() { y } else { x }), None)
                     }
                 };
-                vec![kernels::matmul_bindings(
-                    &launches[0],
+                kernels::matmul_bindings(
+                    launches,
                     Instr::matmul_dims(m, n, k, max_batch),
                     self.bind(a),
                     self.bind(b),
                     bias.map(|s| self.bind(s)),
                     self.bind(c),
                     y.map_or(placeholder.into(), |y| self.bind(y)),
+                    self.split_k_partials.map(Into::into),
                     ctx.dummy(),
-                )]
+                )
             }
             Instr::BiasGrad { dy, db, .. } => kernels::bias_grad_bindings(
                 launches,
@@ -426,6 +430,23 @@ impl GpuStep {
         let bias_sums = bias_sums_len
             .map(|len| ctx.storage_buffer("bias gradient sums", len))
             .transpose()?;
+        // Likewise one buffer for the partial products of every product that splits k.
+        let partials_len = program
+            .step
+            .iter()
+            .zip(&tiles)
+            .filter_map(|(instr, tile)| match (*instr, tile) {
+                (Instr::Matmul { m, n, k, .. }, Some(tile)) => Some(kernels::matmul_scratch_len(
+                    Instr::matmul_dims(m, n, k, max_batch),
+                    *tile,
+                )),
+                _ => None,
+            })
+            .max()
+            .filter(|&len| len > 0);
+        let split_k_partials = partials_len
+            .map(|len| ctx.storage_buffer("split-k partial products", len))
+            .transpose()?;
         let buffers = Buffers {
             input: &input,
             targets: &targets,
@@ -439,6 +460,7 @@ impl GpuStep {
             no_decay: &no_decay,
             partials: partials.as_ref(),
             bias_sums: bias_sums.as_ref(),
+            split_k_partials: split_k_partials.as_ref(),
             history: &history,
             grad_norm_history: &grad_norm_history,
         };
@@ -573,20 +595,21 @@ impl GpuStep {
                 let tile = self.tiles[i].ok_or_else(|| {
                     KilnError::Gpu(format!("internal: product {i} has no recorded tile"))
                 })?;
-                let launch = kernels::matmul(
+                let launches = kernels::matmul(
                     t,
                     Instr::matmul_dims(m, n, k, batch),
+                    Instr::matmul_dims(m, n, k, self.max_batch),
                     bias.is_some(),
                     tile,
                     max_dim,
                 )?;
-                vec![match epilogue {
-                    Epilogue::None => launch,
-                    Epilogue::Activation { act, .. } => kernels::fuse_activation(launch, act),
+                match epilogue {
+                    Epilogue::None => launches,
+                    Epilogue::Activation { act, .. } => kernels::fuse_activation(launches, act),
                     Epilogue::ActivationGrad { act, .. } => {
-                        kernels::fuse_activation_grad(launch, act)
+                        kernels::fuse_activation_grad(launches, act)
                     }
-                }]
+                }
             }
             Instr::BiasGrad { cols, .. } => {
                 kernels::bias_grad(batch, cols, self.max_batch, max_dim)?
