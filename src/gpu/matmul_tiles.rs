@@ -150,7 +150,7 @@ const SPLIT_WAYS: [u32; 4] = [2, 4, 8, 16];
 
 /// What the tuner times for one product of `dims` ([`GpuContext::matmul_tile`]): every
 /// [`tuning_variants`] shape, and split-k on a few of them where it splits this product
-/// (each distinct number of splits once per shape).
+/// (each distinct number of splits once per shape) and its partial products fit one binding.
 ///
 /// [`GpuContext::matmul_tile`]: crate::GpuContext::matmul_tile
 pub fn shape_tuning_variants(limits: &wgpu::Limits, dims: MatmulDims) -> Vec<TileConfig> {
@@ -160,7 +160,11 @@ pub fn shape_tuning_variants(limits: &wgpu::Limits, dims: MatmulDims) -> Vec<Til
         for ways in SPLIT_WAYS {
             let tile = base.split_k(ways);
             let (_, splits) = split_chunks(dims, tile);
-            if splits > 1 && !splits_seen.contains(&splits) {
+            let partial_bytes = (splits * dims.m * dims.n * 4) as u64;
+            if splits > 1
+                && !splits_seen.contains(&splits)
+                && partial_bytes <= limits.max_storage_buffer_binding_size
+            {
                 splits_seen.push(splits);
                 variants.push(tile);
             }
@@ -872,6 +876,20 @@ mod tests {
             },
         );
         assert_eq!(short, plain);
+        // Partial products over one binding are not tried.
+        let small_binding = wgpu::Limits {
+            max_storage_buffer_binding_size: 1000 * 1000 * 4,
+            ..wgpu::Limits::default()
+        };
+        let big = MatmulDims {
+            m: 1000,
+            n: 1000,
+            k: 4096,
+        };
+        assert_eq!(
+            shape_tuning_variants(&small_binding, big),
+            tuning_variants(&small_binding)
+        );
         let long = shape_tuning_variants(
             &limits,
             MatmulDims {
