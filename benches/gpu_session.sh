@@ -3,14 +3,16 @@
 # device tool's README). Before the call, on the development machine:
 #   echo /.gl/ >> .git/info/exclude; echo /gpubin/ >> .git/info/exclude
 #   (fetch the Vulkan loader .debs into .gl as the device README says)
-#   cargo build --release && mkdir -p gpubin && cp target/release/kiln gpubin/
+#   cargo build --release --bins --examples && mkdir -p gpubin
+#   cp target/release/kiln target/release/examples/upload_paths gpubin/
 #   cp -r ../shared/data/mnist gpubin/
 # then run `bash benches/gpu_session.sh` there with carry [".gl", "gpubin"] (KILN=path runs
 # another build).
 # Writes nvidia-smi.txt, devices.txt, tune.txt, kiln.json, profile.txt, torch.json, side_by_side.md,
 # mnist.txt (benches/mnist.toml on the GPU and the CPU device, and PyTorch's twin),
 # big-models.txt (models over one binding, and a 1B-parameter MLP), tiles.txt (the matmul rows
-# with each tile shape forced) and the tile cache, packed into $OUT/kiln-gpu-session.tgz (the device tool
+# with each tile shape forced), upload.txt (host batch writes on 1 to 8 threads,
+# examples/upload_paths.rs, where gpubin has it) and the tile cache, packed into $OUT/kiln-gpu-session.tgz (the device tool
 # brings back at most 8 files), also when a step fails or the call runs out of time.
 set -euo pipefail
 out=/tmp/kiln-gpu-session
@@ -20,6 +22,11 @@ export KILN_CACHE_DIR="$out"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 "$kiln" devices | tee "$out/devices.txt"
 "$kiln" tune | tee "$out/tune.txt"
+# How fast this host checks and copies a batch into staging memory, on 1 to 8 threads (the
+# choice `GpuContext::write_finite` measures for itself on a trainer's first batches).
+if [ -x gpubin/upload_paths ]; then
+    gpubin/upload_paths > "$out/upload.txt" 2>&1 || echo "exit $?" >> "$out/upload.txt"
+fi
 "$kiln" bench --device both --activations both --json > "$out/kiln.json"
 # Where each step's time goes, as a table to read (the same rows are in kiln.json).
 "$kiln" bench --device gpu --activations both --ops profile > "$out/profile.txt" 2>&1 || true

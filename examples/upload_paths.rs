@@ -1,12 +1,19 @@
 //! Host → device write paths timed side by side on one adapter: a plain memcpy (the host's
-//! floor), `queue.write_buffer`, `write_buffer_with`, `GpuContext::write_finite`, a staging belt,
-//! a MAP_WRITE buffer kept mapped, and the write into such a mapping alone. Which one
-//! `GpuContext::write_finite` uses was chosen from its figures (BENCHMARKS.md).
+//! floor), `queue.write_buffer`, `write_buffer_with`, `GpuContext::write_finite` (whose first
+//! writes alternate between one thread and several while it measures which to keep), its
+//! check-and-copy on 1, 2, 4 and 8 threads, a staging belt, a MAP_WRITE buffer kept mapped, and
+//! the write into such a mapping alone. Which path `GpuContext::write_finite` uses was chosen
+//! from these figures (BENCHMARKS.md).
 //! `cargo run --release --example upload_paths`.
 use std::num::NonZeroU64;
 use std::time::Instant;
 
 const REPS: usize = 15;
+
+/// Threads in rayon's pool, which `write_finite_on` shares a write over.
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -27,7 +34,7 @@ fn time(ctx: &kiln::GpuContext, name: &str, bytes: usize, mut write: impl FnMut(
     let (h, t) = (median(host), median(total));
     let gbps = |s: f64| bytes as f64 / s / 1e9;
     println!(
-        "{name:<22} {:>9} floats  host {:>8.1} µs ({:>6.2} GB/s)  total {:>8.1} µs ({:>6.2} GB/s)",
+        "{name:<24} {:>9} floats  host {:>8.1} µs ({:>6.2} GB/s)  total {:>8.1} µs ({:>6.2} GB/s)",
         bytes / 4,
         h * 1e6,
         gbps(h),
@@ -65,11 +72,18 @@ fn main() {
                 .copy_from_slice(raw);
             queue.submit([]);
         });
-        // The same, checking each run of values as it copies it.
+        // The same, checking each run of values as it copies it: as a trainer writes a batch,
+        // and on 1, 2, 4 and 8 threads.
         time(&ctx, "write_finite", bytes, || {
             ctx.write_finite(&target, &data, "x").unwrap();
             queue.submit([]);
         });
+        for threads in [1, 2, 4, 8].into_iter().filter(|&t| t <= rayon_threads()) {
+            time(&ctx, &format!("write_finite on {threads}"), bytes, || {
+                ctx.write_finite_on(&target, &data, "x", threads).unwrap();
+                queue.submit([]);
+            });
+        }
         // MAP_WRITE buffers kept and reused.
         let mut belt = wgpu::util::StagingBelt::new(device.clone(), bytes as u64);
         time(&ctx, "staging belt", bytes, || {

@@ -820,7 +820,13 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
         let (mut trainer, flops_per_step) = bench_trainer(device, input, &widths, batch, batch)?;
         let (x, labels) = synthetic(batch, input, widths[widths.len() - 1]);
         let mut host = Vec::new();
-        let t = measure(2, REPS, || {
+        // On a GPU the first large batches also measure whether to copy on several threads
+        // (`gpu::upload`): those come before the timed steps.
+        let warmup = match device {
+            Device::Gpu(_) => 2 + 2 * crate::gpu::upload::SAMPLES,
+            Device::Cpu => 2,
+        };
+        let t = measure(warmup, REPS, || {
             let start = Instant::now();
             trainer.step(&x, Targets::Classes(&labels))?;
             host.push(start.elapsed().as_secs_f64());

@@ -571,6 +571,53 @@ fn copy_moves_every_element() {
     }
 }
 
+/// A host batch checked and copied on several threads, each taking its own share of whole
+/// runs (the last share and the tail shorter): every element arrives, whatever the number of
+/// threads, and of several values that are not finite in different shares the first is named.
+#[test]
+fn writes_checked_on_several_threads_arrive_whole_and_name_the_first_bad_value() {
+    let Some(Device::Gpu(ctx)) = both() else {
+        return;
+    };
+    for len in [0usize, 5, 1024, 3 * 1024 + 17, 100_003] {
+        let data: Vec<f32> = (0..len).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let buffer = ctx.storage_buffer("batch", len.max(1)).unwrap();
+        for threads in [1, 2, 3, 8] {
+            ctx.fill(&buffer, len.max(1), 0.0).unwrap();
+            ctx.write_finite_on(&buffer, &data, "x", threads).unwrap();
+            assert!(
+                ctx.read_back(&buffer, 0, len).unwrap() == data,
+                "{len} floats on {threads} threads"
+            );
+            if len < 1024 {
+                continue;
+            }
+            let mut bad = data.clone();
+            // In the tail, in a late share and in an early one: the early one is named.
+            bad[len - 1] = f32::NAN;
+            bad[len * 3 / 4] = f32::INFINITY;
+            bad[len / 3] = f32::NEG_INFINITY;
+            let e = ctx
+                .write_finite_on(&buffer, &bad, "x", threads)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("index {}", len / 3)) && e.contains("-inf"),
+                "{len} floats on {threads} threads: {e}"
+            );
+        }
+    }
+    // A batch large enough to share out: the first writes alternate between one thread and
+    // several while the context measures which is faster, then keep one; each arrives whole.
+    let len = (2 * kiln::gpu::upload::BYTES_PER_THREAD / 4) + 1234;
+    let buffer = ctx.storage_buffer("batch", len).unwrap();
+    for i in 0..2 * kiln::gpu::upload::SAMPLES + 3 {
+        let data: Vec<f32> = (0..len).map(|v| (v + i) as f32).collect();
+        ctx.write_finite(&buffer, &data, "x").unwrap();
+        assert!(ctx.read_back(&buffer, 0, len).unwrap() == data, "write {i}");
+    }
+}
+
 /// Writes over one piece (`WRITE_PIECE`) go up in pieces, each pushed through before the next:
 /// every element arrives, for data and for a fill alike.
 #[test]

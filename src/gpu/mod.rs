@@ -6,6 +6,7 @@ pub mod arena;
 pub mod kernels;
 pub mod matmul_tiles;
 mod ops;
+pub mod upload;
 pub use ops::{Timestamps, encode_pass};
 
 use std::collections::HashMap;
@@ -73,6 +74,8 @@ pub struct GpuContext {
     tiling_key: String,
     /// The shapes tuned per product so far ([`matmul_tiles::shape_key`] → shape).
     shape_tiles: Mutex<HashMap<String, TileConfig>>,
+    /// Whether large host batches are checked and copied on several threads.
+    write_threads: upload::WriteThreads,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -180,6 +183,7 @@ impl GpuContext {
             forced_tiles: opts.matmul_tiles.clone(),
             tiling_key,
             shape_tiles: Mutex::default(),
+            write_threads: upload::WriteThreads::default(),
         })
     }
 
@@ -297,11 +301,40 @@ impl GpuContext {
 
     /// [`GpuContext::write`] of f32s that checks each is finite as it copies it into the staging
     /// memory: one pass over the data, not a check and then a copy (the host's memory speed is
-    /// what a batch from the host costs). A value that is not finite is an error naming `what`
-    /// and its index; the values before it may already be on their way to `buffer`.
+    /// what a batch from the host costs). A batch large enough to share out goes on one thread
+    /// or on several, whichever this host did faster over the first such writes (see
+    /// [`upload`]). A value that is not finite is an error naming `what` and the first such
+    /// index; values around it may already be on their way to `buffer`.
     pub fn write_finite(&self, buffer: &wgpu::Buffer, data: &[f32], what: &str) -> Result<()> {
-        // Checked and copied a few KiB at a time, so each run is still in cache for its copy.
-        const RUN: usize = 1024;
+        let parallel = upload::parallel_threads(data.len());
+        if parallel <= 1 {
+            return self.write_finite_on(buffer, data, what, 1);
+        }
+        match self.write_threads.pick() {
+            upload::Pick::Chosen(shared) => {
+                self.write_finite_on(buffer, data, what, if shared { parallel } else { 1 })
+            }
+            upload::Pick::Measure(shared) => {
+                let start = std::time::Instant::now();
+                let threads = if shared { parallel } else { 1 };
+                self.write_finite_on(buffer, data, what, threads)?;
+                self.write_threads
+                    .record(shared, start.elapsed().as_secs_f64(), parallel);
+                Ok(())
+            }
+        }
+    }
+
+    /// [`GpuContext::write_finite`] on `threads` threads of rayon's pool (1: the calling
+    /// thread alone), each checking and copying its own share of whole runs: how the choice is
+    /// measured, and how `examples/upload_paths.rs` compares thread counts.
+    pub fn write_finite_on(
+        &self,
+        buffer: &wgpu::Buffer,
+        data: &[f32],
+        what: &str,
+        threads: usize,
+    ) -> Result<()> {
         self.in_pieces(data.len(), 4, |range| {
             let at = range.start;
             let piece = &data[range];
@@ -311,15 +344,7 @@ impl GpuContext {
                 .queue
                 .write_buffer_with(buffer, (at * 4) as u64, size)
                 .ok_or_else(|| KilnError::Gpu(format!("writing {what} to the GPU failed")))?;
-            for (r, run) in piece.chunks(RUN).enumerate() {
-                if !crate::ops::all_finite(run) {
-                    crate::ops::check_finite_at(what, run, at + r * RUN)?;
-                }
-                let from = r * RUN * 4;
-                view.slice(from..from + run.len() * 4)
-                    .copy_from_slice(bytemuck::cast_slice(run));
-            }
-            Ok(())
+            upload::check_and_copy_on(piece, view.slice(..), at, what, threads)
         })
     }
 
