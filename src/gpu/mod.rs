@@ -160,10 +160,7 @@ impl GpuContext {
         let tune_shapes = opts
             .tune_shapes
             .unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
-        let tiling_key = matmul_tiles::cache_key(
-            &matmul_tiles::adapter_identity(&info),
-            &[kernels::MATMUL.source, kernels::MATMUL_SPLIT_SUM.source].concat(),
-        );
+        let tiling_key = matmul_tiles::adapter_cache_key(&info);
         Ok(GpuContext {
             device,
             queue,

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use kiln::AdapterOptions;
-use kiln::gpu::{adapter, kernels, matmul_tiles};
+use kiln::gpu::{adapter, matmul_tiles};
 
 pub fn devices(opts: &AdapterOptions) -> Result<()> {
     let adapters = adapter::matching(opts)?;
@@ -58,11 +58,7 @@ pub fn devices(opts: &AdapterOptions) -> Result<()> {
             yes(kiln::wgpu::Features::TIMESTAMP_QUERY)
         )?;
         let cached = matmul_tiles::cache_dir().and_then(|dir| {
-            let key = matmul_tiles::cache_key(
-                &matmul_tiles::adapter_identity(&info),
-                kernels::MATMUL.source,
-            );
-            matmul_tiles::load_cached(&dir, &key)
+            matmul_tiles::load_cached(&dir, &matmul_tiles::adapter_cache_key(&info))
         });
         match cached {
             Some(t) => outln!(
