@@ -307,7 +307,7 @@ impl GpuContext {
         if parallel <= 1 {
             return self.write_finite_on(buffer, data, what, 1);
         }
-        match self.write_threads.pick() {
+        match self.write_threads.pick(data.len()) {
             upload::Pick::Chosen(shared) => {
                 self.write_finite_on(buffer, data, what, if shared { parallel } else { 1 })
             }
@@ -315,8 +315,12 @@ impl GpuContext {
                 let start = std::time::Instant::now();
                 let threads = if shared { parallel } else { 1 };
                 self.write_finite_on(buffer, data, what, threads)?;
-                self.write_threads
-                    .record(shared, start.elapsed().as_secs_f64(), parallel);
+                self.write_threads.record(
+                    data.len(),
+                    shared,
+                    start.elapsed().as_secs_f64(),
+                    parallel,
+                );
                 Ok(())
             }
         }

@@ -4,9 +4,10 @@
 //! One thread reads memory at a fraction of a server's bandwidth (13 GB/s on the H200 machine's
 //! host: a 3.2 MB batch took 353 µs to check and copy), so a large batch may go faster on
 //! several. Whether it does depends on the host: on this project's 2-core VM two threads were
-//! slower (3.2 MB: 150 against 177 µs, `examples/upload_paths.rs`). So a context measures:
-//! its first large writes alternate between one thread and several, and after
-//! [`SAMPLES`] of each it keeps the faster. The values written are the same either way.
+//! slower (3.2 MB: 150 against 177 µs, `examples/upload_paths.rs`). So a context measures, for
+//! each size of write (within a factor of two): its first writes of that size alternate between
+//! one thread and several, and after [`SAMPLES`] of each it keeps the faster. The values
+//! written are the same either way.
 
 use std::sync::Mutex;
 
@@ -16,8 +17,8 @@ use crate::error::Result;
 pub const CHECK_RUN: usize = 1024;
 
 /// Bytes each thread of a shared-out write takes at least: below it, handing work to another
-/// thread costs more than the copy.
-pub const BYTES_PER_THREAD: usize = 512 << 10;
+/// thread costs more than the copy is likely to gain.
+pub const BYTES_PER_THREAD: usize = 256 << 10;
 
 /// The most threads a write is shared out over: a host's memory bandwidth is reached by a few
 /// cores.
@@ -87,10 +88,11 @@ fn check_and_copy(
     Ok(())
 }
 
-/// A context's choice between one thread and several for large writes.
+/// A context's choice between one thread and several, per size of write (its length's highest
+/// power of two).
 #[derive(Default)]
 pub(crate) struct WriteThreads {
-    state: Mutex<State>,
+    sizes: Mutex<std::collections::HashMap<u32, State>>,
 }
 
 #[derive(Default)]
@@ -111,11 +113,13 @@ pub(crate) enum Pick {
 }
 
 impl WriteThreads {
-    pub(crate) fn pick(&self) -> Pick {
-        let state = self
-            .state
+    /// How the next write of `len` floats goes.
+    pub(crate) fn pick(&self, len: usize) -> Pick {
+        let mut sizes = self
+            .sizes
             .lock()
             .expect("the write choice lock is never poisoned");
+        let state = sizes.entry(len.max(1).ilog2()).or_default();
         match state.chosen {
             Some(shared) => Pick::Chosen(shared),
             // Alternating, so that a drift in the host's speed touches both alike.
@@ -123,14 +127,15 @@ impl WriteThreads {
         }
     }
 
-    /// One timed write; after [`SAMPLES`] of each kind the faster median is kept (shared out
-    /// only if at least a tenth faster: the simpler path wins a tie). `threads` is what the
-    /// shared-out writes used, for the log.
-    pub(crate) fn record(&self, shared: bool, seconds: f64, threads: usize) {
-        let mut state = self
-            .state
+    /// One timed write of `len` floats; after [`SAMPLES`] of each kind for its size the faster
+    /// median is kept (shared out only if at least a tenth faster: the simpler path wins a
+    /// tie). `threads` is what the shared-out writes used, for the log.
+    pub(crate) fn record(&self, len: usize, shared: bool, seconds: f64, threads: usize) {
+        let mut sizes = self
+            .sizes
             .lock()
             .expect("the write choice lock is never poisoned");
+        let state = sizes.entry(len.max(1).ilog2()).or_default();
         if state.chosen.is_some() {
             return;
         }
@@ -142,14 +147,15 @@ impl WriteThreads {
         if state.single.len() >= SAMPLES && state.shared.len() >= SAMPLES {
             let (one, many) = (median(&state.single), median(&state.shared));
             let choice = many < 0.9 * one;
+            let how = if choice {
+                "several threads"
+            } else {
+                "one thread"
+            };
             log::info!(
-                "host batches: checked and copied on {} (one thread {:.0} µs, {threads} threads \
-                 {:.0} µs, medians of {SAMPLES})",
-                if choice {
-                    "several threads"
-                } else {
-                    "one thread"
-                },
+                "host batches of about {} KiB: checked and copied on {how} (one thread {:.0} \
+                 µs, {threads} threads {:.0} µs, medians of {SAMPLES})",
+                (len * 4) >> 10,
                 one * 1e6,
                 many * 1e6
             );
@@ -172,12 +178,14 @@ mod tests {
         let choice = WriteThreads::default();
         let mut picks = Vec::new();
         for _ in 0..3 * SAMPLES {
-            let pick = choice.pick();
+            let pick = choice.pick(1 << 20);
             picks.push(pick);
             if let Pick::Measure(s) = pick {
-                choice.record(s, if s { shared } else { single }, 4);
+                choice.record(1 << 20, s, if s { shared } else { single }, 4);
             }
         }
+        // Another size is measured on its own.
+        assert_eq!(choice.pick(1 << 22), Pick::Measure(false));
         picks
     }
 
