@@ -34,7 +34,7 @@ fn small_device() -> Option<Device> {
     capped(AdapterOptions {
         max_buffer_size: Some(BUFFER),
         max_storage_binding: Some(BINDING),
-        ..AdapterOptions::from_env()
+        ..common::gpu_options()
     })
 }
 
@@ -148,7 +148,7 @@ fn a_split_gradient_norm_clips_like_one_binding() {
 fn a_model_over_the_device_memory_is_refused_naming_the_sizes() {
     let Some(device) = capped(AdapterOptions {
         max_device_memory: Some(1 << 20),
-        ..AdapterOptions::from_env()
+        ..common::gpu_options()
     }) else {
         return;
     };
@@ -198,7 +198,7 @@ fn rows_that_do_not_fit_beside_the_model_stream_or_stay_on_the_host() {
     for (memory, streamed) in [(200 << 10, true), (90 << 10, false)] {
         let Some(device) = capped(AdapterOptions {
             max_device_memory: Some(memory),
-            ..AdapterOptions::from_env()
+            ..common::gpu_options()
         }) else {
             return;
         };
@@ -258,7 +258,7 @@ fn rows_over_the_binding_limit_stream_and_train_like_resident_rows() {
     let (Some(small), Some(whole)) = (
         capped(AdapterOptions {
             max_storage_binding: Some(64 << 10),
-            ..AdapterOptions::from_env()
+            ..common::gpu_options()
         }),
         common::gpu_device(),
     ) else {

@@ -757,7 +757,7 @@ fn tiles_tuned_per_product_train_like_the_size_classes() {
         Arc::new(
             kiln::GpuContext::new(&kiln::AdapterOptions {
                 tune_shapes: Some(tune_shapes),
-                ..kiln::AdapterOptions::from_env()
+                ..common::gpu_options()
             })
             .unwrap(),
         )
@@ -812,9 +812,9 @@ fn tiles_tuned_per_product_train_like_the_size_classes() {
 }
 
 /// Every product that can split k forced to (`AdapterOptions::matmul_tiles`): a model whose
-/// products have k from 3 to 300, at its largest batch, at a batch too short to split the
-/// weight gradients (one run, in launches recorded for several) and back, trains as the CPU
-/// does, losses, parameters and predictions.
+/// products have k from 3 to 300, at its largest batch, at a batch whose weight gradients split
+/// fewer ways, at one too short to split them (one run, in launches recorded for several) and
+/// back, trains as the CPU does, losses, parameters and predictions.
 #[test]
 fn products_that_split_k_train_like_the_cpu() {
     if common::gpu_device().is_none() {
@@ -823,7 +823,7 @@ fn products_that_split_k_train_like_the_cpu() {
     let split = Arc::new(
         kiln::GpuContext::new(&kiln::AdapterOptions {
             matmul_tiles: Some("64x64x16/4x4/split4".into()),
-            ..kiln::AdapterOptions::from_env()
+            ..common::gpu_options()
         })
         .unwrap(),
     );
@@ -837,13 +837,13 @@ fn products_that_split_k_train_like_the_cpu() {
         Loss::CrossEntropy,
     )
     .unwrap();
-    let rows = 400;
+    let rows = 900;
     let x = common::random(rows * 300, -1.0, 1.0, 77);
     let labels = common::random_labels(rows, 3, 78);
     let mut runs = Vec::new();
     for device in [Device::Cpu, Device::Gpu(split.clone())] {
         let opts = TrainOptions {
-            max_batch: 150,
+            max_batch: 300,
             ..options()
         };
         let mut t = Trainer::new(
@@ -854,7 +854,7 @@ fn products_that_split_k_train_like_the_cpu() {
         )
         .unwrap();
         let mut start = 0;
-        for batch in [150, 40, 150, 60] {
+        for batch in [300, 256, 40, 300] {
             let end = start + batch;
             t.step(
                 &x[start * 300..end * 300],
@@ -887,7 +887,7 @@ fn fused_activations_train_like_separate_ones() {
     let device = |separate_activations| {
         let ctx = kiln::GpuContext::new(&kiln::AdapterOptions {
             separate_activations,
-            ..kiln::AdapterOptions::from_env()
+            ..common::gpu_options()
         })
         .unwrap();
         assert_eq!(ctx.fuses_activations(), !separate_activations);

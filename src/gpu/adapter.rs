@@ -41,11 +41,16 @@ pub struct AdapterOptions {
     ///
     /// [`TileConfig::parse`]: crate::gpu::matmul_tiles::TileConfig::parse
     pub matmul_tiles: Option<String>,
+    /// Whether the per-product tuner may split k (`KILN_SPLIT_K=0` or `1`; `None`: it may).
+    /// Split-k rounds differently from the plain product, so with it on a product's values
+    /// depend on what its tuning measured (cached per adapter); off, every product gives the
+    /// same values whatever shape the tuner picks. A shape forced with `/splitS` splits anyway.
+    pub split_k: Option<bool>,
 }
 
 impl AdapterOptions {
     /// Reads `KILN_BACKEND`, `KILN_ADAPTER`, `KILN_BOUNDS_CHECKS`,
-    /// `KILN_SEPARATE_ACTIVATIONS`, `KILN_TUNE_SHAPES` and `KILN_MATMUL_TILES`.
+    /// `KILN_SEPARATE_ACTIVATIONS`, `KILN_TUNE_SHAPES`, `KILN_MATMUL_TILES` and `KILN_SPLIT_K`.
     pub fn from_env() -> Self {
         let get = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
         // Set, and anything but a clear "off", is on.
@@ -68,6 +73,7 @@ impl AdapterOptions {
             separate_activations: on("KILN_SEPARATE_ACTIVATIONS").unwrap_or(false),
             tune_shapes: on("KILN_TUNE_SHAPES"),
             matmul_tiles: get("KILN_MATMUL_TILES"),
+            split_k: on("KILN_SPLIT_K"),
         }
     }
 

@@ -418,11 +418,13 @@ pub(crate) fn elementwise_grid(threads: usize, max_per_dim: u32) -> [u32; 3] {
 }
 
 /// C[m,n] = op(A)·op(B) (+ bias) with one tile shape: the product's launch, and with split-k
-/// (see [`split_chunks`]) a second that adds the partial products. Whether there is a second
-/// goes by `recorded`, the largest dims the launches are recorded for (a step's products at
-/// its largest batch): a smaller product of a split recording keeps both launches, one split
-/// summed alone giving the plain product's values. Errs if the output needs more workgroups
-/// than a dimension allows.
+/// (see [`split_chunks`]) a second that adds the partial products. The split goes by
+/// `recorded`, the largest dims the launches are recorded for (a step's products at its
+/// largest batch): whether there is a second launch, and the run of k each split takes. A
+/// smaller product of that recording keeps both launches and the run, so it never has more
+/// splits or partial products than the recording made room for ([`matmul_scratch_len`]); one
+/// split summed alone gives the plain product's values. Errs if the output needs more
+/// workgroups than a dimension allows, or if `dims` is larger than `recorded`.
 pub(crate) fn matmul(
     t: Transpose,
     dims: MatmulDims,
@@ -431,8 +433,15 @@ pub(crate) fn matmul(
     tile: TileConfig,
     max_per_dim: u32,
 ) -> Result<Vec<Launch>> {
-    let split = split_chunks(recorded, tile).1 > 1;
-    let (k_chunk, splits) = split_chunks(dims, tile);
+    if dims.m > recorded.m || dims.n > recorded.n || dims.k > recorded.k {
+        return Err(KilnError::Gpu(format!(
+            "internal: a {}x{}x{} product launched from a recording for {}x{}x{}",
+            dims.m, dims.n, dims.k, recorded.m, recorded.n, recorded.k
+        )));
+    }
+    let (k_chunk, recorded_splits) = split_chunks(recorded, tile);
+    let split = recorded_splits > 1;
+    let splits = dims.k.div_ceil(k_chunk).max(1);
     let grid = [
         dims.n.div_ceil(tile.bn as usize) as u32,
         dims.m.div_ceil(tile.bm as usize) as u32,
@@ -504,8 +513,9 @@ pub(crate) fn matmul(
     Ok(vec![product, sum])
 }
 
-/// Floats of partial products the launches of [`matmul`] for `recorded` and `tile` need
-/// (splits · M · N), 0 without a split.
+/// Floats of partial products the launches of [`matmul`] recorded for `recorded` and `tile`
+/// need (splits · M · N), at `recorded` and at every smaller product launched from that
+/// recording (which keeps the recording's run of k); 0 without a split.
 pub(crate) fn matmul_scratch_len(recorded: MatmulDims, tile: TileConfig) -> usize {
     match split_chunks(recorded, tile).1 {
         1 => 0,
@@ -611,7 +621,8 @@ pub(crate) fn bias_parts(rows: usize) -> usize {
 
 /// db[cols] = column sums of dy[rows, cols] (shaders/bias.wgsl): pass 1 alone, writing db,
 /// when `max_rows` (the most rows the launches are recorded for) make one part; else both
-/// passes, pass 1 writing [`bias_parts`]`(max_rows)·cols` sums for pass 2. Errs if the grid
+/// passes, pass 1 writing [`bias_parts`]`(rows)·cols` sums for pass 2 (the buffer between
+/// them holds `max_rows`' worth). Errs if the grid
 /// needs more workgroups than a dimension allows.
 pub(crate) fn bias_grad(
     rows: usize,
@@ -912,6 +923,57 @@ mod tests {
             assert_eq!(space, naga::AddressSpace::Uniform);
             assert_eq!(size as usize, std::mem::size_of::<MatmulParams>());
         }
+    }
+
+    /// A product launched from a split recording at smaller dims (a step's shorter batch: a
+    /// smaller k for the weight gradient, a smaller M for the forward product) keeps the
+    /// recording's run of k, so it never has more splits, or partial products, than the
+    /// recording's buffer holds; and it has the recording's number of launches.
+    #[test]
+    fn smaller_products_of_a_split_recording_fit_its_partial_products() {
+        use super::super::matmul_tiles::CANDIDATES;
+        let tile = CANDIDATES[6].split_k(4);
+        for recorded in [
+            MatmulDims {
+                m: 70,
+                n: 300,
+                k: 300,
+            },
+            MatmulDims {
+                m: 1280,
+                n: 4096,
+                k: 4096,
+            },
+            MatmulDims {
+                m: 600,
+                n: 10,
+                k: 600,
+            },
+        ] {
+            let room = matmul_scratch_len(recorded, tile);
+            assert!(room > 0, "{recorded:?} splits");
+            let ms = [1, recorded.m / 2, recorded.m - 1, recorded.m];
+            for k in (1..=recorded.k).step_by(7).chain([recorded.k]) {
+                for &m in &ms {
+                    let dims = MatmulDims { k, m, ..recorded };
+                    let launches =
+                        matmul(Transpose::Tn, dims, recorded, true, tile, 65535).unwrap();
+                    assert_eq!(launches.len(), 2, "{dims:?}");
+                    let splits = launches[0].grid[2] as usize;
+                    let params: MatmulParams = bytemuck::pod_read_unaligned(&launches[1].uniform);
+                    assert_eq!(params.splits as usize, splits);
+                    assert!(splits * dims.m * dims.n <= room, "{dims:?} of {recorded:?}");
+                }
+            }
+        }
+        // Larger than the recording is an error, not a launch past its buffers.
+        let recorded = MatmulDims {
+            m: 70,
+            n: 300,
+            k: 300,
+        };
+        let over = MatmulDims { k: 301, ..recorded };
+        assert!(matmul(Transpose::Tn, over, recorded, false, tile, 65535).is_err());
     }
 
     #[test]

@@ -8,13 +8,21 @@
 //! fastest of each class is kept in memory and in `~/.cache/kiln/matmul-tiles.json`, keyed by
 //! adapter, driver and kernel source. Later runs read the file. Every shape gives the same
 //! values (each output is one fma chain over k in order), so the choice changes speed only.
-//! Split-k ([`TileConfig::split`]) is the exception, offered only to the tuner of single
-//! products: its values are the same on every shape for one split, but differ from the plain
-//! product's by rounding.
+//! Split-k ([`TileConfig::split`]) is the exception, offered to the tuner of single products
+//! only (unless forced): its values are the same on every shape for one split, but differ from
+//! the plain product's by rounding. So with split-k on (the default), which values a product
+//! gives depends on what its tuning measured, cached per adapter; `KILN_SPLIT_K=0`
+//! ([`AdapterOptions::split_k`]) keeps every product unsplit, the same values whatever the
+//! tuner picks.
 //!
-//! `KILN_MATMUL_TILES=128x128x8/8x8` forces one shape for every class (`/scalar` turns off the
-//! vec4 loads, `/warp` groups each warp's threads 4×8); `KILN_CACHE_DIR` moves the cache;
-//! `kiln tune` measures again and prints the table.
+//! `KILN_MATMUL_TILES=128x128x8/8x8` ([`AdapterOptions::matmul_tiles`], read by
+//! [`AdapterOptions::from_env`]) forces one shape for every product (`/scalar` turns off the
+//! vec4 loads, `/warp` groups each warp's threads 4×8, `/split4` splits k up to 4 ways);
+//! `KILN_CACHE_DIR` moves the cache; `kiln tune` measures again and prints the table.
+//!
+//! [`AdapterOptions::split_k`]: crate::AdapterOptions::split_k
+//! [`AdapterOptions::matmul_tiles`]: crate::AdapterOptions::matmul_tiles
+//! [`AdapterOptions::from_env`]: crate::AdapterOptions::from_env
 
 use std::path::PathBuf;
 
@@ -114,8 +122,9 @@ pub const EXPERIMENTS: [TileConfig; 8] = [
 /// The most ways [`TileConfig::split`] may split k.
 pub const MAX_SPLIT: u32 = 32;
 
-/// A split's runs of k are multiples of this: every tile depth (BK, at most 64 and a power of
-/// two) divides it, so the runs, and with them the values, are the same whatever the tile.
+/// A split's runs of k are multiples of this, and a shape that splits must have a tile depth
+/// (BK) that divides it: no k step straddles two runs, and the runs, and with them the values,
+/// are the same whatever the tile.
 pub const SPLIT_ALIGN: usize = 64;
 
 /// The most floats a split product's partial products may take (64 MiB): a product whose
@@ -345,6 +354,12 @@ impl TileConfig {
         } = *self;
         if !(1..=MAX_SPLIT).contains(&split) {
             return Err(format!("split must be 1 to {MAX_SPLIT} ways"));
+        }
+        if split > 1 && !(SPLIT_ALIGN as u32).is_multiple_of(bk) {
+            // A split's runs are multiples of 64: a k step must not straddle two.
+            return Err(format!(
+                "split needs a k tile that divides {SPLIT_ALIGN} (4, 8, 16, 32 or 64)"
+            ));
         }
         if ![4, 8, 16].contains(&tm) || ![4, 8, 16].contains(&tn) {
             return Err("outputs per thread must be 4, 8 or 16 each way".into());
@@ -959,6 +974,7 @@ mod tests {
             ("64x64x16/4x4/split0", "1 to 32"),
             ("64x64x16/4x4/split33", "1 to 32"),
             ("64x64x16/4x4/split2/split4", "twice"),
+            ("64x64x24/4x4/split2", "divides 64"),
         ] {
             let e = TileConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains("matmul tiles"), "{text}: {e}");

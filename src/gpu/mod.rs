@@ -70,6 +70,8 @@ pub struct GpuContext {
     tune_shapes: bool,
     /// [`AdapterOptions::matmul_tiles`], not yet parsed.
     forced_tiles: Option<String>,
+    /// Whether the per-product tuner may split k ([`AdapterOptions::split_k`]).
+    split_k: bool,
     /// This adapter's, driver's and kernel's key in the tile cache.
     tiling_key: String,
     /// The shapes tuned per product so far ([`matmul_tiles::shape_key`] → shape).
@@ -178,6 +180,7 @@ impl GpuContext {
             tiling: Mutex::new(None),
             tune_shapes,
             forced_tiles: opts.matmul_tiles.clone(),
+            split_k: opts.split_k.unwrap_or(true),
             tiling_key,
             shape_tiles: Mutex::default(),
             write_threads: upload::WriteThreads::default(),
@@ -403,7 +406,7 @@ impl GpuContext {
     }
 
     /// The matmul tile shape for each output size on this device. Chosen on the first call:
-    /// `KILN_MATMUL_TILES` if set, else the choice cached for this adapter and driver in
+    /// [`AdapterOptions::matmul_tiles`] (`KILN_MATMUL_TILES`) if set, else the choice cached for this adapter and driver in
     /// [`matmul_tiles::cache_dir`], else measured now (well under a second on a GPU) and
     /// cached. See [`matmul_tiles`].
     pub fn matmul_tiling(&self) -> Result<MatmulTiling> {
@@ -461,7 +464,7 @@ impl GpuContext {
         Ok(chosen)
     }
 
-    /// Measures every tile shape again (ignoring the cache and `KILN_MATMUL_TILES`), uses the
+    /// Measures every tile shape again (ignoring the cache and a forced shape), uses the
     /// result from now on and caches it. Returns the choice, every timing, and the cache file
     /// written (or why none was). Choices made for single products are forgotten too: they are
     /// measured again when next used.
@@ -499,7 +502,11 @@ impl GpuContext {
         if !tunable {
             return Ok(class_choice);
         }
-        let shape = matmul_tiles::shape_key(dims, t);
+        // Choices without split-k are kept apart from those with it.
+        let mut shape = matmul_tiles::shape_key(dims, t);
+        if !self.split_k {
+            shape.push_str(" unsplit");
+        }
         // Held while tuning: two threads asking for one shape measure it once. Holds the
         // choices cached by earlier runs too (read with the classes' by `matmul_tiling`).
         let mut shapes = self.shape_tiles.lock().unwrap();
@@ -551,7 +558,11 @@ impl GpuContext {
         known: TileConfig,
     ) -> Result<TileConfig> {
         let operands = self.tuning_operands(dims)?;
-        let fitting = matmul_tiles::shape_tuning_variants(&self.limits, dims);
+        let fitting = if self.split_k {
+            matmul_tiles::shape_tuning_variants(&self.limits, dims)
+        } else {
+            matmul_tiles::tuning_variants(&self.limits)
+        };
         self.compile_matmuls(&fitting, dims, t)?;
         let (tile, _) = matmul_tiles::tune_shape(&fitting, known, |tile| {
             self.time_matmul(&operands, tile, dims, t)

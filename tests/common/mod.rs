@@ -7,13 +7,23 @@ use std::sync::{Arc, OnceLock};
 use kiln::{AdapterOptions, Device, GpuContext};
 use rand::{RngExt, SeedableRng};
 
+/// The options every test context is opened with: the environment's, with split-k off. Tests
+/// compare contexts (and runs) bit for bit, and a product the tuner splits rounds differently
+/// from one it does not, by what its tuning happened to measure. The split-k tests force it.
+pub fn gpu_options() -> AdapterOptions {
+    AdapterOptions {
+        split_k: Some(false),
+        ..AdapterOptions::from_env()
+    }
+}
+
 /// The GPU shared by all tests of one binary (opening a device per test is slow on lavapipe).
 /// `None` when there is no adapter and `CI` is unset; with `CI` set a missing adapter fails
 /// the test, since CI must exercise the GPU path.
 pub fn gpu() -> Option<Arc<GpuContext>> {
     static GPU: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
     let ctx = GPU.get_or_init(|| {
-        GpuContext::new(&AdapterOptions::from_env())
+        GpuContext::new(&gpu_options())
             .map(Arc::new)
             .map_err(|e| e.to_string())
     });

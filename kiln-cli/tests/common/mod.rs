@@ -7,12 +7,14 @@ mod engine;
 pub use engine::*;
 
 /// The `kiln` binary with `args`, on a clean slate for the variables that would change its
-/// behaviour (backtraces, a forced matmul tile shape).
+/// behaviour (backtraces, a forced matmul tile shape), and with split-k off: tests compare
+/// runs of separate processes bit for bit (see [`gpu_options`]).
 pub fn kiln_command(args: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
     cmd.args(args)
         .env_remove("RUST_BACKTRACE")
         .env_remove("KILN_MATMUL_TILES")
+        .env("KILN_SPLIT_K", "0")
         .env("NODEVICE_SELECT", "1");
     cmd
 }
