@@ -35,13 +35,15 @@ python3 benches/pytorch_reference.py --kiln "$out/kiln.json" --torch "$out/torch
     > "$out/side_by_side.md"
 cat "$out/side_by_side.md"
 # Every product of the bench with each tile shape forced: what the tuner's size classes should
-# pick, measured rather than guessed. The last eight are matmul_tiles::EXPERIMENTS, not yet
-# among the tuner's candidates: warps of 4×8 threads, 16 outputs a thread one way.
+# pick, measured rather than guessed. The last twelve are matmul_tiles::EXPERIMENTS, not yet
+# among the tuner's candidates: warps of 4×8 threads, 16 outputs a thread one way, and the
+# inner loop unrolled by the host.
 for tiles in 32x32x16/4x4 32x32x32/4x4 32x32x64/4x4 32x64x32/4x4 64x32x32/4x4 64x64x8/4x4 \
     64x64x16/4x4 64x64x32/4x4 64x64x16/8x8 128x64x8/8x4 64x128x8/4x8 128x128x8/8x8 \
     128x128x16/8x8 \
     128x128x8/8x8/warp 128x128x16/8x8/warp 64x64x16/4x4/warp 128x128x8/8x16 128x128x8/16x8 \
-    128x256x8/8x16 256x128x8/16x8 128x256x8/8x16/warp; do
+    128x256x8/8x16 256x128x8/16x8 128x256x8/8x16/warp \
+    128x128x8/8x8/unroll 128x128x16/8x8/unroll 64x64x16/4x4/unroll 128x128x8/8x8/warp/unroll; do
     echo "== $tiles"
     KILN_MATMUL_TILES=$tiles "$kiln" bench --device gpu --ops matmul || echo "exit $?"
 done > "$out/tiles.txt" 2>&1

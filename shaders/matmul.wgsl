@@ -49,6 +49,10 @@ const TN: u32 = 4u;
 // workgroup memory per k (with 16-thread rows, 2 and 16). The host sets it only where the grid
 // is whole blocks.
 const WARP: u32 = 0u;
+// 1: the host replaces the loop over kk marked below with its straight-line body, every index
+// a constant (`kernels::with_defines`), for a driver that does not unroll it itself; the same
+// fmas in the same order.
+const UNROLL: u32 = 0u;
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -306,6 +310,7 @@ fn matmul(
             }
         }
 
+        // inner loop: begin
         for (var kk = 0u; kk < BK; kk++) {
             for (var r = 0u; r < RM; r++) {
                 a_reg[r] = a_tile[kk * BM4 + r * WG_Y + ty];
@@ -322,6 +327,7 @@ fn matmul(
                 }
             }
         }
+        // inner loop: end
         workgroupBarrier();
     }
 

@@ -51,7 +51,8 @@ fn every_kernel_entry_point_the_engine_uses_exists() {
 
 /// The matmul is compiled once per tile shape from rewritten source: every candidate's and
 /// experiment's source must rewrite each of its constants, keep the default shape's text
-/// otherwise, and validate.
+/// otherwise (or, unrolled, have the inner loop written out: one fma per k and vec4 of
+/// outputs), and validate.
 #[test]
 fn every_matmul_tile_shape_compiles_from_rewritten_source() {
     use kiln::gpu::kernels::{MATMUL, with_defines};
@@ -62,7 +63,14 @@ fn every_matmul_tile_shape_compiles_from_rewritten_source() {
             let line = format!("const {name}: u32 = {value}u;");
             assert_eq!(source.matches(&line).count(), 1, "{tile}: {line}");
         }
-        assert_eq!(source.lines().count(), MATMUL.source.lines().count());
+        if tile.unroll {
+            // The inner loop's lines replaced by one fma per output per k.
+            let fmas = (tile.bk * tile.tm * tile.tn / 4) as usize;
+            assert_eq!(source.matches("= fma(").count(), fmas, "{tile}");
+            assert!(!source.contains("// inner loop: begin"), "{tile}");
+        } else {
+            assert_eq!(source.lines().count(), MATMUL.source.lines().count());
+        }
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{tile}: {}", e.emit_to_string(&source)));
         naga::valid::Validator::new(

@@ -381,7 +381,9 @@ impl Launch {
 
 /// `source` with the value of each `const NAME: u32 = …;` line named in `defines` replaced.
 /// A name without such a line is left alone (tests/shaders.rs checks every tile shape's
-/// source names its constants).
+/// source names its constants). With `UNROLL = 1` (and the matmul's `BK`, `TM` and `TN`
+/// among the defines), the lines between `// inner loop: begin` and `// inner loop: end` are
+/// replaced by [`unrolled_inner_loop`].
 pub fn with_defines<'a>(
     source: &'a str,
     defines: &[(&'static str, u32)],
@@ -389,20 +391,76 @@ pub fn with_defines<'a>(
     if defines.is_empty() {
         return source.into();
     }
-    source
-        .lines()
-        .map(|line| {
+    let define = |name: &str| defines.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let unrolled = match (define("UNROLL"), define("BK"), define("TM"), define("TN")) {
+        (Some(1), Some(bk), Some(tm), Some(tn)) => Some(unrolled_inner_loop(bk, tm, tn)),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in source.lines() {
+        if let Some(body) = &unrolled {
+            if line.trim() == "// inner loop: begin" {
+                skipping = true;
+                out.push(body.clone());
+                continue;
+            }
+            if line.trim() == "// inner loop: end" {
+                skipping = false;
+                continue;
+            }
+        }
+        if skipping {
+            continue;
+        }
+        out.push(
             defines
                 .iter()
                 .find(|(name, _)| line.starts_with(&format!("const {name}: u32 = ")))
                 .map_or_else(
                     || line.to_string(),
                     |(name, value)| format!("const {name}: u32 = {value}u;"),
-                )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        .into()
+                ),
+        );
+    }
+    out.join("\n").into()
+}
+
+/// shaders/matmul.wgsl's loop over kk for a tile of depth `bk` and `tm`×`tn` outputs a thread,
+/// written out: each k's workgroup-memory reads into `let`s, then each output's fma, every
+/// index a constant. The same fmas in the same order for each output as the loop, so the same
+/// values; for drivers that leave the loop rolled and the register blocks in memory.
+pub fn unrolled_inner_loop(bk: u32, tm: u32, tn: u32) -> String {
+    use std::fmt::Write;
+    let (rm, rn) = (tm / 4, tn / 4);
+    let mut s = String::from("        // inner loop, unrolled by the host (UNROLL = 1)\n");
+    for kk in 0..bk {
+        for r in 0..rm {
+            let _ = writeln!(
+                s,
+                "        let a{kk}_{r} = a_tile[{kk}u * BM4 + {r}u * WG_Y + ty];"
+            );
+        }
+        for cn in 0..rn {
+            let _ = writeln!(
+                s,
+                "        let b{kk}_{cn} = b_tile[{kk}u * BN4 + {cn}u * WG_X + tx];"
+            );
+        }
+        for r in 0..rm {
+            for i in 0..4 {
+                let row = r * 4 + i;
+                for cn in 0..rn {
+                    let _ = writeln!(
+                        s,
+                        "        acc[{row}][{cn}] = fma(vec4(a{kk}_{r}[{i}]), b{kk}_{cn}, \
+                         acc[{row}][{cn}]);"
+                    );
+                }
+            }
+        }
+    }
+    s
 }
 
 /// Workgroup grid for `threads` elementwise threads, folded into a second dimension past the

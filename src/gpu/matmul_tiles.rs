@@ -58,6 +58,11 @@ pub struct TileConfig {
     /// tiles of C and a long k.
     #[serde(default = "no_split", skip_serializing_if = "is_no_split")]
     pub split: u32,
+    /// The loop over each k step's values written out by the host, every register index a
+    /// constant ([`crate::gpu::kernels::unrolled_inner_loop`]), for a driver that leaves it
+    /// rolled. Not among [`CANDIDATES`] until a GPU has shown it faster; `…/unroll` forces it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unroll: bool,
 }
 
 fn no_split() -> u32 {
@@ -78,6 +83,7 @@ const fn shape(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> TileConfig {
         vec4: true,
         warp: false,
         split: 1,
+        unroll: false,
     }
 }
 
@@ -105,10 +111,11 @@ pub const CANDIDATES: [TileConfig; 13] = [
 ];
 
 /// Shapes no GPU has timed yet, kept out of the tuner until one shows them faster: warps of
-/// 4×8 threads, and 16 outputs a thread one way (fewer workgroup-memory reads per product).
-/// `benches/gpu_session.sh` times each, forced with `KILN_MATMUL_TILES`; the tests hold each to
-/// the others bit for bit, as every candidate.
-pub const EXPERIMENTS: [TileConfig; 8] = [
+/// 4×8 threads, 16 outputs a thread one way (fewer workgroup-memory reads per product), and
+/// the inner loop unrolled by the host (in case the driver leaves it rolled and the register
+/// blocks in memory). `benches/gpu_session.sh` times each, forced with `KILN_MATMUL_TILES`; the
+/// tests hold each to the others bit for bit, as every candidate.
+pub const EXPERIMENTS: [TileConfig; 12] = [
     shape(128, 128, 8, 8, 8).warp_blocks(),
     shape(128, 128, 16, 8, 8).warp_blocks(),
     shape(64, 64, 16, 4, 4).warp_blocks(),
@@ -117,6 +124,10 @@ pub const EXPERIMENTS: [TileConfig; 8] = [
     shape(128, 256, 8, 8, 16),
     shape(256, 128, 8, 16, 8),
     shape(128, 256, 8, 8, 16).warp_blocks(),
+    shape(128, 128, 8, 8, 8).unrolled(),
+    shape(128, 128, 16, 8, 8).unrolled(),
+    shape(64, 64, 16, 4, 4).unrolled(),
+    shape(128, 128, 8, 8, 8).warp_blocks().unrolled(),
 ];
 
 /// The most ways [`TileConfig::split`] may split k.
@@ -247,6 +258,7 @@ impl TileConfig {
             ("TM", self.tm),
             ("TN", self.tn),
             ("WARP", u32::from(self.warp)),
+            ("UNROLL", u32::from(self.unroll)),
         ]
     }
 
@@ -263,14 +275,22 @@ impl TileConfig {
         TileConfig { warp: true, ..self }
     }
 
+    /// The same shape with its inner loop written out by the host (see [`TileConfig::unroll`]).
+    pub const fn unrolled(self) -> TileConfig {
+        TileConfig {
+            unroll: true,
+            ..self
+        }
+    }
+
     /// The same shape splitting k up to `split` ways (see [`TileConfig::split`]).
     pub const fn split_k(self, split: u32) -> TileConfig {
         TileConfig { split, ..self }
     }
 
     /// Parses the form [`Display`](std::fmt::Display) writes: `BMxBNxBK/TMxTN`, then
-    /// `/scalar` for scalar loads, `/warp` for warps of 4×8 threads and `/splitS` to split k
-    /// up to S ways.
+    /// `/scalar` for scalar loads, `/warp` for warps of 4×8 threads, `/splitS` to split k
+    /// up to S ways and `/unroll` for the host-unrolled inner loop.
     pub fn parse(text: &str) -> Result<TileConfig> {
         let bad = |why: &str| {
             KilnError::invalid(
@@ -295,7 +315,7 @@ impl TileConfig {
         };
         let tile = numbers(parts.next(), 3)?;
         let thread = numbers(parts.next(), 2)?;
-        let (mut vec4, mut warp, mut split) = (true, false, 1);
+        let (mut vec4, mut warp, mut split, mut unroll) = (true, false, 1, false);
         let mut seen = Vec::new();
         for part in parts {
             let kind = if part.starts_with("split") {
@@ -310,6 +330,7 @@ impl TileConfig {
                 "vec4" => vec4 = true,
                 "scalar" => vec4 = false,
                 "warp" => warp = true,
+                "unroll" => unroll = true,
                 "split" => {
                     split = part["split".len()..]
                         .parse::<u32>()
@@ -317,7 +338,7 @@ impl TileConfig {
                 }
                 _ => {
                     return Err(bad(
-                        "the parts after the sizes are vec4 or scalar, warp and splitS",
+                        "the parts after the sizes are vec4 or scalar, warp, splitS and unroll",
                     ));
                 }
             }
@@ -335,6 +356,7 @@ impl TileConfig {
             vec4,
             warp,
             split,
+            unroll,
         };
         config.check().map_err(|why| bad(&why))?;
         Ok(config)
@@ -401,6 +423,9 @@ impl std::fmt::Display for TileConfig {
         )?;
         if self.split > 1 {
             write!(f, "/split{}", self.split)?;
+        }
+        if self.unroll {
+            write!(f, "/unroll")?;
         }
         Ok(())
     }
@@ -974,6 +999,7 @@ mod tests {
             ("64x64x16/4x4/split0", "1 to 32"),
             ("64x64x16/4x4/split33", "1 to 32"),
             ("64x64x16/4x4/split2/split4", "twice"),
+            ("64x64x16/4x4/unroll/unroll", "twice"),
             ("64x64x24/4x4/split2", "divides 64"),
         ] {
             let e = TileConfig::parse(text).unwrap_err().to_string();
