@@ -671,6 +671,26 @@ pub fn shape_key(dims: MatmulDims, t: crate::ops::Transpose) -> String {
     format!("{}x{}x{} {t:?}", dims.m, dims.n, dims.k)
 }
 
+/// A product's key in the cache file ([`shape_key`]), tuned with split-k on or off: the two
+/// kinds of choice are kept apart (`" unsplit"` marks the second).
+pub fn cached_shape_key(shape: &str, split_k: bool) -> String {
+    if split_k {
+        shape.to_string()
+    } else {
+        format!("{shape}{UNSPLIT}")
+    }
+}
+
+/// The product a cache file's key names, if it was tuned with split-k as `split_k` says.
+pub fn shape_of_cached(key: &str, split_k: bool) -> Option<&str> {
+    match key.strip_suffix(UNSPLIT) {
+        Some(shape) => (!split_k).then_some(shape),
+        None => split_k.then_some(key),
+    }
+}
+
+const UNSPLIT: &str = " unsplit";
+
 /// Times every shape of `fitting` on one product through `time` (seconds for one product) and
 /// returns the fastest with every timing. `known` (the size class's choice, known to run) is
 /// timed first: if it takes over [`SHAPE_TUNE_BUDGET_S`] it is kept untimed against the rest.
@@ -910,6 +930,22 @@ mod tests {
         assert_eq!(split_chunks(dims(4096, 4096, 4096), tile(8)).1, 1);
         // 1024²: up to 16 ways fit.
         assert_eq!(split_chunks(dims(1024, 1024, 4096), tile(32)).1, 16);
+    }
+
+    /// Choices tuned with split-k off are cached under keys of their own, and each context
+    /// reads back only the kind it tunes.
+    #[test]
+    fn choices_with_and_without_split_k_are_cached_apart() {
+        let shape = "256x784x1024 Nn";
+        for split_k in [true, false] {
+            let key = cached_shape_key(shape, split_k);
+            assert_eq!(shape_of_cached(&key, split_k), Some(shape));
+            assert_eq!(shape_of_cached(&key, !split_k), None);
+        }
+        assert_ne!(
+            cached_shape_key(shape, true),
+            cached_shape_key(shape, false)
+        );
     }
 
     /// The tuner tries split-k on a product only where it splits it, each number of splits

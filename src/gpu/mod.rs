@@ -438,15 +438,18 @@ impl GpuContext {
                     Some(cached) => {
                         // The products tuned by earlier runs, read with the classes' choice
                         // where `matmul_tile` uses them.
+                        // Only those tuned with split-k as this context has it.
                         let products = dir
                             .as_ref()
                             .filter(|_| self.tune_shapes)
                             .map(|dir| matmul_tiles::load_cached_shapes(dir, &self.tiling_key))
-                            .unwrap_or_default();
-                        self.shape_tiles
-                            .lock()
-                            .unwrap()
-                            .extend(products.into_iter().filter(|(_, c)| c.fits(&self.limits)));
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|(key, c)| {
+                                let shape = matmul_tiles::shape_of_cached(&key, self.split_k)?;
+                                c.fits(&self.limits).then(|| (shape.to_string(), c))
+                            });
+                        self.shape_tiles.lock().unwrap().extend(products);
                         cached
                     }
                     None => {
@@ -502,11 +505,7 @@ impl GpuContext {
         if !tunable {
             return Ok(class_choice);
         }
-        // Choices without split-k are kept apart from those with it.
-        let mut shape = matmul_tiles::shape_key(dims, t);
-        if !self.split_k {
-            shape.push_str(" unsplit");
-        }
+        let shape = matmul_tiles::shape_key(dims, t);
         // Held while tuning: two threads asking for one shape measure it once. Holds the
         // choices cached by earlier runs too (read with the classes' by `matmul_tiling`).
         let mut shapes = self.shape_tiles.lock().unwrap();
@@ -516,9 +515,10 @@ impl GpuContext {
         let tile = match self.tune_product(dims, t, class_choice) {
             Ok(tile) => {
                 log::info!("{}: matmul {shape} tiles {tile}", self.info.name);
+                let cached = matmul_tiles::cached_shape_key(&shape, self.split_k);
                 if let Some(dir) = matmul_tiles::cache_dir()
                     && let Err(e) =
-                        matmul_tiles::store_cached_shape(&dir, &self.tiling_key, &shape, tile)
+                        matmul_tiles::store_cached_shape(&dir, &self.tiling_key, &cached, tile)
                 {
                     log::warn!("matmul tiles for {shape} not cached: {e}");
                 }
