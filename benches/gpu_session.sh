@@ -10,6 +10,7 @@
 # another build).
 # Writes nvidia-smi.txt, devices.txt, tune.txt, kiln.json, profile.txt, torch.json, side_by_side.md,
 # mnist.txt (benches/mnist.toml on the GPU and the CPU device, and PyTorch's twin),
+# nosplit.txt (matmul, step and profile rows with KILN_SPLIT_K=0),
 # big-models.txt (models over one binding, and a 1B-parameter MLP), tiles.txt (the matmul rows
 # with each tile shape forced), upload.txt (host batch writes on 1 to 8 threads,
 # examples/upload_paths.rs, where gpubin has it) and the tile cache, packed into $OUT/kiln-gpu-session.tgz (the device tool
@@ -30,6 +31,9 @@ fi
 "$kiln" bench --device both --activations both --json > "$out/kiln.json"
 # Where each step's time goes, as a table to read (the same rows are in kiln.json).
 "$kiln" bench --device gpu --activations both --ops profile > "$out/profile.txt" 2>&1 || true
+# The same rows with the tuner kept from splitting k: what split-k changes, same binary, same call.
+KILN_SPLIT_K=0 "$kiln" bench --device gpu --ops matmul,train_step,profile \
+    > "$out/nosplit.txt" 2>&1 || true
 python3 benches/pytorch_reference.py --json > "$out/torch.json"
 python3 benches/pytorch_reference.py --kiln "$out/kiln.json" --torch "$out/torch.json" \
     > "$out/side_by_side.md"

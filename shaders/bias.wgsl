@@ -7,8 +7,9 @@
 //           into sums[part·cols + col];
 //   pass 2, bias_grad_final:   one thread per column adds the parts' sums in part order into db.
 // Launches recorded for one part need pass 1 alone, writing db; recorded for several, a smaller
-// batch of one part still takes both passes (pass 2 then adds one sum to 0, the same value). The order is fixed, so the result is the
-// same run to run, and the CPU twin sums in the same order, to the bit.
+// batch of one part still takes both passes (pass 2 then adds one sum to 0, the same value).
+// The order is fixed, so the result is the same run to run, and the CPU twin sums in the same
+// order, to the bit.
 // The bias *add* is fused into the matmul epilogue (shaders/matmul.wgsl).
 // CPU twin: src/cpu/bias.rs. Tests: tests/kernels.rs.
 

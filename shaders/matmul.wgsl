@@ -49,9 +49,9 @@ const TN: u32 = 4u;
 // workgroup memory per k (with 16-thread rows, 2 and 16). The host sets it only where the grid
 // is whole blocks.
 const WARP: u32 = 0u;
-// 1: the host replaces the loop over kk marked below with its straight-line body, every index
-// a constant (`kernels::with_defines`), for a driver that does not unroll it itself; the same
-// fmas in the same order.
+// 1: the host replaces the loop over kk marked below with its straight-line body, every
+// register-block index a constant (`kernels::with_defines`), for a driver that does not unroll
+// it itself; the same fmas in the same order.
 const UNROLL: u32 = 0u;
 
 override TRANS_A: bool = false;

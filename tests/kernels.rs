@@ -67,7 +67,8 @@ fn matmul_matches_cpu_on_tall_thin_and_deep_shapes() {
 }
 
 /// Every tile shape the tuner may pick, and those kept to try on a GPU
-/// ([`EXPERIMENTS`]: warps of 4×8 threads, 16 outputs a thread one way), with vec4 and
+/// ([`EXPERIMENTS`]: warps of 4×8 threads, 16 outputs a thread one way, the inner loop
+/// unrolled by the host), with vec4 and
 /// scalar loads, in all three layouts, on
 /// shapes whose contiguous dimensions are and are not multiples of 4 (vec4 loads are used
 /// only where they are) and that are not tile multiples. Every shape must give the values the

@@ -68,6 +68,20 @@ fn every_matmul_tile_shape_compiles_from_rewritten_source() {
             let fmas = (tile.bk * tile.tm * tile.tn / 4) as usize;
             assert_eq!(source.matches("= fma(").count(), fmas, "{tile}");
             assert!(!source.contains("// inner loop: begin"), "{tile}");
+            // Only the marked lines changed: the rest of the source is all there.
+            let lines: Vec<&str> = MATMUL.source.lines().collect();
+            let at = |m: &str| lines.iter().position(|l| l.trim() == m).unwrap();
+            let (begin, end) = (at("// inner loop: begin"), at("// inner loop: end"));
+            let body = kiln::gpu::kernels::unrolled_inner_loop(tile.bk, tile.tm, tile.tn);
+            assert_eq!(
+                source.lines().count(),
+                lines.len() - (end - begin + 1) + body.lines().count(),
+                "{tile}"
+            );
+            assert!(
+                source.contains(lines[end + 1]),
+                "{tile}: the line after the loop"
+            );
         } else {
             assert_eq!(source.lines().count(), MATMUL.source.lines().count());
         }

@@ -747,7 +747,7 @@ test_device!(
 /// Each product's tile shape tuned on that product (a GPU's default; forced on here, where
 /// lavapipe would skip it) trains the same model to the bit as the size classes' shapes:
 /// every shape computes each output as one fma chain over k in order. (Split-k, which rounds
-/// differently, is tried only on products with k over 64: none here.)
+/// differently, is off in the tests' contexts, `common::gpu_options`.)
 #[test]
 fn tiles_tuned_per_product_train_like_the_size_classes() {
     if common::gpu_device().is_none() {

@@ -398,11 +398,15 @@ pub fn with_defines<'a>(
     };
     let mut out = Vec::new();
     let mut skipping = false;
+    debug_assert!(
+        unrolled.is_none() || source.contains("// inner loop: begin"),
+        "UNROLL = 1 on a source without the inner loop's markers"
+    );
     for line in source.lines() {
         if let Some(body) = &unrolled {
             if line.trim() == "// inner loop: begin" {
                 skipping = true;
-                out.push(body.clone());
+                out.push(body.trim_end_matches('\n').to_string());
                 continue;
             }
             if line.trim() == "// inner loop: end" {
@@ -423,6 +427,7 @@ pub fn with_defines<'a>(
                 ),
         );
     }
+    debug_assert!(!skipping, "the inner loop's begin marker has no end marker");
     out.join("\n").into()
 }
 
@@ -1020,6 +1025,7 @@ mod tests {
                     let splits = launches[0].grid[2] as usize;
                     let params: MatmulParams = bytemuck::pod_read_unaligned(&launches[1].uniform);
                     assert_eq!(params.splits as usize, splits);
+                    assert_eq!(params.k_chunk as usize, split_chunks(recorded, tile).0);
                     assert!(splits * dims.m * dims.n <= room, "{dims:?} of {recorded:?}");
                 }
             }

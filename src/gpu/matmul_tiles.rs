@@ -17,7 +17,8 @@
 //!
 //! `KILN_MATMUL_TILES=128x128x8/8x8` ([`AdapterOptions::matmul_tiles`], read by
 //! [`AdapterOptions::from_env`]) forces one shape for every product (`/scalar` turns off the
-//! vec4 loads, `/warp` groups each warp's threads 4×8, `/split4` splits k up to 4 ways);
+//! vec4 loads, `/warp` groups each warp's threads 4×8, `/split4` splits k up to 4 ways,
+//! `/unroll` has the host write out the inner loop);
 //! `KILN_CACHE_DIR` moves the cache; `kiln tune` measures again and prints the table.
 //!
 //! [`AdapterOptions::split_k`]: crate::AdapterOptions::split_k
@@ -297,7 +298,7 @@ impl TileConfig {
                 "matmul tiles",
                 format!(
                     "{text:?}: {why} (expected e.g. 128x128x8/8x8, 64x64x16/4x4/scalar, \
-                     128x128x8/8x8/warp or 64x64x16/8x8/split4)"
+                     128x128x8/8x8/warp, 64x64x16/8x8/split4 or 128x128x8/8x8/unroll)"
                 ),
             )
         };
@@ -377,12 +378,6 @@ impl TileConfig {
         if !(1..=MAX_SPLIT).contains(&split) {
             return Err(format!("split must be 1 to {MAX_SPLIT} ways"));
         }
-        if split > 1 && !(SPLIT_ALIGN as u32).is_multiple_of(bk) {
-            // A split's runs are multiples of 64: a k step must not straddle two.
-            return Err(format!(
-                "split needs a k tile that divides {SPLIT_ALIGN} (4, 8, 16, 32 or 64)"
-            ));
-        }
         if ![4, 8, 16].contains(&tm) || ![4, 8, 16].contains(&tn) {
             return Err("outputs per thread must be 4, 8 or 16 each way".into());
         }
@@ -396,6 +391,12 @@ impl TileConfig {
         }
         if bm > 256 || bn > 256 || bk > 64 {
             return Err("tiles are at most 256×256×64".into());
+        }
+        if split > 1 && !(SPLIT_ALIGN as u32).is_multiple_of(bk) {
+            // A split's runs are multiples of 64: a k step must not straddle two.
+            return Err(format!(
+                "split needs a k tile that divides {SPLIT_ALIGN} (4, 8, 16, 32 or 64)"
+            ));
         }
         if warp && !((bn / tn).is_multiple_of(8) && (bm / tm).is_multiple_of(4)) {
             return Err(
@@ -753,7 +754,7 @@ pub const CACHE_FILE: &str = "matmul-tiles.json";
 struct CacheFile {
     /// Adapter key → choice.
     adapters: std::collections::BTreeMap<String, MatmulTiling>,
-    /// Adapter key → [`shape_key`] → the shape tuned on that product alone.
+    /// Adapter key → [`cached_shape_key`] → the shape tuned on that product alone.
     #[serde(default)]
     shapes: std::collections::BTreeMap<String, std::collections::BTreeMap<String, TileConfig>>,
 }
@@ -843,8 +844,8 @@ fn update_cache(dir: &std::path::Path, change: impl FnOnce(&mut CacheFile)) -> R
     crate::weights::write_atomic(&dir.join(CACHE_FILE), &text)
 }
 
-/// The per-product choices cached for adapter `key` ([`shape_key`] → shape), the invalid
-/// ones left out.
+/// The per-product choices cached for adapter `key` ([`cached_shape_key`] → shape), the
+/// invalid ones left out.
 pub fn load_cached_shapes(dir: &std::path::Path, key: &str) -> Vec<(String, TileConfig)> {
     read_cache(dir)
         .shapes
@@ -855,8 +856,8 @@ pub fn load_cached_shapes(dir: &std::path::Path, key: &str) -> Vec<(String, Tile
         .collect()
 }
 
-/// Adds (or replaces) one product's choice (`shape`, a [`shape_key`]) for adapter `key` in
-/// the cache file, written atomically.
+/// Adds (or replaces) one product's choice (`shape`, a [`cached_shape_key`]) for adapter `key`
+/// in the cache file, written atomically.
 pub fn store_cached_shape(
     dir: &std::path::Path,
     key: &str,
@@ -898,7 +899,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old, shape(64, 64, 16, 4, 4));
-        assert!(!serde_json::to_string(&old).unwrap().contains("split"));
+        let written = serde_json::to_string(&old).unwrap();
+        assert!(
+            !written.contains("split") && !written.contains("unroll"),
+            "{written}"
+        );
     }
 
     /// A split's runs are multiples of 64 (so of every tile depth) that cover k, as few as

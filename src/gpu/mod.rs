@@ -406,9 +406,9 @@ impl GpuContext {
     }
 
     /// The matmul tile shape for each output size on this device. Chosen on the first call:
-    /// [`AdapterOptions::matmul_tiles`] (`KILN_MATMUL_TILES`) if set, else the choice cached for this adapter and driver in
-    /// [`matmul_tiles::cache_dir`], else measured now (well under a second on a GPU) and
-    /// cached. See [`matmul_tiles`].
+    /// [`AdapterOptions::matmul_tiles`] (`KILN_MATMUL_TILES`) if set, else the choice cached
+    /// for this adapter and driver in [`matmul_tiles::cache_dir`], else measured now (well
+    /// under a second on a GPU) and cached. See [`matmul_tiles`].
     pub fn matmul_tiling(&self) -> Result<MatmulTiling> {
         let mut tiling = self.tiling.lock().unwrap();
         if let Some(t) = *tiling {
