@@ -29,7 +29,7 @@
 // Split-k (PARTIAL): a product with few tiles of C and a long k leaves most of a large GPU idle,
 // so the host may give each tile several workgroups along z, workgroup z taking k in
 // [z·k_chunk, (z+1)·k_chunk). Each writes its plain partial product to c[z·M·N + row·N + col],
-// without bias or epilogue, and shaders/matmul_split_sum.wgsl adds the partials in z order and
+// without bias or epilogue, and `matmul_split_sum` (at the end) adds the partials in z order and
 // applies them. k_chunk is a multiple of 64, so of every BK: a tile step never straddles two
 // runs, and the runs are the same whatever the tile shape, so every tile shape still gives
 // bit-identical results for one split. Splitting itself changes rounding (a sum of fma chains
@@ -362,5 +362,46 @@ fn matmul(
                 }
             }
         }
+    }
+}
+
+// ---- split-k's second pass ----
+//
+// matmul_split_sum: C = Σ_z partial[z] in z order (+ bias[col]), then the epilogue above, one
+// thread per output. The partial products come from `matmul` with PARTIAL. Launched without
+// the tile defines, so its module is compiled once whatever tile the product used.
+
+// [splits, M, N]
+@group(1) @binding(0) var<storage, read> partial: array<f32>;
+// bias[N]; with EPI = 2 instead V[M,N], laid out as C.
+@group(1) @binding(1) var<storage, read> sum_bias: array<f32>;
+@group(1) @binding(2) var<storage, read_write> sum_c: array<f32>;
+// act(C) when EPI = 1 (a placeholder otherwise).
+@group(1) @binding(3) var<storage, read_write> sum_y: array<f32>;
+@group(1) @binding(4) var<uniform> sum_params: MatmulParams;
+
+@compute @workgroup_size(256)
+fn matmul_split_sum(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let at = gid.y * nwg.x * 256u + gid.x;
+    let len = sum_params.m * sum_params.n;
+    if at >= len {
+        return;
+    }
+    var out = partial[at];
+    for (var z = 1u; z < sum_params.splits; z++) {
+        out += partial[z * len + at];
+    }
+    if sum_params.use_bias != 0u {
+        out += sum_bias[at % sum_params.n];
+    }
+    if EPI == 2u {
+        out = act_grad(ACT, out, sum_bias[at], sum_params.alpha);
+    }
+    sum_c[at] = out;
+    if EPI == 1u {
+        sum_y[at] = activate(ACT, out, sum_params.alpha);
     }
 }

@@ -140,15 +140,13 @@ pub fn enumerate(opts: &AdapterOptions) -> Result<Vec<wgpu::Adapter>> {
 
 /// The adapter `opts` asks for, or an error naming what there is.
 pub fn select(opts: &AdapterOptions) -> Result<wgpu::Adapter> {
-    let adapters = matching(opts)?;
-    if adapters.is_empty() {
+    matching(opts)?.into_iter().next().ok_or_else(|| {
         let detail = match &opts.backend {
             Some(b) => format!(" for backend {b}"),
             None => String::new(),
         };
-        return Err(KilnError::NoAdapter { detail });
-    }
-    Ok(adapters.into_iter().next().expect("non-empty"))
+        KilnError::NoAdapter { detail }
+    })
 }
 
 /// Every adapter of the chosen backends whose name contains `opts.adapter` (all of them

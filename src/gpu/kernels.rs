@@ -42,10 +42,6 @@ const MATMUL_SRC: &str = concat!(
     include_str!("../../shaders/act_fn.wgsl"),
     include_str!("../../shaders/matmul.wgsl")
 );
-const MATMUL_SPLIT_SUM_SRC: &str = concat!(
-    include_str!("../../shaders/act_fn.wgsl"),
-    include_str!("../../shaders/matmul_split_sum.wgsl")
-);
 const BIAS_SRC: &str = include_str!("../../shaders/bias.wgsl");
 const ACTIVATION_SRC: &str = concat!(
     include_str!("../../shaders/act_fn.wgsl"),
@@ -68,10 +64,10 @@ pub static MATMUL: Kernel = Kernel {
 
 /// partial products, bias (or V of a fused activation gradient), c, y, params
 pub static MATMUL_SPLIT_SUM: Kernel = Kernel {
-    file: "matmul_split_sum.wgsl",
-    source: MATMUL_SPLIT_SUM_SRC,
+    file: "matmul.wgsl",
+    source: MATMUL_SRC,
     entry: "matmul_split_sum",
-    group: 0,
+    group: 1,
     bindings: &[Read, Read, ReadWrite, ReadWrite, Uniform],
 };
 

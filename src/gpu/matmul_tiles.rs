@@ -782,14 +782,7 @@ pub fn cache_key(adapter: &str, kernel_source: &str) -> String {
 
 /// The cache key of the adapter `info` describes, with this build's matmul kernels.
 pub fn adapter_cache_key(info: &wgpu::AdapterInfo) -> String {
-    cache_key(
-        &adapter_identity(info),
-        &[
-            super::kernels::MATMUL.source,
-            super::kernels::MATMUL_SPLIT_SUM.source,
-        ]
-        .concat(),
-    )
+    cache_key(&adapter_identity(info), super::kernels::MATMUL.source)
 }
 
 /// Name, backend, PCI ids and driver version: a driver update is measured again.

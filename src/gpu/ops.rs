@@ -137,6 +137,19 @@ impl GpuContext {
         })
     }
 
+    /// Each of `launches` recorded over its own `bindings` (as [`GpuContext::record`]).
+    pub fn record_each(
+        &self,
+        launches: &[Launch],
+        bindings: &[Vec<BufferRange<'_>>],
+    ) -> Vec<Recorded> {
+        launches
+            .iter()
+            .zip(bindings)
+            .map(|(l, b)| self.record(l, b))
+            .collect()
+    }
+
     /// Records `launch` over `buffers`, with a new uniform block holding its parameters bound
     /// last.
     pub fn record(&self, launch: &Launch, buffers: &[BufferRange<'_>]) -> Recorded {
@@ -257,11 +270,7 @@ impl GpuContext {
             self.dummy(),
         );
         // The bind groups keep the partial products alive.
-        Ok(launches
-            .iter()
-            .zip(&bindings)
-            .map(|(l, b)| self.record(l, b))
-            .collect())
+        Ok(self.record_each(launches, &bindings))
     }
 
     pub(crate) fn max_dim(&self) -> u32 {
@@ -410,11 +419,7 @@ impl GpuContext {
             sums.as_ref().map(Into::into),
             (&db).into(),
         );
-        let recorded: Vec<_> = launches
-            .iter()
-            .zip(&bindings)
-            .map(|(l, b)| self.record(l, b))
-            .collect();
+        let recorded = self.record_each(&launches, &bindings);
         self.submit(recorded.iter().map(|r| &r.dispatch))?;
         self.read_back(&db, 0, cols)
     }

@@ -30,9 +30,12 @@ pub const SAMPLES: usize = 8;
 /// Threads a shared-out write of `len` floats uses: one per [`BYTES_PER_THREAD`], up to
 /// rayon's pool and [`MAX_THREADS`]. 1: too small to share.
 pub fn parallel_threads(len: usize) -> usize {
-    (len.saturating_mul(4) / BYTES_PER_THREAD)
-        .min(rayon::current_num_threads())
-        .clamp(1, MAX_THREADS)
+    let by_size = len.saturating_mul(4) / BYTES_PER_THREAD;
+    if by_size < 2 {
+        // Asking rayon starts its pool: a small write never needs it.
+        return 1;
+    }
+    by_size.min(rayon::current_num_threads()).clamp(1, MAX_THREADS)
 }
 
 /// Checks `values` (the floats from index `at` of `what`) are finite and copies them into

@@ -520,13 +520,7 @@ impl GpuStep {
                 per_update_buffers.extend(bound);
                 Recording::PerUpdate(first..per_update_launches.len())
             } else {
-                Recording::Shared(
-                    bound
-                        .iter()
-                        .zip(&launches)
-                        .map(|(b, l)| ctx.record(l, b))
-                        .collect(),
-                )
+                Recording::Shared(ctx.record_each(&launches, &bound))
             };
             step.push((*instr, recording));
         }
