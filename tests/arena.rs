@@ -188,6 +188,47 @@ fn a_model_over_the_device_memory_is_refused_naming_the_sizes() {
     assert!(e.contains("GPU memory"), "{e}");
 }
 
+/// The memory check counts a GPU trainer's scratch before tuning picks any split: the bias
+/// gradients' partial sums, and split-k's partial products as if each product split k as
+/// many ways as it can.
+#[test]
+fn the_memory_check_counts_the_scratch_a_split_could_take() {
+    let Some(device) = capped(AdapterOptions {
+        max_device_memory: Some(1 << 20),
+        ..common::gpu_options()
+    }) else {
+        return;
+    };
+    let model = Sequential::new(
+        256,
+        vec![
+            Layer::Dense { out: 256 },
+            Layer::Activation(Activation::Relu),
+            Layer::Dense { out: 10 },
+        ],
+        Loss::CrossEntropy,
+    )
+    .unwrap();
+    let options = TrainOptions {
+        max_batch: 2048,
+        ..Default::default()
+    };
+    let e = Trainer::new(&device, model, options, Scheduler::fixed(0.1).unwrap())
+        .unwrap_err()
+        .to_string();
+    // The first layer's dW (256×256, k = 2048) splits at most 32 ways, 32·256·256 floats
+    // (its forward product, 2048×256 with k = 256, 4 ways of 64: as many); one buffer serves
+    // every product, so 8 MiB. The bias sums: 64 parts of 32 rows · 256 columns, 64 KiB.
+    let scratch = (32 * 256 * 256 + 64 * 256) * 4;
+    assert!(
+        e.contains(&format!(
+            "scratch {:.1} MiB",
+            scratch as f64 / (1 << 20) as f64
+        )),
+        "{e}"
+    );
+}
+
 /// Rows that do not fit beside the model are streamed in windows that do, or, when not even
 /// one batch fits, gathered on the host; the run says why.
 #[test]

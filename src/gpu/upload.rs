@@ -35,7 +35,9 @@ pub fn parallel_threads(len: usize) -> usize {
         // Asking rayon starts its pool: a small write never needs it.
         return 1;
     }
-    by_size.min(rayon::current_num_threads()).clamp(1, MAX_THREADS)
+    by_size
+        .min(rayon::current_num_threads())
+        .clamp(1, MAX_THREADS)
 }
 
 /// Checks `values` (the floats from index `at` of `what`) are finite and copies them into

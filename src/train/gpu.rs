@@ -336,6 +336,44 @@ impl Buffers<'_> {
     }
 }
 
+/// Floats of the one buffer every bias gradient of `program`'s step sums its parts into at
+/// `max_batch` rows (the pass that reads it runs before the next bias gradient writes it);
+/// `None` where every bias gradient is one part.
+pub(super) fn bias_sums_len(program: &Program, max_batch: usize) -> Option<usize> {
+    let parts = kernels::bias_parts(max_batch);
+    program
+        .step
+        .iter()
+        .filter_map(|instr| match *instr {
+            Instr::BiasGrad { cols, .. } if parts > 1 => Some(parts * cols),
+            _ => None,
+        })
+        .max()
+}
+
+/// Floats of the one buffer the partial products of every product of `program`'s step that
+/// splits k share at `max_batch` rows, `tiles` the step's tile per instruction; `None` where
+/// none splits.
+pub(super) fn split_k_partials_len(
+    program: &Program,
+    tiles: &[Option<TileConfig>],
+    max_batch: usize,
+) -> Option<usize> {
+    program
+        .step
+        .iter()
+        .zip(tiles)
+        .filter_map(|(instr, tile)| match (*instr, tile) {
+            (Instr::Matmul { m, n, k, .. }, Some(tile)) => Some(kernels::matmul_scratch_len(
+                Instr::matmul_dims(m, n, k, max_batch),
+                *tile,
+            )),
+            _ => None,
+        })
+        .max()
+        .filter(|&len| len > 0)
+}
+
 impl GpuStep {
     pub fn new(
         ctx: Arc<GpuContext>,
@@ -415,36 +453,10 @@ impl GpuStep {
                 ctx.storage_buffer("gradient norm partials", chunks.len() * PARTIALS_PER_CHUNK)?,
             ),
         };
-        // One buffer serves every bias gradient: the pass that reads it runs before the next
-        // bias gradient writes it.
-        let bias_sums_len = program
-            .step
-            .iter()
-            .filter_map(|instr| match *instr {
-                Instr::BiasGrad { cols, .. } if kernels::bias_parts(max_batch) > 1 => {
-                    Some(kernels::bias_parts(max_batch) * cols)
-                }
-                _ => None,
-            })
-            .max();
-        let bias_sums = bias_sums_len
+        let bias_sums = bias_sums_len(&program, max_batch)
             .map(|len| ctx.storage_buffer("bias gradient sums", len))
             .transpose()?;
-        // Likewise one buffer for the partial products of every product that splits k.
-        let partials_len = program
-            .step
-            .iter()
-            .zip(&tiles)
-            .filter_map(|(instr, tile)| match (*instr, tile) {
-                (Instr::Matmul { m, n, k, .. }, Some(tile)) => Some(kernels::matmul_scratch_len(
-                    Instr::matmul_dims(m, n, k, max_batch),
-                    *tile,
-                )),
-                _ => None,
-            })
-            .max()
-            .filter(|&len| len > 0);
-        let split_k_partials = partials_len
+        let split_k_partials = split_k_partials_len(&program, &tiles, max_batch)
             .map(|len| ctx.storage_buffer("split-k partial products", len))
             .transpose()?;
         let buffers = Buffers {

@@ -73,7 +73,7 @@ enum Backend {
 /// when it is made. Counts are in checked arithmetic.
 pub fn check_memory(device: &Device, model: &Sequential, options: &TrainOptions) -> Result<()> {
     let arena = model.param_layout(PARAM_ALIGN).len as u64;
-    let footprint = Footprint::of(model, options);
+    let footprint = Footprint::of(model, options, device);
     if let Device::Gpu(ctx) = device
         && let Some(memory) = ctx.device_memory()
     {
@@ -84,13 +84,16 @@ pub fn check_memory(device: &Device, model: &Sequential, options: &TrainOptions)
                     "model",
                     format!(
                         "training needs {} of GPU memory (parameters, gradients and optimizer \
-                         state {}, batch buffers {}); {} has {}",
+                         state {}, batch buffers {}, scratch {}); {} has {}",
                         total.map_or("more than can be counted".into(), gib),
                         footprint
                             .arenas
                             .map_or("more than can be counted".into(), gib),
                         footprint
                             .batch
+                            .map_or("more than can be counted".into(), gib),
+                        footprint
+                            .scratch
                             .map_or("more than can be counted".into(), gib),
                         ctx.name(),
                         gib(memory)
@@ -123,16 +126,19 @@ pub fn check_memory(device: &Device, model: &Sequential, options: &TrainOptions)
 }
 
 /// The bytes a trainer keeps on its device: the arenas (parameters, gradients, each optimizer
-/// state tensor in use) and the buffers of a batch (input, targets, loss terms, each layer's
-/// output and its gradient). `None`: more than a u64 counts.
+/// state tensor in use), the buffers of a batch (input, targets, loss terms, each layer's
+/// output and its gradient) and on a GPU its scratch (the bias gradients' partial sums, and
+/// split-k's partial products as if every product split k as many ways as it can: which split
+/// is tuned only once the trainer is made). `None`: more than a u64 counts.
 struct Footprint {
     arenas: Option<u64>,
     batch: Option<u64>,
+    scratch: Option<u64>,
 }
 
 impl Footprint {
-    fn of(model: &Sequential, options: &TrainOptions) -> Self {
-        let arena = model.param_layout(PARAM_ALIGN).len as u64;
+    fn of(model: &Sequential, options: &TrainOptions, device: &Device) -> Self {
+        let layout = model.param_layout(PARAM_ALIGN);
         let count = 2 + options.optimizer.used_state().len() as u64;
         let out = model.output() as u64;
         let per_row = model
@@ -141,16 +147,35 @@ impl Footprint {
             .try_fold(0u64, |s, &w| s.checked_add(w as u64))
             .and_then(|w| w.checked_mul(2))
             .and_then(|w| w.checked_add(model.input() as u64 + 2 * out));
+        let scratch = match device {
+            Device::Cpu => Some(0),
+            Device::Gpu(_) => {
+                // The products and bias gradients do not depend on the norm or fusion.
+                let program = Program::new(model, &layout, false, None, false);
+                let most_split = crate::gpu::matmul_tiles::CANDIDATES[0]
+                    .split_k(crate::gpu::matmul_tiles::MAX_SPLIT);
+                let tiles = vec![Some(most_split); program.step.len()];
+                let max_batch = options.max_batch;
+                let floats = gpu::bias_sums_len(&program, max_batch).unwrap_or(0) as u64
+                    + gpu::split_k_partials_len(&program, &tiles, max_batch).unwrap_or(0) as u64;
+                floats.checked_mul(4)
+            }
+        };
         Footprint {
-            arenas: arena.checked_mul(count).and_then(|f| f.checked_mul(4)),
+            arenas: (layout.len as u64)
+                .checked_mul(count)
+                .and_then(|f| f.checked_mul(4)),
             batch: per_row
                 .and_then(|r| r.checked_mul(options.max_batch as u64))
                 .and_then(|f| f.checked_mul(4)),
+            scratch,
         }
     }
 
     fn total(&self) -> Option<u64> {
-        self.arenas?.checked_add(self.batch?)
+        self.arenas?
+            .checked_add(self.batch?)?
+            .checked_add(self.scratch?)
     }
 }
 
@@ -1064,10 +1089,11 @@ impl Trainer {
         let Backend::Gpu(s) = &self.backend else {
             return Ok(());
         };
-        let Some(memory) = s.context().device_memory() else {
+        let ctx = s.context();
+        let Some(memory) = ctx.device_memory() else {
             return Ok(());
         };
-        let used = Footprint::of(&self.model, &self.options)
+        let used = Footprint::of(&self.model, &self.options, &Device::Gpu(ctx))
             .total()
             .and_then(|t| t.checked_add(other))
             .unwrap_or(u64::MAX);
