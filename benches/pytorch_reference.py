@@ -32,6 +32,10 @@ How each op is timed, to match Kiln:
 - train_step: the same MLP (Linear/ReLU, cross-entropy, SGD momentum 0.9), eager; the batch is
   copied from host memory each step, as `Trainer::step` uploads it; wall time around one step
   and a synchronize.
+- train_loop: the same step 20 times and one synchronize, per step (as Kiln's row: 20
+  `Trainer::step` and a read of the losses). "train_loop" copies from pageable memory as
+  train_step does; "train_loop-pinned" (CUDA only) from pinned memory with
+  `non_blocking=True`, as a loop over a `DataLoader(pin_memory=True)` does.
 - resident_step: the same step with the batch resident on the device, per step over a run of
   20 steps and one synchronize (as Kiln's row: 20 `Trainer::step_data` and a read of the
   losses). "resident_step" is eager; "resident_step-graph" (CUDA only) is the whole step —
@@ -152,8 +156,9 @@ def bench(device, quick, ops=OPS):
         x_host = torch.tensor([[((r * inputs + c) % 17) / 17 for c in range(inputs)] for r in range(batch)])
         y_host = torch.tensor([r % widths[-1] for r in range(batch)])
 
-        def step():
-            x, y = x_host.to(device), y_host.to(device)
+        def step(x_src=x_host, y_src=y_host, non_blocking=False):
+            x = x_src.to(device, non_blocking=non_blocking)
+            y = y_src.to(device, non_blocking=non_blocking)
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x), y).backward()
             opt.step()
@@ -162,6 +167,17 @@ def bench(device, quick, ops=OPS):
         shape = f"{inputs}->" + "->".join(map(str, widths)) + f" batch {batch}"
         flops = mlp_flops(batch, inputs, widths)
         rows.append(row(device, "train_step", shape, t, "wall", gflops=flops / t / 1e9))
+        loops = [("train_loop", lambda: step())]
+        if device == "cuda":
+            x_pinned, y_pinned = x_host.pin_memory(), y_host.pin_memory()
+            loops.append(("train_loop-pinned", lambda: step(x_pinned, y_pinned, True)))
+        for op, one in loops:
+            def run(one=one):
+                for _ in range(RESIDENT_RUN):
+                    one()
+
+            t = timed(device, run, kernel=False) / RESIDENT_RUN
+            rows.append(row(device, op, shape, t, "wall", gflops=flops / t / 1e9))
         x_dev, y_dev = x_host.to(device), y_host.to(device)
         for op, run in resident_steps(device, model, opt, loss_fn, x_dev, y_dev):
             t = timed(device, run, kernel=False) / RESIDENT_RUN
@@ -172,7 +188,7 @@ def bench(device, quick, ops=OPS):
     return rows
 
 
-# Steps per resident_step measurement, as Kiln's row.
+# Steps per train_loop or resident_step measurement, as Kiln's rows.
 RESIDENT_RUN = 20
 
 

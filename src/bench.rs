@@ -3,7 +3,8 @@
 //!
 //! GPU kernels are timed with timestamp queries around their compute pass when the adapter has
 //! them, otherwise by wall time around submit + wait; training steps by wall time around
-//! `Trainer::step` + wait, with the host's share (recording and submitting) reported apart.
+//! `Trainer::step` + wait (or a run of steps and one wait, see [`StepSource`]), with the host's
+//! share (checking, uploading, recording and submitting) reported apart.
 //! Every figure is the median of at least five runs after warm-up.
 
 use std::time::Instant;
@@ -108,9 +109,7 @@ pub enum Measured {
         /// Parameters updated.
         params: usize,
     },
-    /// One training step of an MLP: "train_step", `Trainer::step` with the batch from the
-    /// host and a wait for the device; "resident_step", a run of `Trainer::step_data` on a
-    /// batch resident on the device, per step (queued several per submission on a GPU).
+    /// One training step of an MLP, as [`StepSource`] says.
     TrainStep {
         /// Input width.
         input: usize,
@@ -118,8 +117,8 @@ pub enum Measured {
         widths: Vec<usize>,
         /// Rows per step.
         batch: usize,
-        /// Whether the batch is resident ("resident_step").
-        resident: bool,
+        /// Where its batch comes from, and whether the device is waited for after each step.
+        source: StepSource,
     },
     /// One epoch of an MLP from a resident data set (`Trainer::load_data`): the reshuffle
     /// and every step, to the device's last.
@@ -151,6 +150,32 @@ pub enum Measured {
     },
 }
 
+/// How a `train_step` row's steps run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepSource {
+    /// "train_step": one `Trainer::step` with the batch from the host, then a wait for the
+    /// device: the latency of one step.
+    Host,
+    /// "train_loop": a run of `Trainer::step` with the batch from the host and one wait at
+    /// the end, per step: a training loop over host batches, where the host's upload of a
+    /// batch can overlap the device's work on the one before.
+    HostLoop,
+    /// "resident_step": a run of `Trainer::step_data` on a batch resident on the device, per
+    /// step (queued several per submission on a GPU).
+    Resident,
+}
+
+impl StepSource {
+    /// The row's op name.
+    pub fn op(self) -> &'static str {
+        match self {
+            StepSource::Host => "train_step",
+            StepSource::HostLoop => "train_loop",
+            StepSource::Resident => "resident_step",
+        }
+    }
+}
+
 impl Measured {
     /// The op's name in reports: "copy", "matmul", the optimizer's name, "train_step".
     pub fn op(&self) -> &'static str {
@@ -158,10 +183,7 @@ impl Measured {
             Measured::Copy { .. } => "copy",
             Measured::Matmul { .. } => "matmul",
             Measured::Update { optimizer, .. } => optimizer,
-            Measured::TrainStep {
-                resident: false, ..
-            } => "train_step",
-            Measured::TrainStep { resident: true, .. } => "resident_step",
+            Measured::TrainStep { source, .. } => source.op(),
             Measured::Epoch { .. } => "epoch",
             Measured::Kernel { .. } => "profile",
         }
@@ -801,8 +823,9 @@ fn bench_epoch(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> 
     Ok(out)
 }
 
-/// Steps a resident-step row times per measurement: the queue fills and drains as in an epoch.
-const RESIDENT_RUN: usize = 20;
+/// Steps a `train_loop` or `resident_step` row times per measurement: the queue fills and
+/// drains as in an epoch.
+const STEP_RUN: usize = 20;
 
 /// The MLP steps `train_step` and `profile` measure: (input, widths, batch).
 fn step_cases(options: BenchOptions) -> Vec<(usize, Vec<usize>, usize)> {
@@ -835,14 +858,38 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
             }
             Ok(start.elapsed().as_secs_f64())
         })?;
-        let measured = |resident| Measured::TrainStep {
+        let measured = |source| Measured::TrainStep {
             input,
             widths: widths.clone(),
             batch,
-            resident,
+            source,
         };
         rows.push(wall_row(
-            measured(false),
+            measured(StepSource::Host),
+            device,
+            t,
+            flops_per_step,
+            host,
+            REPS,
+        ));
+
+        // The same steps in a loop: the wait only at the end.
+        let mut host = Vec::new();
+        let t = measure(1, REPS, || {
+            let start = Instant::now();
+            let mut host_time = 0.0;
+            for _ in 0..STEP_RUN {
+                let t0 = Instant::now();
+                trainer.step(&x, Targets::Classes(&labels))?;
+                host_time += t0.elapsed().as_secs_f64();
+            }
+            host.push(host_time / STEP_RUN as f64);
+            // Submits what is still queued and waits for it.
+            trainer.losses()?;
+            Ok(start.elapsed().as_secs_f64() / STEP_RUN as f64)
+        })?;
+        rows.push(wall_row(
+            measured(StepSource::HostLoop),
             device,
             t,
             flops_per_step,
@@ -857,18 +904,18 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
         let t = measure(1, REPS, || {
             let start = Instant::now();
             let mut host_time = 0.0;
-            for _ in 0..RESIDENT_RUN {
+            for _ in 0..STEP_RUN {
                 let t0 = Instant::now();
                 trainer.step_data(0, batch)?;
                 host_time += t0.elapsed().as_secs_f64();
             }
-            host.push(host_time / RESIDENT_RUN as f64);
+            host.push(host_time / STEP_RUN as f64);
             // Submits what is still queued and waits for it.
             trainer.losses()?;
-            Ok(start.elapsed().as_secs_f64() / RESIDENT_RUN as f64)
+            Ok(start.elapsed().as_secs_f64() / STEP_RUN as f64)
         })?;
         rows.push(wall_row(
-            measured(true),
+            measured(StepSource::Resident),
             device,
             t,
             flops_per_step,

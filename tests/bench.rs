@@ -47,7 +47,10 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
             !alone,
             "CPU row to compare with: {r:?}"
         );
-        if !matches!(r.measured.op(), "train_step" | "resident_step" | "epoch") {
+        if !matches!(
+            r.measured.op(),
+            "train_step" | "train_loop" | "resident_step" | "epoch"
+        ) {
             let want = if timestamps {
                 Timing::Timestamp
             } else {
@@ -58,12 +61,28 @@ fn every_op_measures_on_the_gpu_and_compares_with_the_cpu() {
             assert!(r.host_s.unwrap() > 0.0, "{r:?}");
         }
     }
-    // copy, one row per optimizer, the train step from the host and from resident data, the
-    // epoch with updates submitted together and one by one
+    // copy, one row per optimizer, the train step from the host alone and in a loop and from
+    // resident data, the epoch with updates submitted together and one by one
     let optimizers = kiln::optim::REGISTRY.len();
     assert_eq!(
         rows.iter().filter(|r| r.device.kind() == "gpu").count(),
-        5 + optimizers
+        6 + optimizers
+    );
+    let steps: Vec<(&str, String)> = rows
+        .iter()
+        .filter(|r| r.device.kind() == "gpu")
+        .filter(|r| {
+            matches!(
+                r.measured.op(),
+                "train_step" | "train_loop" | "resident_step"
+            )
+        })
+        .map(|r| (r.measured.op(), r.measured.shape()))
+        .collect();
+    assert_eq!(
+        steps,
+        ["train_step", "train_loop", "resident_step"]
+            .map(|op| (op, "64->128->10 batch 32".to_string()))
     );
     let resident = rows
         .iter()

@@ -67,8 +67,9 @@ pub struct BenchArgs {
     /// are marked gpu+separate; only train_step, profile and epoch differ).
     #[arg(long, default_value = "fused")]
     pub activations: String,
-    /// Comma-separated: matmul, optimizers, train_step, profile (the train_step cases' resident
-    /// step kernel by kernel), epoch, copy.
+    /// Comma-separated: matmul, optimizers, train_step (rows train_step, train_loop and
+    /// resident_step), profile (the train_step cases' resident step kernel by kernel), epoch,
+    /// copy.
     #[arg(
         long,
         value_delimiter = ',',
