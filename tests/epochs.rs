@@ -407,6 +407,18 @@ fn mismatched_intervals_monitors_and_data_are_refused() {
         ),
         (
             "kind = \"fixed\"".into(),
+            "early_stopping = { monitor = \"val_accuracy\", mode = \"min\", restore_best = true }",
+            "",
+            "train.early_stopping.mode: val_accuracy rises",
+        ),
+        (
+            "kind = \"fixed\"".into(),
+            "early_stopping = { monitor = \"train_loss\", mode = \"max\" }",
+            "",
+            "train.early_stopping.mode: train_loss falls",
+        ),
+        (
+            "kind = \"fixed\"".into(),
             "early_stopping = { pateince = 2 }",
             "",
             "unknown field `pateince`",

@@ -354,6 +354,27 @@ impl RunConfig {
                 ));
             }
             needs_rows("train.early_stopping.monitor", es.monitor)?;
+            // An explicit mode against the metric's direction would stop on improvements and
+            // keep the worst weights.
+            let rises = es.monitor == Monitor::ValAccuracy;
+            match es.mode {
+                StopMode::Min if rises => {
+                    return Err(KilnError::invalid(
+                        "train.early_stopping.mode",
+                        "val_accuracy rises as the model improves: use mode = \"max\" (or \"auto\")",
+                    ));
+                }
+                StopMode::Max if !rises => {
+                    return Err(KilnError::invalid(
+                        "train.early_stopping.mode",
+                        format!(
+                            "{} falls as the model improves: use mode = \"min\" (or \"auto\")",
+                            es.monitor.name()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
             if !(es.min_delta.is_finite() && es.min_delta >= 0.0) {
                 return Err(KilnError::invalid(
                     "train.early_stopping.min_delta",
