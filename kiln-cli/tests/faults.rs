@@ -441,6 +441,41 @@ fn bad_checkpoints() {
             Box::new(|m| m["state_blocks"] = serde_json::json!(["a", "b", "c", "d"])),
             vec!["checkpoint.safetensors", "state_blocks"],
         ),
+        // Counters that disagree with each other, each in range on its own.
+        (
+            SCHEDULE,
+            Box::new(|m| m["format"] = 0.into()),
+            vec!["checkpoint.safetensors", "format 0"],
+        ),
+        (
+            SCHEDULE,
+            Box::new(|m| m["trainer"]["optimizer"]["scalars"]["step"] = 3.0.into()),
+            vec![
+                "checkpoint.optimizer.scalars.step",
+                "3 but the trainer made 4 updates",
+            ],
+        ),
+        (
+            SCHEDULE,
+            Box::new(|m| m["trainer"]["schedule"]["updates"] = 1.into()),
+            vec!["checkpoint.schedule", "stepped 1 times", "it steps 4"],
+        ),
+        (
+            SCHEDULE,
+            Box::new(|m| m["epoch"] = 7.into()),
+            vec![
+                "checkpoint.safetensors",
+                "epoch 7, but update 4 is in epoch 2",
+            ],
+        ),
+        (
+            SCHEDULE,
+            Box::new(|m| m["run"]["epoch_losses"] = serde_json::json!([0.5])),
+            vec![
+                "checkpoint.safetensors",
+                "1 losses of the current epoch, but 0",
+            ],
+        ),
     ];
     for (schedule, edit, wanted) in &cases {
         let _ = std::fs::remove_dir_all(dir.join("ck"));
@@ -464,6 +499,25 @@ fn bad_checkpoints() {
             before
         );
     }
+    // A resume under another epoch layout, or with nothing left to train, is refused.
+    let _ = std::fs::remove_dir_all(dir.join("ck"));
+    good_run(&dir, SCHEDULE);
+    fails(
+        &dir,
+        &[
+            "train", "r.toml", "--device", "cpu", "--resume", "ck", "--steps", "4",
+        ],
+        &["train.steps", "at update 4", "nothing is left to train"],
+    );
+    let text = run_file(MODEL, DATA_CFG, OPT, SCHEDULE, "steps = 4\nbatch_size = 1");
+    std::fs::write(dir.join("r1.toml"), text).unwrap();
+    fails(
+        &dir,
+        &[
+            "train", "r1.toml", "--device", "cpu", "--resume", "ck", "--steps", "6",
+        ],
+        &["train.batch_size", "4 updates of 1 rows", "2 of 2 over 4"],
+    );
     // Garbage bytes, and NaN in the weights: both name the file.
     let _ = std::fs::remove_dir_all(dir.join("ck"));
     good_run(&dir, SCHEDULE);
@@ -577,6 +631,11 @@ fn bad_outputs() {
         &dir,
         &train(&["--checkpoint-dir", "ck", "--checkpoint-every", "0"]),
         &["--checkpoint-every"],
+    );
+    fails(
+        &dir,
+        &train(&["--steps", "0"]),
+        &["steps", "must be at least 1"],
     );
     // A plot that fails leaves the earlier image whole.
     std::fs::write(

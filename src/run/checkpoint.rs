@@ -185,6 +185,12 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunS
         })?;
     let meta: Meta = serde_json::from_str(json)
         .map_err(|e| KilnError::file(&file, format!("checkpoint state: {e}")))?;
+    if meta.format == 0 {
+        return Err(KilnError::file(
+            &file,
+            "checkpoint format 0 does not exist (a damaged checkpoint?)",
+        ));
+    }
     if meta.format > FORMAT {
         return Err(KilnError::file(
             &file,

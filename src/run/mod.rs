@@ -150,6 +150,7 @@ impl Prepared {
         let batch = config.train.batch_size.min(train.rows());
         let batches_per_epoch = train.rows().div_ceil(batch) as u64;
         let total_steps = match steps {
+            Some(0) => return Err(KilnError::invalid("steps", "must be at least 1")),
             Some(s) => s,
             None => config.total_steps(batches_per_epoch)?,
         };
@@ -183,6 +184,15 @@ impl Prepared {
             }
         };
         Ok(record)
+    }
+
+    /// The run's epoch layout, for a checkpoint to hold a resume to.
+    fn setup(&self) -> RunSetup {
+        RunSetup {
+            train_rows: self.train.rows(),
+            batch: self.batch,
+            batches_per_epoch: self.batches_per_epoch,
+        }
     }
 
     /// The run file's schedule, on `[optimizer].lr` unless it gives its own base rate;
@@ -486,9 +496,25 @@ pub struct RunState {
     /// must ask for the same. Absent from checkpoints of earlier versions.
     #[serde(default)]
     pub schedule: Option<serde_json::Value>,
+    /// How the run's epochs are laid out (`Prepared::setup`): a resume must lay them out
+    /// the same. Absent from checkpoints of earlier versions.
+    #[serde(default)]
+    pub setup: Option<RunSetup>,
     /// With `restore_best`: the parameters at early stopping's best check.
     #[serde(skip)]
     pub best_params: Option<Vec<f32>>,
+}
+
+/// What decides which rows each update of a run takes: a run resumed under another layout
+/// would not continue where it stopped.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunSetup {
+    /// Training rows.
+    pub train_rows: usize,
+    /// Rows per update.
+    pub batch: usize,
+    /// Updates per epoch.
+    pub batches_per_epoch: u64,
 }
 
 /// A training run: see the module docs.
@@ -569,6 +595,7 @@ impl Run {
         )?;
         let state = RunState {
             schedule: Some(p.schedule_record(&config)?),
+            setup: Some(p.setup()),
             ..RunState::default()
         };
         p.into_run(config, trainer, state)
@@ -584,7 +611,8 @@ impl Run {
     ) -> Result<Run> {
         let p = Prepared::new(&config, base_dir, steps)?;
         crate::train::check_memory(device, &p.model, &p.options(&config)?)?;
-        let (state, _epoch, run_state) = checkpoint::load(dir, &p.model.param_layout(PARAM_ALIGN))?;
+        let (state, epoch, mut run_state) =
+            checkpoint::load(dir, &p.model.param_layout(PARAM_ALIGN))?;
         // Errors in the checkpoint's state name its file.
         let file = checkpoint::path(dir);
         if run_state.wait > 1 << 53 {
@@ -606,6 +634,64 @@ impl Run {
                      change its schedule when it resumes (to train on under another, start a \
                      new run from the saved weights with --init)",
                     dir.display()
+                ),
+            ));
+        }
+        // The epochs laid out as when the checkpoint was made: the same rows per update and
+        // per epoch, so that the run takes the rows it would have taken.
+        let setup = p.setup();
+        if let Some(recorded) = &run_state.setup
+            && *recorded != setup
+        {
+            return Err(KilnError::invalid(
+                "train.batch_size",
+                format!(
+                    "the run makes {} updates of {} rows per epoch over {} training rows; the \
+                     checkpoint in {} was made with {} of {} over {} (batch_size, the data or \
+                     its validation split changed); a run cannot change them when it resumes \
+                     (start a new run from the saved weights with --init)",
+                    setup.batches_per_epoch,
+                    setup.batch,
+                    setup.train_rows,
+                    dir.display(),
+                    recorded.batches_per_epoch,
+                    recorded.batch,
+                    recorded.train_rows
+                ),
+            ));
+        }
+        run_state.setup = Some(setup);
+        // The counters agree with each other and with the layout.
+        let steps = state.steps;
+        let in_epoch = steps % p.batches_per_epoch;
+        let counters = if epoch != steps / p.batches_per_epoch {
+            Some(format!(
+                "epoch {epoch}, but update {steps} is in epoch {}",
+                steps / p.batches_per_epoch
+            ))
+        } else if run_state.epoch_losses.len() as u64 != in_epoch {
+            Some(format!(
+                "{} losses of the current epoch, but {in_epoch} of its updates are done",
+                run_state.epoch_losses.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = counters {
+            return Err(KilnError::file(
+                &file,
+                format!("{why} (a damaged checkpoint?)"),
+            ));
+        }
+        if steps >= p.total_steps {
+            return Err(KilnError::invalid(
+                "train.steps",
+                format!(
+                    "the checkpoint in {} is at update {steps} and the run makes {} in all: \
+                     nothing is left to train (ask for more with train.steps, train.epochs or \
+                     --steps)",
+                    dir.display(),
+                    p.total_steps
                 ),
             ));
         }

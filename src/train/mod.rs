@@ -934,6 +934,27 @@ impl Trainer {
         schedule
             .check()
             .map_err(|e| KilnError::invalid("checkpoint.schedule", e.to_string()))?;
+        // A schedule stepped per update has stepped once per update, or with observations
+        // one update late, once per update before the last two.
+        let needs = per_update_needs(&schedule, options.schedule_interval);
+        if options.schedule_interval == Interval::Update {
+            let want = if needs.any() {
+                state.steps.saturating_sub(2)
+            } else {
+                state.steps
+            };
+            if schedule.updates() != want {
+                return Err(KilnError::invalid(
+                    "checkpoint.schedule",
+                    format!(
+                        "the schedule stepped {} times, but after {} updates it steps {want} \
+                         (a damaged checkpoint?)",
+                        schedule.updates(),
+                        state.steps
+                    ),
+                ));
+            }
+        }
         let mut trainer = Self::with_params(device, model, options, schedule, state.params)?;
         let mut opt = state.optimizer;
         let optimizer = &trainer.options.optimizer;
@@ -995,6 +1016,19 @@ impl Trainer {
             blocks.push(std::mem::take(v));
         }
         crate::optim::check_scalars(&opt.scalars)?;
+        // Every update advances the optimizer's `step`, skipped ones too (see CpuStep): a
+        // count that differs from the trainer's would put bias corrections out of step.
+        if let Some(&step) = opt.scalars.get("step")
+            && step != state.steps as f64
+        {
+            return Err(KilnError::invalid(
+                "checkpoint.optimizer.scalars.step",
+                format!(
+                    "{step} but the trainer made {} updates (a damaged checkpoint?)",
+                    state.steps
+                ),
+            ));
+        }
         let mut scalars = optimizer.rule().initial_scalars();
         for (name, value) in scalars.iter_mut() {
             *value = *opt.scalars.get(name).ok_or_else(|| {
