@@ -131,6 +131,10 @@ pub const EXPERIMENTS: [TileConfig; 12] = [
     shape(128, 128, 8, 8, 8).warp_blocks().unrolled(),
 ];
 
+/// The most fmas per k step (BK·TM·TN) a shape with [`TileConfig::unroll`] may write out: the
+/// largest of [`EXPERIMENTS`].
+pub const MAX_UNROLLED_FMAS: u32 = 1024;
+
 /// The most ways [`TileConfig::split`] may split k.
 pub const MAX_SPLIT: u32 = 32;
 
@@ -373,6 +377,7 @@ impl TileConfig {
             tn,
             warp,
             split,
+            unroll,
             ..
         } = *self;
         if !(1..=MAX_SPLIT).contains(&split) {
@@ -396,6 +401,15 @@ impl TileConfig {
             // A split's runs are multiples of 64: a k step must not straddle two.
             return Err(format!(
                 "split needs a k tile that divides {SPLIT_ALIGN} (4, 8, 16, 32 or 64)"
+            ));
+        }
+        if unroll && bk * tm * tn > MAX_UNROLLED_FMAS {
+            // The written-out body has a line per k and vec4 of outputs; past this, shader
+            // compilers take minutes on it (lavapipe: 16x16x64/16x16 did not finish in 400 s).
+            return Err(format!(
+                "unroll writes out BK·TM·TN fmas per k step, at most {MAX_UNROLLED_FMAS} \
+                 ({bk}·{tm}·{tn} = {})",
+                bk * tm * tn
             ));
         }
         if warp && !((bn / tn).is_multiple_of(8) && (bm / tm).is_multiple_of(4)) {
@@ -1035,9 +1049,14 @@ mod tests {
             ("64x64x16/4x4/split2/split4", "twice"),
             ("64x64x16/4x4/unroll/unroll", "twice"),
             ("64x64x24/4x4/split2", "divides 64"),
+            ("64x64x16/16x16/unroll", "at most 1024 (16·16·16 = 4096)"),
         ] {
             let e = TileConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains("matmul tiles"), "{text}: {e}");
+        }
+        // Every experiment is within the unroll cap.
+        for c in EXPERIMENTS.iter().filter(|c| c.unroll) {
+            assert!(c.check().is_ok(), "{c}");
         }
     }
 
