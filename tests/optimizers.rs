@@ -517,6 +517,15 @@ fn optimizer_tables_take_pytorchs_names_and_defaults() {
             "optimizer.weight_decay",
         ),
         ("kind = 'sgd'\nlr = -0.1", "optimizer.lr"),
+        // Finite in f64, inf in the f32 an update computes in.
+        (
+            "kind = 'sgd'\nlr = 1e300",
+            "optimizer.lr: 1e300 is past f32's largest",
+        ),
+        (
+            "kind = 'adam'\neps = 1e39",
+            "optimizer.eps: 1e39 is past f32's largest",
+        ),
         (
             "kind = 'sgd'\ndecay_biases = 'no'",
             "optimizer.decay_biases",

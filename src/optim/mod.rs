@@ -541,7 +541,16 @@ impl StateBlock {
 
 /// PyTorch's constructor check for a value that must be finite and ≥ 0.
 pub(crate) fn check_non_negative(field: &str, v: f64) -> Result<()> {
-    if v.is_finite() && v >= 0.0 {
+    if v > f32::MAX as f64 && v.is_finite() {
+        // The update runs in f32, where it would be inf.
+        Err(KilnError::invalid(
+            format!("optimizer.{field}"),
+            format!(
+                "{v:e} is past f32's largest value ({:e}), which updates compute in",
+                f32::MAX
+            ),
+        ))
+    } else if v.is_finite() && v >= 0.0 {
         Ok(())
     } else {
         Err(KilnError::invalid(

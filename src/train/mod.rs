@@ -586,8 +586,20 @@ impl Trainer {
             };
             self.step_schedule(&o)?;
         }
-        // Finite and ≥ 0: the scheduler checks every rate it gives.
+        // Finite and ≥ 0: the scheduler checks every rate it gives, in f64.
         let lr = self.schedule.lr();
+        if lr > f32::MAX as f64 {
+            // The schedule cannot go on from a rate no update can use: later updates are
+            // refused the same way (`check_schedule`).
+            let why = format!(
+                "the rate for update {} is {lr:e}, past f32's largest value ({:e}), which updates \
+                 compute in",
+                self.steps,
+                f32::MAX
+            );
+            self.schedule_failed = Some(why.clone());
+            return Err(KilnError::invalid("schedule", why));
+        }
         match &mut self.backend {
             Backend::Cpu(s) => s.step(source, batch, lr)?,
             Backend::Gpu(s) => s.step(source, batch, lr)?,
