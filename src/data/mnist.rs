@@ -132,6 +132,15 @@ pub fn parse_idx(source: &str, bytes: &[u8], magic: u32) -> Result<(Vec<usize>, 
             len
         ))
     })?;
+    let end = start + len;
+    if bytes.len() > end {
+        // More data than the header declares: a file cut and joined wrongly, or the wrong
+        // dimensions; either way not the data set the header describes.
+        return Err(err(format!(
+            "{} bytes after the data end at byte {end} (dimensions {dims:?}); an idx file ends with its data",
+            bytes.len() - end
+        )));
+    }
     Ok((dims, data.to_vec()))
 }
 
@@ -185,6 +194,13 @@ mod tests {
         assert_eq!(
             e,
             "l: truncated at byte 9: dimensions [3] need 3 bytes of data from byte 8"
+        );
+        let mut long = good.clone();
+        long.push(4);
+        let e = parse_idx("l", &long, 0x801).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "l: 1 bytes after the data end at byte 11 (dimensions [3]); an idx file ends with its data"
         );
         let e = parse_idx("i", &good, 0x803).unwrap_err().to_string();
         assert!(
