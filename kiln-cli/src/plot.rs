@@ -167,7 +167,7 @@ fn draw_panel<DB: DrawingBackend>(
                 .configure_mesh()
                 .x_desc("update")
                 // Whole updates: no more labels than there are updates in the span.
-                .x_labels(((x1 - x0) as usize + 1).clamp(2, 10))
+                .x_labels(((x1 - x0) as usize).saturating_add(1).clamp(2, 10))
                 .x_label_formatter(&|x| format!("{}", x.round() as i64))
                 .y_desc(&panel.y_label)
                 .label_style(("sans-serif", 14))

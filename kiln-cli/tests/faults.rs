@@ -664,6 +664,14 @@ fn bad_outputs() {
         &["plot", "m.jsonl", "-o", "m.png"],
         &["m.png", "too large to plot"],
     );
+    // Updates at both ends of u64: plotted (the x axis's label count saturates).
+    std::fs::write(
+        dir.join("wide.jsonl"),
+        "{\"step\":0,\"epoch\":0,\"lr\":0.1,\"loss\":1.0}\n{\"step\":18446744073709551615,\"epoch\":0,\"lr\":0.1,\"loss\":2.0}\n",
+    )
+    .unwrap();
+    let o = run(&dir, &["plot", "wide.jsonl", "-o", "wide.png"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
     fails(
         &dir,
         &["schedule", "big.toml", "--steps", "18446744073709551615"],
