@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod error;
+mod float_json;
 pub mod gpu;
 pub mod model;
 pub mod ops;

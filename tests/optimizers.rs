@@ -567,7 +567,12 @@ fn format_one_checkpoints_still_load() {
     let layout = model.param_layout(PARAM_ALIGN);
     let params = model.init_params(&layout, 0);
     let momentum: Vec<f32> = (0..layout.len).map(|i| i as f32 * 1e-3).collect();
-    let schedule = serde_json::to_value(Scheduler::fixed(0.1).unwrap()).unwrap();
+    // Stepped once per update, as a per-update schedule of 7 updates is.
+    let mut schedule = Scheduler::fixed(0.1).unwrap();
+    for _ in 0..7 {
+        schedule.step(&Default::default()).unwrap();
+    }
+    let schedule = serde_json::to_value(schedule).unwrap();
     let meta = serde_json::json!({
         "format": 1,
         "epoch": 2,

@@ -411,7 +411,8 @@ fn a_non_finite_loss_stops_the_run_or_is_skipped() {
         dir.join("before.safetensors"),
         dir.join("after.safetensors"),
     );
-    stdout(&kiln(&[
+    // No updates: the initial weights, and no loss to report.
+    let out = stdout(&kiln(&[
         "train",
         arg(&dir.join("run.toml")),
         "--device",
@@ -421,6 +422,10 @@ fn a_non_finite_loss_stops_the_run_or_is_skipped() {
         "--save",
         arg(&before),
     ]));
+    assert!(
+        out.contains("no updates made") && !out.contains("NaN"),
+        "{out}"
+    );
     // Skipping every update trains nothing: that is a failure, not a result.
     let e = stderr_of_failure(&kiln(&[
         "train",
@@ -466,6 +471,60 @@ fn a_non_finite_loss_stops_the_run_or_is_skipped() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains(r#""loss":null"#), "{text}");
     assert!(text.contains(r#""skipped_updates":1"#), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A run that skipped non-finite losses (`--on-nan skip`) checkpoints them and resumes: the
+/// current epoch's losses and the observations a per-update schedule has yet to see keep
+/// their infinities (serde_json alone writes them as null, which did not read back).
+#[test]
+fn a_run_that_skipped_bad_losses_resumes_from_its_checkpoint() {
+    // Two rows of four overflow the squared error; batches of one row, four to an epoch:
+    // three updates take at least one of each.
+    let csv = "x0,x1,y\n1,2,1\n1e30,1e30,0\n2,1,1\n-1e30,1e30,0\n";
+    let run = REGRESSION_RUN
+        .replace("validation = 0.25", "validation = 0.0")
+        .replace(
+            r#"[{ dense = 8 }, "tanh", { dense = 1 }]"#,
+            "[{ dense = 1 }]",
+        )
+        .replace(
+            "kind = \"step\"\nstep_size = 10\ngamma = 0.5",
+            "kind = \"reduce_on_plateau\"",
+        )
+        .replace("batch_size = 8", "batch_size = 1")
+        .replace("steps = 30", "steps = 6");
+    assert!(run.contains("reduce_on_plateau"));
+    let dir = run_dir("skip-resume", csv, &run);
+    let (ck, run_file) = (dir.join("ck"), dir.join("run.toml"));
+    let train = |steps: &str, resume: bool| {
+        let mut a = vec![
+            "train",
+            arg(&run_file),
+            "--device",
+            "cpu",
+            "--on-nan",
+            "skip",
+            "--steps",
+            steps,
+        ];
+        a.extend(if resume {
+            ["--resume", arg(&ck)]
+        } else {
+            ["--checkpoint-dir", arg(&ck)]
+        });
+        stdout(&kiln(&a))
+    };
+    let out = train("3", false);
+    assert!(out.contains("skipped for a non-finite loss"), "{out}");
+    let meta = {
+        let bytes = std::fs::read(ck.join("checkpoint.safetensors")).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        header.metadata().as_ref().unwrap()["kiln.checkpoint"].clone()
+    };
+    assert!(meta.contains(r#""inf""#), "{meta}");
+    let out = train("6", true);
+    assert!(out.contains("3 updates"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -150,7 +150,6 @@ impl Prepared {
         let batch = config.train.batch_size.min(train.rows());
         let batches_per_epoch = train.rows().div_ceil(batch) as u64;
         let total_steps = match steps {
-            Some(0) => return Err(KilnError::invalid("steps", "must be at least 1")),
             Some(s) => s,
             None => config.total_steps(batches_per_epoch)?,
         };
@@ -482,6 +481,7 @@ impl EarlyStop {
 pub struct RunState {
     /// Batch losses of the current epoch's updates made before the trainer's first step (a run
     /// resumed mid-epoch), for the epoch's `train_loss`.
+    #[serde(with = "crate::float_json::f32s")]
     pub epoch_losses: Vec<f32>,
     /// Without early stopping: the lowest validation loss, and the update it was measured
     /// after.
@@ -660,16 +660,23 @@ impl Run {
                 ),
             ));
         }
-        run_state.setup = Some(setup);
+        // Checkpoints from before the layout was recorded may also lack the run's state (its
+        // epoch losses): their counters are held to less.
+        let recorded = run_state.setup.replace(setup).is_some();
         // The counters agree with each other and with the layout.
         let steps = state.steps;
         let in_epoch = steps % p.batches_per_epoch;
         let counters = if epoch != steps / p.batches_per_epoch {
             Some(format!(
-                "epoch {epoch}, but update {steps} is in epoch {}",
-                steps / p.batches_per_epoch
+                "epoch {epoch}, but update {steps} is in epoch {}{}",
+                steps / p.batches_per_epoch,
+                if recorded {
+                    ""
+                } else {
+                    " (or batch_size or the data changed since it was made)"
+                }
             ))
-        } else if run_state.epoch_losses.len() as u64 != in_epoch {
+        } else if recorded && run_state.epoch_losses.len() as u64 != in_epoch {
             Some(format!(
                 "{} losses of the current epoch, but {in_epoch} of its updates are done",
                 run_state.epoch_losses.len()

@@ -227,6 +227,7 @@ pub struct TrainerState {
     /// The scheduler, serialised.
     pub schedule: serde_json::Value,
     /// Observations made but not yet given to a one-update-late schedule: (update, values).
+    #[serde(with = "crate::float_json::observations")]
     pub observations: Vec<(u64, Observation)>,
     /// The last finite observation (stands in for skipped updates', see
     /// [`Trainer::skip_non_finite_losses`]).

@@ -281,12 +281,17 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     } else {
         String::new()
     };
-    say(&format!(
-        "{} updates in {elapsed:.2} s ({:.0} steps/s) on {}{skips}; last training loss {last_loss:.4}",
-        done - start,
-        (done - start) as f64 / elapsed.max(1e-9),
-        device.name()
-    ))?;
+    if done == start {
+        // `--steps 0`: the initial weights, saved (--save) or evaluated; no loss to report.
+        say(&format!("no updates made on {}", device.name()))?;
+    } else {
+        say(&format!(
+            "{} updates in {elapsed:.2} s ({:.0} steps/s) on {}{skips}; last training loss {last_loss:.4}",
+            done - start,
+            (done - start) as f64 / elapsed.max(1e-9),
+            device.name()
+        ))?;
+    }
     // The last update's evaluation, if the loop made one; otherwise one now.
     let evaluation = match last_evaluation {
         Some((at, e)) if at == done => Some(e),
