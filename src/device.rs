@@ -134,6 +134,7 @@ impl Device {
 
     /// y = act(x) over rows of `cols`.
     pub fn activation_forward(&self, act: Activation, x: &[f32], cols: usize) -> Result<Vec<f32>> {
+        act.check("activation")?;
         ops::check_rows(act.name(), "x", x.len(), cols)?;
         match self {
             Device::Cpu => {
@@ -154,6 +155,7 @@ impl Device {
         dy: &[f32],
         cols: usize,
     ) -> Result<Vec<f32>> {
+        act.check("activation")?;
         let ctx = format!("{} backward", act.name());
         ops::check_rows(&ctx, "x", x.len(), cols)?;
         ops::check_len(&ctx, "y", y.len(), x.len(), "same as x")?;
@@ -234,12 +236,8 @@ impl Device {
         grad: &[f32],
         state: &mut optim::State,
     ) -> Result<()> {
-        if !lr.is_finite() || lr < 0.0 {
-            return Err(KilnError::invalid(
-                "lr",
-                format!("must be finite and >= 0, got {lr}"),
-            ));
-        }
+        // The rule's check of a hyperparameter: finite, >= 0 and within f32.
+        optim::check_non_negative("lr", lr)?;
         let ctx = format!("{} update", optimizer.name());
         ops::check_len(&ctx, "grad", grad.len(), param.len(), "same as param")?;
         let blocks = optimizer.rule().state();

@@ -71,12 +71,7 @@ impl Sequential {
                         "dense layer with zero width",
                     ));
                 }
-                Layer::Activation(Activation::LeakyRelu(s)) if !s.is_finite() => {
-                    return Err(KilnError::invalid(
-                        format!("model.layers[{i}]"),
-                        format!("leaky_relu slope must be finite, got {s}"),
-                    ));
-                }
+                Layer::Activation(act) => act.check(&format!("model.layers[{i}]"))?,
                 _ => {}
             }
         }

@@ -53,6 +53,18 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Errs, naming `field`, if the activation's parameter is unusable (a leaky_relu slope
+    /// that is not finite).
+    pub fn check(self, field: &str) -> Result<()> {
+        match self {
+            Activation::LeakyRelu(s) if !s.is_finite() => Err(KilnError::invalid(
+                field,
+                format!("leaky_relu slope must be finite, got {s}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// PyTorch's default `negative_slope` for `nn.LeakyReLU`.
     pub const LEAKY_RELU_DEFAULT_SLOPE: f32 = 0.01;
 
@@ -333,12 +345,20 @@ pub fn check_rows(context: &str, tensor: &str, len: usize, cols: usize) -> Resul
 
 /// Checks a loss's output and targets, including the label range for cross-entropy.
 pub fn check_loss(loss: Loss, output: &[f32], targets: Targets, cols: usize) -> Result<()> {
-    let rows = check_rows(
-        &format!("{} loss", loss.name()),
-        "output",
-        output.len(),
-        cols,
-    )?;
+    let ctx = format!("{} loss", loss.name());
+    let rows = check_rows(&ctx, "output", output.len(), cols)?;
+    // torch.nn.BCELoss's own check: its log needs probabilities.
+    if loss == Loss::Bce
+        && let Some(i) = output.iter().position(|v| !(0.0..=1.0).contains(v))
+    {
+        return Err(KilnError::invalid(
+            "output",
+            format!(
+                "{ctx} needs outputs in [0, 1] (probabilities), element {i} is {}",
+                output[i]
+            ),
+        ));
+    }
     check_targets(loss, targets, rows, cols)
 }
 

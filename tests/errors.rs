@@ -177,6 +177,24 @@ fn bad_kernel_inputs(device: &Device) {
         e.contains("targets contains a non-finite value (inf) at index 1"),
         "{e}"
     );
+    // BCE's log needs probabilities, as torch.nn.BCELoss checks.
+    let e = message(device.loss(Loss::Bce, &[0.5, 2.0], Targets::Values(&[1.0, 0.0]), 1));
+    assert!(
+        e.contains("outputs in [0, 1]") && e.contains("element 1 is 2"),
+        "{e}"
+    );
+    for slope in [f32::NAN, f32::INFINITY] {
+        let act = Activation::LeakyRelu(slope);
+        let e = message(device.activation_forward(act, &[0.0; 2], 2));
+        assert!(e.contains("leaky_relu slope must be finite"), "{e}");
+        let e = message(device.activation_backward(act, &[0.0; 2], &[0.0; 2], &[0.0; 2], 2));
+        assert!(e.contains("leaky_relu slope must be finite"), "{e}");
+    }
+    // A rate finite in f64 but inf in the f32 the update runs in.
+    let mut state = adam.new_state(1);
+    let e = message(device.update(&adam, 1e39, &mut p, &[0.5], &mut state));
+    assert!(e.contains("lr") && e.contains("past f32's largest"), "{e}");
+    assert_eq!(p, [1.0]);
 }
 test_device!(bad_kernel_inputs_are_errors, super::bad_kernel_inputs);
 

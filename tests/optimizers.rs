@@ -418,6 +418,47 @@ fn resuming_under_another_optimizer_is_refused() {
     assert!(e.contains("holds `max_exp_avg_sq`"), "{e}");
 }
 
+/// A trainer state built or edited by hand: a state block twice, a scalar the optimizer does
+/// not keep, or observations a schedule that reads none would ignore, are refused.
+#[test]
+fn a_state_with_extra_parts_is_refused() {
+    let adam = OptimizerConfig::from_table(toml::from_str("kind = 'adam'").unwrap()).unwrap();
+    let options = || TrainOptions {
+        optimizer: adam.optimizer.clone(),
+        max_batch: 4,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(
+        &Device::Cpu,
+        model(),
+        options(),
+        Scheduler::fixed(0.1).unwrap(),
+    )
+    .unwrap();
+    t.step(&[0.5; 20], Targets::Classes(&[0, 1, 2, 0])).unwrap();
+    let state = t.state().unwrap();
+    let refused = |edit: &dyn Fn(&mut kiln::train::TrainerState)| {
+        let mut s = state.clone();
+        edit(&mut s);
+        Trainer::resume(&Device::Cpu, model(), options(), s)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refused(&|s| {
+        let first = s.optimizer.blocks[0].clone();
+        s.optimizer.blocks.push(first);
+    });
+    assert!(e.contains("`exp_avg` is there twice"), "{e}");
+    let e = refused(&|s| {
+        s.optimizer.scalars.insert("bogus".into(), 1.0);
+    });
+    assert!(e.contains("`bogus` is not a scalar adam keeps"), "{e}");
+    let e = refused(&|s| s.observations.push((999, Default::default())));
+    assert!(e.contains("checkpoint.trainer.observations"), "{e}");
+    // The state as it was resumes.
+    Trainer::resume(&Device::Cpu, model(), options(), state.clone()).unwrap();
+}
+
 /// With skipping on, an update whose loss is not finite changes no parameter and no state
 /// tensor, for every optimizer; the next finite one updates.
 fn skips_leave_state_alone(device: &Device) {
@@ -517,6 +558,10 @@ fn optimizer_tables_take_pytorchs_names_and_defaults() {
             "optimizer.weight_decay",
         ),
         ("kind = 'sgd'\nlr = -0.1", "optimizer.lr"),
+        (
+            "kind = 'rmsprop'\nalpha = 2.0",
+            "optimizer.alpha: must be in [0, 1]",
+        ),
         // Finite in f64, inf in the f32 an update computes in.
         (
             "kind = 'sgd'\nlr = 1e300",

@@ -7,7 +7,7 @@ use super::{
     Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, l2_grad, lerp,
     next_step,
 };
-use crate::error::Result;
+use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
 
 /// torch.optim.RMSprop's arguments (the rate comes from the schedule) with its defaults.
@@ -75,7 +75,19 @@ impl UpdateRule for RmsProp {
         check_non_negative("eps", self.eps)?;
         check_non_negative("momentum", self.momentum)?;
         check_non_negative("weight_decay", self.weight_decay)?;
-        check_non_negative("alpha", self.alpha)
+        check_non_negative("alpha", self.alpha)?;
+        // PyTorch takes any alpha >= 0, but past 1 the running average of g² goes negative
+        // (square_avg = alpha·v + (1 − alpha)·g²) and its square root NaN.
+        if self.alpha > 1.0 {
+            return Err(KilnError::invalid(
+                "optimizer.alpha",
+                format!(
+                    "must be in [0, 1] (the decay of the running average of g²), got {}",
+                    self.alpha
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn state(&self) -> Vec<StateBlock> {

@@ -984,6 +984,17 @@ impl Trainer {
         }
         // Every block this configuration uses, and no other, in binding order.
         let known = optimizer.rule().state();
+        if let Some(i) = (1..opt.blocks.len())
+            .find(|&i| opt.blocks[..i].iter().any(|(n, _)| *n == opt.blocks[i].0))
+        {
+            return Err(KilnError::invalid(
+                "checkpoint.optimizer",
+                format!(
+                    "`{}` is there twice (a damaged checkpoint?)",
+                    opt.blocks[i].0
+                ),
+            ));
+        }
         if let Some((name, _)) = opt
             .blocks
             .iter()
@@ -1043,6 +1054,15 @@ impl Trainer {
             ));
         }
         let mut scalars = optimizer.rule().initial_scalars();
+        if let Some(name) = opt.scalars.keys().find(|n| !scalars.contains_key(*n)) {
+            return Err(KilnError::invalid(
+                "checkpoint.optimizer.scalars",
+                format!(
+                    "`{name}` is not a scalar {} keeps (a damaged checkpoint?)",
+                    optimizer.name()
+                ),
+            ));
+        }
         for (name, value) in scalars.iter_mut() {
             *value = *opt.scalars.get(name).ok_or_else(|| {
                 KilnError::invalid(
@@ -1057,6 +1077,13 @@ impl Trainer {
         }
         // A one-update-late schedule reads the observations of the two updates before the
         // checkpoint from it: they must be there, once each, and nothing else.
+        if !trainer.per_update_needs().any() && !state.observations.is_empty() {
+            return Err(KilnError::invalid(
+                "checkpoint.trainer.observations",
+                "the schedule reads no observations after each update, and the checkpoint \
+                 holds some (a damaged checkpoint, or made under another schedule?)",
+            ));
+        }
         if trainer.per_update_needs().any() {
             let wanted: Vec<u64> = (state.steps.saturating_sub(2)..state.steps).collect();
             let mut have: Vec<u64> = state.observations.iter().map(|(u, _)| *u).collect();
