@@ -198,6 +198,72 @@ fn bad_kernel_inputs(device: &Device) {
 }
 test_device!(bad_kernel_inputs_are_errors, super::bad_kernel_inputs);
 
+/// Mesa's llvmpipe (lavapipe) ends a shader invocation's loops after 65,535 iterations in all
+/// and the results are silently wrong: a kernel that could run that long there is refused,
+/// naming the adapter; just under the cap it runs and agrees with the CPU.
+#[test]
+fn kernels_a_driver_would_cut_short_are_refused() {
+    let Some(ctx) = common::gpu() else { return };
+    let Some(limit) = ctx.loop_limit() else {
+        // A driver without the cap: nothing to refuse (these sizes run).
+        return;
+    };
+    assert_eq!(limit, 65_535);
+    let gpu = Device::Gpu(ctx.clone());
+    let tile = kiln::gpu::matmul_tiles::TileConfig::parse("32x32x16/4x4").unwrap();
+    let product = |k: usize| {
+        let a: Vec<f32> = (0..k).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect();
+        let b: Vec<f32> = (0..k).map(|i| ((i % 5) as f32 - 2.0) * 0.5).collect();
+        let dims = MatmulDims { m: 1, n: 1, k };
+        (
+            ctx.matmul_with_tile(&a, &b, None, dims, Transpose::Nn, tile),
+            Device::Cpu
+                .matmul(&a, &b, None, dims, Transpose::Nn)
+                .unwrap(),
+        )
+    };
+    // Every partial sum is a multiple of 1/8 well within f32's integers: exact on both.
+    let (gpu_c, cpu_c) = product(40_000);
+    assert_eq!(gpu_c.unwrap(), cpu_c);
+    let e = message(product(70_000).0);
+    assert!(
+        e.contains("matmul 1x1x70000") && e.contains("llvmpipe") && e.contains("65535"),
+        "{e}"
+    );
+    let e = message(gpu.activation_forward(Activation::Softmax, &vec![0.0; 30_000], 30_000));
+    assert!(
+        e.contains("softmax") && e.contains("90000 loop iterations"),
+        "{e}"
+    );
+    let e = message(gpu.loss(
+        Loss::CrossEntropy,
+        &vec![0.0; 65_536],
+        Targets::Classes(&[3]),
+        65_536,
+    ));
+    assert!(
+        e.contains("cross_entropy loss") && e.contains("llvmpipe"),
+        "{e}"
+    );
+    // A trainer is refused before it allocates: 22,000 classes are 66,000 iterations of
+    // cross-entropy's row walks.
+    let wide = Sequential::new(2, vec![Layer::Dense { out: 22_000 }], Loss::CrossEntropy).unwrap();
+    let options = TrainOptions {
+        max_batch: 1,
+        ..Default::default()
+    };
+    let e = message(Trainer::new(
+        &gpu,
+        wide,
+        options,
+        Scheduler::fixed(0.1).unwrap(),
+    ));
+    assert!(
+        e.contains("cross_entropy loss") && e.contains("66000"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_models_are_errors() {
     let e = message(Sequential::new(3, vec![Layer::Dense { out: 0 }], Loss::Mse));

@@ -572,6 +572,45 @@ pub(crate) fn matmul(
     Ok(vec![product, sum])
 }
 
+/// The most loop iterations a thread of [`matmul`] runs for `dims` and `tile` (see
+/// `GpuContext::loop_limit`): every k of its run (a driver that does not unroll the inner
+/// loop counts each), and per tile step its fetches and stashes into workgroup memory.
+pub(crate) fn matmul_loops(dims: MatmulDims, tile: TileConfig) -> u64 {
+    let (k_chunk, splits) = split_chunks(dims, tile);
+    let run = if splits > 1 { k_chunk } else { dims.k } as u64;
+    let threads = tile.threads() as u64;
+    let loads = (tile.bk as u64 * (tile.bm + tile.bn) as u64 / 4).div_ceil(threads);
+    run + run.div_ceil(tile.bk as u64) * 2 * loads + 64
+}
+
+/// The most loop iterations a thread of an activation over rows of `cols` runs: softmax
+/// walks its row three times forward (max, sum, scale) and twice backward; the rest none.
+pub(crate) fn activation_loops(act: Activation, cols: usize, backward: bool) -> u64 {
+    match act {
+        Activation::Softmax if backward => 2 * cols as u64,
+        Activation::Softmax => 3 * cols as u64,
+        _ => 0,
+    }
+}
+
+/// The most loop iterations a thread of [`loss`] runs over `len` outputs in rows of `cols`:
+/// cross-entropy's terms walk a row three times; the sum's one workgroup takes every 256th
+/// term, then halves eight times.
+pub(crate) fn loss_loops(loss: Loss, len: usize, cols: usize) -> u64 {
+    let (row, count) = if loss == Loss::CrossEntropy {
+        (3 * cols as u64, (len / cols.max(1)) as u64)
+    } else {
+        (0, len as u64)
+    };
+    row.max(count.div_ceil(256) + 8)
+}
+
+/// The most loop iterations a thread of [`bias_grad`] runs over `rows` rows: a part's rows,
+/// or the parts' sums.
+pub(crate) fn bias_loops(rows: usize) -> u64 {
+    (crate::cpu::bias::ROWS_PER_PART as u64).max(bias_parts(rows) as u64)
+}
+
 /// Floats of partial products the launches of [`matmul`] recorded for `recorded` and `tile`
 /// need (splits · M · N), at `recorded` and at every smaller product launched from that
 /// recording (which keeps the recording's run of k); 0 without a split.

@@ -88,6 +88,9 @@ impl std::fmt::Debug for GpuContext {
     }
 }
 
+/// Mesa's llvmpipe loop cap (`LP_MAX_TGSI_LOOP_ITERATIONS`): see [`GpuContext::loop_limit`].
+pub const LLVMPIPE_LOOP_LIMIT: u64 = 65_535;
+
 impl GpuContext {
     /// Opens the adapter `opts` asks for, with all of its limits (wgpu's defaults would cap
     /// buffers at 256 MiB) and the optional features Kiln can use.
@@ -206,6 +209,34 @@ impl GpuContext {
     /// The optional features enabled (timestamps, subgroups, f16 where the adapter has them).
     pub fn features(&self) -> wgpu::Features {
         self.features
+    }
+
+    /// The most loop iterations one shader invocation may run in all, where the driver cuts
+    /// loops short: Mesa's llvmpipe (lavapipe) ends every loop of an invocation once 65,535
+    /// iterations have run, counting all its loops together, and the results are silently
+    /// wrong. `None`: no such limit.
+    pub fn loop_limit(&self) -> Option<u64> {
+        self.info
+            .name
+            .contains("llvmpipe")
+            .then_some(LLVMPIPE_LOOP_LIMIT)
+    }
+
+    /// Errs, naming `what`, if a kernel whose invocations run up to `iterations` loop
+    /// iterations would be cut short by [`GpuContext::loop_limit`].
+    pub fn check_loops(&self, what: &str, iterations: u64) -> Result<()> {
+        match self.loop_limit() {
+            Some(limit) if iterations > limit => Err(KilnError::invalid(
+                what,
+                format!(
+                    "a thread of its kernel runs up to {iterations} loop iterations, and {} \
+                     ends a thread's loops after {limit}: its results would be wrong. Use a \
+                     hardware GPU or --device cpu, or smaller sizes",
+                    self.name()
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Whether training steps fold each elementwise activation into the product before it

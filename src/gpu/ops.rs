@@ -371,6 +371,10 @@ impl GpuContext {
             Some(tile) => tile,
             None => self.matmul_tile(dims, t)?,
         };
+        self.check_loops(
+            &format!("matmul {}x{}x{}", dims.m, dims.n, dims.k),
+            kernels::matmul_loops(dims, tile),
+        )?;
         let mut launches = kernels::matmul(t, dims, dims, bias.is_some(), tile, self.max_dim())?;
         launches = match act {
             None => launches,
@@ -406,6 +410,7 @@ impl GpuContext {
     }
 
     pub(crate) fn bias_grad(&self, dy: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        self.check_loops("bias gradient", kernels::bias_loops(rows))?;
         let launches = kernels::bias_grad(rows, cols, rows, self.max_dim())?;
         let dy_buf = self.upload("dy", dy)?;
         let db = self.storage_buffer("db", cols)?;
@@ -430,6 +435,7 @@ impl GpuContext {
         x: &[f32],
         cols: usize,
     ) -> Result<Vec<f32>> {
+        self.check_loops(act.name(), kernels::activation_loops(act, cols, false))?;
         let x_buf = self.upload("x", x)?;
         let y = self.storage_buffer("y", x.len())?;
         let launch = kernels::activation_forward(act, x.len(), cols, self.max_dim());
@@ -445,6 +451,7 @@ impl GpuContext {
         dy: &[f32],
         cols: usize,
     ) -> Result<Vec<f32>> {
+        self.check_loops(act.name(), kernels::activation_loops(act, cols, true))?;
         let x_buf = self.upload("x", x)?;
         let y_buf = self.upload("y", y)?;
         let dy_buf = self.upload("dy", dy)?;
@@ -468,6 +475,10 @@ impl GpuContext {
         targets: Targets,
         cols: usize,
     ) -> Result<(f32, Vec<f32>)> {
+        self.check_loops(
+            &format!("{} loss", loss.name()),
+            kernels::loss_loops(loss, output.len(), cols),
+        )?;
         let out_buf = self.upload("output", output)?;
         let target_buf = self.upload("targets", &kernels::targets_as_f32(targets))?;
         let terms = self.storage_buffer("loss terms", output.len())?;

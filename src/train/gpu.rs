@@ -404,6 +404,36 @@ impl GpuStep {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
+        // Kernels a driver would cut short (lavapipe's loop cap) are refused before anything
+        // is allocated.
+        for (instr, tile) in program.step.iter().zip(&tiles) {
+            let (what, loops) = match (*instr, tile) {
+                (Instr::Matmul { m, n, k, .. }, Some(tile)) => {
+                    let dims = Instr::matmul_dims(m, n, k, max_batch);
+                    (
+                        format!("matmul {}x{}x{}", dims.m, dims.n, dims.k),
+                        kernels::matmul_loops(dims, *tile),
+                    )
+                }
+                (Instr::ActForward { act, cols, .. }, _) => (
+                    act.name().to_string(),
+                    kernels::activation_loops(act, cols, false),
+                ),
+                (Instr::ActBackward { act, cols, .. }, _) => (
+                    act.name().to_string(),
+                    kernels::activation_loops(act, cols, true),
+                ),
+                (Instr::Loss { cols, .. }, _) => (
+                    format!("{} loss", model.loss().name()),
+                    kernels::loss_loops(model.loss(), max_batch * cols, cols),
+                ),
+                (Instr::BiasGrad { .. }, _) => {
+                    ("bias gradient".to_string(), kernels::bias_loops(max_batch))
+                }
+                _ => continue,
+            };
+            ctx.check_loops(&what, loops)?;
+        }
         let widths = model.widths();
         let last = widths.len() - 1;
         let out = widths[last];
