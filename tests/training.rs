@@ -492,6 +492,14 @@ fn a_followed_loss_that_is_not_finite_is_named(device: &Device) {
     assert_eq!(trainer.steps(), 3);
     // Bit for bit: update 1's step made them NaN.
     let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(trainer.parameters().unwrap()), bits(before.clone()));
+    // Asked again, the same answer on every device (the GPU once lost the number it read).
+    let again = trainer
+        .step(&good, Targets::Values(&y))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(again, e);
+    assert_eq!(trainer.steps(), 3);
     assert_eq!(bits(trainer.parameters().unwrap()), bits(before));
 }
 test_device!(

@@ -191,6 +191,9 @@ struct ObservationSlot {
     mapped: Option<MapReceiver>,
     submission: Option<wgpu::SubmissionIndex>,
     update: u64,
+    /// What was read, once read: asked again (the trainer re-reads an update's numbers after
+    /// an error on them), it gives the same, as the CPU device does.
+    read: Option<Observation>,
 }
 
 const OBSERVATION_RING: usize = 3;
@@ -586,6 +589,7 @@ impl GpuStep {
                     mapped: None,
                     submission: None,
                     update: 0,
+                    read: None,
                 })
                 .collect();
         }
@@ -1023,6 +1027,7 @@ impl GpuStep {
             o.mapped = Some(map_read(&o.buffer.slice(..)));
             o.submission = Some(index);
             o.update = update_index;
+            o.read = None;
         } else if !resident || profiled || copy + 1 >= self.queue_capacity() {
             self.submit_queued()?;
         }
@@ -1204,6 +1209,9 @@ impl GpuStep {
                 "no observation was recorded for update {update}"
             )));
         };
+        if let Some(read) = o.read {
+            return Ok(read);
+        }
         let Some(submission) = o.submission.take() else {
             return Err(KilnError::Gpu(format!(
                 "no observation was recorded for update {update}"
@@ -1231,10 +1239,12 @@ impl GpuStep {
             bytemuck::pod_read_unaligned(&view[..8])
         };
         o.buffer.unmap();
-        Ok(Observation {
+        let read = Observation {
             loss: Some(values[0] as f64),
             grad_norm_sq: self.with_norm.then_some(values[1] as f64),
-        })
+        };
+        o.read = Some(read);
+        Ok(read)
     }
 
     /// Reads the losses waiting in the GPU history back in one transfer.
