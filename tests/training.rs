@@ -1044,6 +1044,17 @@ fn profiled_updates_train_like_plain_ones(device: &Device) {
     assert_eq!(whole.len(), 1, "{whole:?}");
     assert_eq!(whole[0].kernel, "whole update");
     assert!(whole[0].seconds > 0.0, "{whole:?}");
+    // Two updates in the function: the first is timed, the second runs as any other.
+    for _ in 0..2 {
+        plain.step_data(0, 6).unwrap();
+    }
+    let first = profiled
+        .profile(ProfileMode::Update, |t| {
+            t.step_data(0, 6)?;
+            t.step_data(0, 6)
+        })
+        .unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
 
     // No update, or a failing one: an error, and the next update is not timed by surprise.
     let e = profiled

@@ -1091,7 +1091,10 @@ impl GpuStep {
         let submitted = self.ctx.submit_encoder(encoder);
         // Gone to the GPU or failed there: either way they are no longer queued.
         queued.count = 0;
-        queued.profiled = profiled;
+        // Only the first update after `profile_next` is timed; later ones keep its times.
+        if profiled.is_some() {
+            queued.profiled = profiled;
+        }
         submitted.map(Some)
     }
 
