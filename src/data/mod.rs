@@ -67,7 +67,35 @@ impl TargetData {
     }
 }
 
+/// `x` and `y` make whole rows of `features` and `targets`, at least one.
+fn check_shape(source: &str, features: usize, x: &[f32], targets: usize, y: &[f32]) -> Result<()> {
+    if features == 0 || targets == 0 || x.is_empty() {
+        return Err(KilnError::file(
+            source,
+            "no data: zero rows, features or targets",
+        ));
+    }
+    let rows = x.len() / features;
+    if !x.len().is_multiple_of(features) || Some(y.len()) != rows.checked_mul(targets) {
+        return Err(KilnError::file(
+            source,
+            format!(
+                "{} feature values and {} targets do not make {rows} rows",
+                x.len(),
+                y.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Dataset {
+    /// [`Dataset::new`]'s shape checks again, for a data set whose public fields were
+    /// changed after it was made.
+    fn check_shape(&self) -> Result<()> {
+        check_shape(&self.source, self.features, &self.x, self.targets, &self.y)
+    }
+
     /// Checks shapes and finiteness; every reader ends here.
     pub fn new(
         source: impl Into<String>,
@@ -77,29 +105,13 @@ impl Dataset {
         y: Vec<f32>,
     ) -> Result<Self> {
         let source = source.into();
-        if features == 0 || targets == 0 || x.is_empty() {
-            return Err(KilnError::file(
-                &source,
-                "no data: zero rows, features or targets",
-            ));
-        }
-        let rows = x.len() / features;
-        if !x.len().is_multiple_of(features) || Some(y.len()) != rows.checked_mul(targets) {
-            return Err(KilnError::file(
-                &source,
-                format!(
-                    "{} feature values and {} targets do not make {rows} rows",
-                    x.len(),
-                    y.len()
-                ),
-            ));
-        }
+        check_shape(&source, features, &x, targets, &y)?;
         ops::check_finite(&format!("{source}: features"), &x)?;
         ops::check_finite(&format!("{source}: targets"), &y)?;
         Ok(Dataset {
             source,
             features,
-            origin: (0..rows).collect(),
+            origin: (0..x.len() / features).collect(),
             origin_unit: "row",
             x,
             targets,
@@ -152,9 +164,9 @@ impl Dataset {
         }
     }
 
-    /// Number of rows.
+    /// Number of rows (none without features).
     pub fn rows(&self) -> usize {
-        self.x.len() / self.features
+        self.x.len().checked_div(self.features).unwrap_or(0)
     }
 
     /// Rows `rows` (in that order), as a new dataset.
@@ -184,6 +196,7 @@ impl Dataset {
 
     /// Shuffles the rows with `seed` and holds out `fraction` of them: (train, validation).
     pub fn split(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+        self.check_shape()?;
         if !(0.0..1.0).contains(&fraction) {
             return Err(KilnError::invalid(
                 "data.validation",
@@ -252,18 +265,35 @@ impl Dataset {
         (mean.iter().map(|m| *m as f32).collect(), std)
     }
 
-    /// x ← (x − mean) / std, feature by feature.
-    pub fn standardize(&mut self, mean: &[f32], std: &[f32]) {
+    /// x ← (x − mean) / std, feature by feature: one finite mean and one finite, positive
+    /// (normal) deviation per feature, as [`Dataset::feature_stats`] gives them.
+    pub fn standardize(&mut self, mean: &[f32], std: &[f32]) -> Result<()> {
+        let ctx = format!("{}: standardize", self.source);
+        crate::ops::check_len(&ctx, "mean", mean.len(), self.features, "one per feature")?;
+        crate::ops::check_len(&ctx, "std", std.len(), self.features, "one per feature")?;
+        crate::ops::check_finite("standardize mean", mean)?;
+        if let Some(i) = std.iter().position(|s| !s.is_normal() || *s < 0.0) {
+            return Err(KilnError::invalid(
+                "std",
+                format!(
+                    "{ctx}: deviations must be finite and > 0 (at least f32's smallest normal), \
+                     feature {i} has {}",
+                    std[i]
+                ),
+            ));
+        }
         for row in self.x.chunks_mut(self.features) {
             for ((v, m), s) in row.iter_mut().zip(mean).zip(std) {
                 *v = (*v - m) / s;
             }
         }
+        Ok(())
     }
 
     /// The targets as `loss` takes them for a model with `outputs` outputs: class labels for
     /// cross-entropy (one integer column below `outputs`), values of width `outputs` otherwise.
     pub fn targets_for(&self, loss: Loss, outputs: usize) -> Result<TargetData> {
+        self.check_shape()?;
         let ctx = format!("{}: targets for {}", self.source, loss.name());
         if loss == Loss::CrossEntropy {
             if self.targets != 1 {
@@ -374,6 +404,55 @@ mod tests {
         assert_eq!((d.x[0], d.y[0]), (59.0, 151.0));
         let e = Dataset::bundled("iris").unwrap_err().to_string();
         assert!(e.contains("digits, breast_cancer, diabetes"), "{e}");
+    }
+
+    #[test]
+    fn standardize_takes_one_usable_statistic_per_feature() {
+        let mut d = Dataset::new("d", 2, vec![1.0, 2.0, 3.0, 6.0], 1, vec![0.0, 1.0]).unwrap();
+        for (mean, std, wanted) in [
+            (
+                vec![0.0],
+                vec![1.0, 1.0],
+                "`mean` has 1 elements, expected 2",
+            ),
+            (
+                vec![0.0, 0.0],
+                vec![1.0],
+                "`std` has 1 elements, expected 2",
+            ),
+            (
+                vec![0.0, f32::NAN],
+                vec![1.0, 1.0],
+                "mean contains a non-finite",
+            ),
+            (vec![0.0, 0.0], vec![1.0, 0.0], "feature 1 has 0"),
+            (vec![0.0, 0.0], vec![-1.0, 1.0], "feature 0 has -1"),
+            (
+                vec![0.0, 0.0],
+                vec![1.0, f32::INFINITY],
+                "feature 1 has inf",
+            ),
+        ] {
+            let e = d.standardize(&mean, &std).unwrap_err().to_string();
+            assert!(e.contains(wanted), "{e}");
+            assert_eq!(d.x, [1.0, 2.0, 3.0, 6.0], "a refused call changes nothing");
+        }
+        let (mean, std) = d.feature_stats();
+        d.standardize(&mean, &std).unwrap();
+        assert_eq!(d.x, [-1.0, -1.0, 1.0, 1.0]);
+        // Without features there are no rows (not a division by zero).
+        let empty = Dataset {
+            features: 0,
+            ..d.clone()
+        };
+        assert_eq!(empty.rows(), 0);
+        // Fields changed after `new`: refused where rows are taken, not a panic.
+        let mut cut = d.clone();
+        cut.y.pop();
+        let e = cut.split(0.5, 0).unwrap_err().to_string();
+        assert!(e.contains("do not make 2 rows"), "{e}");
+        let e = cut.targets_for(Loss::Mse, 1).unwrap_err().to_string();
+        assert!(e.contains("do not make 2 rows"), "{e}");
     }
 
     #[test]

@@ -130,9 +130,9 @@ impl Prepared {
         // can overflow then.
         let normalization = if config.data.normalize == Normalize::Standard {
             let (mean, std) = train.feature_stats();
-            train.standardize(&mean, &std);
+            train.standardize(&mean, &std)?;
             if let Some(v) = &mut validation {
-                v.standardize(&mean, &std);
+                v.standardize(&mean, &std)?;
             }
             for (what, d) in std::iter::once(("training rows", &train))
                 .chain(validation.as_ref().map(|v| ("validation rows", v)))
