@@ -190,8 +190,10 @@ impl Sequential {
     }
 
     /// Parameters initialised like `nn.Linear`: weight and bias ~ U(−1/√in, 1/√in), drawn
-    /// layer by layer, weight then bias, from a ChaCha8 stream seeded with `seed`.
-    pub fn init_params(&self, layout: &ParamLayout, seed: u64) -> Vec<f32> {
+    /// layer by layer, weight then bias, from a ChaCha8 stream seeded with `seed`. Errs if
+    /// `layout` (built by hand) places a tensor past its end.
+    pub fn init_params(&self, layout: &ParamLayout, seed: u64) -> Result<Vec<f32>> {
+        layout.check()?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut params = vec![0.0; layout.len];
         for d in &layout.dense {
@@ -206,6 +208,33 @@ impl Sequential {
                 }
             }
         }
-        params
+        Ok(params)
+    }
+}
+
+impl ParamLayout {
+    /// Errs unless every tensor lies within the arena: a layout built by hand (its fields are
+    /// public) may not, and then no arena of it can be read or written.
+    pub fn check(&self) -> Result<()> {
+        for (i, d) in self.dense.iter().enumerate() {
+            let weight_end = d
+                .fan_in
+                .checked_mul(d.fan_out)
+                .and_then(|n| n.checked_add(d.weight));
+            let bias_end = d.bias.checked_add(d.fan_out);
+            for (what, end) in [("weight", weight_end), ("bias", bias_end)] {
+                if end.is_none_or(|e| e > self.len) {
+                    return Err(KilnError::invalid(
+                        format!("layout.dense[{i}]"),
+                        format!(
+                            "its {what} ends past the arena of {} floats (a layout not made by \
+                             Sequential::param_layout?)",
+                            self.len
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -149,6 +149,7 @@ pub fn serialize(
     arenas: &[(&str, &[f32])],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<Vec<u8>> {
+    layout.check()?;
     let mut bytes: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for (prefix, arena) in arenas {
         crate::ops::check_len(
@@ -212,7 +213,7 @@ fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
 /// use kiln::{Layer, Loss, Sequential, weights};
 /// let model = Sequential::new(3, vec![Layer::Dense { out: 2 }], Loss::Mse)?;
 /// let layout = model.param_layout(kiln::train::PARAM_ALIGN);
-/// let params = model.init_params(&layout, 0);
+/// let params = model.init_params(&layout, 0)?;
 /// let path = std::env::temp_dir().join("kiln-doc-weights.safetensors");
 /// weights::save(&path, &layout, &params, None)?; // layers.0.weight [2, 3], layers.0.bias [2]
 /// assert_eq!(weights::load(&path, &layout)?, params);
@@ -232,6 +233,7 @@ pub fn save(
 /// Loads `path` into a parameter arena of `layout`. Every missing, unexpected, wrongly shaped
 /// or non-f32 tensor is listed in one error.
 pub fn load(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
+    layout.check()?;
     let bytes = std::fs::read(path).map_err(|e| KilnError::file(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| KilnError::file(path, format!("not a valid safetensors file: {e}")))?;
@@ -387,7 +389,7 @@ mod tests {
     fn save_and_load_round_trip_in_sequential_layout() {
         let m = model(&[4, 2]);
         let layout = m.param_layout(64);
-        let params = m.init_params(&layout, 1);
+        let params = m.init_params(&layout, 1).unwrap();
         let path = std::env::temp_dir().join(format!("kiln-w-{}.safetensors", std::process::id()));
         save(&path, &layout, &params, None).unwrap();
         let bytes = std::fs::read(&path).unwrap();
@@ -414,7 +416,7 @@ mod tests {
     fn the_same_content_gives_the_same_bytes() {
         let m = model(&[4, 2]);
         let layout = m.param_layout(64);
-        let params = m.init_params(&layout, 1);
+        let params = m.init_params(&layout, 1).unwrap();
         let meta: HashMap<String, String> = (0..20)
             .map(|i| (format!("kiln.key{i}"), format!("[{i}]")))
             .collect();
@@ -440,7 +442,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("kiln-w2-{}.safetensors", std::process::id()));
         let other = model(&[5, 2, 1]);
         let l = other.param_layout(64);
-        save(&path, &l, &other.init_params(&l, 0), None).unwrap();
+        save(&path, &l, &other.init_params(&l, 0).unwrap(), None).unwrap();
         let e = load(&path, &model(&[4, 2]).param_layout(64))
             .unwrap_err()
             .to_string();
@@ -475,7 +477,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("kiln-w3-{}.safetensors", std::process::id()));
         let m = model(&[2]);
         let layout = m.param_layout(64);
-        let params = m.init_params(&layout, 0);
+        let params = m.init_params(&layout, 0).unwrap();
         let write = |names: &[(&str, usize)]| {
             let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = names
                 .iter()

@@ -283,6 +283,20 @@ fn bad_models_are_errors() {
     );
     let e = message(Loss::from_name("hinge"));
     assert!(e.contains("unknown loss \"hinge\""), "{e}");
+    // A layout built by hand whose tensors pass the arena's end.
+    let model = Sequential::new(3, vec![Layer::Dense { out: 2 }], Loss::Mse).unwrap();
+    let mut layout = model.param_layout(kiln::train::PARAM_ALIGN);
+    layout.dense[0].weight = layout.len - 1;
+    let e = message(model.init_params(&layout, 0));
+    assert!(
+        e.contains("layout.dense[0]") && e.contains("weight ends past"),
+        "{e}"
+    );
+    let params = vec![0.0; layout.len];
+    let path = std::env::temp_dir().join(format!("kiln-bad-layout-{}", std::process::id()));
+    let e = message(kiln::weights::save(&path, &layout, &params, None));
+    assert!(e.contains("layout.dense[0]"), "{e}");
+    assert!(!path.exists());
 }
 
 #[test]

@@ -610,7 +610,7 @@ fn the_readmes_optimizer_examples_parse() {
 fn format_one_checkpoints_still_load() {
     let model = model();
     let layout = model.param_layout(PARAM_ALIGN);
-    let params = model.init_params(&layout, 0);
+    let params = model.init_params(&layout, 0).unwrap();
     let momentum: Vec<f32> = (0..layout.len).map(|i| i as f32 * 1e-3).collect();
     // Stepped once per update, as a per-update schedule of 7 updates is.
     let mut schedule = Scheduler::fixed(0.1).unwrap();

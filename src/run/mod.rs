@@ -583,7 +583,7 @@ impl Run {
         let layout = p.model.param_layout(PARAM_ALIGN);
         let params = match init {
             Some(path) => weights::load(path, &layout)?,
-            None => p.model.init_params(&layout, config.data.seed),
+            None => p.model.init_params(&layout, config.data.seed)?,
         };
         let schedule = p.scheduler(&config)?;
         let trainer = Trainer::with_params(

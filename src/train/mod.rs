@@ -308,7 +308,7 @@ impl Trainer {
     ) -> Result<Self> {
         check_memory(device, &model, &options)?;
         let layout = model.param_layout(PARAM_ALIGN);
-        let params = model.init_params(&layout, options.seed);
+        let params = model.init_params(&layout, options.seed)?;
         Self::with_params(device, model, options, schedule, params)
     }
 
