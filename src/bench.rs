@@ -827,6 +827,29 @@ fn bench_epoch(device: &Device, options: BenchOptions) -> Result<Vec<BenchRow>> 
 /// drains as in an epoch.
 const STEP_RUN: usize = 20;
 
+/// Runs of [`STEP_RUN`] calls of `step` and one wait for the device (a read of the losses),
+/// after one warm-up run: the median time per step and each run's host time per step.
+fn time_step_runs(
+    trainer: &mut Trainer,
+    mut step: impl FnMut(&mut Trainer) -> Result<()>,
+) -> Result<(f64, Vec<f64>)> {
+    let mut host = Vec::new();
+    let t = measure(1, REPS, || {
+        let start = Instant::now();
+        let mut host_time = 0.0;
+        for _ in 0..STEP_RUN {
+            let t0 = Instant::now();
+            step(trainer)?;
+            host_time += t0.elapsed().as_secs_f64();
+        }
+        host.push(host_time / STEP_RUN as f64);
+        // Submits what is still queued and waits for it.
+        trainer.losses()?;
+        Ok(start.elapsed().as_secs_f64() / STEP_RUN as f64)
+    })?;
+    Ok((t, host))
+}
+
 /// The MLP steps `train_step` and `profile` measure: (input, widths, batch).
 fn step_cases(options: BenchOptions) -> Vec<(usize, Vec<usize>, usize)> {
     let mut cases = vec![(64usize, vec![128usize, 10], 32usize)];
@@ -874,19 +897,8 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
         ));
 
         // The same steps in a loop: the wait only at the end.
-        let mut host = Vec::new();
-        let t = measure(1, REPS, || {
-            let start = Instant::now();
-            let mut host_time = 0.0;
-            for _ in 0..STEP_RUN {
-                let t0 = Instant::now();
-                trainer.step(&x, Targets::Classes(&labels))?;
-                host_time += t0.elapsed().as_secs_f64();
-            }
-            host.push(host_time / STEP_RUN as f64);
-            // Submits what is still queued and waits for it.
-            trainer.losses()?;
-            Ok(start.elapsed().as_secs_f64() / STEP_RUN as f64)
+        let (t, host) = time_step_runs(&mut trainer, |t| {
+            t.step(&x, Targets::Classes(&labels)).map(|_| ())
         })?;
         rows.push(wall_row(
             measured(StepSource::HostLoop),
@@ -900,20 +912,7 @@ fn bench_train_step(device: &Device, options: BenchOptions) -> Result<Vec<BenchR
         // The same batch resident: what a step from a device data set costs, host and device.
         trainer.load_data(&x, Targets::Classes(&labels))?;
         trainer.set_order(&(0..batch as u32).collect::<Vec<_>>())?;
-        let mut host = Vec::new();
-        let t = measure(1, REPS, || {
-            let start = Instant::now();
-            let mut host_time = 0.0;
-            for _ in 0..STEP_RUN {
-                let t0 = Instant::now();
-                trainer.step_data(0, batch)?;
-                host_time += t0.elapsed().as_secs_f64();
-            }
-            host.push(host_time / STEP_RUN as f64);
-            // Submits what is still queued and waits for it.
-            trainer.losses()?;
-            Ok(start.elapsed().as_secs_f64() / STEP_RUN as f64)
-        })?;
+        let (t, host) = time_step_runs(&mut trainer, |t| t.step_data(0, batch).map(|_| ()))?;
         rows.push(wall_row(
             measured(StepSource::Resident),
             device,

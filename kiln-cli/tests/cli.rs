@@ -389,16 +389,21 @@ fn killed_run_resumes(name: &str, run_text: &str) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn a_non_finite_loss_stops_the_run_or_is_skipped() {
-    // A linear model on features of 1e30: every squared error overflows to inf.
-    let csv = "x0,x1,y\n1e30,1e30,1\n-1e30,1e30,0\n1e30,-1e30,1\n";
-    let run = REGRESSION_RUN
+/// REGRESSION_RUN as one linear layer on every row: a feature of 1e30 overflows its loss.
+fn linear_run() -> String {
+    REGRESSION_RUN
         .replace("validation = 0.25", "validation = 0.0")
         .replace(
             r#"[{ dense = 8 }, "tanh", { dense = 1 }]"#,
             "[{ dense = 1 }]",
-        );
+        )
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_or_is_skipped() {
+    // A linear model on features of 1e30: every squared error overflows to inf.
+    let csv = "x0,x1,y\n1e30,1e30,1\n-1e30,1e30,0\n1e30,-1e30,1\n";
+    let run = linear_run();
     let dir = run_dir("nan", csv, &run);
     let e = stderr_of_failure(&kiln(&[
         "train",
@@ -482,12 +487,7 @@ fn a_run_that_skipped_bad_losses_resumes_from_its_checkpoint() {
     // Two rows of four overflow the squared error; batches of one row, four to an epoch:
     // three updates take at least one of each.
     let csv = "x0,x1,y\n1,2,1\n1e30,1e30,0\n2,1,1\n-1e30,1e30,0\n";
-    let run = REGRESSION_RUN
-        .replace("validation = 0.25", "validation = 0.0")
-        .replace(
-            r#"[{ dense = 8 }, "tanh", { dense = 1 }]"#,
-            "[{ dense = 1 }]",
-        )
+    let run = linear_run()
         .replace(
             "kind = \"step\"\nstep_size = 10\ngamma = 0.5",
             "kind = \"reduce_on_plateau\"",
