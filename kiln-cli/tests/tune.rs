@@ -59,6 +59,12 @@ fn tune_times_every_tile_shape_and_caches_the_choice() {
         listing.contains("matmul tiles not measured yet"),
         "{listing}"
     );
+    // lavapipe's loop cap is listed where it applies, and only there.
+    assert_eq!(
+        listing.contains("loop cap     65535 iterations per shader thread"),
+        listing.contains("llvmpipe"),
+        "{listing}"
+    );
 
     let out = kiln(
         &["bench", "--device", "gpu", "--ops", "matmul", "--quick"],

@@ -119,6 +119,19 @@ pub fn is_hardware(info: &wgpu::AdapterInfo) -> bool {
     )
 }
 
+/// Mesa's llvmpipe loop cap (`LP_MAX_TGSI_LOOP_ITERATIONS`): see [`loop_limit`].
+pub const LLVMPIPE_LOOP_LIMIT: u64 = 65_535;
+
+/// The most loop iterations one shader invocation may run in all on this adapter, where the
+/// driver cuts loops short: Mesa's llvmpipe (lavapipe, and its GL driver) ends every loop of
+/// an invocation once 65,535 iterations have run, counting all its loops together, and the
+/// results are silently wrong. `None`: no such limit.
+pub fn loop_limit(info: &wgpu::AdapterInfo) -> Option<u64> {
+    info.name
+        .contains("llvmpipe")
+        .then_some(LLVMPIPE_LOOP_LIMIT)
+}
+
 fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
 }

@@ -88,9 +88,6 @@ impl std::fmt::Debug for GpuContext {
     }
 }
 
-/// Mesa's llvmpipe loop cap (`LP_MAX_TGSI_LOOP_ITERATIONS`): see [`GpuContext::loop_limit`].
-pub const LLVMPIPE_LOOP_LIMIT: u64 = 65_535;
-
 impl GpuContext {
     /// Opens the adapter `opts` asks for, with all of its limits (wgpu's defaults would cap
     /// buffers at 256 MiB) and the optional features Kiln can use.
@@ -211,15 +208,9 @@ impl GpuContext {
         self.features
     }
 
-    /// The most loop iterations one shader invocation may run in all, where the driver cuts
-    /// loops short: Mesa's llvmpipe (lavapipe) ends every loop of an invocation once 65,535
-    /// iterations have run, counting all its loops together, and the results are silently
-    /// wrong. `None`: no such limit.
+    /// The most loop iterations one shader invocation may run in all ([`adapter::loop_limit`]).
     pub fn loop_limit(&self) -> Option<u64> {
-        self.info
-            .name
-            .contains("llvmpipe")
-            .then_some(LLVMPIPE_LOOP_LIMIT)
+        adapter::loop_limit(&self.info)
     }
 
     /// Errs, naming `what`, if a kernel whose invocations run up to `iterations` loop

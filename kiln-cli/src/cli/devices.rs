@@ -57,6 +57,12 @@ pub fn devices(opts: &AdapterOptions) -> Result<()> {
             yes(kiln::wgpu::Features::SHADER_F16),
             yes(kiln::wgpu::Features::TIMESTAMP_QUERY)
         )?;
+        if let Some(limit) = adapter::loop_limit(&info) {
+            outln!(
+                "    loop cap     {limit} iterations per shader thread (kernels that would \
+                 reach it are refused)"
+            )?;
+        }
         let cached = matmul_tiles::cache_dir().and_then(|dir| {
             matmul_tiles::load_cached(&dir, &matmul_tiles::adapter_cache_key(&info))
         });
