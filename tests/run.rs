@@ -207,6 +207,12 @@ schedules = [{ kind = "cosine_annealing", t_max = 60 }, { kind = "bold_driver", 
             "{e}"
         );
     }
+    // The default monitor written out is the same schedule.
+    let explicit = RUN.replace("[schedule]\n", "[schedule]\nmonitor = \"loss\"\n");
+    assert_ne!(explicit, RUN);
+    let explicit = RunConfig::from_toml(&explicit, "run.toml").unwrap();
+    let resumed = Run::resume(explicit, Path::new("."), &Device::Cpu, &dir, Some(5)).unwrap();
+    assert_eq!(resumed.steps_done(), 3);
     let resumed = Run::resume(config, Path::new("."), &Device::Cpu, &dir, Some(5)).unwrap();
     assert_eq!(resumed.steps_done(), 3);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -182,7 +182,7 @@ impl Prepared {
                 })
             }
         };
-        Ok(record)
+        Ok(normalized_record(record))
     }
 
     /// The run's epoch layout, for a checkpoint to hold a resume to.
@@ -505,6 +505,18 @@ pub struct RunState {
     pub best_params: Option<Vec<f32>>,
 }
 
+/// A schedule record with its default spelled one way: `monitor = "loss"` (the default) and no
+/// monitor are the same schedule, whichever a run file (or a checkpoint's record) has.
+fn normalized_record(mut record: serde_json::Value) -> serde_json::Value {
+    let default = serde_json::to_value(kiln_schedule::Monitor::default()).ok();
+    if let Some(m) = record.get_mut("monitor")
+        && Some(&*m) == default.as_ref()
+    {
+        *m = serde_json::Value::Null;
+    }
+    record
+}
+
 /// What decides which rows each update of a run takes: a run resumed under another layout
 /// would not continue where it stopped.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -624,7 +636,7 @@ impl Run {
         // The checkpoint's schedule carries on, with its state; the run file's must be the
         // one it was made from (a checkpoint from before this check was kept has no record).
         if let Some(recorded) = &run_state.schedule
-            && p.schedule_record(&config)? != *recorded
+            && p.schedule_record(&config)? != normalized_record(recorded.clone())
         {
             return Err(KilnError::invalid(
                 "schedule",
