@@ -525,6 +525,20 @@ fn a_run_that_skipped_bad_losses_resumes_from_its_checkpoint() {
     assert!(meta.contains(r#""inf""#), "{meta}");
     let out = train("6", true);
     assert!(out.contains("3 updates"), "{out}");
+    // In order, the fourth row (bad) alone in a resumed part: every update of that part is
+    // skipped, and it still ends as a run (the updates before it trained).
+    std::fs::write(
+        &run_file,
+        run.replace("validation = 0.0", "validation = 0.0\nshuffle = false"),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&ck).unwrap();
+    train("3", false);
+    let out = train("4", true);
+    assert!(
+        out.contains("1 updates") && out.contains("1 skipped"),
+        "{out}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -527,10 +527,29 @@ fn bad_checkpoints() {
     fails(
         &dir,
         &[
-            "train", "r.toml", "--device", "cpu", "--resume", "ck", "--steps", "4",
+            "train", "r.toml", "--device", "cpu", "--resume", "ck", "--steps", "3",
         ],
-        &["train.steps", "at update 4", "nothing is left to train"],
+        &["train.steps", "at update 4, past the 3"],
     );
+    // At the run's end: it finishes (and saves) without an update.
+    let o = run(
+        &dir,
+        &[
+            "train",
+            "r.toml",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--resume",
+            "ck",
+            "--steps",
+            "4",
+            "--save",
+            "w4.safetensors",
+        ],
+    );
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(dir.join("w4.safetensors").exists());
     let text = run_file(MODEL, DATA_CFG, OPT, SCHEDULE, "steps = 4\nbatch_size = 1");
     std::fs::write(dir.join("r1.toml"), text).unwrap();
     fails(

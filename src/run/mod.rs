@@ -702,13 +702,14 @@ impl Run {
                 format!("{why} (a damaged checkpoint?)"),
             ));
         }
-        if steps >= p.total_steps {
+        // At the run's end is fine (a run that stopped before saving finishes and saves);
+        // past it, the run asks for weights it cannot give.
+        if steps > p.total_steps {
             return Err(KilnError::invalid(
                 "train.steps",
                 format!(
-                    "the checkpoint in {} is at update {steps} and the run makes {} in all: \
-                     nothing is left to train (ask for more with train.steps, train.epochs or \
-                     --steps)",
+                    "the checkpoint in {} is at update {steps}, past the {} the run makes in \
+                     all (ask for at least {steps} with train.steps, train.epochs or --steps)",
                     dir.display(),
                     p.total_steps
                 ),

@@ -253,7 +253,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         if let Some(log) = &mut log {
             log.flush()?;
         }
-        if skipped == done - start {
+        // A run from its start that trained nothing failed; a resumed part of a run whose
+        // every update was skipped still carries the updates before it, and its checkpoint.
+        if skipped == done - start && start == 0 {
             bail!(
                 "every one of the {skipped} updates had a non-finite loss and was skipped: nothing was trained (lower the learning rate, or check the data)"
             );
