@@ -479,6 +479,43 @@ fn a_non_finite_loss_stops_the_run_or_is_skipped() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// one_cycle's three phases, linear, end below zero one update past `total_steps`: a run of
+/// exactly `total_steps` updates ends, saves and checkpoints (as PyTorch's loop does, which
+/// never uses that rate); resuming it for more is refused, naming the rate.
+#[test]
+fn a_schedule_with_no_rate_past_the_last_update_still_ends() {
+    let run = REGRESSION_RUN.replace(
+        "kind = \"step\"\nstep_size = 10\ngamma = 0.5",
+        "kind = \"one_cycle\"\nmax_lr = 0.1\ntotal_steps = 30\nthree_phase = true\nanneal_strategy = \"linear\"",
+    );
+    assert!(run.contains("one_cycle"));
+    let dir = run_dir("one-cycle-end", &regression_csv(), &run);
+    let (save, ck) = (dir.join("w.safetensors"), dir.join("ck"));
+    stdout(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+        "--save",
+        arg(&save),
+        "--checkpoint-dir",
+        arg(&ck),
+    ]));
+    assert!(save.exists());
+    let e = stderr_of_failure(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+        "--resume",
+        arg(&ck),
+        "--steps",
+        "31",
+    ]));
+    assert!(e.contains("the rate for update 30 is -"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A run that skipped non-finite losses (`--on-nan skip`) checkpoints them and resumes: the
 /// current epoch's losses and the observations a per-update schedule has yet to see keep
 /// their infinities (serde_json alone writes them as null, which did not read back).

@@ -844,7 +844,13 @@ impl Run {
                 loss: self.epoch_monitor.and_then(value),
                 grad_norm_sq: None,
             };
-            self.trainer.end_epoch(&observation)?;
+            if let Err(e) = self.trainer.end_epoch(&observation)
+                && done < self.total_steps
+            {
+                // The rate an epoch's end sets is for the next epoch. After the run's last
+                // update none uses it (and the trainer refuses any update that would).
+                return Err(e);
+            }
         }
         // "Best" is early stopping's improvement (its monitor, mode and min_delta), so
         // --save-best keeps what restore_best would restore; without early stopping, the

@@ -605,11 +605,13 @@ impl Trainer {
             Backend::Cpu(s) => s.step(source, batch, lr)?,
             Backend::Gpu(s) => s.step(source, batch, lr)?,
         }
-        // Counted before the schedule steps: if it fails (a rate it cannot give), the update
-        // has still happened, and the losses and checkpoints must say so.
         self.steps += 1;
         if per_update && !observed {
-            self.step_schedule(&Observation::default())?;
+            // The rate this step gives is the next update's. If it cannot give one, that
+            // update is refused (`check_schedule`, with why), not this one, which happened: a
+            // run whose schedule has no rate past its last update (one_cycle's three phases
+            // end below zero) still ends, saves and checkpoints.
+            let _recorded_in_schedule_failed = self.step_schedule(&Observation::default());
         }
         Ok(lr)
     }
