@@ -70,18 +70,39 @@ fn register_font() {
     });
 }
 
-/// Draws `panels` into `path` (`.png` or `.svg`), 1000 px wide, 400 px per panel. The image
-/// is drawn in memory and written atomically: a plot that fails leaves an earlier file whole.
-pub fn plot(path: &Path, panels: &[Panel]) -> Result<()> {
-    register_font();
-    let size = (1000, 400 * panels.len().max(1) as u32);
+/// The image formats a plot is written in, by the file's extension.
+enum Format {
+    Png,
+    Svg,
+}
+
+/// The format of a plot written to `path`; an error naming it if it is neither `.png` nor
+/// `.svg`. Callers check it before their other output, so a bad name fails first.
+pub fn check_plot_path(path: &Path) -> Result<()> {
+    format_of(path).map(|_| ())
+}
+
+fn format_of(path: &Path) -> Result<Format> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("png") => Ok(Format::Png),
+        Some("svg") => Ok(Format::Svg),
+        _ => Err(KilnError::file(path, "plot files must end in .png or .svg")),
+    }
+}
+
+/// Draws `panels` into `path` (`.png` or `.svg`), 1000 px wide, 400 px per panel. The image
+/// is drawn in memory and written atomically: a plot that fails leaves an earlier file whole.
+pub fn plot(path: &Path, panels: &[Panel]) -> Result<()> {
+    let format = format_of(path)?;
+    register_font();
+    let size = (1000, 400 * panels.len().max(1) as u32);
     let failed = |e: String| KilnError::file(path, format!("drawing the plot: {e}"));
-    let bytes = match ext.as_deref() {
-        Some("png") => {
+    let bytes = match format {
+        Format::Png => {
             let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
             {
                 let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
@@ -95,7 +116,7 @@ pub fn plot(path: &Path, panels: &[Panel]) -> Result<()> {
                 .map_err(|e| failed(e.to_string()))?;
             png
         }
-        Some("svg") => {
+        Format::Svg => {
             let mut svg = String::new();
             {
                 let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
@@ -105,7 +126,6 @@ pub fn plot(path: &Path, panels: &[Panel]) -> Result<()> {
             }
             svg.into_bytes()
         }
-        _ => return Err(KilnError::file(path, "plot files must end in .png or .svg")),
     };
     kiln::weights::write_atomic(path, &bytes)
 }

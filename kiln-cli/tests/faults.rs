@@ -685,6 +685,11 @@ fn bad_outputs() {
         &["schedule", "big.toml", "--steps", "5", "--plot", "p.png"],
         &["p.png", "too large to plot"],
     );
+    fails(
+        &dir,
+        &["schedule", "big.toml", "--steps", "5", "--plot", "p.bmp"],
+        &["p.bmp", "must end in .png or .svg"],
+    );
     assert_eq!(
         std::fs::read(dir.join("p.png")).unwrap(),
         b"an earlier plot"

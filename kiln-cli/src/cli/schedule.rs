@@ -26,8 +26,11 @@ pub fn schedule(args: &ScheduleArgs) -> Result<()> {
             "--steps: at most {MAX_STEPS} rates can be listed (with --batches-per-epoch, steps × batches)"
         );
     };
-    if args.plot.is_some() && listed > MAX_PLOTTED {
-        bail!("--plot: at most {MAX_PLOTTED} rates can be drawn");
+    if let Some(path) = &args.plot {
+        kiln_cli::plot::check_plot_path(path)?;
+        if listed > MAX_PLOTTED {
+            bail!("--plot: at most {MAX_PLOTTED} rates can be drawn");
+        }
     }
     let (mut rates, interval) = rates(&args.file, args.steps, args.observations.as_deref())?;
     let mut unit = "step";
