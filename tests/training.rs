@@ -1086,68 +1086,45 @@ test_device!(
     super::profiled_updates_train_like_plain_ones
 );
 
-/// A schedule that fails to step (a rate it cannot give) after an update: the update is
-/// counted and its loss kept, and the trainer refuses the next update, which would have used
-/// that rate, and every one after it.
+/// A schedule that cannot give the rate after an update (NaN, or a rate finite in f64 but past
+/// the f32 that updates compute in): the update is counted and its loss kept, and the trainer
+/// refuses the next update, which would have used that rate, and every one after it, saying
+/// why.
 #[test]
 fn a_schedule_that_fails_stops_the_trainer_consistently() {
     use kiln::schedule::Schedule;
-    let model = Sequential::new(2, vec![Layer::Dense { out: 1 }], Loss::Mse).unwrap();
-    let opts = TrainOptions {
-        max_batch: 2,
-        ..Default::default()
-    };
-    let schedule = Scheduler::new(
-        0.1,
-        Schedule::lambda(|t| if t >= 1 { f64::NAN } else { 1.0 }),
-    )
-    .unwrap();
-    let mut trainer = Trainer::new(&Device::Cpu, model, opts, schedule).unwrap();
-    let (x, y) = ([0.5, 0.25, -0.5, 1.0], [1.0, 0.0]);
-    trainer.step(&x, Targets::Values(&y)).unwrap();
-    assert_eq!(trainer.steps(), 1);
-    assert_eq!(trainer.losses().unwrap().len(), 1);
-    let params = trainer.parameters().unwrap();
-    for _ in 0..2 {
-        let e = trainer
-            .step(&x, Targets::Values(&y))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("failed to step after update 0") && e.contains("NaN"),
-            "{e}"
-        );
-        assert_eq!(trainer.steps(), 1);
-        assert_eq!(trainer.parameters().unwrap(), params);
-    }
-}
-
-/// A rate finite in f64 but past f32's range (the schedules compute in f64, updates in f32):
-/// the update is refused before it runs, and so is every later one.
-#[test]
-fn a_rate_past_f32_is_refused_before_the_update() {
-    use kiln::schedule::Schedule;
-    let model = Sequential::new(2, vec![Layer::Dense { out: 1 }], Loss::Mse).unwrap();
-    let opts = TrainOptions {
-        max_batch: 2,
-        ..Default::default()
-    };
-    let schedule =
-        Scheduler::new(0.1, Schedule::lambda(|t| if t >= 1 { 1e300 } else { 1.0 })).unwrap();
-    let mut trainer = Trainer::new(&Device::Cpu, model, opts, schedule).unwrap();
-    let (x, y) = ([0.5, 0.25, -0.5, 1.0], [1.0, 0.0]);
-    trainer.step(&x, Targets::Values(&y)).unwrap();
-    let params = trainer.parameters().unwrap();
-    for _ in 0..2 {
-        let e = trainer
-            .step(&x, Targets::Values(&y))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("schedule") && e.contains("the rate for update 1 is 1e299"),
-            "{e}"
-        );
-        assert_eq!(trainer.steps(), 1);
-        assert_eq!(trainer.parameters().unwrap(), params);
+    for (factor, wanted) in [
+        (f64::NAN, "NaN"),
+        (1e300, "the rate for update 1 is 1e299, past f32's largest"),
+    ] {
+        let model = Sequential::new(2, vec![Layer::Dense { out: 1 }], Loss::Mse).unwrap();
+        let opts = TrainOptions {
+            max_batch: 2,
+            ..Default::default()
+        };
+        let schedule = Scheduler::new(
+            0.1,
+            Schedule::lambda(move |t| if t >= 1 { factor } else { 1.0 }),
+        )
+        .unwrap();
+        let mut trainer = Trainer::new(&Device::Cpu, model, opts, schedule).unwrap();
+        let (x, y) = ([0.5, 0.25, -0.5, 1.0], [1.0, 0.0]);
+        trainer.step(&x, Targets::Values(&y)).unwrap();
+        assert_eq!(trainer.losses().unwrap().len(), 1);
+        let params = trainer.parameters().unwrap();
+        for attempt in 0..2 {
+            let e = trainer
+                .step(&x, Targets::Values(&y))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("schedule") && e.contains(wanted), "{e}");
+            // Refused again, as failed after update 0.
+            assert!(
+                attempt == 0 || e.contains("failed to step after update 0"),
+                "{e}"
+            );
+            assert_eq!(trainer.steps(), 1);
+            assert_eq!(trainer.parameters().unwrap(), params);
+        }
     }
 }
