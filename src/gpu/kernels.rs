@@ -572,43 +572,55 @@ pub(crate) fn matmul(
     Ok(vec![product, sum])
 }
 
-/// The most loop iterations a thread of [`matmul`] runs for `dims` and `tile` (see
-/// `GpuContext::loop_limit`): every k of its run (a driver that does not unroll the inner
-/// loop counts each), and per tile step its fetches and stashes into workgroup memory.
-pub(crate) fn matmul_loops(dims: MatmulDims, tile: TileConfig) -> u64 {
+/// A kernel's name as refusals give it, and the most loop iterations a thread of it runs (see
+/// `GpuContext::check_loops`).
+pub(crate) type Loops = (String, u64);
+
+/// [`Loops`] of [`matmul`] for `dims` and `tile`: every k of a thread's run (a driver that
+/// does not unroll the inner loop counts each), and per tile step its fetches and stashes into
+/// workgroup memory.
+pub(crate) fn matmul_loops(dims: MatmulDims, tile: TileConfig) -> Loops {
     let (k_chunk, splits) = split_chunks(dims, tile);
     let run = if splits > 1 { k_chunk } else { dims.k } as u64;
     let threads = tile.threads() as u64;
     let loads = (tile.bk as u64 * (tile.bm + tile.bn) as u64 / 4).div_ceil(threads);
-    run + run.div_ceil(tile.bk as u64) * 2 * loads + 64
+    (
+        format!("matmul {}x{}x{}", dims.m, dims.n, dims.k),
+        run + run.div_ceil(tile.bk as u64) * 2 * loads + 64,
+    )
 }
 
-/// The most loop iterations a thread of an activation over rows of `cols` runs: softmax
-/// walks its row three times forward (max, sum, scale) and twice backward; the rest none.
-pub(crate) fn activation_loops(act: Activation, cols: usize, backward: bool) -> u64 {
-    match act {
-        Activation::Softmax if backward => 2 * cols as u64,
-        Activation::Softmax => 3 * cols as u64,
+/// [`Loops`] of an activation over rows of `cols`: softmax walks its row three times forward
+/// (max, sum, scale) and twice backward; the rest none.
+pub(crate) fn activation_loops(act: Activation, cols: usize, backward: bool) -> Loops {
+    let walks = match act {
+        Activation::Softmax if backward => 2,
+        Activation::Softmax => 3,
         _ => 0,
-    }
+    };
+    (act.name().to_string(), walks * cols as u64)
 }
 
-/// The most loop iterations a thread of [`loss`] runs over `len` outputs in rows of `cols`:
-/// cross-entropy's terms walk a row three times; the sum's one workgroup takes every 256th
-/// term, then halves eight times.
-pub(crate) fn loss_loops(loss: Loss, len: usize, cols: usize) -> u64 {
+/// [`Loops`] of [`loss`] over `len` outputs in rows of `cols`: cross-entropy's terms walk a
+/// row three times; the sum's one workgroup takes every 256th term, then halves eight times.
+pub(crate) fn loss_loops(loss: Loss, len: usize, cols: usize) -> Loops {
     let (row, count) = if loss == Loss::CrossEntropy {
         (3 * cols as u64, (len / cols.max(1)) as u64)
     } else {
         (0, len as u64)
     };
-    row.max(count.div_ceil(256) + 8)
+    (
+        format!("{} loss", loss.name()),
+        row.max(count.div_ceil(256) + 8),
+    )
 }
 
-/// The most loop iterations a thread of [`bias_grad`] runs over `rows` rows: a part's rows,
-/// or the parts' sums.
-pub(crate) fn bias_loops(rows: usize) -> u64 {
-    (crate::cpu::bias::ROWS_PER_PART as u64).max(bias_parts(rows) as u64)
+/// [`Loops`] of [`bias_grad`] over `rows` rows: a part's rows, or the parts' sums.
+pub(crate) fn bias_loops(rows: usize) -> Loops {
+    (
+        "bias gradient".to_string(),
+        (crate::cpu::bias::ROWS_PER_PART as u64).max(bias_parts(rows) as u64),
+    )
 }
 
 /// Floats of partial products the launches of [`matmul`] recorded for `recorded` and `tile`

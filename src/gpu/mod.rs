@@ -213,12 +213,12 @@ impl GpuContext {
         adapter::loop_limit(&self.info)
     }
 
-    /// Errs, naming `what`, if a kernel whose invocations run up to `iterations` loop
-    /// iterations would be cut short by [`GpuContext::loop_limit`].
-    pub fn check_loops(&self, what: &str, iterations: u64) -> Result<()> {
+    /// Errs, naming the kernel, if one whose threads run up to `iterations` loop iterations
+    /// (`kernels::matmul_loops` & co.) would be cut short by [`GpuContext::loop_limit`].
+    pub(crate) fn check_loops(&self, (what, iterations): kernels::Loops) -> Result<()> {
         match self.loop_limit() {
             Some(limit) if iterations > limit => Err(KilnError::invalid(
-                what,
+                &what,
                 format!(
                     "a thread of its kernel runs up to {iterations} loop iterations, and {} \
                      ends a thread's loops after {limit}: its results would be wrong. Use a \

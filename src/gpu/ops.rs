@@ -371,10 +371,7 @@ impl GpuContext {
             Some(tile) => tile,
             None => self.matmul_tile(dims, t)?,
         };
-        self.check_loops(
-            &format!("matmul {}x{}x{}", dims.m, dims.n, dims.k),
-            kernels::matmul_loops(dims, tile),
-        )?;
+        self.check_loops(kernels::matmul_loops(dims, tile))?;
         let mut launches = kernels::matmul(t, dims, dims, bias.is_some(), tile, self.max_dim())?;
         launches = match act {
             None => launches,
@@ -410,7 +407,7 @@ impl GpuContext {
     }
 
     pub(crate) fn bias_grad(&self, dy: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
-        self.check_loops("bias gradient", kernels::bias_loops(rows))?;
+        self.check_loops(kernels::bias_loops(rows))?;
         let launches = kernels::bias_grad(rows, cols, rows, self.max_dim())?;
         let dy_buf = self.upload("dy", dy)?;
         let db = self.storage_buffer("db", cols)?;
@@ -435,7 +432,7 @@ impl GpuContext {
         x: &[f32],
         cols: usize,
     ) -> Result<Vec<f32>> {
-        self.check_loops(act.name(), kernels::activation_loops(act, cols, false))?;
+        self.check_loops(kernels::activation_loops(act, cols, false))?;
         let x_buf = self.upload("x", x)?;
         let y = self.storage_buffer("y", x.len())?;
         let launch = kernels::activation_forward(act, x.len(), cols, self.max_dim());
@@ -451,7 +448,7 @@ impl GpuContext {
         dy: &[f32],
         cols: usize,
     ) -> Result<Vec<f32>> {
-        self.check_loops(act.name(), kernels::activation_loops(act, cols, true))?;
+        self.check_loops(kernels::activation_loops(act, cols, true))?;
         let x_buf = self.upload("x", x)?;
         let y_buf = self.upload("y", y)?;
         let dy_buf = self.upload("dy", dy)?;
@@ -475,10 +472,7 @@ impl GpuContext {
         targets: Targets,
         cols: usize,
     ) -> Result<(f32, Vec<f32>)> {
-        self.check_loops(
-            &format!("{} loss", loss.name()),
-            kernels::loss_loops(loss, output.len(), cols),
-        )?;
+        self.check_loops(kernels::loss_loops(loss, output.len(), cols))?;
         let out_buf = self.upload("output", output)?;
         let target_buf = self.upload("targets", &kernels::targets_as_f32(targets))?;
         let terms = self.storage_buffer("loss terms", output.len())?;

@@ -410,32 +410,23 @@ impl GpuStep {
         // Kernels a driver would cut short (lavapipe's loop cap) are refused before anything
         // is allocated.
         for (instr, tile) in program.step.iter().zip(&tiles) {
-            let (what, loops) = match (*instr, tile) {
+            let loops = match (*instr, tile) {
                 (Instr::Matmul { m, n, k, .. }, Some(tile)) => {
-                    let dims = Instr::matmul_dims(m, n, k, max_batch);
-                    (
-                        format!("matmul {}x{}x{}", dims.m, dims.n, dims.k),
-                        kernels::matmul_loops(dims, *tile),
-                    )
+                    kernels::matmul_loops(Instr::matmul_dims(m, n, k, max_batch), *tile)
                 }
-                (Instr::ActForward { act, cols, .. }, _) => (
-                    act.name().to_string(),
-                    kernels::activation_loops(act, cols, false),
-                ),
-                (Instr::ActBackward { act, cols, .. }, _) => (
-                    act.name().to_string(),
-                    kernels::activation_loops(act, cols, true),
-                ),
-                (Instr::Loss { cols, .. }, _) => (
-                    format!("{} loss", model.loss().name()),
-                    kernels::loss_loops(model.loss(), max_batch * cols, cols),
-                ),
-                (Instr::BiasGrad { .. }, _) => {
-                    ("bias gradient".to_string(), kernels::bias_loops(max_batch))
+                (Instr::ActForward { act, cols, .. }, _) => {
+                    kernels::activation_loops(act, cols, false)
                 }
+                (Instr::ActBackward { act, cols, .. }, _) => {
+                    kernels::activation_loops(act, cols, true)
+                }
+                (Instr::Loss { cols, .. }, _) => {
+                    kernels::loss_loops(model.loss(), max_batch * cols, cols)
+                }
+                (Instr::BiasGrad { .. }, _) => kernels::bias_loops(max_batch),
                 _ => continue,
             };
-            ctx.check_loops(&what, loops)?;
+            ctx.check_loops(loops)?;
         }
         let widths = model.widths();
         let last = widths.len() - 1;
