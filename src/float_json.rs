@@ -44,26 +44,17 @@ fn value<E: serde::de::Error>(stored: Stored) -> Result<Option<f64>, E> {
     }
 }
 
-struct F32(f32);
+/// A number as it is written: itself (f32 or f64, serde_json's shortest form for its width)
+/// when finite, else its name.
+struct Written<T>(T);
 
-impl Serialize for F32 {
+impl<T: Serialize + Copy + Into<f64>> Serialize for Written<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0.is_finite() {
-            s.serialize_f32(self.0)
+        let v: f64 = self.0.into();
+        if v.is_finite() {
+            self.0.serialize(s)
         } else {
-            s.serialize_str(text(self.0 as f64))
-        }
-    }
-}
-
-struct F64(f64);
-
-impl Serialize for F64 {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0.is_finite() {
-            s.serialize_f64(self.0)
-        } else {
-            s.serialize_str(text(self.0))
+            s.serialize_str(text(v))
         }
     }
 }
@@ -73,7 +64,7 @@ pub mod f32s {
     use super::*;
 
     pub fn serialize<S: Serializer>(values: &[f32], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(values.iter().map(|&v| F32(v)))
+        s.collect_seq(values.iter().map(|&v| Written(v)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
@@ -87,8 +78,8 @@ pub mod f32s {
 
 #[derive(Serialize)]
 struct ObservationOut {
-    loss: Option<F64>,
-    grad_norm_sq: Option<F64>,
+    loss: Option<Written<f64>>,
+    grad_norm_sq: Option<Written<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -112,8 +103,8 @@ pub mod observations {
             (
                 u,
                 ObservationOut {
-                    loss: o.loss.map(F64),
-                    grad_norm_sq: o.grad_norm_sq.map(F64),
+                    loss: o.loss.map(Written),
+                    grad_norm_sq: o.grad_norm_sq.map(Written),
                 },
             )
         }))

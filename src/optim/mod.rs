@@ -539,16 +539,23 @@ impl StateBlock {
     }
 }
 
+/// Why `v`, finite in f64, cannot be used by an update, which computes in f32 (where it would
+/// be inf): "past f32's largest value …"; `None` if it can.
+pub(crate) fn past_f32(v: f64) -> Option<String> {
+    (v.abs() > f32::MAX as f64 && v.is_finite()).then(|| {
+        format!(
+            "past f32's largest value ({:e}), which updates compute in",
+            f32::MAX
+        )
+    })
+}
+
 /// PyTorch's constructor check for a value that must be finite and ≥ 0.
 pub(crate) fn check_non_negative(field: &str, v: f64) -> Result<()> {
-    if v > f32::MAX as f64 && v.is_finite() {
-        // The update runs in f32, where it would be inf.
+    if let Some(why) = past_f32(v).filter(|_| v > 0.0) {
         Err(KilnError::invalid(
             format!("optimizer.{field}"),
-            format!(
-                "{v:e} is past f32's largest value ({:e}), which updates compute in",
-                f32::MAX
-            ),
+            format!("{v:e} is {why}"),
         ))
     } else if v.is_finite() && v >= 0.0 {
         Ok(())

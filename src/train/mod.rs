@@ -589,15 +589,10 @@ impl Trainer {
         }
         // Finite and ≥ 0: the scheduler checks every rate it gives, in f64.
         let lr = self.schedule.lr();
-        if lr > f32::MAX as f64 {
+        if let Some(past) = crate::optim::past_f32(lr) {
             // The schedule cannot go on from a rate no update can use: later updates are
             // refused the same way (`check_schedule`).
-            let why = format!(
-                "the rate for update {} is {lr:e}, past f32's largest value ({:e}), which updates \
-                 compute in",
-                self.steps,
-                f32::MAX
-            );
+            let why = format!("the rate for update {} is {lr:e}, {past}", self.steps);
             self.schedule_failed = Some(why.clone());
             return Err(KilnError::invalid("schedule", why));
         }
