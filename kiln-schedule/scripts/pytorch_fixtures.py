@@ -4,8 +4,10 @@ reference kiln-schedule is tested against. Run in any venv with torch installed:
     python scripts/pytorch_fixtures.py > tests/fixtures/pytorch.json
 
 Each case pairs a Kiln `[schedule]` table with the equivalent PyTorch construction on
-SGD(lr=base). rates[t] is param_groups[0]['lr'] read just before the t-th optimizer.step(),
-with scheduler.step() (or step(metric)) after every update.
+SGD(lr=base) (or Adam(lr=base), where the case says so). rates[t] is param_groups[0]['lr']
+read just before the t-th optimizer.step(), with scheduler.step() (or step(metric)) after every
+update; momenta[t] is the momentum (SGD's `momentum`, Adam's `betas[0]`) read at the same time,
+which CyclicLR and OneCycleLR cycle unless told `cycle_momentum=False`.
 """
 import json
 import math
@@ -17,8 +19,8 @@ from torch.optim import lr_scheduler as S
 CASES = []
 
 
-def case(name, toml, build, steps=60, base=0.1, metrics=None, lr_key=True):
-    CASES.append(dict(name=name, toml=toml, build=build, steps=steps, base=base, metrics=metrics, lr_key=lr_key))
+def case(name, toml, build, steps=60, base=0.1, metrics=None, lr_key=True, adam=False):
+    CASES.append(dict(name=name, toml=toml, build=build, steps=steps, base=base, metrics=metrics, lr_key=lr_key, adam=adam))
 
 
 # --- single schedules ---
@@ -46,16 +48,40 @@ case("warm_restarts", 'kind = "cosine_annealing_warm_restarts"\nt_0 = 5',
      lambda o: S.CosineAnnealingWarmRestarts(o, T_0=5), steps=20)
 case("warm_restarts_mult", 'kind = "cosine_annealing_warm_restarts"\nt_0 = 3\nt_mult = 2\neta_min = 0.01',
      lambda o: S.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2, eta_min=0.01), steps=40)
-case("cyclic_triangular", 'kind = "cyclic"\nbase_lr = 0.01\nmax_lr = 0.1\nstep_size_up = 4',
+case("cyclic_triangular", 'kind = "cyclic"\nbase_lr = 0.01\nmax_lr = 0.1\nstep_size_up = 4\ncycle_momentum = false',
      lambda o: S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=4, cycle_momentum=False), steps=30)
-case("cyclic_triangular2", 'kind = "cyclic"\nbase_lr = 0.001\nmax_lr = 0.1\nstep_size_up = 3\nstep_size_down = 5\nmode = "triangular2"',
+case("cyclic_triangular2", 'kind = "cyclic"\nbase_lr = 0.001\nmax_lr = 0.1\nstep_size_up = 3\nstep_size_down = 5\nmode = "triangular2"\ncycle_momentum = false',
      lambda o: S.CyclicLR(o, base_lr=0.001, max_lr=0.1, step_size_up=3, step_size_down=5, mode="triangular2", cycle_momentum=False), steps=40)
-case("cyclic_exp_range", 'kind = "cyclic"\nbase_lr = 0.01\nmax_lr = 0.1\nstep_size_up = 5\nmode = "exp_range"\ngamma = 0.98',
+case("cyclic_exp_range", 'kind = "cyclic"\nbase_lr = 0.01\nmax_lr = 0.1\nstep_size_up = 5\nmode = "exp_range"\ngamma = 0.98\ncycle_momentum = false',
      lambda o: S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=5, mode="exp_range", gamma=0.98, cycle_momentum=False), steps=40)
-case("one_cycle", 'kind = "one_cycle"\nmax_lr = 0.1\ntotal_steps = 20',
+case("one_cycle", 'kind = "one_cycle"\nmax_lr = 0.1\ntotal_steps = 20\ncycle_momentum = false',
      lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=20, cycle_momentum=False), steps=21)
-case("one_cycle_linear_three_phase", 'kind = "one_cycle"\nmax_lr = 1\ntotal_steps = 30\npct_start = 0.25\nanneal_strategy = "linear"\nthree_phase = true\ndiv_factor = 10\nfinal_div_factor = 100',
+case("one_cycle_linear_three_phase", 'kind = "one_cycle"\nmax_lr = 1\ntotal_steps = 30\npct_start = 0.25\nanneal_strategy = "linear"\nthree_phase = true\ndiv_factor = 10\nfinal_div_factor = 100\ncycle_momentum = false',
      lambda o: S.OneCycleLR(o, max_lr=1.0, total_steps=30, pct_start=0.25, anneal_strategy="linear", three_phase=True, div_factor=10, final_div_factor=100, cycle_momentum=False), steps=31)
+# --- momentum cycled (PyTorch's default for both) ---
+case("cyclic_momentum_defaults", 'kind = "cyclic"\nbase_lr = 0.01\nmax_lr = 0.1\nstep_size_up = 4',
+     lambda o: S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=4), steps=30)
+case("cyclic_momentum_triangular2", 'kind = "cyclic"\nbase_lr = 0.001\nmax_lr = 0.1\nstep_size_up = 3\nstep_size_down = 5\nmode = "triangular2"\nbase_momentum = 0.5\nmax_momentum = 0.99',
+     lambda o: S.CyclicLR(o, base_lr=0.001, max_lr=0.1, step_size_up=3, step_size_down=5, mode="triangular2", base_momentum=0.5, max_momentum=0.99), steps=40)
+case("cyclic_momentum_exp_range_adam", 'kind = "cyclic"\nbase_lr = 0.01\nmax_lr = 0.1\nstep_size_up = 5\nmode = "exp_range"\ngamma = 0.98',
+     lambda o: S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=5, mode="exp_range", gamma=0.98), steps=40, adam=True)
+case("one_cycle_momentum_defaults", 'kind = "one_cycle"\nmax_lr = 0.1\ntotal_steps = 20',
+     lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=20), steps=21)
+case("one_cycle_momentum_adam", 'kind = "one_cycle"\nmax_lr = 0.01\ntotal_steps = 50\npct_start = 0.4\nbase_momentum = 0.8\nmax_momentum = 0.9',
+     lambda o: S.OneCycleLR(o, max_lr=0.01, total_steps=50, pct_start=0.4, base_momentum=0.8, max_momentum=0.9), steps=51, adam=True)
+case("one_cycle_momentum_three_phase", 'kind = "one_cycle"\nmax_lr = 1\ntotal_steps = 30\npct_start = 0.25\nanneal_strategy = "linear"\nthree_phase = true\ndiv_factor = 10\nfinal_div_factor = 100\nbase_momentum = 0.7',
+     lambda o: S.OneCycleLR(o, max_lr=1.0, total_steps=30, pct_start=0.25, anneal_strategy="linear", three_phase=True, div_factor=10, final_div_factor=100, base_momentum=0.7), steps=30)
+case("sequential_momentum_at_milestone", '''kind = "sequential"
+milestones = [4]
+schedules = [{ kind = "linear", start_factor = 0.5, total_iters = 4 }, { kind = "cyclic", base_lr = 0.02, max_lr = 0.2, step_size_up = 3 }]''',
+     lambda o: S.SequentialLR(o, [S.LinearLR(o, start_factor=0.5, total_iters=4), S.CyclicLR(o, base_lr=0.02, max_lr=0.2, step_size_up=3)], milestones=[4]), steps=16)
+case("sequential_one_cycle_then_step", '''kind = "sequential"
+milestones = [10]
+schedules = [{ kind = "one_cycle", max_lr = 0.1, total_steps = 10 }, { kind = "step", step_size = 3 }]''',
+     lambda o: S.SequentialLR(o, [S.OneCycleLR(o, max_lr=0.1, total_steps=10), S.StepLR(o, 3)], milestones=[10]), steps=20)
+case("chained_one_cycle_exponential", '''kind = "chained"
+schedules = [{ kind = "one_cycle", max_lr = 0.1, total_steps = 15 }, { kind = "exponential", gamma = 0.9 }]''',
+     lambda o: S.ChainedScheduler([S.OneCycleLR(o, max_lr=0.1, total_steps=15), S.ExponentialLR(o, gamma=0.9)]), steps=15)
 case("multiplicative", 'kind = "multiplicative"\nfactor = 0.9', lambda o: S.MultiplicativeLR(o, lambda t: 0.9), steps=30)
 
 # --- composites ---
@@ -90,7 +116,7 @@ schedules = [{ kind = "constant", factor = 0.5, total_iters = 3 }, { kind = "cos
      lambda o: S.SequentialLR(o, [S.ConstantLR(o, factor=0.5, total_iters=3), S.CosineAnnealingWarmRestarts(o, T_0=4)], milestones=[3]), steps=15)
 case("sequential_cyclic", '''kind = "sequential"
 milestones = [4]
-schedules = [{ kind = "linear", start_factor = 0.5, total_iters = 4 }, { kind = "cyclic", base_lr = 0.02, max_lr = 0.2, step_size_up = 3 }]''',
+schedules = [{ kind = "linear", start_factor = 0.5, total_iters = 4 }, { kind = "cyclic", base_lr = 0.02, max_lr = 0.2, step_size_up = 3, cycle_momentum = false }]''',
      lambda o: S.SequentialLR(o, [S.LinearLR(o, start_factor=0.5, total_iters=4), S.CyclicLR(o, base_lr=0.02, max_lr=0.2, step_size_up=3, cycle_momentum=False)], milestones=[4]), steps=16)
 case("warmup_cosine", '''kind = "warmup"
 steps = 5
@@ -151,11 +177,13 @@ case("plateau_defaults", 'kind = "reduce_on_plateau"',
 
 def run(c):
     p = torch.zeros(1, requires_grad=True)
-    opt = SGD([p], lr=c["base"])
+    opt = torch.optim.Adam([p], lr=c["base"]) if c["adam"] else SGD([p], lr=c["base"])
     sched = c["build"](opt)
-    rates = []
+    rates, momenta = [], []
     for t in range(c["steps"]):
-        rates.append(opt.param_groups[0]["lr"])
+        g = opt.param_groups[0]
+        rates.append(g["lr"])
+        momenta.append(g["betas"][0] if c["adam"] else g["momentum"])
         opt.step()
         if sched is None or t + 1 == c["steps"]:
             continue
@@ -164,14 +192,15 @@ def run(c):
                 sched.step(c["metrics"][t])
         else:
             sched.step()
-    return rates
+    return rates, momenta
 
 
 out = []
 for c in CASES:
-    rates = run(c)
+    rates, momenta = run(c)
     assert all(isinstance(r, float) and math.isfinite(r) for r in rates), c["name"]
-    out.append(dict(name=c["name"], toml=c["toml"], lr=c["base"], steps=c["steps"], metrics=c["metrics"], rates=rates))
+    out.append(dict(name=c["name"], toml=c["toml"], lr=c["base"], steps=c["steps"], metrics=c["metrics"], rates=rates,
+                    optimizer="adam" if c["adam"] else "sgd", momenta=momenta))
 
 # OneCycleLR past total_steps raises; Kiln must too.
 opt = SGD([torch.zeros(1, requires_grad=True)], lr=0.1)

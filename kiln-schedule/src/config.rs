@@ -27,7 +27,7 @@ use crate::polynomial::PolynomialLr;
 use crate::reduce_on_plateau::{PlateauMode, ReduceLrOnPlateau, ThresholdMode};
 use crate::sequential::SequentialLr;
 use crate::step::StepLr;
-use crate::{LrSchedule, Result, Schedule, ScheduleError, Scheduler, non_negative};
+use crate::{LrSchedule, MomentumCycle, Result, Schedule, ScheduleError, Scheduler, non_negative};
 
 fn third() -> f64 {
     1.0 / 3.0
@@ -49,6 +49,26 @@ fn half() -> f64 {
 }
 fn infinity() -> f64 {
     f64::INFINITY
+}
+fn yes() -> bool {
+    true
+}
+fn cyclic_base_momentum() -> f64 {
+    crate::cyclic::DEFAULT_MOMENTUM.base_momentum
+}
+fn cyclic_max_momentum() -> f64 {
+    crate::cyclic::DEFAULT_MOMENTUM.max_momentum
+}
+fn one_cycle_base_momentum() -> f64 {
+    crate::one_cycle::DEFAULT_MOMENTUM.base_momentum
+}
+fn one_cycle_max_momentum() -> f64 {
+    crate::one_cycle::DEFAULT_MOMENTUM.max_momentum
+}
+
+/// PyTorch's `cycle_momentum`, `base_momentum` and `max_momentum` as a cycle or none.
+fn momentum_cycle(cycle: bool, base: f64, max: f64) -> Result<Option<MomentumCycle>> {
+    cycle.then(|| MomentumCycle::new(base, max)).transpose()
 }
 
 /// One schedule's settings, without the base rate: the `kind` and PyTorch's constructor
@@ -146,6 +166,15 @@ pub enum Kind {
         #[serde(default = "one")]
         /// The decay factor γ.
         gamma: f64,
+        #[serde(default = "yes")]
+        /// Cycle the optimizer's momentum (β1) inversely to the rate.
+        cycle_momentum: bool,
+        #[serde(default = "cyclic_base_momentum")]
+        /// The momentum at the highest rate.
+        base_momentum: f64,
+        #[serde(default = "cyclic_max_momentum")]
+        /// The momentum at the lowest rate.
+        max_momentum: f64,
     },
     /// PyTorch's OneCycleLR.
     OneCycle {
@@ -168,6 +197,15 @@ pub enum Kind {
         #[serde(default)]
         /// Back down to the initial rate before annealing.
         three_phase: bool,
+        #[serde(default = "yes")]
+        /// Cycle the optimizer's momentum (β1) inversely to the rate.
+        cycle_momentum: bool,
+        #[serde(default = "one_cycle_base_momentum")]
+        /// The momentum at the highest rate.
+        base_momentum: f64,
+        #[serde(default = "one_cycle_max_momentum")]
+        /// The momentum at the lowest rate.
+        max_momentum: f64,
     },
     /// PyTorch's MultiplicativeLR with a constant factor.
     Multiplicative {
@@ -673,14 +711,24 @@ impl Kind {
                 step_size_down,
                 mode,
                 gamma,
-            } => Schedule::Cyclic(Epochal::new(CyclicLr::new(
-                *base_lr,
-                *max_lr,
-                *step_size_up,
-                *step_size_down,
-                *mode,
-                *gamma,
-            )?)),
+                cycle_momentum,
+                base_momentum,
+                max_momentum,
+            } => Schedule::Cyclic(Epochal::new(
+                CyclicLr::new(
+                    *base_lr,
+                    *max_lr,
+                    *step_size_up,
+                    *step_size_down,
+                    *mode,
+                    *gamma,
+                )?
+                .cycle_momentum(momentum_cycle(
+                    *cycle_momentum,
+                    *base_momentum,
+                    *max_momentum,
+                )?),
+            )),
             K::OneCycle {
                 max_lr,
                 total_steps,
@@ -689,15 +737,25 @@ impl Kind {
                 div_factor,
                 final_div_factor,
                 three_phase,
-            } => Schedule::OneCycle(Epochal::new(OneCycleLr::new(
-                *max_lr,
-                *total_steps,
-                *pct_start,
-                *anneal_strategy,
-                *div_factor,
-                *final_div_factor,
-                *three_phase,
-            )?)),
+                cycle_momentum,
+                base_momentum,
+                max_momentum,
+            } => Schedule::OneCycle(Epochal::new(
+                OneCycleLr::new(
+                    *max_lr,
+                    *total_steps,
+                    *pct_start,
+                    *anneal_strategy,
+                    *div_factor,
+                    *final_div_factor,
+                    *three_phase,
+                )?
+                .cycle_momentum(momentum_cycle(
+                    *cycle_momentum,
+                    *base_momentum,
+                    *max_momentum,
+                )?),
+            )),
             K::Multiplicative { factor } => {
                 Schedule::Multiplicative(Epochal::new(MultiplicativeLr::new(*factor)?))
             }

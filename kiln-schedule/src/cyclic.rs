@@ -4,15 +4,17 @@
 //!   scale = x/r if x ≤ r else (x − 1)/(r − 1)   with r = up/(up + down),
 //!   lr(t) = base_lr + (max_lr − base_lr)·scale·s,
 //! where s = 1 (triangular), 1/2^(cycle−1) (triangular2) or γ^t (exp_range, per iteration).
-//! `base_lr` replaces the optimizer's rate. The momentum cycling of PyTorch's class is not
-//! copied: Kiln's schedules drive the learning rate only.
+//! `base_lr` replaces the optimizer's rate. With `cycle_momentum` (PyTorch's default) the
+//! optimizer's momentum (β1 for the Adam family) moves the other way:
+//!   momentum(t) = max_momentum − (max_momentum − base_momentum)·scale·s,
+//! and is `max_momentum` from construction on.
 //! Source: `torch.optim.lr_scheduler.CyclicLR`; Smith, "Cyclical Learning Rates for Training
 //! Neural Networks" (2017).
 
 use serde::{Deserialize, Serialize};
 
 use crate::epochal::{Epoch, Rule};
-use crate::{Group, Result, ScheduleError, non_negative, positive};
+use crate::{Group, MomentumCycle, Result, ScheduleError, non_negative, positive};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -27,7 +29,7 @@ pub enum CyclicMode {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-/// PyTorch's CyclicLR (rates only).
+/// PyTorch's CyclicLR.
 pub struct CyclicLr {
     /// The bottom of the cycle; replaces the optimizer's rate.
     pub base_lr: f64,
@@ -39,10 +41,22 @@ pub struct CyclicLr {
     pub mode: CyclicMode,
     /// γ of exp_range.
     pub gamma: f64,
+    /// The momentum cycle (`None`: PyTorch's `cycle_momentum=False`). Absent from schedules
+    /// saved before Kiln cycled momentum, which resume as they ran.
+    #[serde(default)]
+    pub momentum: Option<MomentumCycle>,
 }
 
+/// PyTorch's CyclicLR defaults: base_momentum 0.8, max_momentum 0.9.
+pub const DEFAULT_MOMENTUM: MomentumCycle = MomentumCycle {
+    base_momentum: 0.8,
+    max_momentum: 0.9,
+};
+
 impl CyclicLr {
-    /// Checks the parameters; `step_size_down` defaults to `step_size_up`.
+    /// Checks the parameters; `step_size_down` defaults to `step_size_up`. Momentum cycles
+    /// as PyTorch's defaults say ([`DEFAULT_MOMENTUM`]) unless [`CyclicLr::cycle_momentum`]
+    /// says otherwise.
     pub fn new(
         base_lr: f64,
         max_lr: f64,
@@ -67,7 +81,32 @@ impl CyclicLr {
             step_ratio: up / total_size,
             mode,
             gamma,
+            momentum: Some(DEFAULT_MOMENTUM),
         })
+    }
+
+    /// The momentum cycle, or `None` for the rate alone (PyTorch's `cycle_momentum`).
+    pub fn cycle_momentum(mut self, momentum: Option<MomentumCycle>) -> Self {
+        self.momentum = momentum;
+        self
+    }
+
+    /// (scale, s) of update t: where in the cycle, and the mode's amplitude factor.
+    fn position(&self, t: i64) -> (f64, f64) {
+        let q = t as f64 / self.total_size;
+        let cycle = (1.0 + q).floor();
+        let x = 1.0 + q - cycle;
+        let scale = if x <= self.step_ratio {
+            x / self.step_ratio
+        } else {
+            (x - 1.0) / (self.step_ratio - 1.0)
+        };
+        let s = match self.mode {
+            CyclicMode::Triangular => 1.0,
+            CyclicMode::Triangular2 => 1.0 / 2.0f64.powf(cycle - 1.0),
+            CyclicMode::ExpRange => self.gamma.powf(t as f64),
+        };
+        (scale, s)
     }
 }
 
@@ -79,29 +118,27 @@ impl Rule for CyclicLr {
                 "a restored cyclic schedule has no cycle length",
             ));
         }
-        Ok(())
+        self.momentum.map_or(Ok(()), MomentumCycle::check)
     }
 
     fn before_init(&mut self, group: &mut Group) -> Option<f64> {
         group.lr = self.base_lr;
+        if let Some(m) = self.momentum {
+            m.install(group);
+        }
         Some(self.base_lr)
     }
 
     fn get_lr(&self, e: &Epoch, _group: &Group) -> Result<f64> {
-        let q = e.t as f64 / self.total_size;
-        let cycle = (1.0 + q).floor();
-        let x = 1.0 + q - cycle;
-        let scale = if x <= self.step_ratio {
-            x / self.step_ratio
-        } else {
-            (x - 1.0) / (self.step_ratio - 1.0)
-        };
+        let (scale, s) = self.position(e.t);
         let base_height = (self.max_lr - e.base) * scale;
-        let s = match self.mode {
-            CyclicMode::Triangular => 1.0,
-            CyclicMode::Triangular2 => 1.0 / 2.0f64.powf(cycle - 1.0),
-            CyclicMode::ExpRange => self.gamma.powf(e.t as f64),
-        };
         Ok(e.base + base_height * s)
+    }
+
+    fn momentum(&self, e: &Epoch) -> Option<f64> {
+        let m = self.momentum?;
+        let (scale, s) = self.position(e.t);
+        let base_height = (m.max_momentum - m.base_momentum) * scale;
+        Some(m.max_momentum - base_height * s)
     }
 }

@@ -24,6 +24,11 @@ pub struct Epoch {
 pub trait Rule: std::fmt::Debug + Send {
     /// PyTorch's `get_lr`: the next rate, from the current one.
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64>;
+    /// The momentum `get_lr` writes into the group as a side effect (the schedules that cycle
+    /// momentum), for the same step; called only after `get_lr` succeeded.
+    fn momentum(&self, _e: &Epoch) -> Option<f64> {
+        None
+    }
     /// PyTorch's `_get_closed_form_lr`, where the class has one.
     fn closed_form(&self, _e: &Epoch) -> Option<f64> {
         None
@@ -80,8 +85,16 @@ impl<R: Rule> Epochal<R> {
     fn advance(&mut self, group: &mut Group, initial: bool) -> Result<()> {
         self.step_count += 1;
         self.last_epoch += 1;
-        group.lr = self.rule.get_lr(&self.epoch(initial), group)?;
+        let e = self.epoch(initial);
+        group.lr = self.rule.get_lr(&e, group)?;
+        self.write_momentum(&e, group);
         Ok(())
+    }
+
+    fn write_momentum(&self, e: &Epoch, group: &mut Group) {
+        if let Some(m) = self.rule.momentum(e) {
+            group.momentum = Some(m);
+        }
     }
 }
 
@@ -110,7 +123,12 @@ impl<R: Rule> LrSchedule for Epochal<R> {
         let e = self.epoch(false);
         group.lr = match self.rule.closed_form(&e) {
             Some(lr) => lr,
-            None => self.rule.get_lr(&e, group)?,
+            None => {
+                // `get_lr`, side effects included.
+                let lr = self.rule.get_lr(&e, group)?;
+                self.write_momentum(&e, group);
+                lr
+            }
         };
         Ok(())
     }

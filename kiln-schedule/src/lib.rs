@@ -102,14 +102,20 @@ impl ScheduleError {
 /// `Result` with [`ScheduleError`].
 pub type Result<T, E = ScheduleError> = std::result::Result<T, E>;
 
-/// The optimizer state PyTorch's schedulers read and write: `param_groups[0]['lr']` and
-/// `['initial_lr']` (set by the first scheduler built on the optimizer).
+/// The optimizer state PyTorch's schedulers read and write: `param_groups[0]['lr']`,
+/// `['initial_lr']` (set by the first scheduler built on the optimizer) and, for the schedules
+/// that cycle momentum, `['momentum']` or `['betas'][0]`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     /// The rate the next update uses (`group['lr']`).
     pub lr: f64,
     /// `group['initial_lr']`, set by the first schedule built on the group.
     pub initial_lr: Option<f64>,
+    /// The momentum (SGD, RMSprop) or β1 (the Adam family) the next update uses, as the last
+    /// schedule that cycles momentum wrote it (`cyclic`, `one_cycle`); `None` until one does,
+    /// and the optimizer's own then.
+    #[serde(default)]
+    pub momentum: Option<f64>,
 }
 
 impl Group {
@@ -118,6 +124,7 @@ impl Group {
         Group {
             lr,
             initial_lr: None,
+            momentum: None,
         }
     }
 
@@ -125,6 +132,40 @@ impl Group {
     /// of a scheduler built now.
     pub fn base_lr(&mut self) -> f64 {
         *self.initial_lr.get_or_insert(self.lr)
+    }
+}
+
+/// Where a cycling schedule (`cyclic`, `one_cycle`) moves the optimizer's momentum, or β1 for
+/// the Adam family, inversely to the rate: PyTorch's `base_momentum` (at the highest rate)
+/// and `max_momentum` (at the lowest).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MomentumCycle {
+    /// The momentum at the highest rate.
+    pub base_momentum: f64,
+    /// The momentum at the lowest rate, and the optimizer's momentum from construction on.
+    pub max_momentum: f64,
+}
+
+impl MomentumCycle {
+    /// Both finite and ≥ 0 (whether the optimizer takes them, β1 below 1 for instance, is the
+    /// trainer's check, update by update).
+    pub fn new(base_momentum: f64, max_momentum: f64) -> Result<Self> {
+        non_negative("base_momentum", base_momentum)?;
+        non_negative("max_momentum", max_momentum)?;
+        Ok(MomentumCycle {
+            base_momentum,
+            max_momentum,
+        })
+    }
+
+    /// A restored cycle still holds what [`MomentumCycle::new`] checks.
+    pub(crate) fn check(self) -> Result<()> {
+        MomentumCycle::new(self.base_momentum, self.max_momentum).map(|_| ())
+    }
+
+    /// PyTorch's construction-time write: the optimizer's momentum becomes `max_momentum`.
+    pub(crate) fn install(self, group: &mut Group) {
+        group.momentum = Some(self.max_momentum);
     }
 }
 
@@ -226,11 +267,16 @@ impl Scheduler {
     }
 
     /// Checks a scheduler restored from saved state (a checkpoint): every schedule's
-    /// parameters and state as their constructors check them, and the current rate.
+    /// parameters and state as their constructors check them, and the current rate and
+    /// momentum.
     pub fn check(&self) -> Result<()> {
         check_count("updates", self.updates.min(i64::MAX as u64) as i64)?;
         self.schedule.check()?;
-        check_rate(self.group.lr, self.updates)
+        check_rate(self.group.lr, self.updates)?;
+        match self.group.momentum {
+            Some(m) => non_negative("momentum", m),
+            None => Ok(()),
+        }
     }
 
     /// Builds a schedule of `kind` on base rate `lr`.
@@ -253,6 +299,21 @@ impl Scheduler {
     /// The rate for the next update.
     pub fn lr(&self) -> f64 {
         self.group.lr
+    }
+
+    /// The momentum (SGD, RMSprop) or β1 (Adam, AdamW, NAdam, RAdam) for the next update,
+    /// where the schedule cycles it as PyTorch's `CyclicLR` and `OneCycleLR` do by default
+    /// (`cycle_momentum`); `None` leaves the optimizer's own. Set from construction on, so
+    /// `Some` right after [`Scheduler::new`] means the optimizer must have a momentum to cycle.
+    ///
+    /// ```
+    /// use kiln_schedule::ScheduleConfig;
+    /// let c = "kind = \"one_cycle\"\nmax_lr = 0.1\ntotal_steps = 10";
+    /// let s = ScheduleConfig::from_toml(c).unwrap().build(None).unwrap();
+    /// assert_eq!(s.momentum(), Some(0.95)); // max_momentum, while the rate is lowest
+    /// ```
+    pub fn momentum(&self) -> Option<f64> {
+        self.group.momentum
     }
 
     /// Updates done so far.

@@ -6,7 +6,10 @@
 //! pct = (t − start)/(end − start) and the rate is
 //!   cos: end + (start − end)/2·(1 + cos(π·pct)),   linear: (end − start)·pct + start.
 //! The optimizer's own rate is ignored. Asking for update t > total_steps is an error, as in
-//! PyTorch; t = total_steps is allowed. Momentum cycling is not copied (rates only).
+//! PyTorch; t = total_steps is allowed. With `cycle_momentum` (PyTorch's default) the
+//! optimizer's momentum (β1 for the Adam family) is annealed the same way the other way round:
+//! max_momentum → base_momentum while the rate rises, back to max_momentum while it falls
+//! (three phases: and stays there), and is `max_momentum` from construction on.
 //! Source: `torch.optim.lr_scheduler.OneCycleLR`; Smith & Topin, "Super-Convergence" (2018).
 
 use std::f64::consts::PI;
@@ -14,7 +17,7 @@ use std::f64::consts::PI;
 use serde::{Deserialize, Serialize};
 
 use crate::epochal::{Epoch, Rule};
-use crate::{Group, Result, ScheduleError, non_negative, positive};
+use crate::{Group, MomentumCycle, Result, ScheduleError, non_negative, positive};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -27,7 +30,7 @@ pub enum AnnealStrategy {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-/// PyTorch's OneCycleLR (rates only).
+/// PyTorch's OneCycleLR.
 pub struct OneCycleLr {
     /// The peak rate.
     pub max_lr: f64,
@@ -39,10 +42,21 @@ pub struct OneCycleLr {
     min_lr: f64,
     /// (end_step, start rate, end rate) of each phase.
     phases: Vec<(f64, f64, f64)>,
+    /// The momentum cycle (`None`: PyTorch's `cycle_momentum=False`). Absent from schedules
+    /// saved before Kiln cycled momentum, which resume as they ran.
+    #[serde(default)]
+    pub momentum: Option<MomentumCycle>,
 }
 
+/// PyTorch's OneCycleLR defaults: base_momentum 0.85, max_momentum 0.95.
+pub const DEFAULT_MOMENTUM: MomentumCycle = MomentumCycle {
+    base_momentum: 0.85,
+    max_momentum: 0.95,
+};
+
 impl OneCycleLr {
-    /// Checks the parameters as PyTorch does.
+    /// Checks the parameters as PyTorch does. Momentum cycles as PyTorch's defaults say
+    /// ([`DEFAULT_MOMENTUM`]) unless [`OneCycleLr::cycle_momentum`] says otherwise.
     pub fn new(
         max_lr: f64,
         total_steps: u64,
@@ -87,7 +101,43 @@ impl OneCycleLr {
             initial_lr,
             min_lr,
             phases,
+            momentum: Some(DEFAULT_MOMENTUM),
         })
+    }
+
+    /// The momentum cycle, or `None` for the rate alone (PyTorch's `cycle_momentum`).
+    pub fn cycle_momentum(mut self, momentum: Option<MomentumCycle>) -> Self {
+        self.momentum = momentum;
+        self
+    }
+
+    /// The phase update t falls in and how far through it (PyTorch's loop in `get_lr`).
+    fn locate(&self, t: i64) -> Result<(usize, f64)> {
+        if t > self.total_steps as i64 {
+            return Err(ScheduleError::new(
+                "total_steps",
+                format!(
+                    "asked for update {t}, past total_steps = {}",
+                    self.total_steps
+                ),
+            ));
+        }
+        let step = t as f64;
+        let mut start_step = 0.0;
+        let last = self.phases.len() - 1;
+        for (i, &(end_step, _, _)) in self.phases.iter().enumerate() {
+            if step <= end_step || i == last {
+                if end_step == start_step {
+                    return Err(ScheduleError::new(
+                        "pct_start",
+                        format!("phase {i} is empty with total_steps = {}", self.total_steps),
+                    ));
+                }
+                return Ok((i, (step - start_step) / (end_step - start_step)));
+            }
+            start_step = end_step;
+        }
+        unreachable!("the last phase always matches")
     }
 
     fn anneal(&self, start: f64, end: f64, pct: f64) -> f64 {
@@ -106,42 +156,34 @@ impl Rule for OneCycleLr {
                 "a restored one_cycle has no phases",
             ));
         }
-        Ok(())
+        self.momentum.map_or(Ok(()), MomentumCycle::check)
     }
 
     fn before_init(&mut self, group: &mut Group) -> Option<f64> {
         // OneCycleLR overwrites initial_lr rather than setting a default.
         group.initial_lr = Some(self.initial_lr);
+        if let Some(m) = self.momentum {
+            m.install(group);
+        }
         None
     }
 
+    fn momentum(&self, e: &Epoch) -> Option<f64> {
+        let m = self.momentum?;
+        let (i, pct) = self.locate(e.t).ok()?;
+        // Phase by phase: max → base, base → max, and with three phases max → max.
+        let (start, end) = match i {
+            0 => (m.max_momentum, m.base_momentum),
+            1 => (m.base_momentum, m.max_momentum),
+            _ => (m.max_momentum, m.max_momentum),
+        };
+        Some(self.anneal(start, end, pct))
+    }
+
     fn get_lr(&self, e: &Epoch, _group: &Group) -> Result<f64> {
-        let step = e.t as f64;
-        if e.t > self.total_steps as i64 {
-            return Err(ScheduleError::new(
-                "total_steps",
-                format!(
-                    "asked for update {}, past total_steps = {}",
-                    e.t, self.total_steps
-                ),
-            ));
-        }
-        let mut start_step = 0.0;
-        let last = self.phases.len() - 1;
-        for (i, &(end_step, start_lr, end_lr)) in self.phases.iter().enumerate() {
-            if step <= end_step || i == last {
-                if end_step == start_step {
-                    return Err(ScheduleError::new(
-                        "pct_start",
-                        format!("phase {i} is empty with total_steps = {}", self.total_steps),
-                    ));
-                }
-                let pct = (step - start_step) / (end_step - start_step);
-                return Ok(self.anneal(start_lr, end_lr, pct));
-            }
-            start_step = end_step;
-        }
-        unreachable!("the last phase always matches")
+        let (i, pct) = self.locate(e.t)?;
+        let (_, start_lr, end_lr) = self.phases[i];
+        Ok(self.anneal(start_lr, end_lr, pct))
     }
 }
 

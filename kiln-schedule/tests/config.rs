@@ -182,6 +182,9 @@ fn pytorch_defaults_apply_and_integers_pass_for_floats() {
             div_factor: 25.0,
             final_div_factor: 1e4,
             three_phase: false,
+            cycle_momentum: true,
+            base_momentum: 0.85,
+            max_momentum: 0.95,
             ..
         }
     ));

@@ -62,7 +62,10 @@ fn leaf() -> impl Strategy<Value = Kind> {
                         CyclicMode::Triangular2,
                         CyclicMode::ExpRange
                     ][mode],
-                    gamma
+                    gamma,
+                    cycle_momentum: true,
+                    base_momentum: 0.8,
+                    max_momentum: 0.9,
                 }
             ),
         (
@@ -87,6 +90,9 @@ fn leaf() -> impl Strategy<Value = Kind> {
                         div_factor,
                         final_div_factor,
                         three_phase,
+                        cycle_momentum: true,
+                        base_momentum: 0.85,
+                        max_momentum: 0.95,
                     }
                 }
             ),

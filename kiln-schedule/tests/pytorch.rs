@@ -1,5 +1,6 @@
 //! Every PyTorch schedule, and the composites, against the rates PyTorch 2.15 gives for the same
-//! configuration (tests/fixtures/pytorch.json, made by scripts/pytorch_fixtures.py).
+//! configuration (tests/fixtures/pytorch.json, made by scripts/pytorch_fixtures.py), and the
+//! momentum (SGD's `momentum`, Adam's `betas[0]`) that CyclicLR and OneCycleLR cycle.
 
 use kiln_schedule::{Observation, ScheduleConfig};
 use serde::Deserialize;
@@ -19,6 +20,10 @@ struct Case {
     steps: usize,
     metrics: Option<Vec<f64>>,
     rates: Vec<f64>,
+    /// The optimizer's momentum (β1 for Adam) before each update; its own (SGD's 0, Adam's
+    /// 0.9) where no schedule cycles it.
+    momenta: Vec<f64>,
+    optimizer: String,
 }
 
 fn fixtures() -> Fixtures {
@@ -26,28 +31,30 @@ fn fixtures() -> Fixtures {
     serde_json::from_str(text).expect("fixtures parse")
 }
 
-/// Kiln's rates for a case, stepping with the case's metrics as observations, up to the first
-/// error (with the update it stopped at).
-fn kiln_rates(case: &Case) -> (Vec<f64>, Option<String>) {
+/// Kiln's rates and momenta (`None`: the optimizer's own) for a case, stepping with the case's
+/// metrics as observations, up to the first error (with the update it stopped at).
+fn kiln_rates(case: &Case) -> (Vec<f64>, Vec<Option<f64>>, Option<String>) {
     let config =
         ScheduleConfig::from_toml(&case.toml).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     let mut s = config
         .build(Some(case.lr))
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     let mut rates = Vec::new();
+    let mut momenta = Vec::new();
     for t in 0..case.steps {
         rates.push(s.lr());
+        momenta.push(s.momentum());
         if t + 1 < case.steps {
             let obs = match &case.metrics {
                 Some(m) => Observation::value(m[t]),
                 None => Observation::default(),
             };
             if let Err(e) = s.step(&obs) {
-                return (rates, Some(e.to_string()));
+                return (rates, momenta, Some(e.to_string()));
             }
         }
     }
-    (rates, None)
+    (rates, momenta, None)
 }
 
 #[test]
@@ -55,8 +62,24 @@ fn every_case_matches_pytorch_bit_for_bit() {
     let f = fixtures();
     assert!(f.torch.starts_with("2."), "fixtures from torch {}", f.torch);
     let mut compared = 0;
+    let mut cycled = 0;
     for case in &f.cases {
-        let (got, error) = kiln_rates(case);
+        let (got, momenta, error) = kiln_rates(case);
+        let own = match case.optimizer.as_str() {
+            "sgd" => 0.0,
+            "adam" => 0.9,
+            o => panic!("{}: optimizer {o}", case.name),
+        };
+        for (t, (g, w)) in momenta.iter().zip(&case.momenta).enumerate() {
+            let g = g.unwrap_or(own);
+            assert!(
+                g.to_bits() == w.to_bits(),
+                "{}: momentum of update {t}: Kiln {g:e}, PyTorch {w:e}\n{}",
+                case.name,
+                case.toml
+            );
+            cycled += usize::from(momenta[t].is_some());
+        }
         for (t, (g, w)) in got.iter().zip(&case.rates).enumerate() {
             // Same operations in the same order: identical bits, not merely close values.
             assert!(
@@ -83,6 +106,7 @@ fn every_case_matches_pytorch_bit_for_bit() {
         }
     }
     assert!(compared > 3500, "only {compared} rates compared");
+    assert!(cycled > 200, "only {cycled} cycled momenta compared");
 }
 
 #[test]
