@@ -469,7 +469,7 @@ impl GpuOp {
             ctx.storage_buffer("bench loss history", 1)?,
             ctx.storage_buffer("bench no-decay ranges", 2)?,
         ];
-        let state = ctx.state_buffers(&optimizer.rule().state(), n)?;
+        let state = ctx.state_buffers(&optimizer.state_blocks(), n)?;
         let rec = {
             let [p, g, h, d] = &buffers[..] else {
                 unreachable!("four buffers")

@@ -240,7 +240,7 @@ impl Device {
         optim::check_non_negative("lr", lr)?;
         let ctx = format!("{} update", optimizer.name());
         ops::check_len(&ctx, "grad", grad.len(), param.len(), "same as param")?;
-        let blocks = optimizer.rule().state();
+        let blocks = optimizer.state_blocks();
         ops::check_len(
             &ctx,
             "state",

@@ -3,9 +3,10 @@
 //! table's errors.
 //!
 //! `tests/fixtures/torch_optim.safetensors` was written by `tests/fixtures/torch_optim.py`
-//! (PyTorch 2.15, CPU, `foreach=False`): 21 cases of Linear(5,7)–Tanh–Linear(7,3) with
-//! cross-entropy, 12 updates over fixed batches of 8 with StepLR(step_size=4, gamma=0.5), each
-//! with the loss of every step, the final weights and every state tensor PyTorch holds.
+//! (PyTorch 2.15, CPU, `foreach=False`): 29 cases of Linear(5,7)–Tanh–Linear(7,3) with
+//! cross-entropy, 12 updates over fixed batches of 8 with StepLR(step_size=4, gamma=0.5) or,
+//! in the last eight, CyclicLR and OneCycleLR, which cycle the momentum (β1) as well; each with
+//! the loss of every step, the final weights and every state tensor PyTorch holds.
 
 mod common;
 
@@ -119,20 +120,29 @@ fn step_lr(lr: f64) -> Scheduler {
         .unwrap()
 }
 
-fn trainer(device: &Device, st: &SafeTensors<'_>, config: &OptimizerConfig) -> Trainer {
+/// The case's own schedule (a `[schedule]` table), or StepLR.
+fn case_schedule(case: &serde_json::Value, lr: f64) -> Scheduler {
+    match case.get("schedule") {
+        Some(table) => ScheduleConfig::from_toml(table.as_str().unwrap())
+            .unwrap()
+            .build(Some(lr))
+            .unwrap(),
+        None => step_lr(lr),
+    }
+}
+
+fn trainer(
+    device: &Device,
+    st: &SafeTensors<'_>,
+    config: &OptimizerConfig,
+    schedule: Scheduler,
+) -> Trainer {
     let options = TrainOptions {
         optimizer: config.optimizer.clone(),
         max_batch: BATCH,
         ..Default::default()
     };
-    Trainer::with_params(
-        device,
-        model(),
-        options,
-        step_lr(config.lr),
-        arena(st, "init."),
-    )
-    .unwrap()
+    Trainer::with_params(device, model(), options, schedule, arena(st, "init.")).unwrap()
 }
 
 /// Compares each tensor of two arenas (the padding between tensors is Kiln's own). The
@@ -169,13 +179,13 @@ fn matches_pytorch(device: &Device) {
         let labels: Vec<i64> = bytemuck::pod_collect_to_vec(t.data());
         labels.iter().map(|&l| l as u32).collect()
     };
-    assert_eq!(f.cases.len(), 21);
+    assert_eq!(f.cases.len(), 29);
     let mut kinds_seen = Vec::new();
     for case in &f.cases {
         let name = case["name"].as_str().unwrap();
         let config = OptimizerConfig::from_table(optimizer_table(case)).unwrap();
         kinds_seen.push(case["kind"].as_str().unwrap().to_string());
-        let mut trainer = trainer(device, &st, &config);
+        let mut trainer = trainer(device, &st, &config, case_schedule(case, config.lr));
         for s in 0..STEPS {
             let xb = &x[s * BATCH * 5..(s + 1) * BATCH * 5];
             let yb = &y[s * BATCH..(s + 1) * BATCH];
@@ -292,7 +302,9 @@ fn every_kernel_matches_its_cpu_twin() {
 
 /// Stopping after 5 updates, saving a checkpoint, and resuming gives the same bits as never
 /// stopping: parameters, every state tensor and the loss of every update (with gradient
-/// clipping and biases exempt from weight decay, so those paths run too).
+/// clipping and biases exempt from weight decay, so those paths run too). Every other variant
+/// that has a momentum runs under a cyclic schedule cycling it, so the resumed run must pick up
+/// the momentum mid-cycle.
 fn resume_is_bit_exact(device: &Device) {
     let data_x = common::random(6 * 5 * 4, -1.0, 1.0, 1);
     let labels = common::random_labels(6 * 4, 3, 2);
@@ -301,8 +313,15 @@ fn resume_is_bit_exact(device: &Device) {
         std::process::id(),
         device.name().len()
     ));
-    for text in VARIANTS {
+    let cyclic = ScheduleConfig::from_toml(
+        "kind = 'cyclic'\nbase_lr = 0.01\nmax_lr = 0.03\nstep_size_up = 3\nbase_momentum = 0.6",
+    )
+    .unwrap();
+    let mut cycled = 0;
+    for (i, text) in VARIANTS.iter().enumerate() {
         let config = OptimizerConfig::from_table(toml::from_str(text).unwrap()).unwrap();
+        let cycles = i % 2 == 0 && config.optimizer.rule().cycled_momentum().is_some();
+        cycled += usize::from(cycles);
         let options = TrainOptions {
             optimizer: config.optimizer.decay_biases(false),
             max_batch: 4,
@@ -310,7 +329,13 @@ fn resume_is_bit_exact(device: &Device) {
             clip_grad_norm: Some(0.5),
             ..Default::default()
         };
-        let schedule = || Scheduler::fixed(0.02).unwrap();
+        let schedule = || {
+            if cycles {
+                cyclic.clone().build(None).unwrap()
+            } else {
+                Scheduler::fixed(0.02).unwrap()
+            }
+        };
         let batch = |t: usize| {
             let b = t % 6;
             (
@@ -356,12 +381,103 @@ fn resume_is_bit_exact(device: &Device) {
             "{text}: losses"
         );
     }
+    assert!(cycled >= 6, "{cycled} variants cycled their momentum");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 test_device!(
     resume_through_a_checkpoint_is_bit_exact,
     super::resume_is_bit_exact
 );
+
+/// A schedule cycling the momentum where it cannot apply: Adagrad has neither a momentum nor
+/// betas (PyTorch's CyclicLR and OneCycleLR raise), a β1 reaching 1 would divide by zero in the
+/// bias correction, and SGD with a dampening whose cycle starts at 0 would start its buffer
+/// where PyTorch does not. Each is refused, the update's refusals before anything changes.
+#[test]
+fn cycled_momentum_is_refused_where_it_cannot_apply() {
+    let one_cycle = "kind = 'one_cycle'\nmax_lr = 0.1\ntotal_steps = 10";
+    let build = |optimizer: &str, schedule: &str| {
+        let config = OptimizerConfig::from_table(toml::from_str(optimizer).unwrap()).unwrap();
+        let options = TrainOptions {
+            optimizer: config.optimizer,
+            max_batch: 4,
+            ..Default::default()
+        };
+        let schedule = ScheduleConfig::from_toml(schedule)
+            .unwrap()
+            .build(Some(config.lr))
+            .unwrap();
+        Trainer::new(&Device::Cpu, model(), options, schedule)
+    };
+    let e = build("kind = 'adagrad'", one_cycle)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("schedule.cycle_momentum") && e.contains("adagrad has no momentum"),
+        "{e}"
+    );
+    build(
+        "kind = 'adagrad'",
+        &format!("{one_cycle}\ncycle_momentum = false"),
+    )
+    .unwrap();
+
+    let x = [0.5f32; 20];
+    let y = [0u32, 1, 2, 0];
+    // (optimizer, cycle, refusal, refused at update 0)
+    for (optimizer, cycle, want, at_first) in [
+        (
+            "kind = 'adam'",
+            "max_momentum = 1",
+            "adam: betas[0] must be in [0, 1)",
+            true,
+        ),
+        (
+            "kind = 'nadam'",
+            "base_momentum = 1.5",
+            "nadam: betas[0] must be in [0, 1)",
+            false,
+        ),
+        (
+            "kind = 'sgd'\nmomentum = 0.5\ndampening = 0.1",
+            "max_momentum = 0\nbase_momentum = 0.5",
+            "must not start at momentum 0",
+            true,
+        ),
+    ] {
+        let mut t = build(optimizer, &format!("{one_cycle}\n{cycle}")).unwrap();
+        let before = t.parameters().unwrap();
+        let mut first_error = None;
+        for _ in 0..10 {
+            if let Err(e) = t.step(&x, Targets::Classes(&y)) {
+                first_error = Some(e.to_string());
+                break;
+            }
+        }
+        let e = first_error.unwrap_or_else(|| panic!("{optimizer} {cycle}: no refusal"));
+        assert!(e.contains(want) && e.contains("base_momentum"), "{e}");
+        assert_eq!(e.contains("update 0 "), at_first, "{e}");
+        // The refusal sticks: no later update runs on a schedule that could not give one.
+        assert!(t.step(&x, Targets::Classes(&y)).is_err());
+        if at_first {
+            // Nothing trained.
+            assert_eq!(
+                tensor_elements(&t.parameters().unwrap()),
+                tensor_elements(&before)
+            );
+        }
+    }
+    // A dampened SGD whose cycle starts above 0 and passes 0 later trains (PyTorch's buffer
+    // is already there then).
+    let mut t = build(
+        "kind = 'sgd'\nmomentum = 0.5\ndampening = 0.1",
+        &format!("{one_cycle}\nbase_momentum = 0"),
+    )
+    .unwrap();
+    for _ in 0..10 {
+        t.step(&x, Targets::Classes(&y)).unwrap();
+    }
+}
 
 /// A checkpoint keeps the optimizer's name; resuming it under another optimizer, or with
 /// options that need a state tensor it lacks, is refused naming both.

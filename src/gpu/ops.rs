@@ -563,7 +563,7 @@ impl GpuContext {
         let g = self.upload("grad", grad)?;
         let history = self.storage_buffer("loss history", 1)?;
         let no_decay = self.storage_buffer("no-decay ranges", 2)?;
-        let state = self.state_buffers(&optimizer.rule().state(), param.len())?;
+        let state = self.state_buffers(&optimizer.state_blocks(), param.len())?;
         for (values, buf) in blocks.iter().zip(&state) {
             if !values.is_empty() {
                 self.queue

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, l2_grad,
-    next_step,
+    Hyper, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative,
+    l2_grad, next_step,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -76,12 +76,13 @@ impl UpdateRule for Adagrad {
             init: self.initial_accumulator_value as f32,
             used: true,
             non_negative: true,
+            cycled: false,
         }]
     }
 
-    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
+    fn scalars(&self, hyper: Hyper, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
         let step = next_step(scalars)?;
-        let clr = lr / (1.0 + (step - 1.0) * self.lr_decay);
+        let clr = hyper.lr / (1.0 + (step - 1.0) * self.lr_decay);
         Ok(bytemuck::cast(AdagradScalars {
             neg_clr: (-clr) as f32,
             eps: self.eps as f32,

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    MomentScalars, Optimizer, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule,
-    check_betas, check_non_negative, next_step, parse_args,
+    CycledMomentum, Hyper, MomentScalars, Optimizer, Registration, SCALAR_WORDS, Scalars,
+    StateBlock, UpdateRule, check_betas, check_non_negative, next_step, parse_args,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -141,6 +141,7 @@ impl UpdateRule for Adam {
             init: 0.0,
             used,
             non_negative: name != "exp_avg",
+            cycled: false,
         };
         vec![
             block("exp_avg", true),
@@ -152,14 +153,17 @@ impl UpdateRule for Adam {
     /// PyTorch's host arithmetic in f64: `bias_correction1 = 1 − β1^step`,
     /// `step_size = lr / bias_correction1`, `bias_correction2_sqrt = (1 − β2^step)^0.5`,
     /// AdamW's factor `1 − lr·weight_decay`.
-    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
+    fn scalars(&self, hyper: Hyper, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
         let step = next_step(scalars)?;
-        let [beta1, beta2] = self.betas;
+        let lr = hyper.lr;
+        // β1 as the schedule cycles it: PyTorch reads group['betas'] afresh every update,
+        // the bias correction included.
+        let [beta1, beta2] = [hyper.momentum.unwrap_or(self.betas[0]), self.betas[1]];
         let bias_correction1 = 1.0 - beta1.powf(step);
         let bias_correction2 = 1.0 - beta2.powf(step);
         let step_size = lr / bias_correction1;
         Ok(bytemuck::cast(AdamScalars {
-            moments: MomentScalars::new(lr, self.weight_decay, self.betas),
+            moments: MomentScalars::new(lr, self.weight_decay, [beta1, beta2]),
             bias_correction2_sqrt: bias_correction2.sqrt() as f32,
             eps: self.eps as f32,
             neg_step_size: (-step_size) as f32,
@@ -168,6 +172,10 @@ impl UpdateRule for Adam {
             decoupled: self.decoupled_weight_decay as u32,
             _pad: 0,
         }))
+    }
+
+    fn cycled_momentum(&self) -> Option<CycledMomentum> {
+        Some(CycledMomentum::Beta1)
     }
 
     fn weight_decay(&self) -> f64 {

@@ -54,6 +54,60 @@ pub struct StateBlock {
     /// Whether every value is ≥ 0 by construction (second moments, sums of squares): a
     /// restored checkpoint must hold them so, or square roots of them turn into NaN.
     pub non_negative: bool,
+    /// A momentum buffer that a schedule cycling the momentum needs, whatever the configured
+    /// momentum (SGD's and RMSprop's, unused at momentum 0 otherwise).
+    pub cycled: bool,
+}
+
+/// What a schedule sets for one update: PyTorch's `group['lr']` and, where the schedule
+/// cycles it (`cyclic`, `one_cycle`), `group['momentum']` or `group['betas'][0]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    /// The learning rate.
+    pub lr: f64,
+    /// The momentum (SGD, RMSprop) or β1 (the Adam family) in place of the configured one.
+    pub momentum: Option<f64>,
+}
+
+impl Hyper {
+    /// The rate alone, every other value as configured.
+    pub fn lr(lr: f64) -> Self {
+        Hyper { lr, momentum: None }
+    }
+}
+
+/// What a momentum-cycling schedule drives in an optimizer, as PyTorch's `CyclicLR` and
+/// `OneCycleLR` choose it: `betas[0]` where the optimizer has betas, else `momentum`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CycledMomentum {
+    /// SGD's and RMSprop's `momentum`: finite and ≥ 0.
+    Momentum,
+    /// The Adam family's β1: in [0, 1).
+    Beta1,
+}
+
+impl CycledMomentum {
+    /// The optimizer's argument, as PyTorch names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CycledMomentum::Momentum => "momentum",
+            CycledMomentum::Beta1 => "betas[0]",
+        }
+    }
+
+    /// Why `v` cannot be this argument (the constructor's rule; PyTorch does not check the
+    /// values its schedulers write, and a β1 of 1 would divide by zero).
+    fn refuse(self, v: f64) -> Option<String> {
+        let ok = match self {
+            CycledMomentum::Momentum => v.is_finite() && v >= 0.0 && past_f32(v).is_none(),
+            CycledMomentum::Beta1 => (0.0..1.0).contains(&v),
+        };
+        let range = match self {
+            CycledMomentum::Momentum => "finite, >= 0 and within f32",
+            CycledMomentum::Beta1 => "in [0, 1)",
+        };
+        (!ok).then(|| format!("{} must be {range}", self.name()))
+    }
 }
 
 /// Scalar state kept on the host by name: PyTorch's `step` (the number of updates so far)
@@ -99,9 +153,22 @@ pub trait UpdateRule: std::fmt::Debug + Send + Sync {
         Scalars::from([("step".to_string(), 0.0)])
     }
 
-    /// The scalars of the next update at rate `lr` (advancing `scalars`, as PyTorch's
-    /// `step += 1` does), as the optimizer's part of the uniform block.
-    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]>;
+    /// The scalars of the next update at the schedule's rate (and momentum, where it cycles
+    /// one), advancing `scalars` as PyTorch's `step += 1` does, as the optimizer's part of the
+    /// uniform block.
+    fn scalars(&self, hyper: Hyper, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]>;
+
+    /// What a schedule that cycles momentum drives here; `None` for an optimizer with neither
+    /// a momentum nor betas (Adagrad), which such a schedule is refused for, as in PyTorch.
+    fn cycled_momentum(&self) -> Option<CycledMomentum> {
+        None
+    }
+
+    /// Why the first update cannot take the cycled momentum `momentum`, beyond the range
+    /// [`CycledMomentum`] checks, if it cannot.
+    fn refuse_first_momentum(&self, _momentum: f64) -> Option<String> {
+        None
+    }
 
     /// Whether weight decay is on (a no-decay mask then matters).
     fn weight_decay(&self) -> f64;
@@ -254,11 +321,13 @@ pub(crate) fn next_step(scalars: &mut Scalars) -> Result<f64> {
     Ok(*step)
 }
 
-/// A validated optimizer: its rule, and whether biases take weight decay.
+/// A validated optimizer: its rule, whether biases take weight decay, and whether a schedule
+/// cycles its momentum.
 #[derive(Clone, Debug)]
 pub struct Optimizer {
     rule: Arc<dyn UpdateRule>,
     decay_biases: bool,
+    momentum_cycled: bool,
 }
 
 impl Default for Optimizer {
@@ -267,6 +336,7 @@ impl Default for Optimizer {
         Optimizer {
             rule: Arc::new(Sgd::default()),
             decay_biases: true,
+            momentum_cycled: false,
         }
     }
 }
@@ -286,7 +356,52 @@ impl Optimizer {
         Ok(Optimizer {
             rule: Arc::new(rule),
             decay_biases: true,
+            momentum_cycled: false,
         })
+    }
+
+    /// The optimizer under a schedule that sets its momentum (β1) every update
+    /// ([`Hyper::momentum`]): momentum buffers are kept even where the configured momentum is
+    /// 0. An optimizer without a momentum is refused, as PyTorch's `CyclicLR` and `OneCycleLR`
+    /// refuse it.
+    pub fn cycling_momentum(mut self) -> Result<Self> {
+        if self.rule.cycled_momentum().is_none() {
+            return Err(KilnError::invalid(
+                "schedule.cycle_momentum",
+                format!(
+                    "{} has no momentum or betas for the schedule to cycle (PyTorch refuses \
+                     it too); set cycle_momentum = false",
+                    self.name()
+                ),
+            ));
+        }
+        self.momentum_cycled = true;
+        Ok(self)
+    }
+
+    /// Why update `update` cannot use momentum (β1) `m`, if it cannot.
+    pub(crate) fn refuse_momentum(&self, m: f64, update: u64) -> Option<String> {
+        let why = match self.rule.cycled_momentum() {
+            Some(c) => c
+                .refuse(m)
+                .or_else(|| self.rule.refuse_first_momentum(m).filter(|_| update == 0))?,
+            None => "it has no momentum".into(),
+        };
+        Some(format!(
+            "the momentum for update {update} is {m}, but {}: {why} (see the schedule's \
+             base_momentum and max_momentum)",
+            self.name()
+        ))
+    }
+
+    /// The state tensors, in the kernel's binding order, with `used` as this optimizer needs
+    /// them (a cycled momentum's buffer included).
+    pub fn state_blocks(&self) -> Vec<StateBlock> {
+        let mut blocks = self.rule.state();
+        for b in &mut blocks {
+            b.used |= b.cycled && self.momentum_cycled;
+        }
+        blocks
     }
 
     /// With `false`, biases take no weight decay (what PyTorch users do with a second
@@ -308,7 +423,7 @@ impl Optimizer {
 
     /// The state tensors this configuration keeps.
     pub fn used_state(&self) -> Vec<StateBlock> {
-        self.rule.state().into_iter().filter(|b| b.used).collect()
+        self.state_blocks().into_iter().filter(|b| b.used).collect()
     }
 
     /// Element ranges of `layout` that take no weight decay: the biases, when they are
@@ -340,8 +455,7 @@ impl Optimizer {
         State {
             scalars: self.rule.initial_scalars(),
             blocks: self
-                .rule
-                .state()
+                .state_blocks()
                 .iter()
                 .map(|b| {
                     if b.used {
@@ -367,7 +481,7 @@ impl Optimizer {
             skip_slot: NO_SKIP,
             no_decay_count: 0,
             base: 0,
-            scalars: self.rule.scalars(lr, scalars)?,
+            scalars: self.rule.scalars(Hyper::lr(lr), scalars)?,
         })
     }
 }
@@ -729,7 +843,7 @@ mod tests {
             let mut state_b = state_a.clone();
             let (mut pa, mut pb) = (start.clone(), start.clone());
             for _ in 0..2 {
-                let words = rule.scalars(0.1, &mut scalars).unwrap();
+                let words = rule.scalars(Hyper::lr(0.1), &mut scalars).unwrap();
                 update_arena(rule, &words, &no_decay, &mut pa, &grad, &mut state_a);
                 // The reference: one call per span of equal decay, on one thread.
                 let mut bounds = vec![(0, true)];

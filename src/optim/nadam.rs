@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    MomentScalars, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
-    check_non_negative, next_step,
+    CycledMomentum, Hyper, MomentScalars, Registration, SCALAR_WORDS, Scalars, StateBlock,
+    UpdateRule, check_betas, check_non_negative, next_step,
 };
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
@@ -82,6 +82,7 @@ impl UpdateRule for NAdam {
             init: 0.0,
             used: true,
             non_negative: name == "exp_avg_sq",
+            cycled: false,
         };
         vec![block("exp_avg"), block("exp_avg_sq")]
     }
@@ -92,9 +93,11 @@ impl UpdateRule for NAdam {
         Scalars::from([("step".to_string(), 0.0), ("mu_product".to_string(), 1.0)])
     }
 
-    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
+    fn scalars(&self, hyper: Hyper, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
         let step = next_step(scalars)?;
-        let [beta1, beta2] = self.betas;
+        let lr = hyper.lr;
+        // β1 as the schedule cycles it: PyTorch's μ_t, and so mu_product, take this update's.
+        let [beta1, beta2] = [hyper.momentum.unwrap_or(self.betas[0]), self.betas[1]];
         let bias_correction2 = 1.0 - beta2.powf(step);
         let mu = beta1 * (1.0 - 0.5 * 0.96f64.powf(step * self.momentum_decay));
         let mu_next = beta1 * (1.0 - 0.5 * 0.96f64.powf((step + 1.0) * self.momentum_decay));
@@ -108,7 +111,7 @@ impl UpdateRule for NAdam {
         let mu_product = *product;
         let mu_product_next = mu_product * mu_next;
         Ok(bytemuck::cast(NAdamScalars {
-            moments: MomentScalars::new(lr, self.weight_decay, self.betas),
+            moments: MomentScalars::new(lr, self.weight_decay, [beta1, beta2]),
             bias_correction2: bias_correction2 as f32,
             eps: self.eps as f32,
             grad_coef: (-lr * (1.0 - mu) / (1.0 - mu_product)) as f32,
@@ -117,6 +120,10 @@ impl UpdateRule for NAdam {
             decoupled: self.decoupled_weight_decay as u32,
             _pad: 0,
         }))
+    }
+
+    fn cycled_momentum(&self) -> Option<CycledMomentum> {
+        Some(CycledMomentum::Beta1)
     }
 
     fn weight_decay(&self) -> f64 {

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    MomentScalars, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_betas,
-    check_non_negative, next_step,
+    CycledMomentum, Hyper, MomentScalars, Registration, SCALAR_WORDS, Scalars, StateBlock,
+    UpdateRule, check_betas, check_non_negative, next_step,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -82,6 +82,7 @@ impl UpdateRule for RAdam {
             init: 0.0,
             used: true,
             non_negative: name == "exp_avg_sq",
+            cycled: false,
         };
         vec![block("exp_avg"), block("exp_avg_sq")]
     }
@@ -89,9 +90,11 @@ impl UpdateRule for RAdam {
     /// PyTorch's host arithmetic in f64: the bias corrections, ρ_∞ = 2/(1 − β2) − 1,
     /// ρ_t = ρ_∞ − 2·t·β2^t/(1 − β2^t), and when ρ_t > 5 the rectification
     /// r_t = ((ρ_t − 4)(ρ_t − 2)ρ_∞ / ((ρ_∞ − 4)(ρ_∞ − 2)ρ_t))^0.5.
-    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
+    fn scalars(&self, hyper: Hyper, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
         let step = next_step(scalars)?;
-        let [beta1, beta2] = self.betas;
+        let lr = hyper.lr;
+        // β1 as the schedule cycles it, the bias correction included, as PyTorch reads it.
+        let [beta1, beta2] = [hyper.momentum.unwrap_or(self.betas[0]), self.betas[1]];
         let bias_correction1 = 1.0 - beta1.powf(step);
         let bias_correction2 = 1.0 - beta2.powf(step);
         let rho_inf = 2.0 / (1.0 - beta2) - 1.0;
@@ -107,7 +110,7 @@ impl UpdateRule for RAdam {
             | (self.decoupled_weight_decay as u32 * DECOUPLED)
             | (rectified as u32 * RECTIFIED);
         Ok(bytemuck::cast(RAdamScalars {
-            moments: MomentScalars::new(lr, self.weight_decay, self.betas),
+            moments: MomentScalars::new(lr, self.weight_decay, [beta1, beta2]),
             bias_correction1: bias_correction1 as f32,
             lr: lr as f32,
             eps: self.eps as f32,
@@ -116,6 +119,10 @@ impl UpdateRule for RAdam {
             flags,
             _pad: 0,
         }))
+    }
+
+    fn cycled_momentum(&self) -> Option<CycledMomentum> {
+        Some(CycledMomentum::Beta1)
     }
 
     fn weight_decay(&self) -> f64 {

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, l2_grad, lerp,
-    next_step,
+    CycledMomentum, Hyper, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule,
+    check_non_negative, l2_grad, lerp, next_step,
 };
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
@@ -96,6 +96,7 @@ impl UpdateRule for RmsProp {
             init: 0.0,
             used,
             non_negative: name == "square_avg",
+            cycled: name == "momentum_buffer",
         };
         vec![
             block("square_avg", true),
@@ -104,19 +105,23 @@ impl UpdateRule for RmsProp {
         ]
     }
 
-    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
+    fn scalars(&self, hyper: Hyper, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
         next_step(scalars)?;
         Ok(bytemuck::cast(RmsPropScalars {
-            neg_lr: (-lr) as f32,
+            neg_lr: (-hyper.lr) as f32,
             alpha: self.alpha as f32,
             one_minus_alpha: (1.0 - self.alpha) as f32,
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
-            momentum: self.momentum as f32,
+            momentum: hyper.momentum.unwrap_or(self.momentum) as f32,
             maximize: self.maximize as u32,
             centered: self.centered as u32,
             _pad: [0; 4],
         }))
+    }
+
+    fn cycled_momentum(&self) -> Option<CycledMomentum> {
+        Some(CycledMomentum::Momentum)
     }
 
     fn weight_decay(&self) -> f64 {

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative, l2_grad,
-    next_step,
+    CycledMomentum, Hyper, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule,
+    check_non_negative, l2_grad, next_step,
 };
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
@@ -85,14 +85,15 @@ impl UpdateRule for Sgd {
             init: 0.0,
             used: self.momentum != 0.0,
             non_negative: false,
+            cycled: true,
         }]
     }
 
-    fn scalars(&self, lr: f64, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
+    fn scalars(&self, hyper: Hyper, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
         let step = next_step(scalars)?;
         Ok(bytemuck::cast(SgdScalars {
-            lr: lr as f32,
-            momentum: self.momentum as f32,
+            lr: hyper.lr as f32,
+            momentum: hyper.momentum.unwrap_or(self.momentum) as f32,
             dampening: self.dampening as f32,
             weight_decay: self.weight_decay as f32,
             nesterov: self.nesterov as u32,
@@ -100,6 +101,19 @@ impl UpdateRule for Sgd {
             first_step: (step == 1.0) as u32,
             _pad: [0; 5],
         }))
+    }
+
+    fn cycled_momentum(&self) -> Option<CycledMomentum> {
+        Some(CycledMomentum::Momentum)
+    }
+
+    /// PyTorch starts the buffer as an undampened copy of the gradient at the first update
+    /// whose momentum is not 0; Kiln starts it at the first update. With a dampening the two
+    /// would part ways if that is not the first.
+    fn refuse_first_momentum(&self, momentum: f64) -> Option<String> {
+        (momentum == 0.0 && self.dampening != 0.0).then(|| {
+            "with a dampening, the cycle must not start at momentum 0 (max_momentum)".into()
+        })
     }
 
     fn weight_decay(&self) -> f64 {

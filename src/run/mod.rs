@@ -505,8 +505,10 @@ pub struct RunState {
     pub best_params: Option<Vec<f32>>,
 }
 
-/// A schedule record with its default spelled one way: `monitor = "loss"` (the default) and no
-/// monitor are the same schedule, whichever a run file (or a checkpoint's record) has.
+/// A schedule record with its defaults spelled one way: `monitor = "loss"` (the default) and
+/// no monitor are the same schedule, whichever a run file (or a checkpoint's record) has; a
+/// `cyclic` or `one_cycle` with `cycle_momentum = false` is recorded without its momentum
+/// keys, as checkpoints from before Kiln cycled momentum (which ran that way) recorded it.
 fn normalized_record(mut record: serde_json::Value) -> serde_json::Value {
     let default = serde_json::to_value(kiln_schedule::Monitor::default()).ok();
     if let Some(m) = record.get_mut("monitor")
@@ -514,7 +516,25 @@ fn normalized_record(mut record: serde_json::Value) -> serde_json::Value {
     {
         *m = serde_json::Value::Null;
     }
+    drop_momentum(&mut record, false);
     record
+}
+
+/// Removes the momentum keys of every schedule (composites' children too) that does not cycle
+/// momentum, or with `all` of every schedule.
+fn drop_momentum(v: &mut serde_json::Value, all: bool) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if all || map.get("cycle_momentum") == Some(&serde_json::Value::Bool(false)) {
+                for key in ["cycle_momentum", "base_momentum", "max_momentum"] {
+                    map.remove(key);
+                }
+            }
+            map.values_mut().for_each(|v| drop_momentum(v, all));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| drop_momentum(v, all)),
+        _ => {}
+    }
 }
 
 /// What decides which rows each update of a run takes: a run resumed under another layout
@@ -635,16 +655,26 @@ impl Run {
         }
         // The checkpoint's schedule carries on, with its state; the run file's must be the
         // one it was made from (a checkpoint from before this check was kept has no record).
+        let record = p.schedule_record(&config)?;
         if let Some(recorded) = &run_state.schedule
-            && p.schedule_record(&config)? != normalized_record(recorded.clone())
+            && record != normalized_record(recorded.clone())
         {
+            // A checkpoint from before Kiln cycled momentum, under a schedule that now does.
+            let mut rates_only = record;
+            drop_momentum(&mut rates_only, true);
+            let hint = if rates_only == normalized_record(recorded.clone()) {
+                "; it was made before Kiln cycled momentum as PyTorch does (cyclic and \
+                 one_cycle): add cycle_momentum = false to the schedule to resume it as it ran"
+            } else {
+                ""
+            };
             return Err(KilnError::invalid(
                 "schedule",
                 format!(
                     "the run file's [schedule] (with its base rate, [optimizer].lr unless it \
                      gives lr) is not the one the checkpoint in {} was made with; a run cannot \
                      change its schedule when it resumes (to train on under another, start a \
-                     new run from the saved weights with --init)",
+                     new run from the saved weights with --init){hint}",
                     dir.display()
                 ),
             ));

@@ -10,7 +10,7 @@ use crate::cpu;
 use crate::error::Result;
 use crate::model::{ParamLayout, Sequential};
 use crate::ops::{Loss, Targets};
-use crate::optim::{self, Optimizer, Scalars};
+use crate::optim::{self, Hyper, Optimizer, Scalars};
 use kiln_schedule::{Needs, Observation};
 
 pub struct CpuStep {
@@ -54,12 +54,12 @@ struct HostData {
     order: Vec<u32>,
 }
 
-/// What one step is given: its batch and its rate.
+/// What one step is given: its batch and the schedule's values.
 struct StepInput<'a> {
     x: &'a [f32],
     targets: Targets<'a>,
     rows: usize,
-    lr: f64,
+    hyper: Hyper,
 }
 
 impl CpuStep {
@@ -112,14 +112,14 @@ impl CpuStep {
         self.profiled.take()
     }
 
-    pub fn step(&mut self, source: super::Batch<'_>, rows: usize, lr: f64) -> Result<()> {
+    pub fn step(&mut self, source: super::Batch<'_>, rows: usize, hyper: Hyper) -> Result<()> {
         let Some(mode) = self.profile.take() else {
-            return self.step_timed(source, rows, lr, None);
+            return self.step_timed(source, rows, hyper, None);
         };
         let start = Instant::now();
         let mut times = Vec::new();
         let kernels = (mode == ProfileMode::Kernels).then_some(&mut times);
-        self.step_timed(source, rows, lr, kernels)?;
+        self.step_timed(source, rows, hyper, kernels)?;
         if mode == ProfileMode::Update {
             times.push(KernelTime::new(WHOLE_UPDATE, start.elapsed().as_secs_f64()));
         }
@@ -132,11 +132,11 @@ impl CpuStep {
         &mut self,
         source: super::Batch<'_>,
         rows: usize,
-        lr: f64,
+        hyper: Hyper,
         mut kernels: Option<&mut Vec<KernelTime>>,
     ) -> Result<()> {
         match source {
-            super::Batch::Host { x, targets } => self.step_on(x, targets, rows, lr, kernels),
+            super::Batch::Host { x, targets } => self.step_on(x, targets, rows, hyper, kernels),
             super::Batch::Uploaded => Err(crate::error::KilnError::Gpu(
                 "internal: a batch uploaded to a GPU reached the CPU device".into(),
             )),
@@ -170,7 +170,7 @@ impl CpuStep {
                         gather_start.elapsed().as_secs_f64(),
                     ));
                 }
-                let result = self.step_on(&x, targets, rows, lr, kernels);
+                let result = self.step_on(&x, targets, rows, hyper, kernels);
                 self.gathered = (x, y);
                 result
             }
@@ -217,14 +217,14 @@ impl CpuStep {
         x: &[f32],
         targets: Targets,
         rows: usize,
-        lr: f64,
+        hyper: Hyper,
         mut kernels: Option<&mut Vec<KernelTime>>,
     ) -> Result<()> {
         let batch = StepInput {
             x,
             targets,
             rows,
-            lr,
+            hyper,
         };
         // Indexed: `Instr` is Copy, and iterating `self.program` would hold a borrow `exec`
         // needs mutably.
@@ -251,7 +251,7 @@ impl CpuStep {
             x,
             targets: Targets::Values(&[]),
             rows,
-            lr: 0.0,
+            hyper: Hyper::lr(0.0),
         };
         for i in 0..self.program.forward.len() {
             let instr = self.program.forward[i];
@@ -357,7 +357,7 @@ impl CpuStep {
             Instr::Update => {
                 // The scalars advance whether or not the update is skipped, as on the GPU,
                 // which cannot know without a read-back.
-                let scalars = self.optimizer.rule().scalars(b.lr, &mut self.scalars)?;
+                let scalars = self.optimizer.rule().scalars(b.hyper, &mut self.scalars)?;
                 let loss = *self.losses.last().expect("Loss runs before Update");
                 if self.skip_non_finite && !loss.is_finite() {
                     return Ok(());

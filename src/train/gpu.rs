@@ -25,7 +25,7 @@ use crate::gpu::{
 };
 use crate::model::{ParamLayout, Sequential};
 use crate::ops::Loss;
-use crate::optim::{NO_SKIP, Optimizer, Scalars, UpdateUniform};
+use crate::optim::{Hyper, NO_SKIP, Optimizer, Scalars, UpdateUniform};
 use kiln_schedule::Needs;
 
 pub struct GpuStep {
@@ -437,8 +437,7 @@ impl GpuStep {
         let params_buf = Arena::upload(&ctx, "parameters", &split, params)?;
         let grads = Arena::filled(&ctx, "gradients", &split, 0.0)?;
         let state = optimizer
-            .rule()
-            .state()
+            .state_blocks()
             .iter()
             .map(|b| {
                 Ok(if b.used {
@@ -931,7 +930,7 @@ impl GpuStep {
         Ok(())
     }
 
-    pub fn step(&mut self, source: super::Batch<'_>, batch: usize, lr: f64) -> Result<()> {
+    pub fn step(&mut self, source: super::Batch<'_>, batch: usize, hyper: Hyper) -> Result<()> {
         if self.pending == LOSS_HISTORY {
             self.flush_losses()?;
         }
@@ -950,7 +949,7 @@ impl GpuStep {
             no_decay_count: self.no_decay_count,
             // Set per chunk by `launches`.
             base: 0,
-            scalars: self.optimizer.rule().scalars(lr, &mut self.scalars)?,
+            scalars: self.optimizer.rule().scalars(hyper, &mut self.scalars)?,
         };
         let per_update_launches = self
             .step

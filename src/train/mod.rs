@@ -15,7 +15,7 @@ use crate::device::Device;
 use crate::error::{KilnError, Result};
 use crate::model::{ParamLayout, Sequential};
 use crate::ops::{self, Targets};
-use crate::optim::{Optimizer, Scalars};
+use crate::optim::{Hyper, Optimizer, Scalars};
 pub use gpu::{DEFAULT_STEPS_PER_SUBMIT, MAX_STEPS_PER_SUBMIT};
 pub use profile::{KernelTime, ProfileMode};
 use program::Program;
@@ -318,10 +318,15 @@ impl Trainer {
     pub fn with_params(
         device: &Device,
         model: Sequential,
-        options: TrainOptions,
+        mut options: TrainOptions,
         schedule: Scheduler,
         params: Vec<f32>,
     ) -> Result<Self> {
+        // A schedule that cycles momentum sets it from construction on (PyTorch's CyclicLR
+        // and OneCycleLR write it into the optimizer when they are built).
+        if schedule.momentum().is_some() {
+            options.optimizer = options.optimizer.cycling_momentum()?;
+        }
         if options.max_batch == 0 {
             return Err(KilnError::invalid("max_batch", "must be at least 1"));
         }
@@ -427,6 +432,12 @@ impl Trainer {
     /// The rate the next update will use.
     pub fn lr(&self) -> f64 {
         self.schedule.lr()
+    }
+
+    /// The momentum (β1 for the Adam family) the next update will use where the schedule
+    /// cycles it (`cyclic`, `one_cycle`); `None`: the optimizer's own.
+    pub fn momentum(&self) -> Option<f64> {
+        self.schedule.momentum()
     }
 
     /// One update on a batch: `x` is [B, input] row-major, `targets` one row (or label) per
@@ -596,9 +607,17 @@ impl Trainer {
             self.schedule_failed = Some(why.clone());
             return Err(KilnError::invalid("schedule", why));
         }
+        let momentum = self.schedule.momentum();
+        if let Some(why) =
+            momentum.and_then(|m| self.options.optimizer.refuse_momentum(m, self.steps))
+        {
+            self.schedule_failed = Some(why.clone());
+            return Err(KilnError::invalid("schedule", why));
+        }
+        let hyper = Hyper { lr, momentum };
         match &mut self.backend {
-            Backend::Cpu(s) => s.step(source, batch, lr)?,
-            Backend::Gpu(s) => s.step(source, batch, lr)?,
+            Backend::Cpu(s) => s.step(source, batch, hyper)?,
+            Backend::Gpu(s) => s.step(source, batch, hyper)?,
         }
         self.steps += 1;
         if per_update && !observed {
@@ -911,8 +930,7 @@ impl Trainer {
                 blocks: self
                     .options
                     .optimizer
-                    .rule()
-                    .state()
+                    .state_blocks()
                     .iter()
                     .zip(blocks)
                     .filter(|(b, _)| b.used)
@@ -980,7 +998,7 @@ impl Trainer {
             ));
         }
         // Every block this configuration uses, and no other, in binding order.
-        let known = optimizer.rule().state();
+        let known = optimizer.state_blocks();
         if let Some(i) = (1..opt.blocks.len())
             .find(|&i| opt.blocks[..i].iter().any(|(n, _)| *n == opt.blocks[i].0))
         {
