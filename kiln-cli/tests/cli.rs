@@ -516,6 +516,65 @@ fn a_schedule_with_no_rate_past_the_last_update_still_ends() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `kiln schedule` lists the momentum a cycling schedule sets beside each rate (PyTorch's
+/// OneCycleLR: max_momentum while the rate is lowest). A checkpoint from before Kiln cycled
+/// momentum recorded its schedule without the momentum keys, as one with
+/// `cycle_momentum = false` records it now: it resumes under `cycle_momentum = false`, as it
+/// ran, and the refusal without it says so.
+#[test]
+fn cycled_momentum_is_listed_and_rates_only_checkpoints_resume_as_they_ran() {
+    let one_cycle = "kind = \"one_cycle\"\nmax_lr = 0.1\ntotal_steps = 30";
+    let f = scratch("cycled.toml", &format!("[schedule]\n{one_cycle}\n"));
+    let out = stdout(&kiln(&["schedule", arg(&f), "--steps", "3"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "step,lr,momentum", "{out}");
+    assert!(
+        lines[1].starts_with("0,0.00400000") && lines[1].ends_with(",0.95"),
+        "{out}"
+    );
+    let m: f64 = lines[2].split(',').nth(2).unwrap().parse().unwrap();
+    assert!(0.85 < m && m < 0.95, "{out}");
+    let json = stdout(&kiln(&[
+        "schedule",
+        arg(&f),
+        "--steps",
+        "2",
+        "--format",
+        "json",
+    ]));
+    assert!(json.contains("\"momentum\": [0.95, "), "{json}");
+    let g = scratch(
+        "rates-only.toml",
+        &format!("[schedule]\n{one_cycle}\ncycle_momentum = false\n"),
+    );
+    let out = stdout(&kiln(&["schedule", arg(&g), "--steps", "2"]));
+    assert!(out.starts_with("step,lr\n0,0.00400000"), "{out}");
+    assert_eq!(out.lines().nth(1).unwrap().split(',').count(), 2, "{out}");
+
+    let rates_only = REGRESSION_RUN.replace(
+        "kind = \"step\"\nstep_size = 10\ngamma = 0.5",
+        &format!("{one_cycle}\ncycle_momentum = false"),
+    );
+    let dir = run_dir("rates-only", &regression_csv(), &rates_only);
+    let (run, ck) = (dir.join("run.toml"), dir.join("ck"));
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", arg(&run), "--device", "cpu"];
+        args.extend_from_slice(extra);
+        kiln(&args)
+    };
+    stdout(&train(&["--steps", "10", "--checkpoint-dir", arg(&ck)]));
+    std::fs::write(&run, rates_only.replace("\ncycle_momentum = false", "")).unwrap();
+    let e = stderr_of_failure(&train(&["--resume", arg(&ck)]));
+    assert!(
+        e.contains("add cycle_momentum = false to the schedule to resume it as it ran"),
+        "{e}"
+    );
+    std::fs::write(&run, &rates_only).unwrap();
+    let out = stdout(&train(&["--resume", arg(&ck)]));
+    assert!(out.contains("resuming at 10"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A run that skipped non-finite losses (`--on-nan skip`) checkpoints them and resumes: the
 /// current epoch's losses and the observations a per-update schedule has yet to see keep
 /// their infinities (serde_json alone writes them as null, which did not read back).

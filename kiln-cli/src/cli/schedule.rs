@@ -1,5 +1,5 @@
 //! `kiln schedule`: the learning rate a `[schedule]` table gives for each update, as CSV or
-//! JSON, optionally plotted.
+//! JSON, optionally plotted; and the momentum (β1) too where the schedule cycles it.
 
 use std::io::Write;
 use std::path::Path;
@@ -33,6 +33,8 @@ pub fn schedule(args: &ScheduleArgs) -> Result<()> {
         }
     }
     let (mut rates, interval) = rates(&args.file, args.steps, args.observations.as_deref())?;
+    // Cycled from the first update on, or not at all.
+    let cycled = rates.first().is_some_and(|r| r.momentum.is_some());
     let mut unit = "step";
     match (interval, args.batches_per_epoch) {
         (Interval::Epoch, Some(0)) => bail!("--batches-per-epoch must be at least 1"),
@@ -40,7 +42,7 @@ pub fn schedule(args: &ScheduleArgs) -> Result<()> {
             // Each epoch's rate holds for every update of the epoch.
             rates = rates
                 .iter()
-                .flat_map(|&lr| std::iter::repeat_n(lr, n))
+                .flat_map(|&r| std::iter::repeat_n(r, n))
                 .collect();
         }
         (Interval::Epoch, None) => unit = "epoch",
@@ -55,44 +57,70 @@ pub fn schedule(args: &ScheduleArgs) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match args.format {
         ScheduleFormat::Csv => {
-            writeln!(out, "{unit},lr")?;
-            for (t, lr) in rates.iter().enumerate() {
-                writeln!(out, "{t},{lr:?}")?;
+            writeln!(out, "{unit},lr{}", if cycled { ",momentum" } else { "" })?;
+            for (t, r) in rates.iter().enumerate() {
+                match r.momentum.filter(|_| cycled) {
+                    Some(m) => writeln!(out, "{t},{:?},{m:?}", r.lr)?,
+                    None => writeln!(out, "{t},{:?}", r.lr)?,
+                }
             }
         }
         ScheduleFormat::Json => {
             write!(out, "{{\"lr\": [")?;
-            for (t, lr) in rates.iter().enumerate() {
-                write!(out, "{}{lr:?}", if t == 0 { "" } else { ", " })?;
+            for (t, r) in rates.iter().enumerate() {
+                write!(out, "{}{:?}", if t == 0 { "" } else { ", " }, r.lr)?;
+            }
+            if cycled {
+                write!(out, "], \"momentum\": [")?;
+                for (t, r) in rates.iter().enumerate() {
+                    let m = r.momentum.unwrap_or(f64::NAN);
+                    write!(out, "{}{m:?}", if t == 0 { "" } else { ", " })?;
+                }
             }
             writeln!(out, "]}}")?;
         }
     }
     out.flush()?;
     if let Some(out) = &args.plot {
-        let series = Series::over_updates("lr", rates.iter().copied());
+        let series = Series::over_updates("lr", rates.iter().map(|r| r.lr));
         let title = format!("learning rate: {}", args.file.display());
-        plot(
-            out,
-            &[Panel {
-                title,
-                y_label: "learning rate".into(),
-                series: vec![series],
+        let mut panels = vec![Panel {
+            title,
+            y_label: "learning rate".into(),
+            series: vec![series],
+            log_y: false,
+        }];
+        if cycled {
+            let momenta = rates.iter().map(|r| r.momentum.unwrap_or(f64::NAN));
+            panels.push(Panel {
+                title: "momentum (β1 for the Adam family), cycled by the schedule".into(),
+                y_label: "momentum".into(),
+                series: vec![Series::over_updates("momentum", momenta)],
                 log_y: false,
-            }],
-        )?;
+            });
+        }
+        plot(out, &panels)?;
     }
     Ok(())
 }
 
-/// The rates for updates (or epochs, by the table's interval) 0..steps of the `[schedule]`
-/// table in `file`, fed the observations in `observations` (line t is observed after update,
-/// or epoch, t), and the interval.
+/// What a schedule sets for one update (or epoch).
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    /// The learning rate.
+    pub lr: f64,
+    /// The momentum (β1), where the schedule cycles it.
+    pub momentum: Option<f64>,
+}
+
+/// The rates (and cycled momenta) for updates (or epochs, by the table's interval) 0..steps
+/// of the `[schedule]` table in `file`, fed the observations in `observations` (line t is
+/// observed after update, or epoch, t), and the interval.
 pub fn rates(
     file: &Path,
     steps: usize,
     observations: Option<&Path>,
-) -> Result<(Vec<f64>, Interval)> {
+) -> Result<(Vec<Rate>, Interval)> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut doc: toml::Table = text
@@ -147,7 +175,10 @@ pub fn rates(
     let interval = config.interval;
     let mut rates = Vec::new();
     for t in 0..steps {
-        rates.push(scheduler.lr());
+        rates.push(Rate {
+            lr: scheduler.lr(),
+            momentum: scheduler.momentum(),
+        });
         if t + 1 < steps {
             let o = observed
                 .get(t)
