@@ -71,6 +71,10 @@ case("one_cycle_momentum_adam", 'kind = "one_cycle"\nmax_lr = 0.01\ntotal_steps 
      lambda o: S.OneCycleLR(o, max_lr=0.01, total_steps=50, pct_start=0.4, base_momentum=0.8, max_momentum=0.9), steps=51, adam=True)
 case("one_cycle_momentum_three_phase", 'kind = "one_cycle"\nmax_lr = 1\ntotal_steps = 30\npct_start = 0.25\nanneal_strategy = "linear"\nthree_phase = true\ndiv_factor = 10\nfinal_div_factor = 100\nbase_momentum = 0.7',
      lambda o: S.OneCycleLR(o, max_lr=1.0, total_steps=30, pct_start=0.25, anneal_strategy="linear", three_phase=True, div_factor=10, final_div_factor=100, base_momentum=0.7), steps=30)
+case("one_cycle_epochs", 'kind = "one_cycle"\nmax_lr = 0.1\nepochs = 4\nsteps_per_epoch = 5',
+     lambda o: S.OneCycleLR(o, max_lr=0.1, epochs=4, steps_per_epoch=5), steps=21)
+case("one_cycle_total_steps_wins", 'kind = "one_cycle"\nmax_lr = 0.1\ntotal_steps = 12\nepochs = 4\nsteps_per_epoch = 5',
+     lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=12, epochs=4, steps_per_epoch=5), steps=13)
 case("sequential_momentum_at_milestone", '''kind = "sequential"
 milestones = [4]
 schedules = [{ kind = "linear", start_factor = 0.5, total_iters = 4 }, { kind = "cyclic", base_lr = 0.02, max_lr = 0.2, step_size_up = 3 }]''',

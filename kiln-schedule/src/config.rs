@@ -66,6 +66,34 @@ fn one_cycle_max_momentum() -> f64 {
     crate::one_cycle::DEFAULT_MOMENTUM.max_momentum
 }
 
+/// OneCycleLR's length: `total_steps`, else `epochs`·`steps_per_epoch`, as PyTorch reads them.
+fn one_cycle_steps(
+    total_steps: Option<u64>,
+    epochs: Option<u64>,
+    steps_per_epoch: Option<u64>,
+) -> Result<u64> {
+    match (total_steps, epochs, steps_per_epoch) {
+        (Some(n), _, _) => Ok(n),
+        (None, Some(e), Some(s)) => {
+            for (field, v) in [("epochs", e), ("steps_per_epoch", s)] {
+                if v == 0 {
+                    return Err(ScheduleError::new(field, "must be at least 1"));
+                }
+            }
+            e.checked_mul(s).ok_or_else(|| {
+                ScheduleError::new(
+                    "epochs",
+                    format!("{e} epochs of {s} steps is more updates than a schedule counts"),
+                )
+            })
+        }
+        _ => Err(ScheduleError::new(
+            "total_steps",
+            "missing: give total_steps, or epochs and steps_per_epoch",
+        )),
+    }
+}
+
 /// PyTorch's `cycle_momentum`, `base_momentum` and `max_momentum` as a cycle or none.
 fn momentum_cycle(cycle: bool, base: f64, max: f64) -> Result<Option<MomentumCycle>> {
     cycle.then(|| MomentumCycle::new(base, max)).transpose()
@@ -180,8 +208,15 @@ pub enum Kind {
     OneCycle {
         /// The highest rate.
         max_lr: f64,
-        /// Updates in the cycle.
-        total_steps: u64,
+        /// Updates in the cycle (or give `epochs` and `steps_per_epoch`, as PyTorch allows).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total_steps: Option<u64>,
+        /// With `steps_per_epoch`, total_steps = epochs·steps_per_epoch (where no total_steps).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epochs: Option<u64>,
+        /// See `epochs`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        steps_per_epoch: Option<u64>,
         #[serde(default = "default_pct_start")]
         /// Fraction of the cycle spent rising.
         pct_start: f64,
@@ -732,6 +767,8 @@ impl Kind {
             K::OneCycle {
                 max_lr,
                 total_steps,
+                epochs,
+                steps_per_epoch,
                 pct_start,
                 anneal_strategy,
                 div_factor,
@@ -743,7 +780,7 @@ impl Kind {
             } => Schedule::OneCycle(Epochal::new(
                 OneCycleLr::new(
                     *max_lr,
-                    *total_steps,
+                    one_cycle_steps(*total_steps, *epochs, *steps_per_epoch)?,
                     *pct_start,
                     *anneal_strategy,
                     *div_factor,

@@ -34,6 +34,22 @@ fn invalid_values_name_the_field() {
             "schedule.pct_start",
         ),
         (
+            "kind = \"one_cycle\"\nmax_lr = 0.1\nepochs = 3",
+            "schedule.total_steps: missing: give total_steps, or epochs and steps_per_epoch",
+        ),
+        (
+            "kind = \"one_cycle\"\nmax_lr = 0.1\nepochs = 3\nsteps_per_epoch = 0",
+            "schedule.steps_per_epoch: must be at least 1",
+        ),
+        (
+            "kind = \"one_cycle\"\nmax_lr = 0.1\nepochs = 4294967296\nsteps_per_epoch = 4294967296",
+            "schedule.epochs",
+        ),
+        (
+            "kind = \"one_cycle\"\nmax_lr = 0.1\ntotal_steps = 10\nbase_momentum = -0.1",
+            "schedule.base_momentum: must be finite and >= 0",
+        ),
+        (
             "kind = \"reduce_on_plateau\"\nfactor = 1.0",
             "schedule.factor: must be in [0, 1), got 1",
         ),

@@ -80,7 +80,9 @@ fn leaf() -> impl Strategy<Value = Kind> {
                 |(max_lr, pct_start, linear, div_factor, final_div_factor, three_phase)| {
                     Kind::OneCycle {
                         max_lr,
-                        total_steps: STEPS as u64 * 2,
+                        total_steps: Some(STEPS as u64 * 2),
+                        epochs: None,
+                        steps_per_epoch: None,
                         pct_start,
                         anneal_strategy: if linear {
                             AnnealStrategy::Linear
