@@ -3,10 +3,10 @@
 //! table's errors.
 //!
 //! `tests/fixtures/torch_optim.safetensors` was written by `tests/fixtures/torch_optim.py`
-//! (PyTorch 2.15, CPU, `foreach=False`): 29 cases of Linear(5,7)–Tanh–Linear(7,3) with
+//! (PyTorch 2.15, CPU, `foreach=False`): 34 cases of Linear(5,7)–Tanh–Linear(7,3) with
 //! cross-entropy, 12 updates over fixed batches of 8 with StepLR(step_size=4, gamma=0.5) or,
-//! in the last eight, CyclicLR and OneCycleLR, which cycle the momentum (β1) as well; each with
-//! the loss of every step, the final weights and every state tensor PyTorch holds.
+//! in nine, CyclicLR and OneCycleLR, which cycle the momentum (β1) as well; each with the loss
+//! of every step, the final weights and every state tensor PyTorch holds.
 
 mod common;
 
@@ -179,7 +179,7 @@ fn matches_pytorch(device: &Device) {
         let labels: Vec<i64> = bytemuck::pod_collect_to_vec(t.data());
         labels.iter().map(|&l| l as u32).collect()
     };
-    assert_eq!(f.cases.len(), 29);
+    assert_eq!(f.cases.len(), 34);
     let mut kinds_seen = Vec::new();
     for case in &f.cases {
         let name = case["name"].as_str().unwrap();
@@ -248,7 +248,7 @@ fn matches_pytorch(device: &Device) {
 test_device!(every_optimizer_follows_pytorch, super::matches_pytorch);
 
 /// Option sets of every optimizer, as run-file tables.
-const VARIANTS: [&str; 16] = [
+const VARIANTS: [&str; 20] = [
     "kind = 'sgd'\nmomentum = 0.9\ndampening = 0.25\nweight_decay = 0.01",
     "kind = 'sgd'\nmomentum = 0.9\nnesterov = true\nmaximize = true",
     "kind = 'sgd'\nweight_decay = 0.1",
@@ -265,6 +265,10 @@ const VARIANTS: [&str; 16] = [
     "kind = 'nadam'\ndecoupled_weight_decay = true\nweight_decay = 0.1\nmaximize = true",
     "kind = 'radam'\nweight_decay = 0.01",
     "kind = 'radam'\ndecoupled_weight_decay = true\nweight_decay = 0.1\nbetas = [0.9, 0.6]",
+    "kind = 'adamax'",
+    "kind = 'adamax'\nweight_decay = 0.1\nmaximize = true\nbetas = [0.5, 0.9]\neps = 1e-3",
+    "kind = 'adadelta'",
+    "kind = 'adadelta'\nrho = 0.5\nweight_decay = 0.1\nmaximize = true\neps = 1e-3",
 ];
 
 /// Each kernel against its CPU twin, one update at a time (a length that is not a multiple of
@@ -421,6 +425,13 @@ fn cycled_momentum_is_refused_where_it_cannot_apply() {
         &format!("{one_cycle}\ncycle_momentum = false"),
     )
     .unwrap();
+    let e = build(
+        "kind = 'adadelta'",
+        "kind = 'cyclic'\nbase_lr = 0.1\nmax_lr = 1",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("adadelta has no momentum"), "{e}");
 
     let x = [0.5f32; 20];
     let y = [0u32, 1, 2, 0];
@@ -632,6 +643,8 @@ fn optimizer_tables_take_pytorchs_names_and_defaults() {
         ("adagrad", 1e-2),
         ("nadam", 2e-3),
         ("radam", 1e-3),
+        ("adamax", 2e-3),
+        ("adadelta", 1.0),
     ]
     .into();
     for r in &REGISTRY {
@@ -691,7 +704,7 @@ fn optimizer_tables_take_pytorchs_names_and_defaults() {
             "kind = 'sgd'\ndecay_biases = 'no'",
             "optimizer.decay_biases",
         ),
-        ("kind = 'adamax'", "unknown optimizer \"adamax\""),
+        ("kind = 'lbfgs'", "unknown optimizer \"lbfgs\""),
         ("kind = 3", "optimizer.kind"),
     ] {
         let e = parse(text).unwrap_err().to_string();

@@ -11,8 +11,10 @@
 //! its uniform block and the CPU twin reads the very same words, so the two devices cannot
 //! disagree about a scalar.
 
+pub mod adadelta;
 pub mod adagrad;
 pub mod adam;
+pub mod adamax;
 pub mod nadam;
 pub mod radam;
 pub mod rmsprop;
@@ -25,8 +27,10 @@ use crate::error::{KilnError, Result};
 use crate::gpu::kernels::{Binding, Kernel};
 use crate::model::ParamLayout;
 
+pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::Adam;
+pub use adamax::Adamax;
 pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::RmsProp;
@@ -499,7 +503,7 @@ pub struct Registration {
 }
 
 /// Every optimizer Kiln has.
-pub static REGISTRY: [Registration; 7] = [
+pub static REGISTRY: [Registration; 9] = [
     sgd::REGISTRATION,
     adam::REGISTRATION,
     adam::ADAMW_REGISTRATION,
@@ -507,6 +511,8 @@ pub static REGISTRY: [Registration; 7] = [
     adagrad::REGISTRATION,
     nadam::REGISTRATION,
     radam::REGISTRATION,
+    adamax::REGISTRATION,
+    adadelta::REGISTRATION,
 ];
 
 /// Every optimizer kernel, once each (Adam and AdamW share one), for the shader tests: each
