@@ -69,6 +69,18 @@ fn l2_grad(h: UpdateHeader, i: u32, p: f32, g: f32, weight_decay: f32, maximize:
     return r;
 }
 
+// torch.maximum(a, b): NaN when either is, where WGSL's max may return the other. NaN is
+// found by its bits, since naga compiles `v != v` to an ordered comparison (false for NaN).
+// (`maximum` in src/optim/mod.rs.)
+fn maximum_pt(a: f32, b: f32) -> f32 {
+    let nan_a = (bitcast<u32>(a) & 0x7fffffffu) > 0x7f800000u;
+    let nan_b = (bitcast<u32>(b) & 0x7fffffffu) > 0x7f800000u;
+    if nan_a || nan_b {
+        return bitcast<f32>(0x7fc00000u);
+    }
+    return max(a, b);
+}
+
 // torch.lerp(start, end, weight) for a scalar weight, as PyTorch computes it: the form that is
 // exact at the end nearer to the weight. (`lerp` in src/optim/mod.rs.)
 fn lerp_pt(start: f32, end: f32, weight: f32) -> f32 {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use common::Tolerance;
 use kiln::optim::{OptimizerConfig, REGISTRY};
 use kiln::run::checkpoint;
-use kiln::schedule::{ScheduleConfig, Scheduler};
+use kiln::schedule::{Group, LrSchedule, Observation, Schedule, ScheduleConfig, Scheduler};
 use kiln::train::{PARAM_ALIGN, TrainOptions};
 use kiln::{Activation, Device, Layer, Loss, Sequential, Targets, Trainer, weights};
 use safetensors::SafeTensors;
@@ -455,6 +455,12 @@ fn cycled_momentum_is_refused_where_it_cannot_apply() {
             "must not start at momentum 0",
             true,
         ),
+        (
+            "kind = 'rmsprop'",
+            "max_momentum = 0\nbase_momentum = 0.5",
+            "must not start at momentum 0 (max_momentum), as in PyTorch",
+            true,
+        ),
     ] {
         let mut t = build(optimizer, &format!("{one_cycle}\n{cycle}")).unwrap();
         let before = t.parameters().unwrap();
@@ -478,6 +484,36 @@ fn cycled_momentum_is_refused_where_it_cannot_apply() {
             );
         }
     }
+    // A user schedule that starts setting a momentum after the trainer was built finds no
+    // momentum buffer: refused, not run without one.
+    #[derive(Debug)]
+    struct LateMomentum(u32);
+    impl LrSchedule for LateMomentum {
+        fn construct(&mut self, _: &mut Group) -> kiln::schedule::Result<()> {
+            Ok(())
+        }
+        fn step(&mut self, group: &mut Group, _: &Observation) -> kiln::schedule::Result<()> {
+            self.0 += 1;
+            if self.0 >= 2 {
+                group.momentum = Some(0.9);
+            }
+            Ok(())
+        }
+    }
+    let schedule = Scheduler::new(0.1, Schedule::custom(LateMomentum(0))).unwrap();
+    let options = TrainOptions {
+        max_batch: 4,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(&Device::Cpu, model(), options, schedule).unwrap();
+    t.step(&x, Targets::Classes(&y)).unwrap();
+    t.step(&x, Targets::Classes(&y)).unwrap();
+    let e = t.step(&x, Targets::Classes(&y)).unwrap_err().to_string();
+    assert!(
+        e.contains("the schedule set no momentum when the trainer was built"),
+        "{e}"
+    );
+
     // A dampened SGD whose cycle starts above 0 and passes 0 later trains (PyTorch's buffer
     // is already there then).
     let mut t = build(

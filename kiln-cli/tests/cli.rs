@@ -549,6 +549,16 @@ fn cycled_momentum_is_listed_and_rates_only_checkpoints_resume_as_they_ran() {
     );
     let out = stdout(&kiln(&["schedule", arg(&g), "--steps", "2"]));
     assert!(out.starts_with("step,lr\n0,0.00400000"), "{out}");
+    // A run file whose optimizer has no momentum fails as its training would.
+    let h = scratch(
+        "adagrad-cycled.toml",
+        &format!("[optimizer]\nkind = \"adagrad\"\n[schedule]\n{one_cycle}\n"),
+    );
+    let e = stderr_of_failure(&kiln(&["schedule", arg(&h), "--steps", "2"]));
+    assert!(
+        e.contains("schedule.cycle_momentum") && e.contains("adagrad"),
+        "{e}"
+    );
     assert_eq!(out.lines().nth(1).unwrap().split(',').count(), 2, "{out}");
 
     let rates_only = REGRESSION_RUN.replace(
@@ -564,6 +574,16 @@ fn cycled_momentum_is_listed_and_rates_only_checkpoints_resume_as_they_ran() {
     };
     stdout(&train(&["--steps", "10", "--checkpoint-dir", arg(&ck)]));
     std::fs::write(&run, rates_only.replace("\ncycle_momentum = false", "")).unwrap();
+    // The cycled run logs each update's momentum beside its rate (SGD's momentum 0.9 is
+    // max_momentum's 0.95 from the first update on).
+    let log = dir.join("cycled.jsonl");
+    stdout(&train(&["--steps", "3", "--log", arg(&log)]));
+    let first = std::fs::read_to_string(&log).unwrap();
+    let first = first.lines().next().unwrap();
+    assert!(
+        first.starts_with(r#"{"step":0,"#) && first.ends_with(r#","momentum":0.95}"#),
+        "{first}"
+    );
     let e = stderr_of_failure(&train(&["--resume", arg(&ck)]));
     assert!(
         e.contains("add cycle_momentum = false to the schedule to resume it as it ran"),

@@ -83,6 +83,19 @@ case("sequential_one_cycle_then_step", '''kind = "sequential"
 milestones = [10]
 schedules = [{ kind = "one_cycle", max_lr = 0.1, total_steps = 10 }, { kind = "step", step_size = 3 }]''',
      lambda o: S.SequentialLR(o, [S.OneCycleLR(o, max_lr=0.1, total_steps=10), S.StepLR(o, 3)], milestones=[10]), steps=20)
+# OneCycleLR reads its bounds from the param group, where a schedule built after it writes its own.
+case("sequential_one_cycle_then_cyclic", '''kind = "sequential"
+milestones = [10]
+schedules = [{ kind = "one_cycle", max_lr = 0.1, total_steps = 10 }, { kind = "cyclic", base_lr = 0.01, max_lr = 0.1, step_size_up = 4 }]''',
+     lambda o: S.SequentialLR(o, [S.OneCycleLR(o, max_lr=0.1, total_steps=10), S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=4)], milestones=[10]), steps=20)
+case("sequential_two_one_cycles", '''kind = "sequential"
+milestones = [8]
+schedules = [{ kind = "one_cycle", max_lr = 0.1, total_steps = 8 }, { kind = "one_cycle", max_lr = 0.5, total_steps = 10, div_factor = 5, final_div_factor = 50, base_momentum = 0.6, max_momentum = 0.8 }]''',
+     lambda o: S.SequentialLR(o, [S.OneCycleLR(o, max_lr=0.1, total_steps=8), S.OneCycleLR(o, max_lr=0.5, total_steps=10, div_factor=5, final_div_factor=50, base_momentum=0.6, max_momentum=0.8)], milestones=[8]), steps=18)
+case("sequential_one_cycle_then_rates_only_one_cycle", '''kind = "sequential"
+milestones = [6]
+schedules = [{ kind = "one_cycle", max_lr = 0.1, total_steps = 6 }, { kind = "one_cycle", max_lr = 0.3, total_steps = 6, cycle_momentum = false }]''',
+     lambda o: S.SequentialLR(o, [S.OneCycleLR(o, max_lr=0.1, total_steps=6), S.OneCycleLR(o, max_lr=0.3, total_steps=6, cycle_momentum=False)], milestones=[6]), steps=12)
 case("chained_one_cycle_exponential", '''kind = "chained"
 schedules = [{ kind = "one_cycle", max_lr = 0.1, total_steps = 15 }, { kind = "exponential", gamma = 0.9 }]''',
      lambda o: S.ChainedScheduler([S.OneCycleLR(o, max_lr=0.1, total_steps=15), S.ExponentialLR(o, gamma=0.9)]), steps=15)

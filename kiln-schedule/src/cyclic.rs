@@ -135,7 +135,8 @@ impl Rule for CyclicLr {
         Ok(e.base + base_height * s)
     }
 
-    fn momentum(&self, e: &Epoch) -> Option<f64> {
+    /// From its own bounds (PyTorch's CyclicLR keeps them on itself).
+    fn momentum(&self, e: &Epoch, _group: &Group) -> Option<f64> {
         let m = self.momentum?;
         let (scale, s) = self.position(e.t);
         let base_height = (m.max_momentum - m.base_momentum) * scale;

@@ -26,7 +26,7 @@ pub trait Rule: std::fmt::Debug + Send {
     fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64>;
     /// The momentum `get_lr` writes into the group as a side effect (the schedules that cycle
     /// momentum), for the same step; called only after `get_lr` succeeded.
-    fn momentum(&self, _e: &Epoch) -> Option<f64> {
+    fn momentum(&self, _e: &Epoch, _group: &Group) -> Option<f64> {
         None
     }
     /// PyTorch's `_get_closed_form_lr`, where the class has one.
@@ -92,7 +92,7 @@ impl<R: Rule> Epochal<R> {
     }
 
     fn write_momentum(&self, e: &Epoch, group: &mut Group) {
-        if let Some(m) = self.rule.momentum(e) {
+        if let Some(m) = self.rule.momentum(e, group) {
             group.momentum = Some(m);
         }
     }

@@ -103,8 +103,11 @@ impl ScheduleError {
 pub type Result<T, E = ScheduleError> = std::result::Result<T, E>;
 
 /// The optimizer state PyTorch's schedulers read and write: `param_groups[0]['lr']`,
-/// `['initial_lr']` (set by the first scheduler built on the optimizer) and, for the schedules
-/// that cycle momentum, `['momentum']` or `['betas'][0]`.
+/// `['initial_lr']` (set by the first scheduler built on the optimizer), for the schedules
+/// that cycle momentum `['momentum']` or `['betas'][0]`, and the keys OneCycleLR and CyclicLR
+/// write at construction. OneCycleLR reads its bounds back from the group at every step, so a
+/// schedule built after it on the same group (a later child of a `sequential`) changes them,
+/// as in PyTorch.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     /// The rate the next update uses (`group['lr']`).
@@ -116,6 +119,19 @@ pub struct Group {
     /// and the optimizer's own then.
     #[serde(default)]
     pub momentum: Option<f64>,
+    /// `group['max_lr']` and `['min_lr']`, written by each `one_cycle` built on the group.
+    #[serde(default)]
+    pub max_lr: Option<f64>,
+    /// See `max_lr`.
+    #[serde(default)]
+    pub min_lr: Option<f64>,
+    /// `group['max_momentum']` and `['base_momentum']`, written by each `one_cycle` and
+    /// `cyclic` that cycles momentum.
+    #[serde(default)]
+    pub max_momentum: Option<f64>,
+    /// See `max_momentum`.
+    #[serde(default)]
+    pub base_momentum: Option<f64>,
 }
 
 impl Group {
@@ -125,6 +141,10 @@ impl Group {
             lr,
             initial_lr: None,
             momentum: None,
+            max_lr: None,
+            min_lr: None,
+            max_momentum: None,
+            base_momentum: None,
         }
     }
 
@@ -163,9 +183,21 @@ impl MomentumCycle {
         MomentumCycle::new(self.base_momentum, self.max_momentum).map(|_| ())
     }
 
-    /// PyTorch's construction-time write: the optimizer's momentum becomes `max_momentum`.
+    /// PyTorch's construction-time write: the optimizer's momentum becomes `max_momentum`,
+    /// and the group keeps both bounds.
     pub(crate) fn install(self, group: &mut Group) {
         group.momentum = Some(self.max_momentum);
+        group.max_momentum = Some(self.max_momentum);
+        group.base_momentum = Some(self.base_momentum);
+    }
+
+    /// The bounds as the group holds them now (PyTorch's OneCycleLR reads them there), where
+    /// it holds them (a schedule saved before Kiln kept them: its own).
+    pub(crate) fn in_group(self, group: &Group) -> MomentumCycle {
+        MomentumCycle {
+            base_momentum: group.base_momentum.unwrap_or(self.base_momentum),
+            max_momentum: group.max_momentum.unwrap_or(self.max_momentum),
+        }
     }
 }
 
@@ -273,6 +305,15 @@ impl Scheduler {
         check_count("updates", self.updates.min(i64::MAX as u64) as i64)?;
         self.schedule.check()?;
         check_rate(self.group.lr, self.updates)?;
+        // Set from construction on exactly when a schedule inside cycles it: a trainer sizes
+        // the momentum buffers by it.
+        if self.schedule.cycles_momentum() != self.group.momentum.is_some() {
+            return Err(ScheduleError::new(
+                "momentum",
+                "the saved momentum does not match whether the schedule cycles it (a damaged \
+                 checkpoint?)",
+            ));
+        }
         match self.group.momentum {
             Some(m) => non_negative("momentum", m),
             None => Ok(()),
@@ -301,7 +342,7 @@ impl Scheduler {
         self.group.lr
     }
 
-    /// The momentum (SGD, RMSprop) or β1 (Adam, AdamW, NAdam, RAdam) for the next update,
+    /// The momentum (SGD, RMSprop) or β1 (Adam, AdamW, NAdam, RAdam, Adamax) for the next update,
     /// where the schedule cycles it as PyTorch's `CyclicLR` and `OneCycleLR` do by default
     /// (`cycle_momentum`); `None` leaves the optimizer's own. Set from construction on, so
     /// `Some` right after [`Scheduler::new`] means the optimizer must have a momentum to cycle.

@@ -40,7 +40,8 @@ pub struct OneCycleLr {
     pub anneal_strategy: AnnealStrategy,
     initial_lr: f64,
     min_lr: f64,
-    /// (end_step, start rate, end rate) of each phase.
+    /// (end_step, start rate, end rate) of each phase as built. The rates of a step are read
+    /// from the group's keys (`lr_bounds`), as PyTorch reads them.
     phases: Vec<(f64, f64, f64)>,
     /// The momentum cycle (`None`: PyTorch's `cycle_momentum=False`). Absent from schedules
     /// saved before Kiln cycled momentum, which resume as they ran.
@@ -111,6 +112,21 @@ impl OneCycleLr {
         self
     }
 
+    /// Phase i's start and end rates from the group's `initial_lr`, `max_lr` and `min_lr`
+    /// (the last schedule built on the group that sets them wrote them), or where the group
+    /// lacks them (a schedule saved before Kiln kept them) the schedule's own.
+    fn lr_bounds(&self, i: usize, group: &Group) -> (f64, f64) {
+        let initial = group.initial_lr.unwrap_or(self.initial_lr);
+        let max = group.max_lr.unwrap_or(self.max_lr);
+        let min = group.min_lr.unwrap_or(self.min_lr);
+        match (i, self.phases.len()) {
+            (0, _) => (initial, max),
+            (1, 2) => (max, min),
+            (1, _) => (max, initial),
+            _ => (initial, min),
+        }
+    }
+
     /// The phase update t falls in and how far through it (PyTorch's loop in `get_lr`).
     fn locate(&self, t: i64) -> Result<(usize, f64)> {
         if t > self.total_steps as i64 {
@@ -162,14 +178,16 @@ impl Rule for OneCycleLr {
     fn before_init(&mut self, group: &mut Group) -> Option<f64> {
         // OneCycleLR overwrites initial_lr rather than setting a default.
         group.initial_lr = Some(self.initial_lr);
+        group.max_lr = Some(self.max_lr);
+        group.min_lr = Some(self.min_lr);
         if let Some(m) = self.momentum {
             m.install(group);
         }
         None
     }
 
-    fn momentum(&self, e: &Epoch) -> Option<f64> {
-        let m = self.momentum?;
+    fn momentum(&self, e: &Epoch, group: &Group) -> Option<f64> {
+        let m = self.momentum?.in_group(group);
         let (i, pct) = self.locate(e.t).ok()?;
         // Phase by phase: max → base, base → max, and with three phases max → max.
         let (start, end) = match i {
@@ -180,9 +198,9 @@ impl Rule for OneCycleLr {
         Some(self.anneal(start, end, pct))
     }
 
-    fn get_lr(&self, e: &Epoch, _group: &Group) -> Result<f64> {
+    fn get_lr(&self, e: &Epoch, group: &Group) -> Result<f64> {
         let (i, pct) = self.locate(e.t)?;
-        let (_, start_lr, end_lr) = self.phases[i];
+        let (start_lr, end_lr) = self.lr_bounds(i, group);
         Ok(self.anneal(start_lr, end_lr, pct))
     }
 }

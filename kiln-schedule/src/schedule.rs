@@ -199,6 +199,18 @@ impl Schedule {
         }
     }
 
+    /// Whether a schedule inside cycles the optimizer's momentum (`cyclic` and `one_cycle`
+    /// with `cycle_momentum`). User types are not known to: they set `Group::momentum` or not.
+    pub fn cycles_momentum(&self) -> bool {
+        match self {
+            Schedule::Cyclic(s) => s.rule.momentum.is_some(),
+            Schedule::OneCycle(s) => s.rule.momentum.is_some(),
+            Schedule::Sequential(s) => s.schedules.iter().any(Schedule::cycles_momentum),
+            Schedule::Chained(s) => s.schedules.iter().any(Schedule::cycles_momentum),
+            _ => false,
+        }
+    }
+
     /// Whether the state can be saved (no closures or user types inside).
     pub fn can_save(&self) -> bool {
         match self {

@@ -1,5 +1,5 @@
 //! Every schedule kind saves and restores mid-run: k updates, save, restore, continue ≡ the
-//! uninterrupted run, bit for bit.
+//! uninterrupted run, bit for bit, its rates and the momentum it cycles.
 
 use kiln_schedule::{Observation, ScheduleConfig, Scheduler};
 
@@ -24,7 +24,10 @@ fn check_resume(toml: &str) {
     let mut reference = build(toml);
     let mut want = Vec::new();
     for t in 0..TOTAL {
-        want.push(reference.lr().to_bits());
+        want.push((
+            reference.lr().to_bits(),
+            reference.momentum().map(f64::to_bits),
+        ));
         reference.step(&observation(t)).unwrap();
     }
     for k in [0, 1, 2, 5, 13, 31] {
@@ -38,7 +41,7 @@ fn check_resume(toml: &str) {
             serde_json::from_str(&saved).unwrap_or_else(|e| panic!("{toml}: {e}\n{saved}"));
         for (t, w) in want.iter().enumerate().skip(k) {
             assert_eq!(
-                resumed.lr().to_bits(),
+                (resumed.lr().to_bits(), resumed.momentum().map(f64::to_bits)),
                 *w,
                 "{toml}\nresumed after {k}: update {t}"
             );
@@ -65,6 +68,7 @@ resumes! {
     cosine_annealing_warm_restarts: "kind = \"cosine_annealing_warm_restarts\"\nt_0 = 4\nt_mult = 2",
     cyclic: "kind = \"cyclic\"\nbase_lr = 0.01\nmax_lr = 0.1\nstep_size_up = 5\nmode = \"triangular2\"",
     one_cycle: "kind = \"one_cycle\"\nmax_lr = 0.5\ntotal_steps = 100\nthree_phase = true",
+    one_cycle_then_cyclic: "kind = \"sequential\"\nmilestones = [20]\nschedules = [{ kind = \"one_cycle\", max_lr = 0.5, total_steps = 20 }, { kind = \"cyclic\", base_lr = 0.01, max_lr = 0.1, step_size_up = 5, base_momentum = 0.5 }]",
     multiplicative: "kind = \"multiplicative\"\nfactor = 0.95",
     sequential: "kind = \"sequential\"\nmilestones = [5, 20]\nschedules = [{ kind = \"linear\", start_factor = 0.1, total_iters = 5 }, { kind = \"cosine_annealing_warm_restarts\", t_0 = 6 }, { kind = \"exponential\", gamma = 0.9 }]",
     chained: "kind = \"chained\"\nschedules = [{ kind = \"step\", step_size = 7 }, { kind = \"cosine_annealing\", t_max = 25 }, { kind = \"bold_driver\" }]",
@@ -80,4 +84,53 @@ resumes! {
     bold_driver_unbounded: "kind = \"bold_driver\"",
     grad_norm_adaptive: "kind = \"grad_norm_adaptive\"\nbeta = 0.1",
     loss_adaptive: "kind = \"loss_adaptive\"\nbeta = 3",
+}
+
+/// A checkpoint's scheduler is held to itself: the momentum it saved must match whether its
+/// schedule cycles one (a trainer sizes its momentum buffers by it). A scheduler saved before
+/// Kiln cycled momentum (no momentum anywhere) restores as the rates-only run it was.
+#[test]
+fn saved_momentum_must_match_the_schedule() {
+    let mut s = build("kind = \"one_cycle\"\nmax_lr = 0.5\ntotal_steps = 100");
+    s.step(&Observation::default()).unwrap();
+    let saved = serde_json::to_value(&s).unwrap();
+    let restored: Scheduler = serde_json::from_value(saved.clone()).unwrap();
+    restored.check().unwrap();
+
+    let mut lost = saved.clone();
+    lost["group"]["momentum"] = serde_json::Value::Null;
+    let restored: Scheduler = serde_json::from_value(lost).unwrap();
+    let e = restored.check().unwrap_err().to_string();
+    assert!(
+        e.contains("schedule.momentum") && e.contains("damaged"),
+        "{e}"
+    );
+
+    // Before momentum cycling: no momentum in the group or the schedule, nor the group keys.
+    let mut old = saved;
+    let group = old["group"].as_object_mut().unwrap();
+    for key in [
+        "momentum",
+        "max_lr",
+        "min_lr",
+        "max_momentum",
+        "base_momentum",
+    ] {
+        group.remove(key);
+    }
+    old["schedule"]["rule"]
+        .as_object_mut()
+        .unwrap()
+        .remove("momentum")
+        .unwrap();
+    let mut restored: Scheduler = serde_json::from_value(old).unwrap();
+    restored.check().unwrap();
+    assert_eq!(restored.momentum(), None);
+    let mut reference = build("kind = \"one_cycle\"\nmax_lr = 0.5\ntotal_steps = 100");
+    reference.step(&Observation::default()).unwrap();
+    for _ in 0..10 {
+        assert_eq!(restored.lr().to_bits(), reference.lr().to_bits());
+        restored.step(&Observation::default()).unwrap();
+        reference.step(&Observation::default()).unwrap();
+    }
 }

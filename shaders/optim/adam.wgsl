@@ -51,7 +51,7 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     );
     var v_used = o.v;
     if params.amsgrad != 0u {
-        v_used = max(v_max_in, o.v);
+        v_used = maximum_pt(v_max_in, o.v);
         max_exp_avg_sq[i] = v_used;
     }
     let denom = sqrt(v_used) / params.bias_correction2_sqrt + params.eps;

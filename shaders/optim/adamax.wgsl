@@ -35,7 +35,7 @@ fn adamax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let u_in = exp_inf[i];
     let g = l2_grad(params.h, i, p, g_in, params.weight_decay, params.maximize != 0u);
     let m = lerp_pt(m_in, g, params.one_minus_beta1);
-    let u = max(u_in * params.beta2, abs(g) + params.eps);
+    let u = maximum_pt(u_in * params.beta2, abs(g) + params.eps);
     exp_avg[i] = m;
     exp_inf[i] = u;
     param[i] = p + params.neg_clr * m / u;

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::{
     CycledMomentum, Hyper, MomentScalars, Optimizer, Registration, SCALAR_WORDS, Scalars,
-    StateBlock, UpdateRule, check_betas, check_non_negative, next_step, parse_args,
+    StateBlock, UpdateRule, check_betas, check_non_negative, maximum, next_step, parse_args,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -214,7 +214,7 @@ impl UpdateRule for Adam {
                 .zip(max_exp_avg_sq.iter_mut());
             for ((((p, &g), m), v), max_v) in pgmv {
                 moments.apply(p, g, m, v);
-                *max_v = max_v.max(*v);
+                *max_v = maximum(*max_v, *v);
                 step(p, *m, *max_v);
             }
         } else {

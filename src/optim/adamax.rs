@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::{
     CycledMomentum, Hyper, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule,
-    check_betas, check_non_negative, l2_grad, lerp, next_step,
+    check_betas, check_non_negative, l2_grad, lerp, maximum, next_step,
 };
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -128,7 +128,7 @@ impl UpdateRule for Adamax {
         for (((p, &g), m), u) in pgmu {
             let g = l2_grad(*p, g, weight_decay, s.maximize != 0);
             *m = lerp(*m, g, s.one_minus_beta1);
-            *u = (*u * s.beta2).max(g.abs() + s.eps);
+            *u = maximum(*u * s.beta2, g.abs() + s.eps);
             *p += s.neg_clr * *m / *u;
         }
     }

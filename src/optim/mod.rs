@@ -194,6 +194,17 @@ pub trait UpdateRule: std::fmt::Debug + Send + Sync {
     );
 }
 
+/// `torch.maximum(a, b)`: NaN when either is (`f32::max` would return the other).
+/// (`maximum_pt` in update.wgsl.)
+#[inline(always)]
+pub(crate) fn maximum(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+
 /// PyTorch's `torch.lerp(start, end, weight)` for a scalar weight, as its CPU kernel computes
 /// it: the form that is exact at the end nearer to the weight. (`lerp_pt` in update.wgsl.)
 #[inline(always)]
@@ -386,6 +397,11 @@ impl Optimizer {
     /// Why update `update` cannot use momentum (β1) `m`, if it cannot.
     pub(crate) fn refuse_momentum(&self, m: f64, update: u64) -> Option<String> {
         let why = match self.rule.cycled_momentum() {
+            // Its buffers were sized when the trainer was built (a user schedule that starts
+            // setting a momentum later would find none).
+            Some(_) if !self.momentum_cycled => {
+                "the schedule set no momentum when the trainer was built".into()
+            }
             Some(c) => c
                 .refuse(m)
                 .or_else(|| self.rule.refuse_first_momentum(m).filter(|_| update == 0))?,
@@ -879,5 +895,30 @@ mod tests {
                 assert_eq!(bits(a), bits(b), "{}", r.name);
             }
         }
+    }
+
+    /// The running maxima of Adamax and AMSGrad keep a NaN, as `torch.maximum` does
+    /// (`f32::max` would drop it).
+    #[test]
+    fn running_maxima_keep_nan_as_pytorch() {
+        for (text, block) in [("kind = 'adamax'", 1), ("kind = 'adam'\namsgrad = true", 2)] {
+            let optimizer = OptimizerConfig::from_table(toml::from_str(text).unwrap())
+                .unwrap()
+                .optimizer;
+            let rule = optimizer.rule();
+            let mut state = optimizer.new_state(2);
+            let mut scalars = rule.initial_scalars();
+            let mut param = [0.5f32, 0.5];
+            for grad in [[0.1f32, f32::NAN], [0.1, 0.2]] {
+                let words = rule.scalars(Hyper::lr(0.1), &mut scalars).unwrap();
+                let mut st: Vec<&mut [f32]> =
+                    state.blocks.iter_mut().map(|b| b.as_mut_slice()).collect();
+                rule.update_cpu(&words, true, &mut param, &grad, &mut st);
+            }
+            assert!(state.blocks[block][0].is_finite(), "{text}");
+            assert!(state.blocks[block][1].is_nan(), "{text}");
+        }
+        assert!(maximum(1.0, f32::NAN).is_nan() && maximum(f32::NAN, 1.0).is_nan());
+        assert_eq!(maximum(-1.0, 2.0), 2.0);
     }
 }

@@ -124,6 +124,13 @@ impl UpdateRule for RmsProp {
         Some(CycledMomentum::Momentum)
     }
 
+    /// PyTorch's RMSprop makes its momentum buffer at the first update only if that update's
+    /// momentum is above 0, and fails at the next update that has one.
+    fn refuse_first_momentum(&self, momentum: f64) -> Option<String> {
+        (momentum == 0.0)
+            .then(|| "the cycle must not start at momentum 0 (max_momentum), as in PyTorch".into())
+    }
+
     fn weight_decay(&self) -> f64 {
         self.weight_decay
     }

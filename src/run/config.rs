@@ -518,9 +518,9 @@ mod tests {
         );
         let e = error(&MINIMAL.replace("\"mse\"", "\"hinge\""));
         assert!(e.contains("model.loss"), "{e}");
-        let e = error(&format!("{MINIMAL}[optimizer]\nkind = \"adamax\"\n"));
+        let e = error(&format!("{MINIMAL}[optimizer]\nkind = \"lbfgs\"\n"));
         assert!(
-            e.contains("optimizer.kind: unknown optimizer \"adamax\""),
+            e.contains("optimizer.kind: unknown optimizer \"lbfgs\""),
             "{e}"
         );
         let e = error(&format!("{MINIMAL}[optimizer]\nnesterov = true\n"));

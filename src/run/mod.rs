@@ -659,12 +659,14 @@ impl Run {
         if let Some(recorded) = &run_state.schedule
             && record != normalized_record(recorded.clone())
         {
-            // A checkpoint from before Kiln cycled momentum, under a schedule that now does.
+            // A checkpoint made without momentum cycling (before Kiln cycled it, or with
+            // cycle_momentum = false), under a run file that now cycles it.
             let mut rates_only = record;
             drop_momentum(&mut rates_only, true);
             let hint = if rates_only == normalized_record(recorded.clone()) {
-                "; it was made before Kiln cycled momentum as PyTorch does (cyclic and \
-                 one_cycle): add cycle_momentum = false to the schedule to resume it as it ran"
+                "; it was made without momentum cycling (by a Kiln from before cyclic and \
+                 one_cycle cycled it as PyTorch does, or with cycle_momentum = false): add \
+                 cycle_momentum = false to the schedule to resume it as it ran"
             } else {
                 ""
             };

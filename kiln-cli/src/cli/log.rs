@@ -7,13 +7,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LogLine {
-    /// An update: the rate it used and its batch's loss at the weights before it (`null` when
-    /// not finite).
+    /// An update: the rate it used, its batch's loss at the weights before it (`null` when
+    /// not finite) and, where the schedule cycles it, the momentum (β1) it used.
     Update {
         step: u64,
         epoch: u64,
         lr: f64,
         loss: Option<f32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        momentum: Option<f64>,
     },
     /// An evaluation on the held-out rows after update `step`. `end_of_run`: the one a run
     /// adds when it ends between the evaluations it makes as it goes (cut short by `--steps`,
@@ -99,10 +101,24 @@ mod tests {
             epoch: 0,
             lr: 0.05,
             loss: None,
+            momentum: None,
         };
         let text = update.to_json();
         assert_eq!(text, r#"{"step":3,"epoch":0,"lr":0.05,"loss":null}"#);
         assert_eq!(serde_json::from_str::<LogLine>(&text).unwrap(), update);
+        let cycled = LogLine::Update {
+            step: 3,
+            epoch: 0,
+            lr: 0.05,
+            loss: None,
+            momentum: Some(0.9),
+        };
+        let text = cycled.to_json();
+        assert_eq!(
+            text,
+            r#"{"step":3,"epoch":0,"lr":0.05,"loss":null,"momentum":0.9}"#
+        );
+        assert_eq!(serde_json::from_str::<LogLine>(&text).unwrap(), cycled);
         let eval = LogLine::Evaluation {
             step: 9,
             epoch: 1,

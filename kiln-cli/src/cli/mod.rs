@@ -32,7 +32,7 @@ pub enum Command {
     },
     /// Train the bundled digits classifier and report validation loss and accuracy.
     Train(TrainArgs),
-    /// Print the learning rate of every update under a [schedule] table.
+    /// Print the learning rate of every update under a [schedule] table (and the momentum, where it cycles it).
     Schedule(ScheduleArgs),
     /// Plot the loss and learning rate of a `kiln train --log` file.
     Plot(PlotArgs),
@@ -157,9 +157,10 @@ pub enum OnNan {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ScheduleFormat {
-    /// `step,lr` header (`epoch,lr` for a schedule stepped per epoch), then one row per step.
+    /// `step,lr` header (`epoch,lr` for a schedule stepped per epoch; `,momentum` added where
+    /// the schedule cycles momentum), then one row per step.
     Csv,
-    /// `{"lr": [...]}`.
+    /// `{"lr": [...]}` (and `"momentum": [...]` where the schedule cycles it).
     Json,
 }
 

@@ -136,11 +136,10 @@ pub fn rates(
     };
     // In a run file the base rate defaults to [optimizer].lr (itself defaulting to PyTorch's
     // rate for the optimizer).
-    let default_lr = match doc.remove("optimizer") {
+    let optimizer = match doc.remove("optimizer") {
         Some(toml::Value::Table(t)) => Some(
             kiln::optim::OptimizerConfig::from_table(t)
-                .map_err(|e| anyhow!("{}: {e}", file.display()))?
-                .lr,
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?,
         ),
         Some(_) => bail!(
             "{}: `optimizer` must be a table ([optimizer])",
@@ -151,8 +150,14 @@ pub fn rates(
     let config =
         ScheduleConfig::from_table(table).map_err(|e| anyhow!("{}: {e}", file.display()))?;
     let mut scheduler = config
-        .build(default_lr)
+        .build(optimizer.as_ref().map(|o| o.lr))
         .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    // A momentum the run file's optimizer cannot take fails here as training would.
+    if let Some(o) = optimizer.filter(|_| scheduler.momentum().is_some()) {
+        o.optimizer
+            .cycling_momentum()
+            .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    }
 
     let observed = match observations {
         Some(path) => read_observations(path)?,

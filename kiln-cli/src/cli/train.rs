@@ -122,17 +122,19 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     });
 
     let started = Instant::now();
-    let mut pending: Vec<(u64, f64)> = Vec::new();
+    // (update, rate, cycled momentum) of the updates not yet logged.
+    let mut pending: Vec<(u64, f64, Option<f64>)> = Vec::new();
     let mut last_loss = f32::NAN;
     let mut last_evaluation = None;
     let mut skipped = 0u64;
     while !run.finished() {
         let step = run.steps_done();
+        let momentum = run.trainer.momentum();
         // On a failure, the updates before it are logged first, and a loss that was not
         // finite among them is what is reported: it is the cause (a schedule that follows the
         // loss, or an evaluation of parameters it ruined, only fails later).
         let outcome = run.update().and_then(|lr| {
-            pending.push((step, lr));
+            pending.push((step, lr, momentum));
             run.after_update(lr)
         });
         let outcome = match outcome {
@@ -322,7 +324,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 /// enforces the NaN policy. Returns the latest finite loss.
 fn report(
     run: &mut Run,
-    pending: &mut Vec<(u64, f64)>,
+    pending: &mut Vec<(u64, f64, Option<f64>)>,
     mut log: Option<&mut Log>,
     on_nan: OnNan,
     skipped: &mut u64,
@@ -330,12 +332,12 @@ fn report(
     let first = run.trainer.first_step();
     let epochs: Vec<u64> = pending
         .iter()
-        .map(|&(step, _)| run.epoch_of(step))
+        .map(|&(step, _, _)| run.epoch_of(step))
         .collect();
     // Borrowed, not copied: the history grows with the run and only its tail is new.
     let losses = run.trainer.losses()?;
     let mut last = f32::NAN;
-    for (&(step, lr), &epoch) in pending.iter().zip(&epochs) {
+    for (&(step, lr, momentum), &epoch) in pending.iter().zip(&epochs) {
         let loss = losses[(step - first) as usize];
         if !loss.is_finite() && on_nan == OnNan::Stop {
             return Err(NonFiniteLoss(format!(
@@ -349,6 +351,7 @@ fn report(
                 epoch,
                 lr,
                 loss: loss.is_finite().then_some(loss),
+                momentum,
             };
             log.write(&line)?;
         }
