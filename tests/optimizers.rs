@@ -3,7 +3,7 @@
 //! table's errors.
 //!
 //! `tests/fixtures/torch_optim.safetensors` was written by `tests/fixtures/torch_optim.py`
-//! (PyTorch 2.15, CPU, `foreach=False`): 34 cases of Linear(5,7)–Tanh–Linear(7,3) with
+//! (PyTorch 2.15, CPU, `foreach=False`): 37 cases of Linear(5,7)–Tanh–Linear(7,3) with
 //! cross-entropy, 12 updates over fixed batches of 8 with StepLR(step_size=4, gamma=0.5) or,
 //! in nine, CyclicLR and OneCycleLR, which cycle the momentum (β1) as well; each with the loss
 //! of every step, the final weights and every state tensor PyTorch holds.
@@ -179,7 +179,7 @@ fn matches_pytorch(device: &Device) {
         let labels: Vec<i64> = bytemuck::pod_collect_to_vec(t.data());
         labels.iter().map(|&l| l as u32).collect()
     };
-    assert_eq!(f.cases.len(), 34);
+    assert_eq!(f.cases.len(), 37);
     let mut kinds_seen = Vec::new();
     for case in &f.cases {
         let name = case["name"].as_str().unwrap();
@@ -248,7 +248,7 @@ fn matches_pytorch(device: &Device) {
 test_device!(every_optimizer_follows_pytorch, super::matches_pytorch);
 
 /// Option sets of every optimizer, as run-file tables.
-const VARIANTS: [&str; 20] = [
+const VARIANTS: [&str; 22] = [
     "kind = 'sgd'\nmomentum = 0.9\ndampening = 0.25\nweight_decay = 0.01",
     "kind = 'sgd'\nmomentum = 0.9\nnesterov = true\nmaximize = true",
     "kind = 'sgd'\nweight_decay = 0.1",
@@ -269,6 +269,8 @@ const VARIANTS: [&str; 20] = [
     "kind = 'adamax'\nweight_decay = 0.1\nmaximize = true\nbetas = [0.5, 0.9]\neps = 1e-3",
     "kind = 'adadelta'",
     "kind = 'adadelta'\nrho = 0.5\nweight_decay = 0.1\nmaximize = true\neps = 1e-3",
+    "kind = 'rprop'",
+    "kind = 'rprop'\netas = [0.3, 1.5]\nstep_sizes = [0.01, 0.08]\nmaximize = true",
 ];
 
 /// Each kernel against its CPU twin, one update at a time (a length that is not a multiple of
@@ -681,6 +683,7 @@ fn optimizer_tables_take_pytorchs_names_and_defaults() {
         ("radam", 1e-3),
         ("adamax", 2e-3),
         ("adadelta", 1.0),
+        ("rprop", 1e-2),
     ]
     .into();
     for r in &REGISTRY {

@@ -18,6 +18,7 @@ pub mod adamax;
 pub mod nadam;
 pub mod radam;
 pub mod rmsprop;
+pub mod rprop;
 pub mod sgd;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ pub use adamax::Adamax;
 pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::RmsProp;
+pub use rprop::Rprop;
 pub use sgd::Sgd;
 
 /// The most state tensors one optimizer keeps (Adam with amsgrad, RMSprop centered with
@@ -519,7 +521,7 @@ pub struct Registration {
 }
 
 /// Every optimizer Kiln has.
-pub static REGISTRY: [Registration; 9] = [
+pub static REGISTRY: [Registration; 10] = [
     sgd::REGISTRATION,
     adam::REGISTRATION,
     adam::ADAMW_REGISTRATION,
@@ -529,6 +531,7 @@ pub static REGISTRY: [Registration; 9] = [
     radam::REGISTRATION,
     adamax::REGISTRATION,
     adadelta::REGISTRATION,
+    rprop::REGISTRATION,
 ];
 
 /// Every optimizer kernel, once each (Adam and AdamW share one), for the shader tests: each
@@ -858,7 +861,10 @@ mod tests {
         for r in &REGISTRY {
             let mut table = toml::Table::new();
             table.insert("weight_decay".into(), toml::Value::Float(0.01));
-            let optimizer = (r.from_table)(r.name, table).unwrap();
+            // Rprop has no weight decay.
+            let optimizer = (r.from_table)(r.name, table)
+                .or_else(|_| (r.from_table)(r.name, toml::Table::new()))
+                .unwrap();
             let rule = optimizer.rule();
             let mut scalars = rule.initial_scalars();
             let mut state_a = optimizer.new_state(n).blocks;
