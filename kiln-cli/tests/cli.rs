@@ -584,6 +584,10 @@ fn cycled_momentum_is_listed_and_rates_only_checkpoints_resume_as_they_ran() {
         first.starts_with(r#"{"step":0,"#) && first.ends_with(r#","momentum":0.95}"#),
         "{first}"
     );
+    // and `kiln plot` draws it as a panel of its own.
+    let png = dir.join("cycled.png");
+    stdout(&kiln(&["plot", arg(&log), "-o", arg(&png)]));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     let e = stderr_of_failure(&train(&["--resume", arg(&ck)]));
     assert!(
         e.contains("add cycle_momentum = false to the schedule to resume it as it ran"),

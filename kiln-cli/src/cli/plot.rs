@@ -1,4 +1,5 @@
-//! `kiln plot`: the training and validation loss and the learning rate of a `--log` file.
+//! `kiln plot`: the training and validation loss and the learning rate of a `--log` file, and
+//! the momentum where the schedule cycled it.
 
 use std::path::Path;
 
@@ -11,7 +12,12 @@ use super::log::LogLine;
 pub fn plot(args: &PlotArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.metrics)
         .with_context(|| format!("reading {}", args.metrics.display()))?;
-    let (train, validation, lr) = parse(&args.metrics, &text)?;
+    let Curves {
+        train,
+        validation,
+        lr,
+        momentum,
+    } = parse(&args.metrics, &text)?;
     let loss_panel = Panel {
         title: "loss".into(),
         y_label: "loss".into(),
@@ -38,15 +44,36 @@ pub fn plot(args: &PlotArgs) -> Result<()> {
             }],
         });
     }
+    if !momentum.is_empty() {
+        panels.push(Panel {
+            title: "momentum (β1 for the Adam family), cycled by the schedule".into(),
+            y_label: "momentum".into(),
+            log_y: false,
+            series: vec![Series {
+                name: "momentum".into(),
+                points: momentum,
+            }],
+        });
+    }
     draw(&args.output, &panels)?;
     Ok(())
 }
 
 type Points = Vec<(f64, f64)>;
 
-/// (training loss, validation loss, lr) against the step, from the log's JSON lines.
-fn parse(path: &Path, text: &str) -> Result<(Points, Points, Points)> {
+/// The log's curves against the step.
+struct Curves {
+    train: Points,
+    validation: Points,
+    lr: Points,
+    /// Where the schedule cycled it.
+    momentum: Points,
+}
+
+/// The curves of the log's JSON lines.
+fn parse(path: &Path, text: &str) -> Result<Curves> {
     let (mut train, mut validation, mut lr) = (Vec::new(), Vec::new(), Vec::new());
+    let mut momentum = Vec::new();
     for (i, line) in text
         .lines()
         .enumerate()
@@ -62,12 +89,16 @@ fn parse(path: &Path, text: &str) -> Result<(Points, Points, Points)> {
                 step,
                 lr: rate,
                 loss,
+                momentum: m,
                 ..
             } => {
                 if let Some(loss) = loss {
                     train.push((step as f64, loss as f64));
                 }
                 lr.push((step as f64, rate));
+                if let Some(m) = m {
+                    momentum.push((step as f64, m));
+                }
             }
             // The run's curve: an evaluation added at its end (of restored weights, or where
             // --steps cut it) is not a point of it.
@@ -84,5 +115,10 @@ fn parse(path: &Path, text: &str) -> Result<(Points, Points, Points)> {
     if train.is_empty() && validation.is_empty() {
         bail!("{}: no losses to plot", path.display());
     }
-    Ok((train, validation, lr))
+    Ok(Curves {
+        train,
+        validation,
+        lr,
+        momentum,
+    })
 }
