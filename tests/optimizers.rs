@@ -395,6 +395,44 @@ test_device!(
     super::resume_is_bit_exact
 );
 
+/// NAdam's `mu_product` is a float32 product of factors below 1, as in PyTorch: it reaches 0
+/// after a hundred or so updates, and a checkpoint holding 0 resumes.
+#[test]
+fn nadam_resumes_after_its_mu_product_underflows() {
+    let nadam = OptimizerConfig::from_table(toml::from_str("kind = 'nadam'").unwrap()).unwrap();
+    let options = TrainOptions {
+        optimizer: nadam.optimizer,
+        max_batch: 4,
+        ..Default::default()
+    };
+    let x = common::random(4 * 5, -1.0, 1.0, 7);
+    let y = [0u32, 1, 2, 1];
+    let mut t = Trainer::new(
+        &Device::Cpu,
+        model(),
+        options.clone(),
+        Scheduler::fixed(1e-3).unwrap(),
+    )
+    .unwrap();
+    for _ in 0..200 {
+        t.step(&x, Targets::Classes(&y)).unwrap();
+    }
+    let state = t.state().unwrap();
+    assert_eq!(state.optimizer.scalars["mu_product"], 0.0);
+    let dir = std::env::temp_dir().join(format!("kiln-nadam-mu-{}", std::process::id()));
+    let layout = t.layout().clone();
+    checkpoint::save(&dir, &layout, &state, 0, &Default::default()).unwrap();
+    let (state, _, _) = checkpoint::load(&dir, &layout).unwrap();
+    let mut resumed = Trainer::resume(&Device::Cpu, model(), options, state).unwrap();
+    resumed.step(&x, Targets::Classes(&y)).unwrap();
+    t.step(&x, Targets::Classes(&y)).unwrap();
+    assert_eq!(
+        tensor_elements(&resumed.parameters().unwrap()),
+        tensor_elements(&t.parameters().unwrap())
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A schedule cycling the momentum where it cannot apply: Adagrad has neither a momentum nor
 /// betas (PyTorch's CyclicLR and OneCycleLR raise), a β1 reaching 1 would divide by zero in the
 /// bias correction, and SGD with a dampening whose cycle starts at 0 would start its buffer
@@ -663,6 +701,39 @@ fn skips_leave_state_alone(device: &Device) {
             .unwrap();
         assert_ne!(t.parameters().unwrap(), after.params, "{text}");
     }
+
+    // A skipped first update leaves Rprop's step sizes unset: the first update that happens
+    // sets them from its rate, as PyTorch's first update does. Skipping the overflowing batch
+    // first equals never seeing it, bit for bit.
+    let rprop = OptimizerConfig::from_table(toml::from_str("kind = 'rprop'").unwrap())
+        .unwrap()
+        .optimizer;
+    let run = |skip_first: bool| {
+        let options = TrainOptions {
+            optimizer: rprop.clone(),
+            max_batch: 2,
+            ..Default::default()
+        };
+        let schedule = Scheduler::fixed(0.1).unwrap();
+        let mut t = Trainer::new(device, model.clone(), options, schedule).unwrap();
+        t.skip_non_finite_losses(true);
+        if skip_first {
+            t.step(&[1e30, 1e30, 1e30, 1e30], Targets::Values(&[0.0, 0.0]))
+                .unwrap();
+        }
+        for _ in 0..3 {
+            t.step(&[1.0, 2.0, 3.0, 4.0], Targets::Values(&[1.0, 0.0]))
+                .unwrap();
+        }
+        let bits: Vec<u32> = t
+            .parameters()
+            .unwrap()
+            .iter()
+            .map(|p| p.to_bits())
+            .collect();
+        bits
+    };
+    assert_eq!(run(true), run(false));
 }
 test_device!(
     non_finite_updates_leave_optimizer_state_alone,

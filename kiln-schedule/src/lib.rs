@@ -467,9 +467,15 @@ pub(crate) fn count_param(field: &str, value: u64) -> Result<()> {
     }
 }
 
-/// Errs unless a restored counter lies in `[-1, MAX_COUNT]`.
+/// The lowest count a restored schedule may hold. A schedule not yet built counts -1, and a
+/// `sequential` undoes its leaves' initial steps once per level of nesting (PyTorch's
+/// `recursive_undo`), so the first leaf of sequentials nested n deep counts −n; no file nests
+/// anywhere near this deep.
+pub(crate) const MIN_COUNT: i64 = -(1 << 20);
+
+/// Errs unless a restored counter lies in `[MIN_COUNT, MAX_COUNT]`.
 pub(crate) fn check_count(field: &str, value: i64) -> Result<()> {
-    if (-1..=MAX_COUNT as i64).contains(&value) {
+    if (MIN_COUNT..=MAX_COUNT as i64).contains(&value) {
         Ok(())
     } else {
         Err(ScheduleError::new(

@@ -39,6 +39,10 @@ fn check_resume(toml: &str) {
         drop(first);
         let mut resumed: Scheduler =
             serde_json::from_str(&saved).unwrap_or_else(|e| panic!("{toml}: {e}\n{saved}"));
+        // What a checkpoint's load checks: every state a run reaches passes.
+        resumed
+            .check()
+            .unwrap_or_else(|e| panic!("{toml}: resumed after {k}: {e}"));
         for (t, w) in want.iter().enumerate().skip(k) {
             assert_eq!(
                 (resumed.lr().to_bits(), resumed.momentum().map(f64::to_bits)),
@@ -68,6 +72,7 @@ resumes! {
     cosine_annealing_warm_restarts: "kind = \"cosine_annealing_warm_restarts\"\nt_0 = 4\nt_mult = 2",
     cyclic: "kind = \"cyclic\"\nbase_lr = 0.01\nmax_lr = 0.1\nstep_size_up = 5\nmode = \"triangular2\"",
     one_cycle: "kind = \"one_cycle\"\nmax_lr = 0.5\ntotal_steps = 100\nthree_phase = true",
+    nested_sequential: "kind = \"sequential\"\nmilestones = [2]\nschedules = [{ kind = \"sequential\", milestones = [1], schedules = [{ kind = \"sequential\", milestones = [1], schedules = [{ kind = \"linear\" }, { kind = \"fixed\" }] }, { kind = \"fixed\" }] }, { kind = \"one_cycle\", max_lr = 0.2, total_steps = 100 }]",
     one_cycle_then_cyclic: "kind = \"sequential\"\nmilestones = [20]\nschedules = [{ kind = \"one_cycle\", max_lr = 0.5, total_steps = 20 }, { kind = \"cyclic\", base_lr = 0.01, max_lr = 0.1, step_size_up = 5, base_momentum = 0.5 }]",
     multiplicative: "kind = \"multiplicative\"\nfactor = 0.95",
     sequential: "kind = \"sequential\"\nmilestones = [5, 20]\nschedules = [{ kind = \"linear\", start_factor = 0.1, total_iters = 5 }, { kind = \"cosine_annealing_warm_restarts\", t_0 = 6 }, { kind = \"exponential\", gamma = 0.9 }]",

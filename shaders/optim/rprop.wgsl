@@ -1,8 +1,8 @@
 // torch.optim.Rprop, PyTorch's single-tensor rule (`_single_tensor_rprop`), in its order of
 // float32 operations:
 //   g ← −g if maximize
-//   step_size ← lr on the first update (PyTorch's state initialisation; the rate is not read
-//               again)
+//   step_size ← lr where it is unset (negative: before the first update that happens, as
+//               PyTorch initialises its state; the rate is not read again)
 //   s ← sign(g·prev)
 //   step_size ← clamp(step_size · (etaplus if s > 0, etaminus if s < 0, else 1), min, max)
 //   g ← 0 where s < 0
@@ -17,9 +17,9 @@ struct RpropParams {
     step_size_min: f32,
     step_size_max: f32,
     maximize: u32,
-    first_step: u32,
     _pad0: u32,
-    _pad1: vec4<u32>,
+    _pad1: u32,
+    _pad2: vec4<u32>,
 }
 
 @group(0) @binding(4) var<storage, read_write> prev: array<f32>;
@@ -34,9 +34,9 @@ fn rprop(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let p = param[i];
     let g_in = grad[i];
     let prev_in = prev[i];
-    var size_in = params.lr;
-    if params.first_step == 0u {
-        size_in = step_size[i];
+    var size_in = step_size[i];
+    if size_in < 0.0 {
+        size_in = params.lr;
     }
     var g = g_in;
     if params.maximize != 0u {

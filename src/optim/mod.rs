@@ -310,13 +310,14 @@ impl Moments {
 }
 
 /// Checks an optimizer's scalar state restored from a checkpoint: `step` a whole number in
-/// [0, 2^53], NAdam's `mu_product` in (0, 1] (the product of factors in (0, 1)); anything else
+/// [0, 2^53], NAdam's `mu_product` in [0, 1] (a product of factors in [0, 1), kept in f32 as
+/// PyTorch keeps it, so it underflows to 0 after a hundred or so updates); anything else
 /// finite. A wrong value would divide by zero in the bias corrections.
 pub(crate) fn check_scalars(scalars: &Scalars) -> Result<()> {
     for (name, &v) in scalars {
         let ok = match name.as_str() {
             "step" => v >= 0.0 && v.fract() == 0.0 && v <= (1u64 << 53) as f64,
-            "mu_product" => v > 0.0 && v <= 1.0,
+            "mu_product" => (0.0..=1.0).contains(&v),
             _ => v.is_finite(),
         };
         if !ok {

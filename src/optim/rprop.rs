@@ -43,9 +43,11 @@ struct RpropScalars {
     step_size_min: f32,
     step_size_max: f32,
     maximize: u32,
-    first_step: u32,
-    _pad: [u32; 5],
+    _pad: [u32; 6],
 }
+
+/// A step size not yet set (every set one is ≥ 0: `step_sizes` are).
+const UNSET: f32 = -1.0;
 
 /// The kernel: parameters, gradients, loss history, no-decay ranges, `prev`, `step_size`.
 pub static KERNEL: Kernel = super::update_kernel!("rprop.wgsl", "rprop", 2);
@@ -89,19 +91,21 @@ impl UpdateRule for Rprop {
                 non_negative: false,
                 cycled: false,
             },
-            // Set to the first update's rate by that update (`first_step`).
+            // Negative until the first update that happens sets it to that update's rate
+            // (PyTorch's state initialisation): an update skipped for a non-finite loss
+            // leaves it unset.
             StateBlock {
                 name: "step_size",
-                init: 0.0,
+                init: UNSET,
                 used: true,
-                non_negative: true,
+                non_negative: false,
                 cycled: false,
             },
         ]
     }
 
     fn scalars(&self, hyper: Hyper, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
-        let step = next_step(scalars)?;
+        next_step(scalars)?;
         let [etaminus, etaplus] = self.etas;
         let [step_size_min, step_size_max] = self.step_sizes;
         Ok(bytemuck::cast(RpropScalars {
@@ -111,8 +115,7 @@ impl UpdateRule for Rprop {
             step_size_min: step_size_min as f32,
             step_size_max: step_size_max as f32,
             maximize: self.maximize as u32,
-            first_step: (step == 1.0) as u32,
-            _pad: [0; 5],
+            _pad: [0; 6],
         }))
     }
 
@@ -143,7 +146,7 @@ impl UpdateRule for Rprop {
             .zip(step_size.iter_mut());
         for (((p, &g), prev), size) in pgps {
             let g = if s.maximize != 0 { -g } else { g };
-            let size_in = if s.first_step != 0 { s.lr } else { *size };
+            let size_in = if *size < 0.0 { s.lr } else { *size };
             // The sign of the f32 product, as PyTorch's `grad.mul(prev).sign()`: a product
             // that underflows to 0 keeps the step size.
             let product = g * *prev;
