@@ -617,6 +617,7 @@ fn a_run_that_skipped_bad_losses_resumes_from_its_checkpoint() {
     assert!(run.contains("reduce_on_plateau"));
     let dir = run_dir("skip-resume", csv, &run);
     let (ck, run_file) = (dir.join("ck"), dir.join("run.toml"));
+    let (split_log, whole_log) = (dir.join("split.jsonl"), dir.join("whole.jsonl"));
     let train = |steps: &str, resume: bool| {
         let mut a = vec![
             "train",
@@ -627,6 +628,8 @@ fn a_run_that_skipped_bad_losses_resumes_from_its_checkpoint() {
             "skip",
             "--steps",
             steps,
+            "--log",
+            arg(&split_log),
         ];
         a.extend(if resume {
             ["--resume", arg(&ck)]
@@ -645,6 +648,22 @@ fn a_run_that_skipped_bad_losses_resumes_from_its_checkpoint() {
     assert!(meta.contains(r#""inf""#), "{meta}");
     let out = train("6", true);
     assert!(out.contains("3 updates"), "{out}");
+    // Its log is the uninterrupted run's: every skip counted once, in one line at the end.
+    stdout(&kiln(&[
+        "train",
+        arg(&run_file),
+        "--device",
+        "cpu",
+        "--on-nan",
+        "skip",
+        "--steps",
+        "6",
+        "--log",
+        arg(&whole_log),
+    ]));
+    let whole = std::fs::read_to_string(&whole_log).unwrap();
+    assert!(whole.contains("skipped_updates"), "{whole}");
+    assert_eq!(std::fs::read_to_string(&split_log).unwrap(), whole);
     // In order, the fourth row (bad) alone in a resumed part: every update of that part is
     // skipped, and it still ends as a run (the updates before it trained).
     std::fs::write(

@@ -68,23 +68,43 @@ impl LogLine {
     }
 }
 
+/// What a resumed run keeps of its log.
+pub struct Kept {
+    /// The lines, each ending in a newline.
+    pub text: String,
+    /// How many of the kept updates were skipped for a non-finite loss (`"loss": null`).
+    pub skipped: u64,
+}
+
 /// The lines of a log `text` that a run resumed after `done` updates keeps: those about the
-/// updates before it, but not an end-of-run evaluation (the resumed run goes on past it).
-/// Lines written after the checkpoint (a run killed past it) go: the resumed run writes them
-/// again. Lines that are not a log's are kept as they are.
-pub fn kept_on_resume(text: &str, done: u64) -> String {
-    let mut kept = String::with_capacity(text.len());
-    for line in text.lines() {
+/// updates before it, but not what a run writes at its end (an end-of-run evaluation, the
+/// count of skipped updates: the resumed run goes on past it and counts them all). Lines
+/// written after the checkpoint (a run killed past it) go: the resumed run writes them again,
+/// and so does a last line cut short by the kill. Other lines that are not a log's are kept
+/// as they are.
+pub fn kept_on_resume(text: &str, done: u64) -> Kept {
+    let mut kept = Kept {
+        text: String::with_capacity(text.len()),
+        skipped: 0,
+    };
+    let cut_short = !text.is_empty() && !text.ends_with('\n');
+    let count = text.lines().count();
+    for (i, line) in text.lines().enumerate() {
         let keep = match serde_json::from_str::<LogLine>(line) {
             Ok(LogLine::Evaluation {
                 end_of_run: true, ..
-            }) => false,
+            })
+            | Ok(LogLine::Skipped { .. }) => false,
             Ok(l) => l.step() < done,
+            Err(_) if cut_short && i + 1 == count => false,
             Err(_) => !line.trim().is_empty(),
         };
         if keep {
-            kept.push_str(line);
-            kept.push('\n');
+            if let Ok(LogLine::Update { loss: None, .. }) = serde_json::from_str(line) {
+                kept.skipped += 1;
+            }
+            kept.text.push_str(line);
+            kept.text.push('\n');
         }
     }
     kept
@@ -154,8 +174,9 @@ mod tests {
             "",
         ]
         .join("\n");
+        let kept = kept_on_resume(&log, 2);
         assert_eq!(
-            kept_on_resume(&log, 2),
+            kept.text,
             [
                 r#"{"step":0,"epoch":0,"lr":0.1,"loss":1.0}"#,
                 r#"{"step":1,"epoch":0,"lr":0.1,"loss":0.5}"#,
@@ -165,5 +186,26 @@ mod tests {
             ]
             .join("\n")
         );
+        assert_eq!(kept.skipped, 0);
+        // A kill mid-line leaves a last line without its newline: it goes. The count of
+        // skipped updates a cut-short run wrote at its end goes too; its skips are counted.
+        let log = [
+            r#"{"step":0,"epoch":0,"lr":0.1,"loss":null}"#,
+            r#"{"step":1,"epoch":0,"lr":0.1,"loss":0.5}"#,
+            r#"{"step":1,"epoch":0,"skipped_updates":1}"#,
+            r#"{"step":2,"#,
+        ]
+        .join("\n");
+        let kept = kept_on_resume(&log, 2);
+        assert_eq!(
+            kept.text,
+            [
+                r#"{"step":0,"epoch":0,"lr":0.1,"loss":null}"#,
+                r#"{"step":1,"epoch":0,"lr":0.1,"loss":0.5}"#,
+                "",
+            ]
+            .join("\n")
+        );
+        assert_eq!(kept.skipped, 1);
     }
 }

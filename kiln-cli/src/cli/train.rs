@@ -85,6 +85,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         run.batches_per_epoch(),
     ))?;
 
+    // Updates the log holds as skipped from before a resume: the log's count of the run's
+    // skips covers them, as an uninterrupted run's would.
+    let mut skipped_before = 0u64;
     let mut log = match &args.log {
         // A resumed run appends, so one file holds the whole run: each update once, the lines
         // of a run killed past its checkpoint cut back to it first.
@@ -95,8 +98,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                         let text = std::fs::read_to_string(path)
                             .with_context(|| format!("reading {}", path.display()))?;
                         let kept = super::log::kept_on_resume(&text, start);
-                        if kept != text {
-                            kiln::weights::write_atomic(path, kept.as_bytes())?;
+                        skipped_before = kept.skipped;
+                        if kept.text != text {
+                            kiln::weights::write_atomic(path, kept.text.as_bytes())?;
                         }
                     }
                     OpenOptions::new().append(true).create(true).open(path)
@@ -156,8 +160,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                         .context(format!("(logging the updates before it failed: {other:#})")),
                     Ok(_) => e.into(),
                 };
-                if skipped > 0 {
-                    let line = skipped_line(&run, skipped);
+                if skipped_before + skipped > 0 {
+                    let line = skipped_line(&run, skipped_before + skipped);
                     if let Err(w) = write_line(log.as_mut(), &line) {
                         return Err(cause.context(format!("(and {w:#})")));
                     }
@@ -250,8 +254,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let done = run.steps_done();
+    if skipped_before + skipped > 0 {
+        write_line(log.as_mut(), &skipped_line(&run, skipped_before + skipped))?;
+    }
     if skipped > 0 {
-        write_line(log.as_mut(), &skipped_line(&run, skipped))?;
         if let Some(log) = &mut log {
             log.flush()?;
         }
