@@ -815,6 +815,26 @@ fn optimizer_tables_take_pytorchs_names_and_defaults() {
             "optimizer.decay_biases",
         ),
         ("kind = 'lbfgs'", "unknown optimizer \"lbfgs\""),
+        (
+            "kind = 'rprop'\netas = [0.5, 1e300]",
+            "optimizer.etas: must be 0 < etas[0] < 1 < etas[1] within f32",
+        ),
+        (
+            "kind = 'rprop'\netas = [1e-50, 1.2]",
+            "optimizer.etas: must be 0 < etas[0] < 1 < etas[1] within f32",
+        ),
+        (
+            "kind = 'rprop'\nstep_sizes = [50, 1e-6]",
+            "optimizer.step_sizes: the smallest step size must not exceed the largest",
+        ),
+        (
+            "kind = 'rprop'\nstep_sizes = [1e-6, 1e300]",
+            "optimizer.step_sizes: step_sizes[1] must be finite, >= 0 and within f32",
+        ),
+        (
+            "kind = 'adadelta'\nrho = 1.5",
+            "optimizer.rho: must be in [0, 1], got 1.5",
+        ),
         ("kind = 3", "optimizer.kind"),
     ] {
         let e = parse(text).unwrap_err().to_string();

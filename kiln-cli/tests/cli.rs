@@ -560,6 +560,16 @@ fn cycled_momentum_is_listed_and_rates_only_checkpoints_resume_as_they_ran() {
         "{e}"
     );
     assert_eq!(out.lines().nth(1).unwrap().split(',').count(), 2, "{out}");
+    // and so does a β1 the cycle takes to 1, at the update that would use it.
+    let b = scratch(
+        "adam-beta1.toml",
+        &format!("[optimizer]\nkind = \"adam\"\n[schedule]\n{one_cycle}\nmax_momentum = 1\n"),
+    );
+    let e = stderr_of_failure(&kiln(&["schedule", arg(&b), "--steps", "2"]));
+    assert!(
+        e.contains("momentum for update 0 is 1.0") && e.contains("betas[0] must be in [0, 1)"),
+        "{e}"
+    );
 
     let rates_only = REGRESSION_RUN.replace(
         "kind = \"step\"\nstep_size = 10\ngamma = 0.5",
@@ -593,9 +603,19 @@ fn cycled_momentum_is_listed_and_rates_only_checkpoints_resume_as_they_ran() {
         e.contains("add cycle_momentum = false to the schedule to resume it as it ran"),
         "{e}"
     );
+    // total_steps and epochs·steps_per_epoch are one schedule: either resumes the other's
+    // checkpoint (the run's 30 updates are 10 epochs of 3).
+    std::fs::write(
+        &run,
+        rates_only.replace("total_steps = 30", "epochs = 10\nsteps_per_epoch = 3"),
+    )
+    .unwrap();
+    let out = stdout(&train(&["--resume", arg(&ck), "--steps", "11"]));
+    assert!(out.contains("resuming at 10"), "{out}");
+    // Its checkpoint (at 11) resumes under total_steps again.
     std::fs::write(&run, &rates_only).unwrap();
     let out = stdout(&train(&["--resume", arg(&ck)]));
-    assert!(out.contains("resuming at 10"), "{out}");
+    assert!(out.contains("resuming at 11"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

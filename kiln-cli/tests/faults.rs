@@ -82,6 +82,7 @@ const DATA_CFG: &str = "path = \"d.csv\"\nvalidation = 0.34";
 const OPT: &str = "lr = 0.1\nmomentum = 0.9";
 const SCHEDULE: &str = "kind = \"step\"\nstep_size = 2";
 const TRAIN: &str = "steps = 4\nbatch_size = 2";
+const ONE_CYCLE: &str = "kind = \"one_cycle\"\nmax_lr = 0.1\ntotal_steps = 10";
 
 /// Run files whose every kind of mistake is named by its key.
 #[test]
@@ -474,6 +475,31 @@ fn bad_checkpoints() {
             vec![
                 "checkpoint.safetensors",
                 "1 losses of the current epoch, but 0",
+            ],
+        ),
+        // A cycle dropped from a momentum-cycling schedule's state, consistently: the run
+        // file (and the checkpoint's record of it) cycles momentum.
+        (
+            ONE_CYCLE,
+            Box::new(|m| {
+                let s = &mut m["trainer"]["schedule"];
+                s["schedule"]["rule"]["momentum"] = serde_json::Value::Null;
+                for key in ["momentum", "max_momentum", "base_momentum"] {
+                    s["group"][key] = serde_json::Value::Null;
+                }
+            }),
+            vec![
+                "checkpoint.safetensors",
+                "does not cycle momentum, the run file's does",
+            ],
+        ),
+        (
+            ONE_CYCLE,
+            Box::new(|m| m["trainer"]["schedule"]["group"]["max_momentum"] = (-0.5).into()),
+            vec![
+                "checkpoint.schedule",
+                "max_momentum",
+                "must be finite and >= 0",
             ],
         ),
     ];

@@ -80,12 +80,17 @@ fn one_cycle_steps(
                     return Err(ScheduleError::new(field, "must be at least 1"));
                 }
             }
-            e.checked_mul(s).ok_or_else(|| {
-                ScheduleError::new(
-                    "epochs",
-                    format!("{e} epochs of {s} steps is more updates than a schedule counts"),
-                )
-            })
+            e.checked_mul(s)
+                .filter(|&n| n <= crate::MAX_COUNT)
+                .ok_or_else(|| {
+                    ScheduleError::new(
+                        "epochs",
+                        format!(
+                            "{e} epochs of {s} steps is more updates than a schedule counts \
+                             (at most 2^53)"
+                        ),
+                    )
+                })
         }
         _ => Err(ScheduleError::new(
             "total_steps",
@@ -94,9 +99,11 @@ fn one_cycle_steps(
     }
 }
 
-/// PyTorch's `cycle_momentum`, `base_momentum` and `max_momentum` as a cycle or none.
+/// PyTorch's `cycle_momentum`, `base_momentum` and `max_momentum` as a cycle or none. The
+/// bounds are checked either way (PyTorch ignores them unless it cycles).
 fn momentum_cycle(cycle: bool, base: f64, max: f64) -> Result<Option<MomentumCycle>> {
-    cycle.then(|| MomentumCycle::new(base, max)).transpose()
+    let bounds = MomentumCycle::new(base, max)?;
+    Ok(cycle.then_some(bounds))
 }
 
 /// One schedule's settings, without the base rate: the `kind` and PyTorch's constructor

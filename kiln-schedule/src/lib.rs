@@ -314,10 +314,20 @@ impl Scheduler {
                  checkpoint?)",
             ));
         }
-        match self.group.momentum {
-            Some(m) => non_negative("momentum", m),
-            None => Ok(()),
+        let g = &self.group;
+        for (field, v) in [
+            ("momentum", g.momentum),
+            ("initial_lr", g.initial_lr),
+            ("max_lr", g.max_lr),
+            ("min_lr", g.min_lr),
+            ("max_momentum", g.max_momentum),
+            ("base_momentum", g.base_momentum),
+        ] {
+            if let Some(v) = v {
+                non_negative(field, v)?;
+            }
         }
+        Ok(())
     }
 
     /// Builds a schedule of `kind` on base rate `lr`.
@@ -355,6 +365,11 @@ impl Scheduler {
     /// ```
     pub fn momentum(&self) -> Option<f64> {
         self.group.momentum
+    }
+
+    /// Whether a schedule inside cycles the momentum ([`Schedule::cycles_momentum`]).
+    pub fn cycles_momentum(&self) -> bool {
+        self.schedule.cycles_momentum()
     }
 
     /// Updates done so far.

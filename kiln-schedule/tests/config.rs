@@ -49,6 +49,15 @@ fn invalid_values_name_the_field() {
             "kind = \"one_cycle\"\nmax_lr = 0.1\ntotal_steps = 10\nbase_momentum = -0.1",
             "schedule.base_momentum: must be finite and >= 0",
         ),
+        // Checked even where they are not used (PyTorch ignores them then).
+        (
+            "kind = \"cyclic\"\nbase_lr = 0.1\nmax_lr = 1\ncycle_momentum = false\nmax_momentum = nan",
+            "schedule.max_momentum: must be finite and >= 0",
+        ),
+        (
+            "kind = \"one_cycle\"\nmax_lr = 0.1\nepochs = 4294967296\nsteps_per_epoch = 4294967295",
+            "schedule.epochs: 4294967296 epochs of 4294967295 steps",
+        ),
         (
             "kind = \"reduce_on_plateau\"\nfactor = 1.0",
             "schedule.factor: must be in [0, 1), got 1",

@@ -388,7 +388,8 @@ impl Optimizer {
                 "schedule.cycle_momentum",
                 format!(
                     "{} has no momentum or betas for the schedule to cycle (PyTorch refuses \
-                     it too); set cycle_momentum = false",
+                     it too); set cycle_momentum = false in the schedule's cyclic and \
+                     one_cycle tables",
                     self.name()
                 ),
             ));
@@ -397,8 +398,9 @@ impl Optimizer {
         Ok(self)
     }
 
-    /// Why update `update` cannot use momentum (β1) `m`, if it cannot.
-    pub(crate) fn refuse_momentum(&self, m: f64, update: u64) -> Option<String> {
+    /// Why update `update` cannot use momentum (β1) `m`, if it cannot (a trainer refuses
+    /// the update; `kiln schedule` the listing).
+    pub fn refuse_momentum(&self, m: f64, update: u64) -> Option<String> {
         let why = match self.rule.cycled_momentum() {
             // Its buffers were sized when the trainer was built (a user schedule that starts
             // setting a momentum later would find none).
@@ -411,7 +413,7 @@ impl Optimizer {
             None => "it has no momentum".into(),
         };
         Some(format!(
-            "the momentum for update {update} is {m}, but {}: {why} (see the schedule's \
+            "the momentum for update {update} is {m:?}, but {}: {why} (see the schedule's \
              base_momentum and max_momentum)",
             self.name()
         ))
@@ -658,7 +660,8 @@ pub(crate) fn parse_args<T: serde::de::DeserializeOwned>(
 
 impl StateBlock {
     /// `values` as an update may take them: finite (an error naming `what`), and ≥ 0 where
-    /// the block holds squares (an error naming `field`, then `why` after the value).
+    /// the block never holds a negative value (an error naming `field`, then `why` after the
+    /// value).
     pub(crate) fn check_values(
         &self,
         values: &[f32],
@@ -672,7 +675,10 @@ impl StateBlock {
         {
             return Err(KilnError::invalid(
                 field,
-                format!("element {i} is {}, but it holds squares{why}", values[i]),
+                format!(
+                    "element {i} is {}, but `{}` never holds a negative value{why}",
+                    values[i], self.name
+                ),
             ));
         }
         Ok(())

@@ -6,7 +6,9 @@
 
 use serde::Deserialize;
 
-use super::{Hyper, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, next_step};
+use super::{
+    Hyper, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, next_step, past_f32,
+};
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
 
@@ -64,20 +66,36 @@ impl UpdateRule for Rprop {
     }
 
     fn validate(&self) -> Result<()> {
-        let [minus, plus] = self.etas;
+        // PyTorch's rule, held in the f32 the update computes in (a factor that rounds to 0
+        // or to inf there would stop or blow up every step).
+        let [minus, plus] = self.etas.map(|e| e as f32);
         if !(0.0 < minus && minus < 1.0 && 1.0 < plus && plus.is_finite()) {
             return Err(KilnError::invalid(
                 "optimizer.etas",
-                format!("must be 0 < etas[0] < 1 < etas[1] (finite), got [{minus}, {plus}]"),
+                format!(
+                    "must be 0 < etas[0] < 1 < etas[1] within f32, got {:?}",
+                    self.etas
+                ),
             ));
         }
-        for (i, s) in self.step_sizes.iter().enumerate() {
-            if !(s.is_finite() && *s >= 0.0) {
+        for (i, &s) in self.step_sizes.iter().enumerate() {
+            if !(s.is_finite() && s >= 0.0 && past_f32(s).is_none()) {
                 return Err(KilnError::invalid(
                     "optimizer.step_sizes",
-                    format!("step_sizes[{i}] must be finite and >= 0, got {s}"),
+                    format!("step_sizes[{i}] must be finite, >= 0 and within f32, got {s:?}"),
                 ));
             }
+        }
+        // PyTorch clamps to the largest then, so that every step is that size; a reversed
+        // pair is a mistake.
+        if self.step_sizes[0] > self.step_sizes[1] {
+            return Err(KilnError::invalid(
+                "optimizer.step_sizes",
+                format!(
+                    "the smallest step size must not exceed the largest, got {:?}",
+                    self.step_sizes
+                ),
+            ));
         }
         Ok(())
     }

@@ -517,7 +517,31 @@ fn normalized_record(mut record: serde_json::Value) -> serde_json::Value {
         *m = serde_json::Value::Null;
     }
     drop_momentum(&mut record, false);
+    one_cycle_total_steps(&mut record);
     record
+}
+
+/// Spells every `one_cycle`'s length as `total_steps`, as its schedule counts it (PyTorch
+/// takes `epochs`·`steps_per_epoch` where `total_steps` is not given): the two spellings of
+/// one schedule are one schedule.
+fn one_cycle_total_steps(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.get("kind").and_then(|k| k.as_str()) == Some("one_cycle") {
+                let count = |key: &str| map.get(key).and_then(serde_json::Value::as_u64);
+                let total = count("total_steps")
+                    .or_else(|| count("epochs")?.checked_mul(count("steps_per_epoch")?));
+                if let Some(total) = total {
+                    map.remove("epochs");
+                    map.remove("steps_per_epoch");
+                    map.insert("total_steps".into(), total.into());
+                }
+            }
+            map.values_mut().for_each(one_cycle_total_steps);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(one_cycle_total_steps),
+        _ => {}
+    }
 }
 
 /// Removes the momentum keys of every schedule (composites' children too) that does not cycle
@@ -678,6 +702,29 @@ impl Run {
                      change its schedule when it resumes (to train on under another, start a \
                      new run from the saved weights with --init){hint}",
                     dir.display()
+                ),
+            ));
+        }
+        // The saved schedule's own state must be the run file's kind of schedule where a
+        // trainer depends on it: whether it cycles momentum sizes the momentum buffers (an
+        // edited checkpoint could drop or add the cycle that its record says).
+        let cycles = match config.schedule()? {
+            Some(s) => s.kind.build()?.cycles_momentum(),
+            None => false,
+        };
+        let saved: kiln_schedule::Scheduler = serde_json::from_value(state.schedule.clone())
+            .map_err(|e| KilnError::file(&file, format!("its schedule: {e}")))?;
+        if saved.cycles_momentum() != cycles {
+            return Err(KilnError::file(
+                &file,
+                format!(
+                    "its schedule {} momentum, the run file's {} (a damaged checkpoint?)",
+                    if saved.cycles_momentum() {
+                        "cycles"
+                    } else {
+                        "does not cycle"
+                    },
+                    if cycles { "does" } else { "does not" }
                 ),
             ));
         }

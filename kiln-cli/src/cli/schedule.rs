@@ -153,11 +153,14 @@ pub fn rates(
         .build(optimizer.as_ref().map(|o| o.lr))
         .map_err(|e| anyhow!("{}: {e}", file.display()))?;
     // A momentum the run file's optimizer cannot take fails here as training would.
-    if let Some(o) = optimizer.filter(|_| scheduler.momentum().is_some()) {
-        o.optimizer
-            .cycling_momentum()
-            .map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    }
+    let optimizer = match optimizer.filter(|_| scheduler.momentum().is_some()) {
+        Some(o) => Some(
+            o.optimizer
+                .cycling_momentum()
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?,
+        ),
+        None => None,
+    };
 
     let observed = match observations {
         Some(path) => read_observations(path)?,
@@ -180,9 +183,17 @@ pub fn rates(
     let interval = config.interval;
     let mut rates = Vec::new();
     for t in 0..steps {
+        let momentum = scheduler.momentum();
+        if let Some(why) = optimizer
+            .as_ref()
+            .zip(momentum)
+            .and_then(|(o, m)| o.refuse_momentum(m, t as u64))
+        {
+            bail!("{}: invalid schedule: {why}", file.display());
+        }
         rates.push(Rate {
             lr: scheduler.lr(),
-            momentum: scheduler.momentum(),
+            momentum,
         });
         if t + 1 < steps {
             let o = observed
