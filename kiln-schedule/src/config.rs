@@ -659,10 +659,21 @@ fn culprit(table: &toml::Table) -> Option<String> {
         if !at_fault {
             continue;
         }
+        // Into a child schedule only (under a composite's keys, or a table with a `kind`): a
+        // table given where a number belongs is itself the fault.
+        let holds_schedules = key == "then" || key == "schedules";
+        let schedule = |v: &toml::Value| {
+            v.as_table()
+                .filter(|t| holds_schedules || t.contains_key("kind"))
+                .cloned()
+        };
         let inner = match value {
-            toml::Value::Table(t) => culprit(t).map(|c| format!("{key}.{c}")),
+            toml::Value::Table(_) => schedule(value)
+                .and_then(|t| culprit(&t))
+                .map(|c| format!("{key}.{c}")),
             toml::Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
-                let t = v.as_table()?;
+                let t = schedule(v)?;
+                let t = &t;
                 parses(t).is_err().then(|| match culprit(t) {
                     Some(c) => format!("{key}[{i}].{c}"),
                     None => format!("{key}[{i}]"),

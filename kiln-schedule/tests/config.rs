@@ -151,6 +151,15 @@ fn errors_name_the_key_as_written() {
             "kind = \"warmup\"\nsteps = 3\nthen = { kind = \"reduce_on_plateau\" }",
             "schedule.then: reduce_on_plateau cannot be part of a sequential",
         ),
+        // A table where a number belongs is named as the key, not as a schedule inside it.
+        (
+            "kind = \"one_cycle\"\nmax_lr = 1\ntotal_steps = 9\nbase_momentum = { a = 1 }",
+            "schedule.base_momentum: invalid type: map",
+        ),
+        (
+            "kind = \"warmup\"\nsteps = 3\nthen = { t_max = 3 }",
+            "schedule.then.kind: missing field",
+        ),
     ] {
         let e = error(toml);
         assert!(e.contains(key), "{toml}: {e}");
