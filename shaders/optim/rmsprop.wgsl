@@ -19,7 +19,11 @@ struct RmsPropParams {
     momentum: f32,
     maximize: u32,
     centered: u32,
-    _pad: vec4<u32>,
+    // PyTorch's momentum > 0, decided by the host on the f64 value.
+    use_momentum: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(4) var<storage, read_write> square_avg: array<f32>;
@@ -44,7 +48,7 @@ fn rmsprop(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         avg = sqrt(sq);
     }
     avg = avg + params.eps;
-    if params.momentum > 0.0 {
+    if params.use_momentum != 0u {
         let buf = momentum_buffer[i] * params.momentum + g / avg;
         momentum_buffer[i] = buf;
         param[i] = p + params.neg_lr * buf;

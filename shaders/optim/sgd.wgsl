@@ -20,7 +20,8 @@ struct SgdParams {
     maximize: u32,
     // Non-zero on the first update: the momentum buffer starts as a copy of the gradient.
     first_step: u32,
-    _pad0: u32,
+    // PyTorch's momentum ≠ 0, decided by the host on the f64 value.
+    use_momentum: u32,
     _pad1: vec4<u32>,
 }
 
@@ -36,11 +37,11 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     let p = param[i];
     let g_in = grad[i];
     var buf_in = 0.0;
-    if params.momentum != 0.0 && params.first_step == 0u {
+    if params.use_momentum != 0u && params.first_step == 0u {
         buf_in = momentum_buffer[i];
     }
     var g = l2_grad(params.h, i, p, g_in, params.weight_decay, params.maximize != 0u);
-    if params.momentum != 0.0 {
+    if params.use_momentum != 0u {
         var buf: f32;
         if params.first_step != 0u {
             buf = g;

@@ -53,7 +53,9 @@ struct RmsPropScalars {
     momentum: f32,
     maximize: u32,
     centered: u32,
-    _pad: [u32; 4],
+    /// PyTorch's `momentum > 0`, decided on the f64 value (see `SgdScalars`).
+    use_momentum: u32,
+    _pad: [u32; 3],
 }
 
 /// The kernel: parameters, gradients, loss history, no-decay ranges, `square_avg`,
@@ -107,16 +109,18 @@ impl UpdateRule for RmsProp {
 
     fn scalars(&self, hyper: Hyper, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
         next_step(scalars)?;
+        let momentum = hyper.momentum.unwrap_or(self.momentum);
         Ok(bytemuck::cast(RmsPropScalars {
             neg_lr: (-hyper.lr) as f32,
             alpha: self.alpha as f32,
             one_minus_alpha: (1.0 - self.alpha) as f32,
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
-            momentum: hyper.momentum.unwrap_or(self.momentum) as f32,
+            momentum: momentum as f32,
             maximize: self.maximize as u32,
             centered: self.centered as u32,
-            _pad: [0; 4],
+            use_momentum: (momentum > 0.0) as u32,
+            _pad: [0; 3],
         }))
     }
 
@@ -171,7 +175,7 @@ impl UpdateRule for RmsProp {
             None => *p += s.neg_lr * g / avg,
         };
         let pgs = param.iter_mut().zip(grad).zip(square_avg.iter_mut());
-        match (s.centered != 0, s.momentum > 0.0) {
+        match (s.centered != 0, s.use_momentum != 0) {
             (false, false) => {
                 for ((p, &g), sq) in pgs {
                     let g = square(*p, g, sq);

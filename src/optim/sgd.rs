@@ -49,7 +49,10 @@ struct SgdScalars {
     nesterov: u32,
     maximize: u32,
     first_step: u32,
-    _pad: [u32; 5],
+    /// PyTorch's `momentum != 0`, decided on the f64 value: a momentum below f32's smallest
+    /// still keeps the buffer (its f32 product is 0 then, as in PyTorch's `mul_`).
+    use_momentum: u32,
+    _pad: [u32; 4],
 }
 
 /// The kernel: parameters, gradients, loss history, no-decay ranges, `momentum_buffer`.
@@ -91,15 +94,17 @@ impl UpdateRule for Sgd {
 
     fn scalars(&self, hyper: Hyper, scalars: &mut Scalars) -> Result<[u32; SCALAR_WORDS]> {
         let step = next_step(scalars)?;
+        let momentum = hyper.momentum.unwrap_or(self.momentum);
         Ok(bytemuck::cast(SgdScalars {
             lr: hyper.lr as f32,
-            momentum: hyper.momentum.unwrap_or(self.momentum) as f32,
+            momentum: momentum as f32,
             dampening: self.dampening as f32,
             weight_decay: self.weight_decay as f32,
             nesterov: self.nesterov as u32,
             maximize: self.maximize as u32,
             first_step: (step == 1.0) as u32,
-            _pad: [0; 5],
+            use_momentum: (momentum != 0.0) as u32,
+            _pad: [0; 4],
         }))
     }
 
@@ -136,7 +141,7 @@ impl UpdateRule for Sgd {
         let s: SgdScalars = bytemuck::cast(*scalars);
         let weight_decay = if decay { s.weight_decay } else { 0.0 };
         let decayed = |p: f32, g: f32| l2_grad(p, g, weight_decay, s.maximize != 0);
-        if s.momentum == 0.0 {
+        if s.use_momentum == 0 {
             for (p, &g) in param.iter_mut().zip(grad) {
                 *p -= s.lr * decayed(*p, g);
             }
