@@ -114,11 +114,13 @@ impl OneCycleLr {
 
     /// Phase i's start and end rates from the group's `initial_lr`, `max_lr` and `min_lr`
     /// (the last schedule built on the group that sets them wrote them), or where the group
-    /// lacks them (a schedule saved before Kiln kept them) the schedule's own.
+    /// lacks them (a schedule saved before Kiln kept them) all three the schedule's own, as it
+    /// ran then.
     fn lr_bounds(&self, i: usize, group: &Group) -> (f64, f64) {
-        let initial = group.initial_lr.unwrap_or(self.initial_lr);
-        let max = group.max_lr.unwrap_or(self.max_lr);
-        let min = group.min_lr.unwrap_or(self.min_lr);
+        let (initial, max, min) = match (group.initial_lr, group.max_lr, group.min_lr) {
+            (Some(initial), Some(max), Some(min)) => (initial, max, min),
+            _ => (self.initial_lr, self.max_lr, self.min_lr),
+        };
         match (i, self.phases.len()) {
             (0, _) => (initial, max),
             (1, 2) => (max, min),

@@ -139,3 +139,28 @@ fn saved_momentum_must_match_the_schedule() {
         reference.step(&Observation::default()).unwrap();
     }
 }
+
+/// A `sequential` of two one_cycles saved before the group kept OneCycleLR's bounds (no
+/// `max_lr`, `min_lr` in the group) resumes on the first one's own bounds, as it ran then (its
+/// `initial_lr` in the group was the second one's).
+#[test]
+fn one_cycles_saved_before_the_group_kept_their_bounds_run_on_their_own() {
+    let toml = "kind = \"sequential\"\nmilestones = [20]\nschedules = [{ kind = \"one_cycle\", max_lr = 0.1, total_steps = 20, cycle_momentum = false }, { kind = \"one_cycle\", max_lr = 0.5, total_steps = 10, cycle_momentum = false }]";
+    let own = "kind = \"one_cycle\"\nmax_lr = 0.1\ntotal_steps = 20\ncycle_momentum = false";
+    let (mut s, mut alone) = (build(toml), build(own));
+    s.step(&Observation::default()).unwrap();
+    alone.step(&Observation::default()).unwrap();
+    let mut old = serde_json::to_value(&s).unwrap();
+    let group = old["group"].as_object_mut().unwrap();
+    group.remove("max_lr");
+    group.remove("min_lr");
+    let mut resumed: Scheduler = serde_json::from_value(old).unwrap();
+    resumed.check().unwrap();
+    // The rate of update 1 was computed before the save; the next ones after it, from the
+    // warm-up (which reads initial_lr) to the end.
+    for t in 2..20 {
+        resumed.step(&Observation::default()).unwrap();
+        alone.step(&Observation::default()).unwrap();
+        assert_eq!(resumed.lr().to_bits(), alone.lr().to_bits(), "update {t}");
+    }
+}

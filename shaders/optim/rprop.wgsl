@@ -54,6 +54,8 @@ fn rprop(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if product < 0.0 {
         g = 0.0;
     }
-    param[i] = p - sign(g) * size_out;
+    // torch.sign, 0 for NaN (WGSL's sign leaves NaN to the backend).
+    let sign_g = select(0.0, 1.0, g > 0.0) - select(0.0, 1.0, g < 0.0);
+    param[i] = p - sign_g * size_out;
     prev[i] = g;
 }

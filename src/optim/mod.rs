@@ -52,7 +52,8 @@ pub struct StateBlock {
     /// as `NAME.layers.{i}.weight`.
     pub name: &'static str,
     /// Its value before the first update (PyTorch's: zeros, or Adagrad's
-    /// `initial_accumulator_value`).
+    /// `initial_accumulator_value`; Rprop's step sizes −1, unset until its first update
+    /// sets them to the rate).
     pub init: f32,
     /// Whether this configuration uses it (Adam's `max_exp_avg_sq` only with amsgrad); an
     /// unused block keeps its binding in the kernel but holds nothing.
@@ -932,6 +933,22 @@ mod tests {
             assert!(state.blocks[block][1].is_nan(), "{text}");
         }
         assert!(maximum(1.0, f32::NAN).is_nan() && maximum(f32::NAN, 1.0).is_nan());
+        // Rprop: torch.sign(NaN) is 0, so a NaN gradient moves no parameter and keeps its
+        // step size (PyTorch: p unchanged, prev NaN); ±inf step as any sign does.
+        let rprop = OptimizerConfig::from_table(toml::from_str("kind = 'rprop'").unwrap())
+            .unwrap()
+            .optimizer;
+        let rule = rprop.rule();
+        let mut state = rprop.new_state(4);
+        let mut scalars = rule.initial_scalars();
+        let mut param = [0.0f32; 4];
+        let words = rule.scalars(Hyper::lr(0.1), &mut scalars).unwrap();
+        let mut st: Vec<&mut [f32]> = state.blocks.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let grad = [f32::INFINITY, f32::NAN, 1.0, -1.0];
+        rule.update_cpu(&words, true, &mut param, &grad, &mut st);
+        assert_eq!(param, [-0.1, 0.0, -0.1, 0.1]);
+        assert_eq!(state.blocks[1], [0.1f32; 4]);
+        assert!(state.blocks[0][1].is_nan());
         assert_eq!(maximum(-1.0, 2.0), 2.0);
     }
 }

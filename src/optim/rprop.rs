@@ -185,13 +185,7 @@ impl UpdateRule for Rprop {
     }
 }
 
-/// torch.sign: −1, 0 or 1 (NaN stays NaN).
+/// torch.sign: −1, 0 or 1, and 0 for NaN (a NaN gradient moves no parameter, as in PyTorch).
 fn sign(v: f32) -> f32 {
-    if v > 0.0 {
-        1.0
-    } else if v < 0.0 {
-        -1.0
-    } else {
-        v
-    }
+    ((v > 0.0) as i32 - (v < 0.0) as i32) as f32
 }

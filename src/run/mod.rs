@@ -715,18 +715,15 @@ impl Run {
         let saved: kiln_schedule::Scheduler = serde_json::from_value(state.schedule.clone())
             .map_err(|e| KilnError::file(&file, format!("its schedule: {e}")))?;
         if saved.cycles_momentum() != cycles {
-            return Err(KilnError::file(
-                &file,
-                format!(
-                    "its schedule {} momentum, the run file's {} (a damaged checkpoint?)",
-                    if saved.cycles_momentum() {
-                        "cycles"
-                    } else {
-                        "does not cycle"
-                    },
-                    if cycles { "does" } else { "does not" }
-                ),
-            ));
+            let why = if cycles {
+                // Also a checkpoint older than the schedule records, before Kiln cycled it.
+                "does not cycle momentum, the run file's does (made by a Kiln from before \
+                 cyclic and one_cycle cycled it? add cycle_momentum = false to the schedule to \
+                 resume it as it ran; else a damaged checkpoint)"
+            } else {
+                "cycles momentum, the run file's does not (a damaged checkpoint?)"
+            };
+            return Err(KilnError::file(&file, format!("its schedule {why}")));
         }
         // The epochs laid out as when the checkpoint was made: the same rows per update and
         // per epoch, so that the run takes the rows it would have taken.
