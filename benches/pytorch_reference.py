@@ -18,7 +18,7 @@ How each op is timed, to match Kiln:
   layouts (A·B, A·Bᵀ, Aᵀ·B through transposed views, which cuBLAS takes without copying); CUDA
   events around one product.
 - optimizers: one row per optimizer, op = its name as in Kiln: sgd (momentum 0.9), adam, adamw,
-  rmsprop, adagrad, nadam, radam, adamax, adadelta, rprop (PyTorch's defaults otherwise, lr 0.01 as Kiln's row uses), on
+  rmsprop, adagrad, nadam, radam, adamax, adadelta, rprop, asgd (PyTorch's defaults otherwise, lr 0.01 as Kiln's row uses), on
   one flat parameter of n float32 with a .grad of n; the state exists before timing (five
   steps first, so every timed step is past radam's rectification warm-up and on the full
   adaptive path), as Kiln times update 6 (`kiln::bench::steady_update`). Variants: op "{name}" is what
@@ -27,7 +27,7 @@ How each op is timed, to match Kiln:
   row is left out where constructing it or its first step raises); "{name}-single" is
   `foreach=False` (CUDA only: on the CPU it is the default). Each row's "impl" says which. CUDA
   events around `step()` (wall time on the CPU). GB/s as Kiln counts it: (3 + 2·S)·4·n bytes,
-  S the state tensors kept (sgd, rmsprop, adagrad: 1; adam, adamw, nadam, radam, adamax, adadelta, rprop: 2).
+  S the state tensors kept (sgd, rmsprop, adagrad, asgd: 1; adam, adamw, nadam, radam, adamax, adadelta, rprop: 2).
 - copy: `dst.copy_(src)`; GB/s counts bytes read plus bytes written, as Kiln's copy row does.
 - train_step: the same MLP (Linear/ReLU, cross-entropy, SGD momentum 0.9), eager; the batch is
   copied from host memory each step, as `Trainer::step` uploads it; wall time around one step
@@ -78,6 +78,7 @@ OPTIMIZERS = {
     "adamax": (torch.optim.Adamax, {}, 2),
     "adadelta": (torch.optim.Adadelta, {}, 2),
     "rprop": (torch.optim.Rprop, {}, 2),
+    "asgd": (torch.optim.ASGD, {}, 1),
 }
 
 

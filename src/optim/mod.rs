@@ -15,6 +15,7 @@ pub mod adadelta;
 pub mod adagrad;
 pub mod adam;
 pub mod adamax;
+pub mod asgd;
 pub mod nadam;
 pub mod radam;
 pub mod rmsprop;
@@ -32,6 +33,7 @@ pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::Adam;
 pub use adamax::Adamax;
+pub use asgd::Asgd;
 pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::RmsProp;
@@ -319,6 +321,9 @@ pub(crate) fn check_scalars(scalars: &Scalars) -> Result<()> {
         let ok = match name.as_str() {
             "step" => v >= 0.0 && v.fract() == 0.0 && v <= (1u64 << 53) as f64,
             "mu_product" => (0.0..=1.0).contains(&v),
+            // ASGD's averaging weight 1/max(1, step − t0), and its step size.
+            "mu" => v > 0.0 && v <= 1.0,
+            "eta" => v.is_finite() && v >= 0.0,
             _ => v.is_finite(),
         };
         if !ok {
@@ -525,7 +530,7 @@ pub struct Registration {
 }
 
 /// Every optimizer Kiln has.
-pub static REGISTRY: [Registration; 10] = [
+pub static REGISTRY: [Registration; 11] = [
     sgd::REGISTRATION,
     adam::REGISTRATION,
     adam::ADAMW_REGISTRATION,
@@ -536,6 +541,7 @@ pub static REGISTRY: [Registration; 10] = [
     adamax::REGISTRATION,
     adadelta::REGISTRATION,
     rprop::REGISTRATION,
+    asgd::REGISTRATION,
 ];
 
 /// Every optimizer kernel, once each (Adam and AdamW share one), for the shader tests: each
