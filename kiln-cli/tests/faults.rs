@@ -91,6 +91,21 @@ fn bad_run_files() {
     std::fs::write(dir.join("d.csv"), DATA).unwrap();
     let cases: Vec<(String, Vec<&str>)> = vec![
         ("[model\nlayers = 1".into(), vec!["r.toml", "line 1"]),
+        // A one_cycle shorter than the run: refused at start-up, not at update 3.
+        (
+            run_file(
+                MODEL,
+                DATA_CFG,
+                OPT,
+                "kind = \"one_cycle\"\nmax_lr = 0.1\ntotal_steps = 2",
+                TRAIN,
+            ),
+            vec![
+                "invalid schedule",
+                "no rate for update 3 of the run's 4 updates",
+                "past total_steps = 2",
+            ],
+        ),
         (
             run_file(
                 MODEL,
@@ -475,6 +490,31 @@ fn bad_checkpoints() {
             vec![
                 "checkpoint.safetensors",
                 "1 losses of the current epoch, but 0",
+            ],
+        ),
+        // Counters, bounds and rates the run file's schedule would not have after its steps.
+        (
+            SCHEDULE,
+            Box::new(|m| m["trainer"]["schedule"]["schedule"]["last_epoch"] = 5.into()),
+            vec![
+                "checkpoint.safetensors",
+                "not the run file's after the 4 steps",
+            ],
+        ),
+        (
+            ONE_CYCLE,
+            Box::new(|m| m["trainer"]["schedule"]["group"]["max_lr"] = 0.3.into()),
+            vec![
+                "checkpoint.safetensors",
+                "not the run file's after the 4 steps",
+            ],
+        ),
+        (
+            ONE_CYCLE,
+            Box::new(|m| m["trainer"]["schedule"]["group"]["lr"] = 0.05.into()),
+            vec![
+                "checkpoint.safetensors",
+                "not the run file's after the 4 steps",
             ],
         ),
         // A cycle dropped from a momentum-cycling schedule's state, consistently: the run

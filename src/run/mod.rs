@@ -203,6 +203,57 @@ impl Prepared {
         })
     }
 
+    /// The schedule steps a run of `updates` updates makes before its last update: one per
+    /// update, or per epoch.
+    fn schedule_steps(&self, config: &RunConfig, updates: u64) -> Result<u64> {
+        Ok(match config.schedule_interval()? {
+            Interval::Update => updates.saturating_sub(1),
+            Interval::Epoch => updates.div_ceil(self.batches_per_epoch).saturating_sub(1),
+        })
+    }
+
+    /// The run file's schedule after `steps` steps, each with what a schedule that follows
+    /// nothing is given; `None` for a schedule that follows observations (a replay cannot know
+    /// them) or more steps than are worth replaying. `Err((step, why))`: step `step` failed.
+    fn replayed(
+        &self,
+        config: &RunConfig,
+        steps: u64,
+    ) -> Result<Option<std::result::Result<crate::schedule::Scheduler, (u64, String)>>> {
+        let mut s = self.scheduler(config)?;
+        if s.needs().any() || steps > MAX_REPLAYED {
+            return Ok(None);
+        }
+        for step in 0..steps {
+            if let Err(e) = s.step(&Observation::default()) {
+                return Ok(Some(Err((step, e.to_string()))));
+            }
+        }
+        Ok(Some(Ok(s)))
+    }
+
+    /// Errs unless the schedule has a rate for each of the run's updates:
+    /// found at start-up, not at the update that would need it (a one_cycle shorter than the
+    /// run). Schedules that follow observations are found out as they go.
+    fn check_schedule_covers(&self, config: &RunConfig) -> Result<()> {
+        let steps = self.schedule_steps(config, self.total_steps)?;
+        if let Some(Err((step, why))) = self.replayed(config, steps)? {
+            let unit = match config.schedule_interval()? {
+                Interval::Update => "update",
+                Interval::Epoch => "epoch",
+            };
+            return Err(KilnError::invalid(
+                "schedule",
+                format!(
+                    "it has no rate for {unit} {} of the run's {} updates: {why}",
+                    step + 1,
+                    self.total_steps
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn options(&self, config: &RunConfig) -> Result<TrainOptions> {
         Ok(TrainOptions {
             schedule_interval: config.schedule_interval()?,
@@ -312,6 +363,10 @@ pub struct Evaluation {
 
 /// Batches a streamed window holds at most.
 const STREAM_WINDOW_BATCHES: usize = 64;
+
+/// The most schedule steps a run replays to check its schedule (at start-up, and a resume's
+/// saved schedule): a few million steps of host arithmetic, well under a second.
+const MAX_REPLAYED: u64 = 1 << 22;
 
 /// Puts the validation rows on the trainer's device when they fit beside what is there.
 fn place_validation(
@@ -521,6 +576,21 @@ fn normalized_record(mut record: serde_json::Value) -> serde_json::Value {
     record
 }
 
+/// Whether every value `saved` holds is `fresh`'s at the same place (keys `saved` lacks are
+/// not compared).
+fn json_within(saved: &serde_json::Value, fresh: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (saved, fresh) {
+        (Value::Object(s), Value::Object(f)) => s
+            .iter()
+            .all(|(k, v)| f.get(k).is_some_and(|fv| json_within(v, fv))),
+        (Value::Array(s), Value::Array(f)) => {
+            s.len() == f.len() && s.iter().zip(f).all(|(a, b)| json_within(a, b))
+        }
+        _ => saved == fresh,
+    }
+}
+
 /// Spells every `one_cycle`'s length as `total_steps`, as its schedule counts it (PyTorch
 /// takes `epochs`·`steps_per_epoch` where `total_steps` is not given): the two spellings of
 /// one schedule are one schedule.
@@ -641,6 +711,7 @@ impl Run {
             Some(path) => weights::load(path, &layout)?,
             None => p.model.init_params(&layout, config.data.seed)?,
         };
+        p.check_schedule_covers(&config)?;
         let schedule = p.scheduler(&config)?;
         let trainer = Trainer::with_params(
             device,
@@ -791,9 +862,36 @@ impl Run {
                 ),
             ));
         }
+        p.check_schedule_covers(&config)?;
         let options = p.options(&config)?;
+        let saved_json = state.schedule.clone();
         let trainer = Trainer::resume(device, p.model.clone(), options, state)
             .map_err(|e| KilnError::file(&file, e))?;
+        // The saved schedule must be the run file's after the steps it has taken, where a
+        // replay can say (it follows no observations; and a checkpoint from before schedule
+        // records carries its own on): an edited counter, bound or rate would otherwise carry
+        // on silently. After the trainer's own checks, whose messages are more precise. A step that failed (the run's end, for a schedule with
+        // no rate past it) leaves its state part-way, the same in the replay.
+        if run_state.schedule.is_some()
+            && let Some(Ok(mut fresh)) = p.replayed(&config, saved.updates())?
+        {
+            // Keys a checkpoint of an earlier version lacks are not held against it.
+            let same = |fresh: &crate::schedule::Scheduler| {
+                serde_json::to_value(fresh).is_ok_and(|f| json_within(&saved_json, &f))
+            };
+            let matches =
+                same(&fresh) || (fresh.step(&Observation::default()).is_err() && same(&fresh));
+            if !matches {
+                return Err(KilnError::file(
+                    &file,
+                    format!(
+                        "its schedule is not the run file's after the {} steps it has taken \
+                         (an edited counter, bound or rate? a damaged checkpoint)",
+                        saved.updates()
+                    ),
+                ));
+            }
+        }
         p.into_run(config, trainer, run_state)
     }
 
