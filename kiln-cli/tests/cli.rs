@@ -479,6 +479,30 @@ fn a_non_finite_loss_stops_the_run_or_is_skipped() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A run resumed from a checkpoint at its end (killed after it, before anything else) makes no
+/// update and logs nothing twice: its log is the uninterrupted run's, whose last update was
+/// evaluated as it went.
+#[test]
+fn a_run_resumed_at_its_end_logs_nothing_twice() {
+    let run = REGRESSION_RUN.replace("batch_size = 8", "batch_size = 8\neval_every = 10");
+    let dir = run_dir("resume-at-end", &regression_csv(), &run);
+    let (ck, run_file) = (dir.join("ck"), dir.join("run.toml"));
+    let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", arg(&run_file), "--device", "cpu"];
+        args.extend_from_slice(extra);
+        stdout(&kiln(&args))
+    };
+    train(&["--log", arg(&a)]);
+    train(&["--log", arg(&b), "--checkpoint-dir", arg(&ck)]);
+    let out = train(&["--log", arg(&b), "--resume", arg(&ck)]);
+    assert!(out.contains("validation"), "{out}");
+    let whole = std::fs::read_to_string(&a).unwrap();
+    assert!(whole.contains(r#"{"step":29,"#), "{whole}");
+    assert_eq!(std::fs::read_to_string(&b).unwrap(), whole);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// one_cycle's three phases, linear, end below zero one update past `total_steps`: a run of
 /// exactly `total_steps` updates ends, saves and checkpoints (as PyTorch's loop does, which
 /// never uses that rate); resuming it for more is refused, naming the rate.

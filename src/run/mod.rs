@@ -977,6 +977,24 @@ impl Run {
         self.after_update(lr)
     }
 
+    /// Whether the run evaluates after `done` updates as it goes (every `eval_every`, and at
+    /// each epoch's end where a per-epoch schedule watches a validation metric).
+    pub fn evaluates_after(&self, done: u64) -> bool {
+        let epoch_end = done.is_multiple_of(self.batches_per_epoch);
+        // A per-epoch schedule watching a validation metric needs it at every epoch's end,
+        // whatever eval_every says (early stopping checks at the evaluations there are).
+        let epoch_eval = epoch_end
+            && matches!(
+                self.epoch_monitor,
+                Some(Monitor::ValLoss | Monitor::ValAccuracy)
+            );
+        let eval_due = match self.eval_every {
+            EvalEvery::Epoch => epoch_end,
+            EvalEvery::Updates(n) => done.is_multiple_of(n),
+        };
+        eval_due || epoch_eval
+    }
+
     /// What [`Run::step`] does after its update, which used rate `lr` ([`Run::update`]). A
     /// caller that records each update can do so between the two, so that an update whose
     /// evaluation fails (a validation loss that is not finite) is still on record.
@@ -986,15 +1004,7 @@ impl Run {
         let (epoch_monitor, stop_monitor) =
             (self.epoch_monitor, self.early_stopping.map(|e| e.monitor));
         let watched = |m: Monitor| epoch_monitor == Some(m) || stop_monitor == Some(m);
-        // A per-epoch schedule watching a validation metric needs it at every epoch's end,
-        // whatever eval_every says (early stopping checks at the evaluations there are).
-        let epoch_eval =
-            epoch_end && matches!(epoch_monitor, Some(Monitor::ValLoss | Monitor::ValAccuracy));
-        let eval_due = match self.eval_every {
-            EvalEvery::Epoch => epoch_end,
-            EvalEvery::Updates(n) => done.is_multiple_of(n),
-        };
-        let evaluation = if eval_due || epoch_eval {
+        let evaluation = if self.evaluates_after(done) {
             self.evaluate()?
         } else {
             None

@@ -302,12 +302,15 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             device.name()
         ))?;
     }
-    // The last update's evaluation, if the loop made one; otherwise one now.
+    // The last update's evaluation, if the loop made one; otherwise one now. A run resumed at
+    // its end whose last update was evaluated as it went has that evaluation in its log
+    // already: it is not logged again as an end-of-run one.
+    let logged_before = done == start && done > 0 && run.evaluates_after(done);
     let evaluation = match last_evaluation {
         Some((at, e)) if at == done => Some(e),
         _ => {
             let e = run.evaluate()?;
-            if let Some(e) = &e {
+            if let Some(e) = e.as_ref().filter(|_| !logged_before) {
                 let at = done.saturating_sub(1);
                 write_evaluation(log.as_mut(), at, run.epoch_of(at), e, true)?;
             }
