@@ -707,6 +707,23 @@ fn bad_outputs() {
         &train(&["--log", "r.toml"]),
         &["--log r.toml is also the run file"],
     );
+    // A hard link is the file it links.
+    #[cfg(unix)]
+    {
+        std::fs::hard_link(dir.join("r.toml"), dir.join("hl.jsonl")).unwrap();
+        std::fs::hard_link(dir.join("d.csv"), dir.join("hd.jsonl")).unwrap();
+        fails(
+            &dir,
+            &train(&["--log", "hl.jsonl"]),
+            &["--log hl.jsonl is also the run file"],
+        );
+        fails(
+            &dir,
+            &train(&["--log", "hd.jsonl"]),
+            &["--log hd.jsonl is also a data file of the run"],
+        );
+        assert_eq!(std::fs::read_to_string(dir.join("d.csv")).unwrap(), DATA);
+    }
     // The data the run reads, named relative to the run file's folder.
     fails(
         &dir,

@@ -536,8 +536,19 @@ fn checkpoint_dir(args: &TrainArgs) -> Option<&Path> {
 }
 
 /// Whether two paths name the same file, the second possibly not existing yet (compared by
-/// its canonical directory and name). `None` when that cannot be told.
+/// its canonical directory and name); two existing files by identity too, so that a hard
+/// link is the file it links. `None` when that cannot be told.
 fn same_path(a: &Path, b: &Path) -> Option<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b))
+            && ma.dev() == mb.dev()
+            && ma.ino() == mb.ino()
+        {
+            return Some(true);
+        }
+    }
     let canonical = |p: &Path| {
         std::fs::canonicalize(p)
             .ok()
