@@ -503,6 +503,24 @@ fn a_run_resumed_at_its_end_logs_nothing_twice() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--save-best` with nothing to judge by (no validation rows) says it saved nothing.
+#[test]
+fn save_best_without_evaluations_says_so() {
+    let dir = run_dir("save-best-none", &regression_csv(), &linear_run());
+    let best = dir.join("best.safetensors");
+    let out = stdout(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+        "--save-best",
+        arg(&best),
+    ]));
+    assert!(out.contains("--save-best: nothing saved"), "{out}");
+    assert!(!best.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// one_cycle's three phases, linear, end below zero one update past `total_steps`: a run of
 /// exactly `total_steps` updates ends, saves and checkpoints (as PyTorch's loop does, which
 /// never uses that rate); resuming it for more is refused, naming the rate.

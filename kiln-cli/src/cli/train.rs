@@ -286,6 +286,13 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if let Some(path) = &args.save {
         run.save_weights(path)?;
     }
+    if let Some(path) = args.save_best.as_ref().filter(|p| !p.exists()) {
+        say(&format!(
+            "--save-best: nothing saved to {}: the run made no evaluation as it went (no \
+             validation rows, or fewer updates than eval_every or an epoch)",
+            path.display()
+        ))?;
+    }
     let skips = if skipped > 0 {
         format!(", {skipped} skipped for a non-finite loss")
     } else {
