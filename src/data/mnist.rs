@@ -73,11 +73,40 @@ pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
             .saturating_mul(1100)
             .saturating_add(1 << 20);
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .take(cap)
-            .read_to_end(&mut out)
-            .map_err(|e| KilnError::file(path, format!("gzip: {e}")))?;
-        if out.len() as u64 == cap {
+        let mut decoder = flate2::read::GzDecoder::new(&raw[..]);
+        let mut read = |n: u64, out: &mut Vec<u8>| {
+            (&mut decoder)
+                .take(n)
+                .read_to_end(out)
+                .map_err(|e| KilnError::file(path, format!("gzip: {e}")))
+        };
+        // The header says how many bytes follow: no more than those and one past them (which
+        // `parse_idx` reports as trailing) are expanded, whatever the stream would give.
+        read(4, &mut out)?;
+        let dims = out.get(3).copied().unwrap_or(0) as u64;
+        read(4 * dims, &mut out)?;
+        let declared = out
+            .get(4..)
+            .filter(|d| d.len() as u64 == 4 * dims)
+            .and_then(|d| {
+                d.chunks(4).try_fold(1u64, |n, c| {
+                    n.checked_mul(u32::from_be_bytes(c.try_into().ok()?) as u64)
+                })
+            });
+        let header = out.len() as u64;
+        read(declared.unwrap_or(cap).min(cap).saturating_add(1), &mut out)?;
+        let body = out.len() as u64 - header;
+        if let Some(n) = declared.filter(|&n| body > n && n < cap) {
+            return Err(KilnError::file(
+                path,
+                format!(
+                    "gzip: its data goes on past the {n} bytes its header declares (byte {}); \
+                     an idx file ends with its data",
+                    header + n
+                ),
+            ));
+        }
+        if body > cap {
             return Err(KilnError::file(
                 path,
                 format!("gzip: expands past {cap} bytes, more than any IDX file of its size"),
@@ -202,6 +231,26 @@ mod tests {
             e,
             "l: 1 bytes after the data end at byte 11 (dimensions [3]); an idx file ends with its data"
         );
+        // Gzipped, the stream is expanded no further than the header declares: a "bomb" of
+        // zeros after three bytes of data is refused without being expanded.
+        let dir = std::env::temp_dir().join(format!("kiln-idx-bomb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bomb = good.clone();
+        bomb.resize(good.len() + (64 << 20), 0);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &bomb).unwrap();
+        let path = dir.join("bomb.gz");
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let e = read_idx(&path, 0x801).unwrap_err().to_string();
+        assert!(
+            e.contains("goes on past the 3 bytes its header declares (byte 11)"),
+            "{e}"
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &good).unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        assert_eq!(read_idx(&path, 0x801).unwrap(), (vec![3], vec![1, 2, 3]));
+        std::fs::remove_dir_all(&dir).unwrap();
         let e = parse_idx("i", &good, 0x803).unwrap_err().to_string();
         assert!(
             e.contains("byte 0: magic number 0x801, expected 0x803"),
