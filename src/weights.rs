@@ -121,6 +121,25 @@ pub fn check_writable(path: &Path) -> Result<()> {
         .map_err(|e| KilnError::file(path, format!("cannot write there: {e}")))
 }
 
+/// The bytes of the regular file `path`. A device or a pipe (`/dev/zero`) is refused: read
+/// whole, it could fill the memory without end.
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| KilnError::file(path, e))?;
+    if !meta.is_file() {
+        return Err(KilnError::file(
+            path,
+            "not a regular file (a device, pipe or directory is not read)",
+        ));
+    }
+    std::fs::read(path).map_err(|e| KilnError::file(path, e))
+}
+
+/// [`read_regular`] as UTF-8 text.
+pub fn read_regular_text(path: &Path) -> Result<String> {
+    String::from_utf8(read_regular(path)?)
+        .map_err(|_| KilnError::file(path, "stream did not contain valid UTF-8"))
+}
+
 /// (name, shape, arena offset) of every parameter tensor, with names prefixed by `prefix`.
 pub fn tensors(layout: &ParamLayout, prefix: &str) -> Vec<(String, Vec<usize>, usize)> {
     layout
@@ -234,7 +253,7 @@ pub fn save(
 /// or non-f32 tensor is listed in one error.
 pub fn load(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
     layout.check()?;
-    let bytes = std::fs::read(path).map_err(|e| KilnError::file(path, e))?;
+    let bytes = read_regular(path)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| KilnError::file(path, format!("not a valid safetensors file: {e}")))?;
     // A checkpoint (`--init` from one) keeps other arenas beside the weights.

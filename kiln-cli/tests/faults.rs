@@ -362,6 +362,37 @@ fn bad_data_files() {
         &["train", "r.toml", "--device", "cpu"],
         &["mnist", "no train-images-idx3-ubyte"],
     );
+    // A device that never ends is refused, not read into memory without end: as data, as
+    // the run file, as a log to plot, as weights to start from.
+    #[cfg(unix)]
+    {
+        let text = run_file(MODEL, "path = \"/dev/zero\"", OPT, SCHEDULE, TRAIN);
+        std::fs::write(dir.join("r.toml"), text).unwrap();
+        let not_regular = ["/dev/zero", "not a regular file"];
+        fails(&dir, &["train", "r.toml", "--device", "cpu"], &not_regular);
+        fails(
+            &dir,
+            &["train", "/dev/zero", "--device", "cpu"],
+            &not_regular,
+        );
+        fails(&dir, &["plot", "/dev/zero", "-o", "p.png"], &not_regular);
+        fails(
+            &dir,
+            &["schedule", "/dev/zero", "--steps", "2"],
+            &not_regular,
+        );
+        std::fs::write(
+            dir.join("r.toml"),
+            run_file(MODEL, DATA_CFG, OPT, SCHEDULE, TRAIN),
+        )
+        .unwrap();
+        std::fs::write(dir.join("d.csv"), DATA).unwrap();
+        fails(
+            &dir,
+            &["train", "r.toml", "--device", "cpu", "--init", "/dev/zero"],
+            &not_regular,
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

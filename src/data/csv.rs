@@ -38,7 +38,7 @@ impl Default for CsvOptions {
 
 /// Reads a CSV file; errors name the file and the line.
 pub fn read(path: &Path, options: &CsvOptions) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path).map_err(|e| KilnError::file(path, e))?;
+    let text = crate::weights::read_regular_text(path)?;
     parse(&path.display().to_string(), &text, options)
 }
 

@@ -10,7 +10,7 @@ use crate::error::{KilnError, Result};
 
 /// Reads `x` and `y` from a safetensors file.
 pub fn read(path: &Path) -> Result<Dataset> {
-    let bytes = std::fs::read(path).map_err(|e| KilnError::file(path, e))?;
+    let bytes = crate::weights::read_regular(path)?;
     parse(&path.display().to_string(), &bytes)
 }
 

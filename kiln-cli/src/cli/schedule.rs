@@ -121,8 +121,8 @@ pub fn rates(
     steps: usize,
     observations: Option<&Path>,
 ) -> Result<(Vec<Rate>, Interval)> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = kiln::weights::read_regular_text(file)
+        .with_context(|| format!("reading {}", file.display()))?;
     let mut doc: toml::Table = text
         .parse()
         .map_err(|e| anyhow!("{}: {e}", file.display()))?;
@@ -209,8 +209,8 @@ pub fn rates(
 
 /// One finite number per line; blank lines are skipped.
 fn read_observations(path: &Path) -> Result<Vec<f64>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = kiln::weights::read_regular_text(path)
+        .with_context(|| format!("reading {}", path.display()))?;
     let mut values = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
