@@ -416,6 +416,51 @@ fn good_run(dir: &Path, schedule: &str) {
     assert_eq!(o.code, Some(0), "{}", o.stderr);
 }
 
+/// An optimizer's scalar state that its updates under the run file's schedule would not leave
+/// (NAdam's `mu_product`, ASGD's `eta`) is refused; the state as it was resumes.
+#[test]
+fn a_resume_is_held_to_its_optimizer_scalars() {
+    let dir = scratch("scalars");
+    std::fs::write(dir.join("d.csv"), DATA).unwrap();
+    for (optimizer, key, value) in [
+        ("kind = \"nadam\"", "mu_product", 0.0),
+        ("kind = \"asgd\"", "eta", 0.5),
+    ] {
+        let _ = std::fs::remove_dir_all(dir.join("ck"));
+        let text = run_file(MODEL, DATA_CFG, optimizer, SCHEDULE, TRAIN);
+        std::fs::write(dir.join("r.toml"), text).unwrap();
+        let o = run(
+            &dir,
+            &[
+                "train",
+                "r.toml",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--checkpoint-dir",
+                "ck",
+            ],
+        );
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        let resume = [
+            "train", "r.toml", "--device", "cpu", "--resume", "ck", "--steps", "6",
+        ];
+        let pristine = std::fs::read(dir.join("ck/checkpoint.safetensors")).unwrap();
+        tamper(&dir, |m| {
+            m["trainer"]["optimizer"]["scalars"][key] = value.into();
+        });
+        fails(
+            &dir,
+            &resume,
+            &["checkpoint.safetensors", "optimizer's scalar state", key],
+        );
+        std::fs::write(dir.join("ck/checkpoint.safetensors"), pristine).unwrap();
+        let o = run(&dir, &resume);
+        assert_eq!(o.code, Some(0), "{optimizer}: {}", o.stderr);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Rewrites the checkpoint's JSON state with `edit`, keeping its tensors.
 fn tamper(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
     let path = dir.join("ck/checkpoint.safetensors");

@@ -232,6 +232,41 @@ impl Prepared {
         Ok(Some(Ok(s)))
     }
 
+    /// The optimizer's scalar state (`step`, NAdam's `mu_product`, ASGD's `eta` and `mu`)
+    /// after `updates` updates under the run file's schedule, where a replay can say (see
+    /// [`Prepared::replayed`]); `None` otherwise. Skipped updates advance it alike.
+    fn replayed_scalars(
+        &self,
+        config: &RunConfig,
+        updates: u64,
+    ) -> Result<Option<crate::optim::Scalars>> {
+        let mut s = self.scheduler(config)?;
+        if s.needs().any() || updates > MAX_REPLAYED {
+            return Ok(None);
+        }
+        let mut optimizer = self.optimizer.optimizer.clone();
+        if s.momentum().is_some() {
+            optimizer = optimizer.cycling_momentum()?;
+        }
+        let per_update = config.schedule_interval()? == Interval::Update;
+        let rule = optimizer.rule();
+        let mut scalars = rule.initial_scalars();
+        for u in 1..=updates {
+            let hyper = crate::optim::Hyper {
+                lr: s.lr(),
+                momentum: s.momentum(),
+            };
+            if rule.scalars(hyper, &mut scalars).is_err() {
+                return Ok(None);
+            }
+            let steps = per_update || u.is_multiple_of(self.batches_per_epoch);
+            if u < updates && steps && s.step(&Observation::default()).is_err() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(scalars))
+    }
+
     /// Errs unless the schedule has a rate for each of the run's updates:
     /// found at start-up, not at the update that would need it (a one_cycle shorter than the
     /// run). Schedules that follow observations are found out as they go.
@@ -865,6 +900,7 @@ impl Run {
         p.check_schedule_covers(&config)?;
         let options = p.options(&config)?;
         let saved_json = state.schedule.clone();
+        let saved_scalars = state.optimizer.scalars.clone();
         let trainer = Trainer::resume(device, p.model.clone(), options, state)
             .map_err(|e| KilnError::file(&file, e))?;
         // The saved schedule must be the run file's after the steps it has taken, where a
@@ -891,6 +927,20 @@ impl Run {
                     ),
                 ));
             }
+        }
+        // Likewise the optimizer's scalar state (an edited `step` is caught above; an edited
+        // `mu_product` or `eta` would carry on).
+        if run_state.schedule.is_some()
+            && let Some(want) = p.replayed_scalars(&config, steps)?
+            && want != saved_scalars
+        {
+            return Err(KilnError::file(
+                &file,
+                format!(
+                    "its optimizer's scalar state {saved_scalars:?} is not what {steps} updates \
+                     under the run file's schedule leave, {want:?} (a damaged checkpoint?)"
+                ),
+            ));
         }
         p.into_run(config, trainer, run_state)
     }
