@@ -121,17 +121,33 @@ pub fn check_writable(path: &Path) -> Result<()> {
         .map_err(|e| KilnError::file(path, format!("cannot write there: {e}")))
 }
 
-/// The bytes of the regular file `path`. A device or a pipe (`/dev/zero`) is refused: read
-/// whole, it could fill the memory without end.
+/// The most bytes read from a file that is not a regular one (a pipe, `<(…)`, a device).
+const STREAM_LIMIT: u64 = 256 << 20;
+
+/// The bytes of the file `path`. One that is not a regular file (a pipe, a device such as
+/// `/dev/zero`) is read up to [`STREAM_LIMIT`] and refused past it: read whole, it could
+/// fill the memory without end.
 pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path).map_err(|e| KilnError::file(path, e))?;
-    if !meta.is_file() {
+    if meta.is_file() {
+        return std::fs::read(path).map_err(|e| KilnError::file(path, e));
+    }
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(STREAM_LIMIT + 1).read_to_end(&mut bytes))
+        .map_err(|e| KilnError::file(path, e))?;
+    if bytes.len() as u64 > STREAM_LIMIT {
         return Err(KilnError::file(
             path,
-            "not a regular file (a device, pipe or directory is not read)",
+            format!(
+                "not a regular file, and more than {} MiB came from it (a device that never \
+                 ends?); give a regular file",
+                STREAM_LIMIT >> 20
+            ),
         ));
     }
-    std::fs::read(path).map_err(|e| KilnError::file(path, e))
+    Ok(bytes)
 }
 
 /// [`read_regular`] as UTF-8 text.

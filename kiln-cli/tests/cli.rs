@@ -544,6 +544,16 @@ fn a_schedule_with_no_rate_past_the_last_update_still_ends() {
         arg(&ck),
     ]));
     assert!(save.exists());
+    // Resumed at its end (a run killed after its last checkpoint), it ends there again.
+    let out = stdout(&kiln(&[
+        "train",
+        arg(&dir.join("run.toml")),
+        "--device",
+        "cpu",
+        "--resume",
+        arg(&ck),
+    ]));
+    assert!(out.contains("no updates made"), "{out}");
     let e = stderr_of_failure(&kiln(&[
         "train",
         arg(&dir.join("run.toml")),

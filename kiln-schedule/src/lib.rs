@@ -117,20 +117,20 @@ pub struct Group {
     /// The momentum (SGD, RMSprop) or β1 (the Adam family) the next update uses, as the last
     /// schedule that cycles momentum wrote it (`cyclic`, `one_cycle`); `None` until one does,
     /// and the optimizer's own then.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,
     /// `group['max_lr']` and `['min_lr']`, written by each `one_cycle` built on the group.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lr: Option<f64>,
     /// See `max_lr`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_lr: Option<f64>,
     /// `group['max_momentum']` and `['base_momentum']`, written by each `one_cycle` and
     /// `cyclic` that cycles momentum.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_momentum: Option<f64>,
     /// See `max_momentum`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_momentum: Option<f64>,
 }
 
@@ -302,9 +302,21 @@ impl Scheduler {
     /// parameters and state as their constructors check them, and the current rate and
     /// momentum.
     pub fn check(&self) -> Result<()> {
+        self.check_state()?;
+        check_rate(self.group.lr, self.updates)
+    }
+
+    /// Why the rate for the next update cannot be used, if it cannot (a schedule saved at the
+    /// end of a run it has no rate past: a three-phase linear `one_cycle`).
+    pub fn rate_refusal(&self) -> Option<ScheduleError> {
+        check_rate(self.group.lr, self.updates).err()
+    }
+
+    /// [`Scheduler::check`] but for the current rate ([`Scheduler::rate_refusal`]): what a
+    /// restored scheduler must hold to be resumed at all.
+    pub fn check_state(&self) -> Result<()> {
         check_count("updates", self.updates.min(i64::MAX as u64) as i64)?;
         self.schedule.check()?;
-        check_rate(self.group.lr, self.updates)?;
         // Set from construction on exactly when a schedule inside cycles it: a trainer sizes
         // the momentum buffers by it.
         if self.schedule.cycles_momentum() != self.group.momentum.is_some() {

@@ -45,7 +45,7 @@ pub struct OneCycleLr {
     phases: Vec<(f64, f64, f64)>,
     /// The momentum cycle (`None`: PyTorch's `cycle_momentum=False`). Absent from schedules
     /// saved before Kiln cycled momentum, which resume as they ran.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<MomentumCycle>,
 }
 

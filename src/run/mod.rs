@@ -611,19 +611,31 @@ fn normalized_record(mut record: serde_json::Value) -> serde_json::Value {
     record
 }
 
-/// Whether every value `saved` holds is `fresh`'s at the same place (keys `saved` lacks are
-/// not compared).
+/// Whether every value `saved` holds is `fresh`'s at the same place (keys `saved` lacks, or
+/// holds as null, are not compared: a checkpoint of an earlier version lacks them). Floats
+/// agree within [`same_float`].
 fn json_within(saved: &serde_json::Value, fresh: &serde_json::Value) -> bool {
     use serde_json::Value;
     match (saved, fresh) {
         (Value::Object(s), Value::Object(f)) => s
             .iter()
+            .filter(|(_, v)| !v.is_null())
             .all(|(k, v)| f.get(k).is_some_and(|fv| json_within(v, fv))),
         (Value::Array(s), Value::Array(f)) => {
             s.len() == f.len() && s.iter().zip(f).all(|(a, b)| json_within(a, b))
         }
+        (Value::Number(a), Value::Number(b)) if a.is_f64() || b.is_f64() => {
+            matches!((a.as_f64(), b.as_f64()), (Some(a), Some(b)) if same_float(a, b))
+        }
         _ => saved == fresh,
     }
+}
+
+/// Two replays of one computation agree: equal, or within a relative 1e-9 where `cos`,
+/// `powf` and the like round differently on another machine's maths library (a checkpoint
+/// made on one and resumed on another). An edit is far larger.
+fn same_float(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
 }
 
 /// Spells every `one_cycle`'s length as `total_steps`, as its schedule counts it (PyTorch
@@ -906,10 +918,16 @@ impl Run {
         // The saved schedule must be the run file's after the steps it has taken, where a
         // replay can say (it follows no observations; and a checkpoint from before schedule
         // records carries its own on): an edited counter, bound or rate would otherwise carry
-        // on silently. After the trainer's own checks, whose messages are more precise. A step that failed (the run's end, for a schedule with
-        // no rate past it) leaves its state part-way, the same in the replay.
+        // on silently. After the trainer's own checks, whose messages are more precise. A
+        // step that failed (the run's end, for a schedule with no rate past it) leaves its
+        // state part-way, the same in the replay. A one_cycle saved before the group kept its
+        // bounds runs on its own (see `OneCycleLr`), which a replay today does not: not held.
+        let bounds_kept =
+            |v: &serde_json::Value| v["group"].get("max_lr").is_some_and(|m| !m.is_null());
         if run_state.schedule.is_some()
             && let Some(Ok(mut fresh)) = p.replayed(&config, saved.updates())?
+            && (bounds_kept(&saved_json)
+                || !serde_json::to_value(&fresh).is_ok_and(|f| bounds_kept(&f)))
         {
             // Keys a checkpoint of an earlier version lacks are not held against it.
             let same = |fresh: &crate::schedule::Scheduler| {
@@ -922,7 +940,7 @@ impl Run {
                     &file,
                     format!(
                         "its schedule is not the run file's after the {} steps it has taken \
-                         (an edited counter, bound or rate? a damaged checkpoint)",
+                         (an edited counter, bound or rate: a damaged checkpoint?)",
                         saved.updates()
                     ),
                 ));
@@ -930,15 +948,22 @@ impl Run {
         }
         // Likewise the optimizer's scalar state (an edited `step` is caught above; an edited
         // `mu_product` or `eta` would carry on).
+        let same_scalars = |want: &crate::optim::Scalars| {
+            want.len() == saved_scalars.len()
+                && want
+                    .iter()
+                    .all(|(k, w)| saved_scalars.get(k).is_some_and(|s| same_float(*s, *w)))
+        };
         if run_state.schedule.is_some()
             && let Some(want) = p.replayed_scalars(&config, steps)?
-            && want != saved_scalars
+            && !same_scalars(&want)
         {
             return Err(KilnError::file(
                 &file,
                 format!(
                     "its optimizer's scalar state {saved_scalars:?} is not what {steps} updates \
-                     under the run file's schedule leave, {want:?} (a damaged checkpoint?)"
+                     under the run file's schedule and [optimizer] leave, {want:?} (the \
+                     [optimizer] settings changed since? else a damaged checkpoint)"
                 ),
             ));
         }

@@ -960,8 +960,12 @@ impl Trainer {
         let schedule: Scheduler = serde_json::from_value(state.schedule)
             .map_err(|e| KilnError::invalid("checkpoint.schedule", e.to_string()))?;
         schedule
-            .check()
+            .check_state()
             .map_err(|e| KilnError::invalid("checkpoint.schedule", e.to_string()))?;
+        // A rate the schedule could not give after the last update is refused at the update
+        // that would use it, as in the run that saved it (`schedule_failed`): a checkpoint at
+        // the run's end still resumes to that end.
+        let rate_refusal = schedule.rate_refusal();
         // A schedule stepped per update has stepped once per update, or with observations
         // one update late, once per update before the last two.
         let needs = per_update_needs(&schedule, options.schedule_interval);
@@ -984,6 +988,7 @@ impl Trainer {
             }
         }
         let mut trainer = Self::with_params(device, model, options, schedule, state.params)?;
+        trainer.schedule_failed = rate_refusal.map(|e| e.to_string());
         let mut opt = state.optimizer;
         let optimizer = &trainer.options.optimizer;
         if opt.name != optimizer.name() {

@@ -276,7 +276,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     }
     // Keras's restore_best_weights: back to the best check's weights, stopped early or not,
     // for --save and the final evaluation.
-    if let Some(step) = run.finish()? {
+    let restored = run.finish()?;
+    if let Some(step) = restored {
         say(&format!(
             "restored the weights of the best check (after update {})",
             step.saturating_sub(1)
@@ -312,7 +313,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     // The last update's evaluation, if the loop made one; otherwise one now. A run resumed at
     // its end whose last update was evaluated as it went has that evaluation in its log
     // already: it is not logged again as an end-of-run one.
-    let logged_before = done == start && done > 0 && run.evaluates_after(done);
+    // (Not restored best weights: their evaluation is an end-of-run one, also in the
+    // uninterrupted run's log.)
+    let logged_before =
+        done == start && done > 0 && run.evaluates_after(done) && restored.is_none();
     let evaluation = match last_evaluation {
         Some((at, e)) if at == done => Some(e),
         _ => {
