@@ -127,7 +127,7 @@ const STREAM_LIMIT: u64 = 256 << 20;
 /// The bytes of the file `path`. One that is not a regular file (a pipe, a device such as
 /// `/dev/zero`) is read up to [`STREAM_LIMIT`] and refused past it: read whole, it could
 /// fill the memory without end.
-pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+pub fn read_input(path: &Path) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path).map_err(|e| KilnError::file(path, e))?;
     if meta.is_file() {
         return std::fs::read(path).map_err(|e| KilnError::file(path, e));
@@ -150,9 +150,9 @@ pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// [`read_regular`] as UTF-8 text.
-pub fn read_regular_text(path: &Path) -> Result<String> {
-    String::from_utf8(read_regular(path)?)
+/// [`read_input`] as UTF-8 text.
+pub fn read_input_text(path: &Path) -> Result<String> {
+    String::from_utf8(read_input(path)?)
         .map_err(|_| KilnError::file(path, "stream did not contain valid UTF-8"))
 }
 
@@ -269,7 +269,7 @@ pub fn save(
 /// or non-f32 tensor is listed in one error.
 pub fn load(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
     layout.check()?;
-    let bytes = read_regular(path)?;
+    let bytes = read_input(path)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| KilnError::file(path, format!("not a valid safetensors file: {e}")))?;
     // A checkpoint (`--init` from one) keeps other arenas beside the weights.

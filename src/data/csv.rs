@@ -38,7 +38,7 @@ impl Default for CsvOptions {
 
 /// Reads a CSV file; errors name the file and the line.
 pub fn read(path: &Path, options: &CsvOptions) -> Result<Dataset> {
-    let text = crate::weights::read_regular_text(path)?;
+    let text = crate::weights::read_input_text(path)?;
     parse(&path.display().to_string(), &text, options)
 }
 

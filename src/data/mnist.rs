@@ -65,7 +65,7 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
 
 /// An IDX file of u8 data: its dimensions and its bytes.
 pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
-    let raw = crate::weights::read_regular(path)?;
+    let raw = crate::weights::read_input(path)?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         // Deflate expands at most about 1032×: more than that is not a real IDX file, and
         // reading it all could exhaust memory.

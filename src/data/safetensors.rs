@@ -10,7 +10,7 @@ use crate::error::{KilnError, Result};
 
 /// Reads `x` and `y` from a safetensors file.
 pub fn read(path: &Path) -> Result<Dataset> {
-    let bytes = crate::weights::read_regular(path)?;
+    let bytes = crate::weights::read_input(path)?;
     parse(&path.display().to_string(), &bytes)
 }
 

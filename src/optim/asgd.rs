@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{
     Hyper, Registration, SCALAR_WORDS, Scalars, StateBlock, UpdateRule, check_non_negative,
-    l2_grad, next_step,
+    l2_grad, next_step, scalar_mut,
 };
 use crate::error::{KilnError, Result};
 use crate::gpu::kernels::Kernel;
@@ -66,16 +66,6 @@ pub(super) const REGISTRATION: Registration = Registration {
     from_table: super::read_rule::<Asgd>,
 };
 
-/// A scalar state value PyTorch keeps, read by name.
-fn scalar(scalars: &Scalars, name: &str) -> Result<f64> {
-    scalars.get(name).copied().ok_or_else(|| {
-        KilnError::invalid(
-            "optimizer state",
-            format!("ASGD's scalar state has no `{name}`"),
-        )
-    })
-}
-
 impl UpdateRule for Asgd {
     fn name(&self) -> &'static str {
         "asgd"
@@ -120,7 +110,7 @@ impl UpdateRule for Asgd {
         if step == 1.0 {
             scalars.insert("eta".into(), lr as f32 as f64);
         }
-        let (eta, mu) = (scalar(scalars, "eta")?, scalar(scalars, "mu")?);
+        let (eta, mu) = (*scalar_mut(scalars, "eta")?, *scalar_mut(scalars, "mu")?);
         let words = bytemuck::cast(AsgdScalars {
             decay: (1.0 - self.lambd * eta) as f32,
             neg_eta: (-eta) as f32,

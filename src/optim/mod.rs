@@ -338,11 +338,19 @@ pub(crate) fn check_scalars(scalars: &Scalars) -> Result<()> {
 
 /// The number PyTorch keeps in `state['step']` after this update: advances `scalars["step"]`.
 pub(crate) fn next_step(scalars: &mut Scalars) -> Result<f64> {
-    let step = scalars
-        .get_mut("step")
-        .ok_or_else(|| KilnError::invalid("optimizer state", "the scalar state has no `step`"))?;
+    let step = scalar_mut(scalars, "step")?;
     *step += 1.0;
     Ok(*step)
+}
+
+/// The scalar state value `name` (`step`, NAdam's `mu_product`, ASGD's `eta` and `mu`).
+pub(crate) fn scalar_mut<'a>(scalars: &'a mut Scalars, name: &str) -> Result<&'a mut f64> {
+    scalars.get_mut(name).ok_or_else(|| {
+        KilnError::invalid(
+            "optimizer state",
+            format!("the scalar state has no `{name}`"),
+        )
+    })
 }
 
 /// A validated optimizer: its rule, whether biases take weight decay, and whether a schedule

@@ -5,9 +5,9 @@ use serde::Deserialize;
 
 use super::{
     CycledMomentum, Hyper, MomentScalars, Registration, SCALAR_WORDS, Scalars, StateBlock,
-    UpdateRule, check_betas, check_non_negative, next_step,
+    UpdateRule, check_betas, check_non_negative, next_step, scalar_mut,
 };
-use crate::error::{KilnError, Result};
+use crate::error::Result;
 use crate::gpu::kernels::Kernel;
 
 /// torch.optim.NAdam's arguments (the rate comes from the schedule) with its defaults.
@@ -101,12 +101,7 @@ impl UpdateRule for NAdam {
         let bias_correction2 = 1.0 - beta2.powf(step);
         let mu = beta1 * (1.0 - 0.5 * 0.96f64.powf(step * self.momentum_decay));
         let mu_next = beta1 * (1.0 - 0.5 * 0.96f64.powf((step + 1.0) * self.momentum_decay));
-        let product = scalars.get_mut("mu_product").ok_or_else(|| {
-            KilnError::invalid(
-                "optimizer state",
-                "NAdam's scalar state has no `mu_product`",
-            )
-        })?;
+        let product = scalar_mut(scalars, "mu_product")?;
         *product = ((*product as f32) * (mu as f32)) as f64;
         let mu_product = *product;
         let mu_product_next = mu_product * mu_next;

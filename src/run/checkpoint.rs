@@ -171,7 +171,7 @@ pub(crate) fn arenas_beside_weights(json: &str) -> Option<Vec<String>> {
 /// The trainer state and epoch saved in `dir`.
 pub fn load(dir: &Path, layout: &ParamLayout) -> Result<(TrainerState, u64, RunState)> {
     let file = path(dir);
-    let bytes = crate::weights::read_regular(&file)?;
+    let bytes = crate::weights::read_input(&file)?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| KilnError::file(&file, format!("not a valid checkpoint: {e}")))?;
     let st = SafeTensors::deserialize(&bytes)

@@ -279,7 +279,7 @@ impl RunConfig {
 
     /// Reads and parses a run file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = crate::weights::read_regular_text(path)?;
+        let text = crate::weights::read_input_text(path)?;
         Self::from_toml(&text, &path.display().to_string())
     }
 

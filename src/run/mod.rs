@@ -212,6 +212,18 @@ impl Prepared {
         })
     }
 
+    /// The run file's schedule, new, if a replay of `steps` steps can stand for the run's: it
+    /// follows no observations (a replay cannot know them), and the steps are not more than
+    /// are worth replaying.
+    fn replayable(
+        &self,
+        config: &RunConfig,
+        steps: u64,
+    ) -> Result<Option<crate::schedule::Scheduler>> {
+        let s = self.scheduler(config)?;
+        Ok((!s.needs().any() && steps <= MAX_REPLAYED).then_some(s))
+    }
+
     /// The run file's schedule after `steps` steps, each with what a schedule that follows
     /// nothing is given; `None` for a schedule that follows observations (a replay cannot know
     /// them) or more steps than are worth replaying. `Err((step, why))`: step `step` failed.
@@ -220,10 +232,9 @@ impl Prepared {
         config: &RunConfig,
         steps: u64,
     ) -> Result<Option<std::result::Result<crate::schedule::Scheduler, (u64, String)>>> {
-        let mut s = self.scheduler(config)?;
-        if s.needs().any() || steps > MAX_REPLAYED {
+        let Some(mut s) = self.replayable(config, steps)? else {
             return Ok(None);
-        }
+        };
         for step in 0..steps {
             if let Err(e) = s.step(&Observation::default()) {
                 return Ok(Some(Err((step, e.to_string()))));
@@ -240,10 +251,9 @@ impl Prepared {
         config: &RunConfig,
         updates: u64,
     ) -> Result<Option<crate::optim::Scalars>> {
-        let mut s = self.scheduler(config)?;
-        if s.needs().any() || updates > MAX_REPLAYED {
+        let Some(mut s) = self.replayable(config, updates)? else {
             return Ok(None);
-        }
+        };
         let mut optimizer = self.optimizer.optimizer.clone();
         if s.momentum().is_some() {
             optimizer = optimizer.cycling_momentum()?;
@@ -642,21 +652,33 @@ fn same_float(a: f64, b: f64) -> bool {
 /// takes `epochs`·`steps_per_epoch` where `total_steps` is not given): the two spellings of
 /// one schedule are one schedule.
 fn one_cycle_total_steps(v: &mut serde_json::Value) {
+    for_each_table(v, &mut |map| {
+        if map.get("kind").and_then(|k| k.as_str()) != Some("one_cycle") {
+            return;
+        }
+        let count = |key: &str| map.get(key).and_then(serde_json::Value::as_u64);
+        let total = count("total_steps")
+            .or_else(|| count("epochs")?.checked_mul(count("steps_per_epoch")?));
+        if let Some(total) = total {
+            map.remove("epochs");
+            map.remove("steps_per_epoch");
+            map.insert("total_steps".into(), total.into());
+        }
+    });
+}
+
+/// Calls `f` on every table of a schedule record: each schedule's, its composites' children
+/// included.
+fn for_each_table(
+    v: &mut serde_json::Value,
+    f: &mut impl FnMut(&mut serde_json::Map<String, serde_json::Value>),
+) {
     match v {
         serde_json::Value::Object(map) => {
-            if map.get("kind").and_then(|k| k.as_str()) == Some("one_cycle") {
-                let count = |key: &str| map.get(key).and_then(serde_json::Value::as_u64);
-                let total = count("total_steps")
-                    .or_else(|| count("epochs")?.checked_mul(count("steps_per_epoch")?));
-                if let Some(total) = total {
-                    map.remove("epochs");
-                    map.remove("steps_per_epoch");
-                    map.insert("total_steps".into(), total.into());
-                }
-            }
-            map.values_mut().for_each(one_cycle_total_steps);
+            f(map);
+            map.values_mut().for_each(|v| for_each_table(v, f));
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(one_cycle_total_steps),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| for_each_table(v, f)),
         _ => {}
     }
 }
@@ -664,18 +686,13 @@ fn one_cycle_total_steps(v: &mut serde_json::Value) {
 /// Removes the momentum keys of every schedule (composites' children too) that does not cycle
 /// momentum, or with `all` of every schedule.
 fn drop_momentum(v: &mut serde_json::Value, all: bool) {
-    match v {
-        serde_json::Value::Object(map) => {
-            if all || map.get("cycle_momentum") == Some(&serde_json::Value::Bool(false)) {
-                for key in ["cycle_momentum", "base_momentum", "max_momentum"] {
-                    map.remove(key);
-                }
+    for_each_table(v, &mut |map| {
+        if all || map.get("cycle_momentum") == Some(&serde_json::Value::Bool(false)) {
+            for key in ["cycle_momentum", "base_momentum", "max_momentum"] {
+                map.remove(key);
             }
-            map.values_mut().for_each(|v| drop_momentum(v, all));
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| drop_momentum(v, all)),
-        _ => {}
-    }
+    });
 }
 
 /// What decides which rows each update of a run takes: a run resumed under another layout
@@ -826,11 +843,8 @@ impl Run {
         // The saved schedule's own state must be the run file's kind of schedule where a
         // trainer depends on it: whether it cycles momentum sizes the momentum buffers (an
         // edited checkpoint could drop or add the cycle that its record says).
-        let cycles = match config.schedule()? {
-            Some(s) => s.kind.build()?.cycles_momentum(),
-            None => false,
-        };
-        let saved: kiln_schedule::Scheduler = serde_json::from_value(state.schedule.clone())
+        let cycles = p.scheduler(&config)?.cycles_momentum();
+        let saved: crate::schedule::Scheduler = serde_json::from_value(state.schedule.clone())
             .map_err(|e| KilnError::file(&file, format!("its schedule: {e}")))?;
         if saved.cycles_momentum() != cycles {
             let why = if cycles {

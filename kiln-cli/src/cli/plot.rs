@@ -10,7 +10,7 @@ use super::PlotArgs;
 use super::log::LogLine;
 
 pub fn plot(args: &PlotArgs) -> Result<()> {
-    let text = kiln::weights::read_regular_text(&args.metrics)
+    let text = kiln::weights::read_input_text(&args.metrics)
         .with_context(|| format!("reading {}", args.metrics.display()))?;
     let Curves {
         train,

@@ -121,7 +121,7 @@ pub fn rates(
     steps: usize,
     observations: Option<&Path>,
 ) -> Result<(Vec<Rate>, Interval)> {
-    let text = kiln::weights::read_regular_text(file)
+    let text = kiln::weights::read_input_text(file)
         .with_context(|| format!("reading {}", file.display()))?;
     let mut doc: toml::Table = text
         .parse()
@@ -209,7 +209,7 @@ pub fn rates(
 
 /// One finite number per line; blank lines are skipped.
 fn read_observations(path: &Path) -> Result<Vec<f64>> {
-    let text = kiln::weights::read_regular_text(path)
+    let text = kiln::weights::read_input_text(path)
         .with_context(|| format!("reading {}", path.display()))?;
     let mut values = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -95,7 +95,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             out: BufWriter::new(
                 if args.resume.is_some() {
                     if path.is_file() {
-                        let text = kiln::weights::read_regular_text(path)
+                        let text = kiln::weights::read_input_text(path)
                             .with_context(|| format!("reading {}", path.display()))?;
                         let kept = super::log::kept_on_resume(&text, start);
                         skipped_before = kept.skipped;
